@@ -1,0 +1,209 @@
+"""The ``.gapfill`` accessors on xarray DataArray and Dataset.
+
+The accessors are thin: ``fit`` returns a :class:`~gapfill.model.FittedModel`
+(state never lives on the accessor, which xarray recreates for every new
+object) and ``fill`` takes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from gapfill import methods
+from gapfill.cube import Cube
+from gapfill.dims import find_dims
+from gapfill.diagnostics import Diagnostics, holdout_mask, score
+from gapfill.filling import fill_dataarray
+from gapfill.model import FittedModel, Holdout
+
+
+def fit_dataarray(
+    da: xr.DataArray,
+    method: str = "eof",
+    *,
+    dims: Mapping[str, str] | None = None,
+    holdout: float = 0.1,
+    holdout_process: str = "cloud",
+    seed: int = 0,
+    **options: Any,
+) -> FittedModel:
+    """Fit ``method`` to the gappy DataArray ``da``; see :meth:`GapfillAccessor.fit`."""
+    from gapfill import __version__
+
+    method_obj = methods.get(method)(**options)  # bad names/options fail before any work
+    spec = Holdout(holdout, holdout_process, seed)
+    cube = Cube(da, dims)
+    if spec.fraction > 0:
+        raw = np.asarray(cube.da.values)
+        observed = np.isfinite(raw if raw.ndim == 4 else raw[None])
+        cube = cube.with_hide(holdout_mask(observed, spec, cube.missing_pattern()))
+    start = time.perf_counter()
+    method_obj.fit(cube, np.random.default_rng(seed))
+    info = {
+        "variable": cube.name,
+        "shape": list(cube.shape),
+        "fit_seconds": round(time.perf_counter() - start, 3),
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "gapfill_version": __version__,
+    }
+    return FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec, info)
+
+
+@xr.register_dataarray_accessor("gapfill")
+class GapfillAccessor:
+    """``da.gapfill``: fit a gap-filling method to a gappy cube and fill it."""
+
+    def __init__(self, obj: xr.DataArray) -> None:
+        self._obj = obj
+
+    def fit(
+        self,
+        method: str = "eof",
+        *,
+        dims: Mapping[str, str] | None = None,
+        holdout: float = 0.1,
+        holdout_process: str = "cloud",
+        seed: int = 0,
+        **options: Any,
+    ) -> FittedModel:
+        """Learn a filling model from the gappy cube itself.
+
+        Parameters
+        ----------
+        method
+            A name from :func:`gapfill.methods.available` (``"eof"``, ``"linear"``,
+            ``"climatology"``, ``"gan"``, ...).
+        dims
+            Overrides of the detected dims, e.g. ``{"time": "t", "y": "row", "x": "col"}``.
+        holdout
+            Share of observed pixels hidden from the fit, in patches shaped by
+            ``holdout_process``, and used by :meth:`score` and :meth:`fill` for
+            MAE/RMSE/bias. 0 disables it.
+        holdout_process
+            ``"cloud"`` or ``"empirical"`` (the data's own gap shapes).
+        seed
+            Seed of the hold-out draw and of the method.
+        **options
+            The method's options (see its ``Options`` class).
+
+        Returns
+        -------
+        FittedModel
+        """
+        return fit_dataarray(
+            self._obj, method, dims=dims, holdout=holdout, holdout_process=holdout_process,
+            seed=seed, **options,
+        )
+
+    def score(self, model: FittedModel, seed: int = 0) -> Diagnostics:
+        """Fill with the model's hold-out hidden and score the held-out pixels."""
+        return score(self._obj, model, seed=seed)
+
+    def fill(
+        self,
+        model: FittedModel,
+        *,
+        samples: int = 1,
+        diagnostics: Diagnostics | bool | None = None,
+        fill_never_observed: bool = False,
+        seed: int = 0,
+    ) -> xr.Dataset:
+        """Fill the gaps with a fitted model.
+
+        Parameters
+        ----------
+        model
+            From :meth:`fit` or :func:`gapfill.load`.
+        samples
+            Number of stochastic fills for methods that draw them (their mean is
+            returned, their spread is the error).
+        diagnostics
+            ``True`` scores the hold-out (a second fill), a :class:`Diagnostics`
+            from :meth:`score` is used as is, ``False`` skips. ``None``: score
+            in-memory data, skip dask-backed data to keep it lazy.
+        fill_never_observed
+            Also fill pixels with no observation at any time (land). Off by default.
+        seed
+            Seed of stochastic fills; the same seed gives the same output.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``<name>`` (filled), ``<name>_flag`` (0 observed, 1 filled, 2 never
+            observed), ``<name>_error`` where the method gives one; hold-out
+            scores in the attrs. Dask-backed input gives a dask-backed output.
+        """
+        return fill_dataarray(
+            self._obj, model, samples=samples, diagnostics=diagnostics,
+            fill_never_observed=fill_never_observed, seed=seed,
+        )
+
+
+def _cube_variables(ds: xr.Dataset, variable: str | list[str] | None) -> list[str]:
+    if isinstance(variable, str):
+        variable = [variable]
+    if variable is not None:
+        missing = [v for v in variable if v not in ds.data_vars]
+        if missing:
+            raise ValueError(f"variable(s) {missing} not in the dataset; it has {list(ds.data_vars)}")
+        return list(variable)
+    names = []
+    for name, da in ds.data_vars.items():
+        if da.ndim < 3 or not np.issubdtype(da.dtype, np.floating):
+            continue
+        try:
+            find_dims(da)
+        except ValueError:
+            continue
+        names.append(str(name))
+    if not names:
+        raise ValueError(
+            f"no data variable with time, y and x dims among {list(ds.data_vars)}; "
+            "pass variable='name' (and dims=...)"
+        )
+    return names
+
+
+@xr.register_dataset_accessor("gapfill")
+class GapfillDatasetAccessor:
+    """``ds.gapfill``: the DataArray accessor applied to one or more variables."""
+
+    def __init__(self, obj: xr.Dataset) -> None:
+        self._obj = obj
+
+    def fit(
+        self, method: str = "eof", *, variable: str | list[str] | None = None, **kwargs: Any
+    ) -> FittedModel | dict[str, FittedModel]:
+        """Fit each chosen variable (default: every float variable with time, y, x dims).
+
+        Returns one :class:`FittedModel` for one variable, else a dict by variable name.
+        Other keyword arguments are those of :meth:`GapfillAccessor.fit`.
+        """
+        names = _cube_variables(self._obj, variable)
+        models = {n: fit_dataarray(self._obj[n], method, **kwargs) for n in names}
+        return models[names[0]] if len(names) == 1 else models
+
+    def fill(
+        self, model: FittedModel | Mapping[str, FittedModel], **kwargs: Any
+    ) -> xr.Dataset:
+        """Fill the fitted variables; other variables and attrs are kept.
+
+        Keyword arguments are those of :meth:`GapfillAccessor.fill`.
+        """
+        models = {model.variable: model} if isinstance(model, FittedModel) else dict(model)
+        out = self._obj.copy()
+        method_attrs: dict[str, Any] = {}
+        for name, m in models.items():
+            if name not in self._obj.data_vars:
+                raise ValueError(f"the model was fitted on {name!r}, which is not in this dataset")
+            filled = fill_dataarray(self._obj[name], m, **kwargs)
+            out = out.drop_vars(name).merge(filled, compat="override")
+            prefix = "" if len(models) == 1 else f"{name}_"
+            method_attrs.update({f"{prefix}{k}": v for k, v in filled.attrs.items()})
+        out.attrs.update(method_attrs)
+        return out

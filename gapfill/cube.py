@@ -1,0 +1,324 @@
+"""The tensor core: one place that turns an xarray cube into method inputs and back.
+
+A :class:`Cube` wraps a DataArray with dims (time, y, x) and an optional
+channel dim. It checks the data, computes per-channel normalisation statistics
+from the observed pixels, hands methods normalised float32 arrays laid out as
+``(channel, time, y, x)`` with NaN where a value is missing (whole cube, one
+window, or a batch of random windows; only the needed part of a dask-backed
+array is loaded), and maps results back to xarray with the original dims
+order and coords.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from gapfill.dims import Dims, find_dims
+from gapfill.methods.base import Coords
+
+
+@dataclass
+class Normaliser:
+    """Per-channel affine normalisation ``(x - mean) / std``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    def _shape(self, ndim: int) -> tuple[int, ...]:
+        return (-1,) + (1,) * (ndim - 1)
+
+    def normalise(self, x: np.ndarray) -> np.ndarray:
+        """Normalise a ``(C, ...)`` array to float32."""
+        shape = self._shape(x.ndim)
+        return ((x - self.mean.reshape(shape)) / self.std.reshape(shape)).astype(np.float32)
+
+    def denormalise(self, z: np.ndarray) -> np.ndarray:
+        """Undo :meth:`normalise` (float64 result)."""
+        shape = self._shape(z.ndim)
+        return z.astype(np.float64) * self.std.reshape(shape) + self.mean.reshape(shape)
+
+    def scale_error(self, e: np.ndarray) -> np.ndarray:
+        """Turn a one-sigma error in normalised units into data units."""
+        return e.astype(np.float64) * self.std.reshape(self._shape(e.ndim))
+
+
+def _is_dask(da: xr.DataArray) -> bool:
+    return da.chunks is not None
+
+
+def check_dtype(da: xr.DataArray) -> xr.DataArray:
+    """Return ``da`` as floating point, or raise if it cannot hold gaps.
+
+    Integer data are converted to float64 with a warning (decode ``_FillValue``
+    first if the integers carry one); booleans, strings and objects are refused.
+    """
+    if np.issubdtype(da.dtype, np.floating):
+        return da
+    if np.issubdtype(da.dtype, np.integer):
+        warnings.warn(
+            f"variable {da.name!r} has integer dtype {da.dtype}; converting to float64. "
+            "If it stores packed values, open it with decode_cf/mask_and_scale so missing "
+            "values become NaN.",
+            stacklevel=3,
+        )
+        return da.astype(np.float64)
+    raise ValueError(
+        f"variable {da.name!r} has dtype {da.dtype}; gap filling needs floating-point data "
+        "with NaN where values are missing. Convert it with da.astype('float32')."
+    )
+
+
+def check_coords(da: xr.DataArray, dims: Dims) -> None:
+    """Raise if a dimension is too short or a coordinate holds NaN/NaT."""
+    for role, name in (("time", dims.time), ("y", dims.y), ("x", dims.x)):
+        n = da.sizes[name]
+        if n < 2:
+            raise ValueError(
+                f"dimension {name!r} ({role}) has length {n}; gap filling needs at least 2 "
+                f"{'frames' if role == 'time' else 'points'} along it."
+            )
+        if name in da.coords and _has_bad_values(da[name].values):
+            raise ValueError(
+                f"coordinate {name!r} holds NaN/NaT or inf values; fix or drop those "
+                f"entries first (e.g. da.isel({name}=np.isfinite(da.{name})))."
+            )
+
+
+def _has_bad_values(values: np.ndarray) -> bool:
+    if values.dtype.kind in "mM":
+        return bool(np.isnat(values).any())
+    if values.dtype.kind in "fc":
+        return not bool(np.isfinite(values).all())
+    return False
+
+
+class Cube:
+    """A checked, normalised view of a gappy (time, y, x[, channel]) DataArray.
+
+    Parameters
+    ----------
+    da
+        Floating-point data, NaN where missing. May be dask-backed.
+    dims
+        Optional overrides of the detected dims (see :func:`gapfill.dims.find_dims`).
+    hide
+        Optional boolean mask, broadcastable to ``(C, T, H, W)``, of observed
+        pixels to treat as missing (a diagnostics hold-out).
+    normaliser
+        Statistics to use (a fitted model's); computed from the data when ``None``.
+    check_values
+        Scan the values for inf and all-NaN (one pass over the data). Only
+        skipped when a ``normaliser`` is given, to keep a dask-backed fill lazy.
+
+    Raises
+    ------
+    ValueError
+        For data that cannot be filled: no time axis, a dim shorter than 2,
+        non-float dtype, NaN coordinates, inf values or no observed value.
+    """
+
+    def __init__(
+        self,
+        da: xr.DataArray,
+        dims: Mapping[str, str] | Dims | None = None,
+        hide: np.ndarray | None = None,
+        normaliser: Normaliser | None = None,
+        check_values: bool = True,
+    ) -> None:
+        if not isinstance(da, xr.DataArray):
+            raise TypeError(f"expected an xarray.DataArray, got {type(da).__name__}")
+        self.dims = dims if isinstance(dims, Dims) else find_dims(da, dims)
+        check_coords(da, self.dims)
+        self.original = da
+        da = check_dtype(da)
+        order = ((self.dims.channel,) if self.dims.channel else ()) + self.dims.core
+        self.da = da.transpose(*order)
+        self.hide = None if hide is None else np.broadcast_to(hide, self.shape)
+        if normaliser is not None and not check_values:
+            self.normaliser = normaliser
+            return
+        counts, infs, mean, std = self._stats()
+        if infs:
+            raise ValueError(
+                f"variable {da.name!r} holds {infs} infinite values; replace them with NaN "
+                "(da.where(np.isfinite(da))) if they mark missing data."
+            )
+        if counts.sum() == 0:
+            raise ValueError(
+                f"variable {da.name!r} has no observed (finite) value: it is all NaN. Check the "
+                "variable name, the _FillValue decoding and the selected region/time range."
+            )
+        if (counts == 0).any():
+            raise ValueError(
+                f"channel(s) {np.flatnonzero(counts == 0).tolist()} of {da.name!r} have no "
+                "observed value; drop them before filling."
+            )
+        if normaliser is None:
+            std = np.where(std > 0, std, 1.0)
+            normaliser = Normaliser(mean.astype(np.float64), std.astype(np.float64))
+        self.normaliser = normaliser
+
+    def with_hide(self, hide: np.ndarray | None) -> Cube:
+        """The same cube with ``hide`` (observed pixels treated as missing), same statistics."""
+        other = object.__new__(Cube)
+        other.__dict__.update(self.__dict__)
+        other.hide = None if hide is None else np.broadcast_to(hide, self.shape)
+        return other
+
+    # -- shape and metadata ---------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(C, T, H, W)``."""
+        s = self.da.shape
+        return s if len(s) == 4 else (1, *s)
+
+    @property
+    def is_lazy(self) -> bool:
+        """Whether the data are dask-backed."""
+        return _is_dask(self.da)
+
+    @property
+    def name(self) -> str:
+        """The variable's name (``"data"`` when it has none)."""
+        return str(self.da.name) if self.da.name is not None else "data"
+
+    def coords(self) -> Coords:
+        """Time-of-year and y/x coordinate values of the whole cube."""
+        _, t, h, w = self.shape
+        toy = None
+        tname = self.dims.time
+        if tname in self.da.coords and (
+            np.issubdtype(self.da[tname].dtype, np.datetime64)
+            or self.da[tname].dtype == object
+        ):
+            try:
+                doy = self.da[tname].dt.dayofyear.values.astype(np.float64)
+                toy = ((doy - 1.0) / 365.25).astype(np.float32)
+            except (TypeError, AttributeError):
+                toy = None
+        y = self._coord_values(self.dims.y, h)
+        x = self._coord_values(self.dims.x, w)
+        return Coords(toy, y, x)
+
+    def _coord_values(self, name: str, n: int) -> np.ndarray:
+        if name in self.da.coords and np.issubdtype(self.da[name].dtype, np.number):
+            return self.da[name].values.astype(np.float32)
+        return np.arange(n, dtype=np.float32)
+
+    def _stats(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        import dask
+
+        da = self.da if self.dims.channel else self.da.expand_dims("_c")
+        core = list(self.dims.core)
+        if self.hide is not None:
+            hide = self.hide if self.dims.channel else self.hide
+            da = da.where(~xr.DataArray(hide, dims=da.dims))
+        finite = da.where(np.isfinite(da)).astype(np.float64)
+        parts = (
+            finite.count(core).data,
+            np.isinf(da).sum().data,
+            finite.mean(core).data,
+            finite.std(core).data,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            counts, infs, mean, std = dask.compute(*parts)
+        return (
+            np.asarray(counts),
+            int(infs),
+            np.nan_to_num(np.asarray(mean, dtype=np.float64)),
+            np.nan_to_num(np.asarray(std, dtype=np.float64)),
+        )
+
+    # -- data access ----------------------------------------------------------------
+    def _prepare(self, raw: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
+        raw = raw if raw.ndim == 4 else raw[None]
+        z = self.normaliser.normalise(raw)
+        if self.hide is not None:
+            z[self.hide[(slice(None), *index)]] = np.nan
+        return z
+
+    def values(self) -> np.ndarray:
+        """The whole cube, normalised float32 ``(C, T, H, W)``, NaN where missing."""
+        return self._prepare(np.asarray(self.da.values), (slice(None),) * 3)
+
+    def window(self, t0: int, y0: int, x0: int, size: tuple[int, int, int]) -> np.ndarray:
+        """One ``(C, T, H, W)`` window starting at ``(t0, y0, x0)``, clipped to the cube."""
+        index = tuple(slice(o, o + s) for o, s in zip((t0, y0, x0), size))
+        sel = dict(zip(self.dims.core, index))
+        return self._prepare(np.asarray(self.da.isel(sel).values), index)
+
+    def window_size(self, size: tuple[int, int, int]) -> tuple[int, int, int]:
+        """``size`` clipped to the cube's ``(T, H, W)``."""
+        return tuple(min(s, n) for s, n in zip(size, self.shape[1:]))  # type: ignore[return-value]
+
+    def sample_windows(
+        self,
+        n: int,
+        size: tuple[int, int, int],
+        rng: np.random.Generator,
+        min_observed: float = 0.05,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` random windows with at least ``min_observed`` of their pixels observed.
+
+        Returns
+        -------
+        values
+            ``(n, C, T, H, W)`` normalised float32, NaN where missing. ``size``
+            is clipped to the cube, so a tiny cube gives smaller windows.
+        offsets
+            ``(n, 3)`` int array of each window's ``(t0, y0, x0)``.
+
+        Raises
+        ------
+        ValueError
+            If no window with enough observed pixels is found.
+        """
+        size = self.window_size(size)
+        limits = [n_ - s + 1 for n_, s in zip(self.shape[1:], size)]
+        out, offsets = [], []
+        tries = 0
+        while len(out) < n:
+            tries += 1
+            if tries > 50 * n + 100:
+                raise ValueError(
+                    f"no observed pixel in the training windows: fewer than "
+                    f"{min_observed:.0%} of the pixels are observed in random "
+                    f"{size} windows. Use larger windows or a region with observations."
+                )
+            start = [int(rng.integers(0, lim)) for lim in limits]
+            w = self.window(*start, size=size)
+            if np.isfinite(w).mean() >= min_observed:
+                out.append(w)
+                offsets.append(start)
+        return np.stack(out), np.asarray(offsets, dtype=np.int64)
+
+    @property
+    def never_observed(self) -> np.ndarray:
+        """``(C, H, W)`` pixels with no observation at any time (land, outside the swath)."""
+        return ~self.observed_any()
+
+    def observed_any(self) -> np.ndarray:
+        """``(C, H, W)`` pixels observed at least once (before any hold-out)."""
+        da = self.da if self.dims.channel else self.da.expand_dims("_c")
+        return np.asarray(np.isfinite(da).any(self.dims.time).values)
+
+    def missing_pattern(self) -> np.ndarray:
+        """``(T, H, W)`` missing pixels (any channel), including the hold-out, for Empirical masks."""
+        da = self.da if self.dims.channel else self.da.expand_dims("_c")
+        miss = np.asarray((~np.isfinite(da)).any("_c" if not self.dims.channel else self.dims.channel).values)
+        if self.hide is not None:
+            miss = miss | self.hide.any(0)
+        return miss
+
+    # -- back to xarray ---------------------------------------------------------------
+    def to_dataarray(self, arr: np.ndarray, name: str | None = None) -> xr.DataArray:
+        """Wrap a ``(C, T, H, W)`` array like the original data (dims order, coords)."""
+        data = arr if self.dims.channel else arr[0]
+        out = xr.DataArray(data, dims=self.da.dims, coords=self.da.coords, name=name or self.name)
+        return out.transpose(*self.original.dims)

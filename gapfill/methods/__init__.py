@@ -1,0 +1,55 @@
+"""The method registry: a name maps to a :class:`~gapfill.methods.base.Method` class.
+
+Methods register themselves with :func:`register`; :func:`get` finds one by
+name. Torch-based methods live in modules that import torch only when they are
+used, so ``import gapfill`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from gapfill.methods.base import Coords, FillResult, Method, Options
+
+#: name -> "module:Class"; imported lazily on first use.
+_BUILTIN = {
+    "eof": "gapfill.methods.eof:EOF",
+    "linear": "gapfill.methods.linear:Linear",
+    "climatology": "gapfill.methods.climatology:Climatology",
+    "gan": "gapfill.methods.gan:GAN",
+}
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Register a method class under ``cls.name`` (usable as a decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """Names of all methods that can be passed as ``method=``."""
+    return sorted(set(_BUILTIN) | set(_REGISTRY))
+
+
+def get(name: str) -> type[Method]:
+    """Return the method class registered as ``name``.
+
+    Raises
+    ------
+    ValueError
+        If no method has that name; the message lists the valid names.
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _BUILTIN:
+        module, _, attr = _BUILTIN[name].partition(":")
+        cls = getattr(importlib.import_module(module), attr)
+        _REGISTRY[name] = cls
+        return cls
+    raise ValueError(f"unknown method {name!r}; choose one of {available()}")
+
+
+__all__ = ["Coords", "FillResult", "Method", "Options", "available", "get", "register"]

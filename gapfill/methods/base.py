@@ -1,0 +1,145 @@
+"""The interface every filling method implements.
+
+A method sees only normalised numpy arrays laid out as ``(channel, time, y, x)``
+with NaN where a value is missing. Everything about xarray, dims, dask,
+normalisation, observed-value pass-through and the CF product is handled
+outside the method (see :mod:`gapfill.cube` and :mod:`gapfill.model`), so a
+method is a small class with ``fit``, ``fill`` and a weights-only state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gapfill.cube import Cube
+
+
+@dataclass
+class FillResult:
+    """What a method returns from :meth:`Method.fill`.
+
+    Attributes
+    ----------
+    values
+        ``(C, T, H, W)`` float32 array in normalised units. Missing pixels that
+        the method could fill hold finite values; observed pixels may hold
+        anything (they are replaced by the observations afterwards).
+    error
+        Optional ``(C, T, H, W)`` one-sigma error estimate in normalised units,
+        or ``None`` when the method gives none.
+    """
+
+    values: np.ndarray
+    error: np.ndarray | None = None
+
+
+@dataclass
+class Coords:
+    """Coordinates of the array being filled, for methods that use them as inputs.
+
+    Attributes
+    ----------
+    time_of_year
+        ``(T,)`` fraction of the year in ``[0, 1)``, or ``None`` when the time
+        axis is not a datetime axis.
+    y, x
+        ``(H,)`` and ``(W,)`` coordinate values (e.g. latitude, longitude).
+    """
+
+    time_of_year: np.ndarray | None
+    y: np.ndarray
+    x: np.ndarray
+
+    def isel(self, t: slice, y: slice, x: slice) -> Coords:
+        """The coordinates of a window."""
+        toy = None if self.time_of_year is None else self.time_of_year[t]
+        return Coords(toy, self.y[y], self.x[x])
+
+
+@dataclass
+class Options:
+    """Base class of a method's options (a dataclass; subclass it per method)."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option when a value is out of range."""
+
+
+class Method(ABC):
+    """A gap-filling method.
+
+    Subclasses set ``name`` and ``Options`` (a dataclass of the method's
+    options with defaults) and implement :meth:`fit`, :meth:`fill`,
+    :meth:`state_dict` and :meth:`load_state_dict`.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[Options]] = Options
+    #: Whether :meth:`fill` returns an error estimate even with ``samples=1``.
+    provides_error: ClassVar[bool] = False
+
+    def __init__(self, **options: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for method {self.name!r}; "
+                f"valid options are {sorted(fields)}"
+            )
+        try:
+            self.options = self.Options(**options)
+        except TypeError as err:  # pragma: no cover - dataclass signature errors
+            raise ValueError(f"bad options for method {self.name!r}: {err}") from None
+        self.options.validate()
+        #: JSON-serialisable facts learned by ``fit`` (chosen modes, losses, ...).
+        self.fit_info: dict[str, Any] = {}
+
+    @abstractmethod
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Learn from the gappy cube (its observed pixels only)."""
+
+    @abstractmethod
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Fill the NaNs of a normalised ``(C, T, H, W)`` float32 array.
+
+        ``samples`` > 1 asks stochastic methods for that many fills (their mean
+        is the field, their spread the error); deterministic methods ignore it.
+        ``coords`` are the coordinates of ``x`` for methods that use them.
+        """
+
+    def gives_error(self, samples: int) -> bool:
+        """Whether :meth:`fill` returns an error for this many samples."""
+        return self.provides_error or samples > 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays (numpy or torch) that, with the options, rebuild the fitted method."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (values arrive as torch tensors)."""
+
+    def options_dict(self) -> dict[str, Any]:
+        """The options as a JSON-serialisable dict."""
+        return dataclasses.asdict(self.options)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options_dict().items())
+        return f"{type(self).__name__}({opts})"
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """Turn a torch tensor or array-like from a state dict into a numpy array."""
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)

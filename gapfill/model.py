@@ -1,0 +1,192 @@
+"""Fitted models: what ``fit`` returns, and how it is saved and loaded.
+
+A :class:`FittedModel` bundles a fitted method with everything needed to
+apply it again: the normalisation statistics, the dims, the variable name and
+the hold-out used for diagnostics. Files are written with ``torch.save`` and
+read with ``torch.load(weights_only=True)``: only tensors and plain Python
+values, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gapfill import methods
+from gapfill.cube import Normaliser
+from gapfill.dims import Dims
+from gapfill.methods.base import Method
+
+FORMAT = "gapfill-model"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """How diagnostic hold-out pixels are drawn.
+
+    Attributes
+    ----------
+    fraction
+        Share of the observed pixels hidden from fitting and used for scoring
+        (0 disables the hold-out).
+    process
+        Occlusion process that shapes the hidden patches (``"cloud"`` or
+        ``"empirical"``; any name of :func:`gapfill.masks.make`).
+    seed
+        Seed of the draw, so the same pixels are held out again at fill time.
+    """
+
+    fraction: float = 0.1
+    process: str = "cloud"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"holdout must be in [0, 1), got {self.fraction}")
+
+
+class FittedModel:
+    """A method fitted to a gappy cube, ready to fill it (or another like it).
+
+    Returned by ``da.gapfill.fit``; passed to ``da.gapfill.fill``. Save it with
+    :meth:`save` and read it back with :func:`gapfill.load`.
+    """
+
+    def __init__(
+        self,
+        method: Method,
+        normaliser: Normaliser,
+        dims: Dims,
+        variable: str,
+        holdout: Holdout,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.normaliser = normaliser
+        self.dims = dims
+        self.variable = variable
+        self.holdout = holdout
+        #: Facts about the fit (shape, wall time, versions); JSON-serialisable.
+        self.info = dict(info or {})
+
+    @property
+    def name(self) -> str:
+        """The method's registry name."""
+        return self.method.name
+
+    def options_dict(self) -> dict[str, Any]:
+        """The method's options."""
+        return self.method.options_dict()
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options_dict().items())
+        shape = self.info.get("shape")
+        return (
+            f"<gapfill.FittedModel method={self.name!r} variable={self.variable!r} "
+            f"dims={self.dims.core} fitted_on={shape} holdout={self.holdout.fraction:g} "
+            f"({self.holdout.process})>\n  options: {opts}"
+            + (f"\n  fit: {json.dumps(self.method.fit_info)}" if self.method.fit_info else "")
+        )
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model to ``path`` (atomically: temp file, then rename).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
+        import torch
+
+        path = Path(path)
+        state = {k: _to_tensor(v) for k, v in self.method.state_dict().items()}
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "method": self.name,
+            "options": json.dumps(self.options_dict()),
+            "fit_info": json.dumps(self.method.fit_info),
+            "info": json.dumps(self.info),
+            "dims": json.dumps(self.dims.as_dict()),
+            "variable": self.variable,
+            "holdout": json.dumps(asdict(self.holdout)),
+            "mean": torch.as_tensor(self.normaliser.mean, dtype=torch.float64),
+            "std": torch.as_tensor(self.normaliser.std, dtype=torch.float64),
+            "state": state,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+
+def _to_tensor(value: Any) -> Any:
+    import torch
+
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, dict):
+        return {k: _to_tensor(v) for k, v in value.items()}
+    return value
+
+
+def load(path: str | os.PathLike) -> FittedModel:
+    """Read a model written by :meth:`FittedModel.save`.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a readable gapfill model (corrupt, truncated, or
+        another kind of file).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for bad files
+        raise ValueError(
+            f"cannot read model file {str(path)!r}: it is not a gapfill model or it is corrupt "
+            f"({type(err).__name__}). Re-create it with model.save(path)."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(
+            f"{str(path)!r} is not a gapfill model file (written by FittedModel.save)."
+        )
+    if payload.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} was written by a newer gapfill (format {payload['version']}); "
+            "upgrade gapfill to read it."
+        )
+    cls = methods.get(payload["method"])
+    method = cls(**json.loads(payload["options"]))
+    method.fit_info = json.loads(payload["fit_info"])
+    method.load_state_dict(payload["state"])
+    dims = Dims(**json.loads(payload["dims"]))
+    normaliser = Normaliser(payload["mean"].numpy(), payload["std"].numpy())
+    return FittedModel(
+        method,
+        normaliser,
+        dims,
+        payload["variable"],
+        Holdout(**json.loads(payload["holdout"])),
+        json.loads(payload["info"]),
+    )
