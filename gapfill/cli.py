@@ -1,0 +1,138 @@
+"""The ``gapfill`` command.
+
+::
+
+    gapfill run [RECIPE] [--output PATH] [--overwrite]   # default: the bundled OSTIA recipe
+    gapfill validate RECIPE                              # check everything, run nothing
+    gapfill example                                      # print the bundled recipe
+
+Exit status: 0 on success, 2 for a bad recipe or input (one line on stderr, no
+traceback), 1 for an unexpected error (with a traceback), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main"]
+
+log = logging.getLogger("gapfill")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    from gapfill import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gapfill",
+        description="Fill gaps in gridded geoscience fields from a YAML recipe.",
+        epilog="Recipe keys are documented in recipes/README.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"gapfill {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a recipe (default: the bundled OSTIA SST recipe)")
+    run.add_argument("recipe", nargs="?", help="recipe YAML file (default: bundled ostia_sst.yaml)")
+    run.add_argument("--output", "-o", metavar="PATH", help="override output.path")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _verbosity(run)
+
+    val = sub.add_parser("validate", help="check a recipe and its input without running it")
+    val.add_argument("recipe", help="recipe YAML file")
+    val.add_argument("--output", "-o", metavar="PATH", help="override output.path")
+    val.add_argument("--overwrite", action="store_true", help="allow existing outputs")
+    _verbosity(val)
+
+    sub.add_parser("example", help="print the bundled default recipe (a starting point)")
+    return parser
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--debug", action="store_true", help="debug logs and full tracebacks")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if getattr(args, "debug", False) else (
+        logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s gapfill %(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _load(args: argparse.Namespace):  # -> Recipe
+    from gapfill import recipe as rc
+
+    path = Path(args.recipe) if getattr(args, "recipe", None) else rc.default_recipe_path()
+    overrides: dict[str, object] = {}
+    if args.output:
+        overrides["output.path"] = args.output
+    if args.overwrite:
+        overrides["output.overwrite"] = True
+    log.info("recipe %s", path)
+    return rc.load(path, overrides=overrides)
+
+
+def _command_line(argv: Sequence[str] | None) -> str:
+    args = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["gapfill", *args])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gapfill`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    if args.command == "example":
+        from gapfill.recipe import default_recipe_path
+
+        sys.stdout.write(default_recipe_path().read_text())
+        return EXIT_OK
+    from gapfill.recipe import RecipeError, open_input
+
+    try:
+        recipe = _load(args)
+        if args.command == "validate":
+            ds = open_input(recipe)
+            da = ds[recipe.input.variable]
+            sizes = ", ".join(f"{k}: {v}" for k, v in da.sizes.items())
+            print(f"{args.recipe}: OK ({recipe.input.variable} [{sizes}], method "
+                  f"{recipe.method.name}, output {recipe.output.path})")
+            return EXIT_OK
+        from gapfill.pipeline import run
+
+        result = run(recipe, command=_command_line(argv))
+        for p in (result.output, result.csv, result.figure):
+            if p is not None:
+                print(p)
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("gapfill: interrupted; no partial output was left behind", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as err:
+        if args.debug:
+            log.exception("failed")
+        print(f"gapfill: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:  # a bug: show everything
+        log.exception("unexpected error (please report it)")
+        return EXIT_ERROR
+
+
+def _one_line(err: BaseException) -> str:
+    """The error message; multi-problem recipe errors keep their list."""
+    text = str(err).strip() or type(err).__name__
+    return text if "problems:\n" in text else " ".join(text.split())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

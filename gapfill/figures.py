@@ -1,0 +1,391 @@
+"""Diagnostics figure of a gap-filled product.
+
+One PNG: a map of one filled time step with the filled areas hatched, a map of
+the status flags (observed / filled / never observed), a histogram of the
+held-out errors with MAE, RMSE and bias, and a summary of the run. Maps use
+cartopy (PlateCarree) when the grid is longitude/latitude; land is drawn from
+the product's never-observed flag, and coastlines are added only when Natural
+Earth files are already on disk (this never downloads anything). Drawing uses
+matplotlib's Agg renderer without pyplot, and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["coastline_file", "diagnostics_figure"]
+
+log = logging.getLogger("gapfill")
+
+#: Colours of the flag values 0 observed, 1 filled, 2 never observed.
+FLAG_COLOURS = ("#a6cee3", "#e6550d", "#cfcac0")
+LAND = FLAG_COLOURS[2]
+#: Smallest height (inches) of a map panel; thinner domains are stretched north-south.
+MIN_MAP_HEIGHT = 1.5
+MAX_MAP_HEIGHT = 4.0
+WIDTH = 11.0
+
+
+def coastline_file(resolution: str = "110m") -> Path | None:
+    """The Natural Earth coastline shapefile if cartopy already has it on disk, else ``None``."""
+    try:
+        import cartopy
+    except ImportError:
+        return None
+    rel = Path("shapefiles", "natural_earth", "physical", f"ne_{resolution}_coastline.shp")
+    for key in ("pre_existing_data_dir", "data_dir"):
+        base = cartopy.config.get(key)
+        if base and (Path(base) / rel).is_file():
+            return Path(base) / rel
+    return None
+
+
+def diagnostics_figure(
+    out: xr.Dataset,
+    variable: str,
+    errors: np.ndarray,
+    path: str | os.PathLike,
+    time_index: int | None = None,
+    *,
+    punched_errors: np.ndarray | None = None,
+    dpi: int = 150,
+) -> Path:
+    """Draw the diagnostics figure of a filled product and write it as PNG.
+
+    Parameters
+    ----------
+    out
+        The product of ``fill``: ``<variable>`` and ``<variable>_flag``.
+    variable
+        Name of the filled variable.
+    errors
+        Filled minus observed values at the held-out pixels (``Diagnostics.errors``).
+    path
+        The PNG to write (atomically; parent directories are created).
+    time_index
+        Time step shown on the maps; default: the one with the most filled pixels.
+    punched_errors
+        Optional filled minus true values at punched pixels, overlaid on the histogram.
+    dpi
+        Resolution of the PNG.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    from matplotlib.figure import Figure
+
+    from gapfill.dims import find_dims
+
+    da = out[variable]
+    flag = out[f"{variable}_flag"] if f"{variable}_flag" in out else np.isnan(da).astype("uint8")
+    dims = find_dims(da)
+    if dims.channel:
+        da, flag = da.isel({dims.channel: 0}), flag.isel({dims.channel: 0})
+    da = da.transpose(*dims.core)
+    flag = flag.transpose(*dims.core)
+    filled_counts = np.asarray((flag == 1).sum((dims.y, dims.x)).values)
+    if time_index is None:
+        time_index = int(np.argmax(filled_counts))
+    field = np.asarray(da.isel({dims.time: time_index}).values, dtype=float)
+    status = np.asarray(flag.isel({dims.time: time_index}).values)
+    x, y = _coord(da, dims.x), _coord(da, dims.y)
+    geographic = _is_lonlat(da, dims)
+
+    aspect = _aspect(x, y, geographic)
+    natural = (WIDTH - 1.6) / aspect
+    map_h = float(np.clip(natural, MIN_MAP_HEIGHT, MAX_MAP_HEIGHT))
+    stretch = map_h / natural
+    fig = Figure(figsize=(WIDTH, 2 * map_h + 3.9), layout="constrained")
+    grid = fig.add_gridspec(3, 2, height_ratios=[map_h, map_h, 3.0], width_ratios=[1.9, 1])
+    axes = [_map_axes(fig, grid[i, :], x, geographic) for i in range(2)]
+
+    units = da.attrs.get("units", "")
+    label = _label(da)
+    when = _time_label(da, dims.time, time_index)
+    share = _share_filled(status)
+    stretch_note = f"; north–south stretched ×{stretch:.0f}" if stretch > 1.5 else ""
+
+    # (a) the filled field, filled pixels hatched, land from the never-observed flag
+    ax = axes[0]
+    finite = field[np.isfinite(field)]
+    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    _land(ax, x, y, status, geographic)
+    mesh = ax.pcolormesh(x, y, np.ma.masked_invalid(field), cmap="RdYlBu_r", vmin=vmin,
+                         vmax=vmax, shading="nearest", rasterized=True, **_tf(geographic))
+    _hatch(ax, x, y, status == 1, geographic)
+    cbar = fig.colorbar(mesh, ax=ax, orientation="vertical", fraction=0.025, pad=0.01,
+                        extend="both")
+    cbar.set_label(units)
+    ax.set_title(f"(a) Filled {label}, {when} — hatched: filled ({share:.0%} of valid pixels)"
+                 f"{stretch_note}", loc="left", fontsize=10)
+
+    # (b) status flags
+    ax = axes[1]
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    cmap = ListedColormap(FLAG_COLOURS)
+    flags = ax.pcolormesh(x, y, status, cmap=cmap, norm=BoundaryNorm([-0.5, 0.5, 1.5, 2.5], 3),
+                          shading="nearest", rasterized=True, **_tf(geographic))
+    meanings = str(flag.attrs.get("flag_meanings", "observed filled never_observed")).split()
+    cbar = fig.colorbar(flags, ax=ax, orientation="vertical", fraction=0.025, pad=0.01,
+                        ticks=[0, 1, 2])
+    cbar.ax.set_yticklabels([m.replace("_", " ") for m in meanings[:3]], fontsize=8)
+    ax.set_title(f"(b) Status flag ({variable}_flag), {when}", loc="left", fontsize=10)
+    for a in axes:
+        a._gapfill_dims = (dims.y, dims.x)
+        _decorate(a, x, y, geographic)
+
+    # (c) histogram of held-out errors, (d) summary
+    _histogram(fig.add_subplot(grid[2, 0]), np.asarray(errors, dtype=float), punched_errors, units)
+    _summary(fig.add_subplot(grid[2, 1]), out, variable, units)
+    fig.suptitle(_suptitle(out, label), fontsize=12, fontweight="bold")
+    return _save(fig, Path(path), dpi)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _coord(da: xr.DataArray, dim: str) -> np.ndarray:
+    if dim in da.coords and np.issubdtype(da[dim].dtype, np.number):
+        return np.asarray(da[dim].values, dtype=float)
+    return np.arange(da.sizes[dim], dtype=float)
+
+
+def _is_lonlat(da: xr.DataArray, dims: Any) -> bool:
+    def units(d: str) -> str:
+        return str(da[d].attrs.get("units", "")).lower() if d in da.coords else ""
+
+    lon = units(dims.x).startswith("degree") or dims.x.lower() in ("lon", "longitude")
+    lat = units(dims.y).startswith("degree") or dims.y.lower() in ("lat", "latitude")
+    return lon and lat and dims.x in da.coords and dims.y in da.coords
+
+
+def _aspect(x: np.ndarray, y: np.ndarray, geographic: bool) -> float:
+    dx = np.ptp(x) + (abs(x[1] - x[0]) if x.size > 1 else 1.0)
+    dy = np.ptp(y) + (abs(y[1] - y[0]) if y.size > 1 else 1.0)
+    return float(dx / dy) if geographic else float(x.size / y.size)
+
+
+def _crs(geographic: bool, x: np.ndarray | None = None) -> Any:
+    import cartopy.crs as ccrs
+
+    central = 180.0 if x is not None and x.min() >= 0 and np.ptp(x) > 180 else 0.0
+    return ccrs.PlateCarree(central_longitude=central)
+
+
+def _cartopy_ok() -> bool:
+    try:
+        import cartopy.crs  # noqa: F401
+    except ImportError:
+        log.warning("cartopy is not installed (pip install cartopy): maps drawn unprojected")
+        return False
+    return True
+
+
+def _map_axes(fig: Any, spec: Any, x: np.ndarray, geographic: bool) -> Any:
+    if geographic and _cartopy_ok():
+        ax = fig.add_subplot(spec, projection=_crs(True, x))
+        ax._gapfill_geo = True
+        return ax
+    ax = fig.add_subplot(spec)
+    ax._gapfill_geo = False
+    return ax
+
+
+def _tf(geographic: bool) -> dict[str, Any]:
+    if geographic and _cartopy_ok():
+        import cartopy.crs as ccrs
+
+        return {"transform": ccrs.PlateCarree()}
+    return {}
+
+
+def _land(ax: Any, x: np.ndarray, y: np.ndarray, status: np.ndarray, geographic: bool) -> None:
+    from matplotlib.colors import ListedColormap
+
+    land = np.ma.masked_where(status != 2, np.ones(status.shape))
+    ax.pcolormesh(x, y, land, cmap=ListedColormap([LAND]), shading="nearest",
+                  rasterized=True, **_tf(geographic))
+
+
+def _hatch(ax: Any, x: np.ndarray, y: np.ndarray, mask: np.ndarray, geographic: bool) -> None:
+    """Hatch and outline the ``mask`` pixels along their cell edges."""
+    if not mask.any() or x.size < 2 or y.size < 2:
+        return
+    import matplotlib as mpl
+
+    xe, ye = _edges_grid(x), _edges_grid(y)
+    m = np.repeat(np.repeat(mask.astype(float), 2, axis=0), 2, axis=1)
+    with mpl.rc_context({"hatch.color": "0.15", "hatch.linewidth": 0.6}):
+        ax.contourf(xe, ye, m, levels=[0.5, 1.5], colors="none", hatches=["//////"],
+                    **_tf(geographic))
+    ax.contour(xe, ye, m, levels=[0.5], colors="0.15", linewidths=0.5, **_tf(geographic))
+
+
+def _edges_grid(c: np.ndarray) -> np.ndarray:
+    """Two points per cell, just inside its edges, so contours follow the cell edges."""
+    half = np.abs(np.gradient(c)) / 2 * (1 - 1e-3)
+    return np.column_stack([c - np.sign(c[-1] - c[0]) * half,
+                            c + np.sign(c[-1] - c[0]) * half]).ravel()
+
+
+def _decorate(ax: Any, x: np.ndarray, y: np.ndarray, geographic: bool) -> None:
+    dx = abs(x[1] - x[0]) / 2 if x.size > 1 else 0.5
+    dy = abs(y[1] - y[0]) / 2 if y.size > 1 else 0.5
+    extent = [x.min() - dx, x.max() + dx, y.min() - dy, y.max() + dy]
+    if getattr(ax, "_gapfill_geo", False):
+        import cartopy.crs as ccrs
+        from cartopy.mpl.ticker import LatitudeFormatter, LongitudeFormatter
+
+        pc = ccrs.PlateCarree()
+        ax.set_extent(extent, crs=pc)
+        ax.set_aspect("auto")
+        coast = coastline_file()
+        if coast is not None:
+            ax.coastlines(resolution="110m", linewidth=0.6, color="0.25")
+        xt = _ticks(extent[0], extent[1], (1, 2, 5, 10, 15, 20, 30, 45, 60, 90), 3, 9)
+        yt = _ticks(extent[2], extent[3], (1, 2, 5, 10, 15, 20, 30, 45), 2, 6)
+        ax.set_xticks(xt, crs=pc)
+        ax.set_yticks(yt, crs=pc)
+        ax.xaxis.set_major_formatter(LongitudeFormatter(zero_direction_label=False))
+        ax.yaxis.set_major_formatter(LatitudeFormatter())
+    else:
+        ax.set_xlim(extent[0], extent[1])
+        ax.set_ylim(extent[2], extent[3])
+        ax.set_aspect("auto")
+        ax.set_xlabel(ax._gapfill_dims[1], fontsize=8)
+        ax.set_ylabel(ax._gapfill_dims[0], fontsize=8)
+    ax.tick_params(labelsize=8)
+
+
+def _ticks(lo: float, hi: float, steps: tuple[float, ...], min_n: int, max_n: int) -> np.ndarray:
+    for step in steps:
+        t = np.arange(np.ceil(lo / step) * step, hi + 1e-9, step)
+        if min_n <= t.size <= max_n:
+            return t
+    return np.linspace(lo, hi, min_n)
+
+
+def _histogram(ax: Any, errors: np.ndarray, punched: np.ndarray | None, units: str) -> None:
+    errors = errors[np.isfinite(errors)]
+    u = f" {units}" if units else ""
+    if not errors.size and (punched is None or not np.size(punched)):
+        ax.text(0.5, 0.5, "no held-out pixels\n(holdout.fraction = 0)", ha="center",
+                va="center", transform=ax.transAxes, color="0.4")
+        ax.set_axis_off()
+        ax.set_title("(c) Held-out errors", loc="left", fontsize=10)
+        return
+    both = errors if punched is None else np.concatenate([errors, punched[np.isfinite(punched)]])
+    lim = float(np.percentile(np.abs(both), 99.5)) or 1.0
+    bins = np.linspace(-lim, lim, 61)
+    top = 0.0
+    if errors.size:
+        counts, _, _ = ax.hist(np.clip(errors, -lim, lim), bins=bins, density=True,
+                               color="#3182bd", alpha=0.85,
+                               label=f"held-out observed pixels (n={errors.size:,})")
+        top = max(top, float(np.max(counts)))
+    if punched is not None and np.size(punched):
+        p = punched[np.isfinite(punched)]
+        counts, _, _ = ax.hist(np.clip(p, -lim, lim), bins=bins, density=True, histtype="step",
+                               color="#e6550d", linewidth=1.6,
+                               label=f"punched pixels vs truth (n={p.size:,})")
+        top = max(top, float(np.max(counts)))
+    ax.axvline(0, color="0.2", linewidth=0.8)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(0, 1.3 * top if top > 0 else 1)
+    ax.text(0.99, 0.97, f"outer bins: |error| ≥ {_num(lim)}{u}", transform=ax.transAxes,
+            ha="right", va="top", fontsize=7.5, color="0.4")
+    ax.set_xlabel(f"filled − observed ({units})" if units else "filled − observed")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, frameon=False, loc="upper left")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.tick_params(labelsize=8)
+    if errors.size:
+        mae, rmse, bias = np.abs(errors).mean(), np.sqrt((errors**2).mean()), errors.mean()
+        ax.set_title(f"(c) Held-out errors: MAE {_num(mae)}{u} · RMSE {_num(rmse)}{u} · "
+                     f"bias {_num(bias, sign=True)}{u}", loc="left", fontsize=10)
+    else:
+        ax.set_title("(c) Errors at punched pixels", loc="left", fontsize=10)
+
+
+def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
+    a = out.attrs
+    rows: list[tuple[str, str]] = []
+    method = a.get("gapfill_method")
+    if method:
+        rows.append(("method", str(method)))
+    try:
+        opts = json.loads(a.get("gapfill_options", "{}"))
+    except (TypeError, ValueError):
+        opts = {}
+    for key in list(opts)[:4]:
+        rows.append((f"  {key}", str(opts[key])))
+    flag = out[f"{variable}_flag"] if f"{variable}_flag" in out else None
+    if flag is not None:
+        f = np.asarray(flag.values)
+        valid = (f != 2).sum()
+        rows.append(("filled pixels", f"{(f == 1).sum():,} ({(f == 1).sum() / max(valid, 1):.1%})"))
+    u = f" {units}" if units else ""
+    for prefix, title in (("gapfill_holdout_", "held-out"), ("gapfill_punched_", "punched")):
+        if f"{prefix}mae" in a:
+            rows.append((f"{title} MAE / RMSE",
+                         f"{_num(a[prefix + 'mae'])} / {_num(a[prefix + 'rmse'])}{u}"))
+            rows.append((f"{title} bias, n", f"{_num(a[prefix + 'bias'], sign=True)}{u}, "
+                                             f"{int(a[prefix + 'n']):,}"))
+    if "gapfill_holdout_within_1sigma" in a:
+        rows.append(("within 1σ (held-out)", f"{float(a['gapfill_holdout_within_1sigma']):.0%}"))
+    ax.set_axis_off()
+    ax.set_title("(d) Run", loc="left", fontsize=10)
+    for i, (k, v) in enumerate(rows[:13]):
+        yy = 0.95 - i * 0.075
+        ax.text(0.0, yy, k, transform=ax.transAxes, fontsize=8.5, color="0.35", va="top")
+        ax.text(0.52, yy, v, transform=ax.transAxes, fontsize=8.5, va="top", family="monospace")
+
+
+def _num(value: Any, sign: bool = False) -> str:
+    """A number to 3 significant digits with a typographic minus sign."""
+    text = f"{float(value):+.3g}" if sign else f"{float(value):.3g}"
+    return text.replace("-", "\u2212")
+
+
+def _label(da: xr.DataArray) -> str:
+    name = da.attrs.get("long_name") or da.attrs.get("standard_name") or da.name or "data"
+    return str(name).replace("_", " ")
+
+
+def _time_label(da: xr.DataArray, dim: str, i: int) -> str:
+    if dim not in da.coords:
+        return f"{dim} {i}"
+    value = da[dim].values[i]
+    if np.issubdtype(da[dim].dtype, np.datetime64):
+        return str(np.datetime_as_string(value, unit="D"))
+    return str(value)
+
+
+def _share_filled(status: np.ndarray) -> float:
+    valid = (status != 2).sum()
+    return float((status == 1).sum() / valid) if valid else 0.0
+
+
+def _suptitle(out: xr.Dataset, label: str) -> str:
+    method = out.attrs.get("gapfill_method")
+    return f"Gap-filled {label}" + (f" — {method} method" if method else "")
+
+
+def _save(fig: Any, path: Path, dpi: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

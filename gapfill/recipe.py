@@ -1,0 +1,672 @@
+"""Recipes: a YAML file that describes one gap-filling run, validated before anything runs.
+
+A recipe has one section per concern (``input``, ``punch``, ``method``,
+``holdout``, ``fill``, ``output``). Each section is a pydantic model that
+forbids unknown keys; the attribute docstrings below are the recipe
+documentation (``recipes/README.md`` is generated from them by
+:func:`docs_markdown`).
+
+Paths
+-----
+Input paths are resolved against the directory of the recipe file, so a recipe
+can sit next to its data. Output paths are resolved against the current working
+directory, so running a bundled recipe writes where you run it, never into the
+installed package. ``sample:ostia`` names the OSTIA monthly SST cube shipped
+with the ``iris-sample-data`` package.
+
+>>> recipe = load("recipes/ostia_sst.yaml")     # doctest: +SKIP
+>>> ds = open_input(recipe)                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
+from pydantic import field_validator, model_validator
+
+__all__ = [
+    "FillConfig",
+    "HoldoutConfig",
+    "InputConfig",
+    "MethodConfig",
+    "OutputConfig",
+    "PunchConfig",
+    "Recipe",
+    "RecipeError",
+    "SAMPLES",
+    "default_recipe_path",
+    "docs_markdown",
+    "load",
+    "open_input",
+    "side_outputs",
+]
+
+#: ``sample:<name>`` paths and the iris-sample-data file each one names.
+SAMPLES = {"ostia": "ostia_monthly.nc"}
+SAMPLE_PREFIX = "sample:"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the offending key."""
+
+
+def default_recipe_path() -> Path:
+    """The bundled default recipe (``gapfill/recipes/ostia_sst.yaml``)."""
+    from importlib.resources import files
+
+    return Path(str(files("gapfill") / "recipes" / "ostia_sst.yaml"))
+
+
+def sample_path(name: str) -> Path:
+    """The file behind ``sample:<name>``.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown or iris-sample-data is not installed.
+    """
+    if name not in SAMPLES:
+        raise ValueError(f"unknown sample {name!r}; available: {sorted(SAMPLES)}")
+    try:
+        import iris_sample_data
+    except ImportError:
+        raise ValueError(
+            f"'{SAMPLE_PREFIX}{name}' needs the iris-sample-data package: "
+            "pip install iris-sample-data"
+        ) from None
+    return Path(iris_sample_data.__file__).parent / "sample_data" / SAMPLES[name]
+
+
+def _base_dir(info: ValidationInfo, key: str) -> Path:
+    context = info.context or {}
+    return Path(context.get(key) or os.getcwd())
+
+
+# -- sections ----------------------------------------------------------------------------
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class DimsConfig(_Section):
+    """Names of the data's dimensions, when they cannot be recognised from CF metadata."""
+
+    time: str | None = None
+    """The time dimension."""
+    y: str | None = None
+    """The north-south (row) dimension, e.g. ``lat``."""
+    x: str | None = None
+    """The east-west (column) dimension, e.g. ``lon``."""
+    channel: str | None = None
+    """An extra dimension filled jointly (e.g. several variables or depths stacked)."""
+
+
+class TimeSlice(_Section):
+    """A time range selected by label; both ends are included."""
+
+    start: str | None = None
+    """First time step kept, e.g. ``"2006-04"`` or ``"2006-04-16"`` (default: the first)."""
+    stop: str | None = None
+    """Last time step kept, e.g. ``"2007-03"`` (default: the last)."""
+
+    @field_validator("start", "stop", mode="before")
+    @classmethod
+    def _dates_as_text(cls, value: Any) -> Any:
+        # YAML reads 2006-04-16 as a date; keep it as the ISO text it was.
+        if isinstance(value, (_dt.date, _dt.datetime)):
+            return value.isoformat()
+        return value
+
+
+class InputConfig(_Section):
+    """The gappy data to fill."""
+
+    path: str | list[str]
+    """A NetCDF file, a glob pattern (``"sst_*.nc"``) or list of files (combined by their
+    coordinates), a Zarr store (``*.zarr``), or ``sample:ostia`` for the OSTIA monthly SST cube
+    of iris-sample-data. Relative paths are relative to the recipe file's directory."""
+    variable: str
+    """Name of the variable to fill, e.g. ``surface_temperature``."""
+    dims: DimsConfig | None = None
+    """Dimension names (``time``, ``y``, ``x``, ``channel``) when they are not recognised from
+    CF attributes or common names."""
+    chunks: dict[str, int] | None = None
+    """Dask chunk sizes by dimension, e.g. ``{time: 12}``. Default: a single file is read
+    without dask; Zarr stores and multi-file inputs keep their on-disk chunks."""
+    time_slice: TimeSlice | None = None
+    """Fill only this time range (``start``/``stop`` labels, both included)."""
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _resolve(cls, value: str | list[str], info: ValidationInfo) -> str | list[str]:
+        base = _base_dir(info, "recipe_dir")
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("the list of input files is empty")
+        resolved = [_resolve_input(item, base) for item in items]
+        return resolved[0] if isinstance(value, str) else resolved
+
+
+def _resolve_input(text: str, base: Path) -> str:
+    import glob
+
+    if text.startswith(SAMPLE_PREFIX):
+        path = sample_path(text[len(SAMPLE_PREFIX):])
+    elif "://" in text:
+        return text
+    else:
+        path = Path(os.path.expanduser(text))
+        path = path if path.is_absolute() else base / path
+    if set("*?[") & set(str(path)):
+        if not glob.glob(str(path)):
+            raise ValueError(f"no file matches {str(path)!r}")
+    elif not path.exists():
+        hint = "" if Path(text).is_absolute() else f" (relative paths start from {str(base)!r})"
+        raise ValueError(f"file not found: {str(path)!r}{hint}")
+    return str(path)
+
+
+class PunchConfig(_Section):
+    """Synthetic gaps punched into the input before fitting (for gap-free inputs).
+
+    The punched pixels are treated as missing and filled; their true values are kept
+    to report the error of the fill there (``gapfill_punched_*`` attributes and CSV)."""
+
+    process: str = "cloud"
+    """Shape of the gaps: ``cloud``, ``raindrops``, ``moving_bar`` or ``remove_pixels``
+    (see :mod:`gapfill.masks`)."""
+    coverage: float = Field(0.4, gt=0, lt=1)
+    """Expected fraction of pixels hidden, in (0, 1)."""
+    seed: int = 0
+    """Seed of the random gaps (same seed, same gaps)."""
+    options: dict[str, Any] = {}
+    """Extra parameters of the gap process, e.g. ``{length_scale: 6, periodic: [false, true]}``
+    for ``cloud``."""
+
+    @model_validator(mode="after")
+    def _check_process(self) -> PunchConfig:
+        from gapfill import masks
+
+        names = sorted(n for n in masks.PROCESSES if n != "empirical")
+        if self.process not in names:
+            raise ValueError(f"punch.process: unknown process {self.process!r}; use one of {names}")
+        try:
+            masks.make(self.process, coverage=self.coverage, seed=self.seed, **self.options)
+        except TypeError as err:
+            raise ValueError(
+                f"punch.options: bad options for process {self.process!r}: {err}"
+            ) from None
+        except ValueError as err:
+            raise ValueError(f"punch.options: {err}") from None
+        return self
+
+
+class MethodConfig(_Section):
+    """The gap-filling method."""
+
+    name: str = "eof"
+    """A method name from ``gapfill.methods.available()``: ``eof`` (DINEOF), ``linear``,
+    ``climatology``, ``gan``, ..."""
+    options: dict[str, Any] = {}
+    """The method's options (its ``Options`` dataclass), e.g. ``{max_modes: 10}`` for ``eof``.
+    Unknown or out-of-range options are rejected before anything runs."""
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from gapfill import methods
+
+        if value not in methods.available():
+            raise ValueError(f"unknown method {value!r}; choose one of {methods.available()}")
+        return value
+
+    @field_validator("options")
+    @classmethod
+    def _valid_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from gapfill import methods
+
+        name = info.data.get("name")
+        if name is None:  # the name failed; that error is reported
+            return value
+        try:
+            methods.get(name)(**value)
+        except ImportError as err:
+            raise ValueError(f"method {name!r} cannot be imported: {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(str(err)) from None
+        return value
+
+
+class HoldoutConfig(_Section):
+    """Observed pixels hidden from the fit to measure its error (MAE, RMSE, bias)."""
+
+    fraction: float = Field(0.1, ge=0, lt=1)
+    """Share of the observed pixels held out, in [0, 1); 0 disables the diagnostics."""
+    process: str = "cloud"
+    """Shape of the held-out patches: ``cloud`` or ``empirical`` (the data's own gap shapes),
+    or any other process of :mod:`gapfill.masks`."""
+    seed: int = 0
+    """Seed of the held-out draw and of the method's fit."""
+
+    @field_validator("process")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from gapfill import masks
+
+        if value not in masks.PROCESSES:
+            raise ValueError(f"unknown process {value!r}; use one of {sorted(masks.PROCESSES)}")
+        return value
+
+
+class FillConfig(_Section):
+    """How the gaps are filled."""
+
+    samples: int = Field(1, ge=1)
+    """Number of stochastic fills for methods that draw them (their mean is the field,
+    their spread the error); deterministic methods ignore it."""
+    fill_never_observed: bool = False
+    """Also fill pixels never observed at any time (land, outside the swath)."""
+    seed: int = 0
+    """Seed of stochastic fills."""
+
+
+class OutputConfig(_Section):
+    """Where the product and its diagnostics go."""
+
+    path: str
+    """The product: a NetCDF file (``.nc``/``.nc4``) or a Zarr store (``.zarr``). Relative
+    paths are relative to the current working directory; missing directories are created."""
+    format: Literal["netcdf", "zarr"] | None = None
+    """``netcdf`` or ``zarr``; by default from the extension of ``path``."""
+    overwrite: bool = False
+    """Replace existing outputs. Without it a run refuses to start if any output exists
+    (command line: ``--overwrite``)."""
+    figures: bool = True
+    """Write a diagnostics figure (map of the filled field and status flags, histogram of
+    held-out errors) next to the product as ``<name>_diagnostics.png``."""
+    diagnostics_csv: bool | str = True
+    """Write per-time-step held-out (and punched) MAE/RMSE/bias as CSV: ``true`` for
+    ``<name>_diagnostics.csv`` next to the product, or a path."""
+    title: str | None = None
+    """The product's ``title`` attribute (default: "Gap-filled <variable> (<method> method)")."""
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> OutputConfig:
+        from gapfill.io import format_from_path
+
+        base = _base_dir(info, "output_dir")
+        path = Path(os.path.expanduser(self.path))
+        self.path = str(path if path.is_absolute() else base / path)
+        if isinstance(self.diagnostics_csv, str):
+            csv = Path(os.path.expanduser(self.diagnostics_csv))
+            self.diagnostics_csv = str(csv if csv.is_absolute() else base / csv)
+        try:
+            self.format = format_from_path(self.path, self.format)
+        except ValueError as err:
+            raise ValueError(f"output.path: {err}") from None
+        return self
+
+
+class Recipe(_Section):
+    """A gap-filling run: input → (punch) → fit → score → fill → write."""
+
+    description: str | None = None
+    """Free text describing the run (kept in the product's ``gapfill_recipe`` attribute)."""
+    input: InputConfig
+    """The gappy data to fill."""
+    punch: PunchConfig | None = None
+    """Optional synthetic gaps punched into a gap-free input, to measure the fill against
+    known truth."""
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    """The gap-filling method and its options."""
+    holdout: HoldoutConfig = Field(default_factory=HoldoutConfig)
+    """Held-out observed pixels for honest error figures."""
+    fill: FillConfig = Field(default_factory=FillConfig)
+    """Filling options."""
+    output: OutputConfig
+    """Where the product, the figure and the CSV are written."""
+
+    @model_validator(mode="after")
+    def _outputs_free(self) -> Recipe:
+        import glob
+
+        from gapfill.io import is_zarr_store
+
+        given = [self.input.path] if isinstance(self.input.path, str) else self.input.path
+        inputs = [match for item in given for match in (glob.glob(item) or [item])]
+        for key, path in side_outputs(self).items():
+            if any(_same_file(path, src) for src in inputs):
+                raise ValueError(
+                    f"{key}: {str(path)!r} is an input file; gapfill never modifies its input"
+                )
+            if path.is_dir() and not is_zarr_store(path):
+                raise ValueError(f"{key}: {str(path)!r} is a directory (not a Zarr store)")
+            if not self.output.overwrite and (path.exists() or path.is_symlink()):
+                raise ValueError(
+                    f"{key}: {str(path)!r} already exists; set output.overwrite: true "
+                    "(command line: --overwrite) or choose another path"
+                )
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved recipe (absolute paths, all defaults) as YAML text."""
+        data = self.model_dump(mode="json")
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _same_file(a: Path, b: str) -> bool:
+    try:
+        return a.resolve() == Path(b).resolve() or (a.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def side_outputs(recipe: Recipe) -> dict[str, Path]:
+    """Every file a run writes, by recipe key: the product, the CSV and the figure."""
+    out = Path(recipe.output.path)
+    stem = out.parent / Path(out.name).stem
+    paths = {"output.path": out}
+    csv = recipe.output.diagnostics_csv
+    if csv:
+        default = Path(f"{stem}_diagnostics.csv")
+        paths["output.diagnostics_csv"] = Path(csv) if isinstance(csv, str) else default
+    if recipe.output.figures:
+        paths["output.figures"] = Path(f"{stem}_diagnostics.png")
+    return paths
+
+
+# -- loading -----------------------------------------------------------------------------
+def load(
+    path: str | os.PathLike,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> Recipe:
+    """Read and validate a recipe file.
+
+    Parameters
+    ----------
+    path
+        The YAML recipe.
+    overrides
+        Values replacing the file's, by dotted key, e.g. ``{"output.overwrite": True}``.
+    output_dir
+        Directory that relative output paths start from (default: the current one).
+
+    Raises
+    ------
+    RecipeError
+        With one line per problem, each naming the recipe key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {str(path)!r}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(f"{path}: not valid YAML{at}: {problem}") from None
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of sections (input, method, ...), "
+                          f"not a {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    return from_dict(
+        data, recipe_dir=path.resolve().parent, output_dir=output_dir, label=str(path)
+    )
+
+
+def from_dict(
+    data: Mapping[str, Any],
+    *,
+    recipe_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    label: str = "recipe",
+) -> Recipe:
+    """Validate a recipe given as a mapping (relative paths as in :func:`load`).
+
+    Raises
+    ------
+    RecipeError
+        With one line per problem, each naming the recipe key.
+    """
+    context = {"recipe_dir": recipe_dir, "output_dir": output_dir}
+    try:
+        return Recipe.model_validate(dict(data), context=context)
+    except ValidationError as err:
+        msgs = _messages(err)
+        if len(msgs) == 1:
+            raise RecipeError(f"{label}: {msgs[0]}") from None
+        raise RecipeError(
+            f"{label}: {len(msgs)} problems:\n" + "\n".join(f"  - {m}" for m in msgs)
+        ) from None
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+def _messages(err: ValidationError) -> list[str]:
+    """One readable message per offending key."""
+    grouped: dict[str, list[str]] = {}
+    for e in err.errors():
+        loc, allowed = _clean_loc(e["loc"])
+        key = ".".join(map(str, loc)) or "recipe"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else (
+                f" (allowed: {', '.join(allowed)})" if allowed else "")
+            msg = f"recipe key '{key}' is not allowed{hint}"
+        elif kind == "missing":
+            msg = f"recipe key '{key}' is required"
+        else:
+            text = e["msg"].removeprefix("Value error, ")
+            named = re.match(r"^([\w.]+): ", text)
+            if kind == "value_error" and named and (key == "recipe" or named[1].startswith(key)):
+                key, msg = named[1], text  # a model-level check naming its own key
+            else:
+                got = "" if kind == "value_error" else f" (got {e.get('input')!r})"
+                msg = f"{key}: {text}{got}"
+        grouped.setdefault(key, [])
+        if msg not in grouped[key]:
+            grouped[key].append(msg)
+    out = []
+    for key, msgs in grouped.items():
+        if len(msgs) > 1 and all(m.startswith(f"{key}: ") for m in msgs):
+            out.append(f"{key}: " + " or ".join(m[len(key) + 2:] for m in msgs))
+        else:
+            out.extend(msgs)
+    return out
+
+
+def _clean_loc(loc: tuple) -> tuple[list, list[str]]:
+    """Drop pydantic's union-member tags from ``loc``; also return the allowed keys there."""
+    model: type[BaseModel] | None = Recipe
+    clean: list = []
+    allowed: list[str] = list(Recipe.model_fields)
+    for part in loc:
+        if model is not None:
+            allowed = list(model.model_fields)
+            clean.append(part)
+            field = model.model_fields.get(str(part))
+            model = _model_in(field.annotation) if field is not None else None
+        elif isinstance(part, int) or not _looks_like_tag(str(part)):
+            clean.append(part)
+    return clean, allowed
+
+
+def _looks_like_tag(part: str) -> bool:
+    return part in {"str", "int", "float", "bool", "none", "list", "dict"} or any(
+        c in part for c in "[]-'"
+    )
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+# -- checks that need the data -------------------------------------------------------------
+def open_input(recipe: Recipe):  # -> xr.Dataset (xarray imported lazily)
+    """Open the recipe's input, select its time range and check variable and dims.
+
+    Returns
+    -------
+    xarray.Dataset
+        The selected input.
+
+    Raises
+    ------
+    RecipeError
+        Naming ``input.path``, ``input.variable``, ``input.dims`` or ``input.time_slice``.
+    """
+    from gapfill import io
+    from gapfill.dims import find_dims
+
+    inp = recipe.input
+    try:
+        ds = io.open(inp.path, chunks=inp.chunks)
+    except (FileNotFoundError, ValueError) as err:
+        raise RecipeError(f"input.path: {err}") from None
+    if inp.variable not in ds.data_vars:
+        raise RecipeError(
+            f"input.variable: {inp.variable!r} is not in the input; its data variables are "
+            f"{sorted(map(str, ds.data_vars))}"
+        )
+    da = ds[inp.variable]
+    dims = inp.dims.model_dump(exclude_none=True) if inp.dims else None
+    try:
+        found = find_dims(da, dims)
+    except ValueError as err:
+        raise RecipeError(f"input.dims: {err}") from None
+    if inp.chunks:
+        unknown = sorted(set(inp.chunks) - set(map(str, ds.dims)))
+        if unknown:
+            raise RecipeError(
+                f"input.chunks: no dimension(s) {unknown} in the input; it has {list(ds.dims)}"
+            )
+    if inp.time_slice is not None:
+        sl = slice(inp.time_slice.start, inp.time_slice.stop)
+        try:
+            ds = ds.sel({found.time: sl})
+        except (KeyError, TypeError, ValueError) as err:
+            raise RecipeError(
+                f"input.time_slice: cannot select {sl} on {found.time!r}: {err}"
+            ) from None
+        if ds.sizes[found.time] < 2:
+            t = ds.indexes.get(found.time)
+            raise RecipeError(
+                f"input.time_slice: selects {ds.sizes[found.time]} time step(s); "
+                "at least 2 are needed"
+                + (f" (the input covers {t[0]} to {t[-1]})" if t is not None and len(t) else "")
+            )
+    return ds
+
+
+# -- documentation -----------------------------------------------------------------------
+def docs_markdown() -> str:
+    """Markdown reference of every recipe key, generated from the models' docstrings."""
+    lines = [
+        "| key | type | default | description |",
+        "| --- | --- | --- | --- |",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            sub = _model_in(field.annotation)
+            if field.is_required():
+                default = "*required*"
+            elif field.default_factory is not None:
+                default = "(section defaults)"
+            else:
+                default = _show_default(field.default, sub)
+            desc = _markdown(" ".join((field.description or "").split()))
+            lines.append(f"| `{key}` | {_type_name(field.annotation)} | {default} | {desc} |")
+            if sub is not None:
+                walk(sub, f"{key}.")
+
+    walk(Recipe, "")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(text: str) -> str:
+    """RST inline markup of the docstrings → Markdown."""
+    return re.sub(r":\w+:`([^`]+)`", r"`\1`", text).replace("``", "`")
+
+
+#: Markers of the generated section in ``recipes/README.md``.
+DOCS_START, DOCS_END = "<!-- recipe-keys:start -->", "<!-- recipe-keys:end -->"
+
+
+def update_readme(path: str | os.PathLike) -> bool:
+    """Rewrite the generated key table between the markers of a README; True if it changed."""
+    path = Path(path)
+    text = path.read_text()
+    head, _, rest = text.partition(DOCS_START)
+    _, _, tail = rest.partition(DOCS_END)
+    new = f"{head}{DOCS_START}\n{docs_markdown()}{DOCS_END}{tail}"
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+def _show_default(value: Any, sub: type[BaseModel] | None) -> str:
+    if sub is not None and value is not None:
+        return "(section defaults)"
+    if value is None:
+        return "`null`"
+    return f"`{yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}`"
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is Literal:
+        return " or ".join(f"`{a}`" for a in typing.get_args(annotation))
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
+    if annotation in names:
+        return names[annotation]
+    if origin is list:
+        return f"list of {_type_name(typing.get_args(annotation)[0])}s"
+    if origin is dict:
+        return "mapping"
+    return str(annotation)
+
+
+if __name__ == "__main__":  # python -m gapfill.recipe [README.md]: print or refresh the key table
+    import sys
+
+    if len(sys.argv) > 1:
+        print("updated" if update_readme(sys.argv[1]) else "up to date", sys.argv[1])
+    else:
+        sys.stdout.write(docs_markdown())
