@@ -155,7 +155,10 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
     observed = np.isfinite(raw)
     hide = holdout_mask(observed, model.holdout, cube.missing_pattern())
     gappy = np.where(hide, np.nan, raw)
-    filled, error = run_method(model, gappy, seed=seed, coords=cube.coords())
+    # Pixels whose every observation is held out are still ocean: ask for a value there too.
+    filled, error = run_method(
+        model, gappy, seed=seed, coords=cube.coords(), fill_never_observed=True
+    )
     predicted = filled[hide]
     ok = np.isfinite(predicted)
     t_index = np.nonzero(hide)[1]

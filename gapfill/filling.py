@@ -175,6 +175,10 @@ def fill_dataarray(
         variables[f"{name}_error"] = xr.DataArray(
             error.astype(dtype), dims=template.dims, coords=template.coords, attrs=_error_attrs(da.attrs)
         )
+    for key in ("grid_mapping", "coordinates"):
+        if key in da.attrs:
+            for var in variables.values():
+                var.attrs.setdefault(key, da.attrs[key])
     out = xr.Dataset({k: v.transpose(*da.dims) for k, v in variables.items()})
     out.attrs.update(product_attrs(model, diagnostics if isinstance(diagnostics, Diagnostics) else None))
     return out
