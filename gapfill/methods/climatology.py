@@ -1,0 +1,106 @@
+"""Per-pixel climatology: the temporal mean of each pixel's observations.
+
+The error is each pixel's temporal standard deviation. Pixels that had no
+observation when fitting fall back to the mean of their frame's observations
+(same channel), or to the channel's mean climatology if the frame has none.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
+
+if TYPE_CHECKING:
+    from gapfill.cube import Cube
+
+
+@dataclass
+class ClimatologyOptions(Options):
+    """The ``"climatology"`` method has no options."""
+
+
+class Climatology(Method):
+    """Fill every missing pixel with its temporal mean; error = its temporal std."""
+
+    name = "climatology"
+    Options = ClimatologyOptions
+    provides_error = True
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._mean: np.ndarray | None = None
+        self._std: np.ndarray | None = None
+
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Compute per-pixel mean and std of the observations."""
+        self.fit_array(cube.values())
+
+    def fit_array(self, x: np.ndarray) -> None:
+        """Fit on a normalised ``(C, T, H, W)`` array."""
+        obs = np.isfinite(x)
+        count = obs.sum(1)
+        total = np.where(obs, x, 0).astype(np.float64).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / count
+            sq = (np.where(obs, x - np.nan_to_num(mean)[:, None], 0) ** 2).sum(1)
+            std = np.sqrt(sq / count)
+        # Pixels seen fewer than twice have no spread of their own: use the channel's typical std.
+        seen = count >= 2
+        typical = np.array(
+            [np.median(std[c][seen[c]]) if seen[c].any() else 1.0 for c in range(x.shape[0])]
+        )
+        std = np.where(seen, std, typical[:, None, None])
+        self._mean = mean.astype(np.float32)  # NaN where never observed
+        self._std = np.maximum(std, 1e-6).astype(np.float32)
+        self.fit_info = {"observed_pixels": int((count > 0).sum())}
+
+    def chunking(self) -> Chunking:
+        """Pointwise: any chunks. Pixels without a fitted climatology fall back to their
+        frame's mean, which needs whole frames."""
+        unknown = self._mean is not None and not np.isfinite(self._mean).all()
+        return Chunking(whole=("y", "x") if unknown else ())
+
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Return the climatology (broadcast over time) and its std."""
+        if self._mean is None or self._std is None:
+            raise RuntimeError("climatology: call fit (or load_state_dict) before fill")
+        n_chan, n_time, height, width = x.shape
+        if self._mean.shape != (n_chan, height, width):
+            raise ValueError(
+                f"climatology: fitted on a (C, H, W) = {self._mean.shape} grid, got "
+                f"{(n_chan, height, width)}"
+            )
+        values = np.broadcast_to(self._mean[:, None], x.shape).copy()
+        error = np.broadcast_to(self._std[:, None], x.shape).copy()
+        unknown = ~np.isfinite(self._mean)
+        if unknown.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+                chan_mean = np.nan_to_num(np.nanmean(self._mean.reshape(n_chan, -1), axis=1))
+                frame_mean = np.nanmean(x.reshape(n_chan, n_time, -1), axis=2)
+            frame_mean = np.where(np.isfinite(frame_mean), frame_mean, chan_mean[:, None])
+            fallback = np.broadcast_to(frame_mean[:, :, None, None], x.shape)
+            where = np.broadcast_to(unknown[:, None], x.shape)
+            values[where] = fallback[where]
+            error[where] = 1.0  # normalised units: the channel's overall std
+        return FillResult(values.astype(np.float32), error.astype(np.float32))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-pixel mean (NaN where never observed) and std."""
+        return {} if self._mean is None else {"mean": self._mean, "std": self._std}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._mean = as_numpy(state["mean"]).astype(np.float32)
+        self._std = as_numpy(state["std"]).astype(np.float32)

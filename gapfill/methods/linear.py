@@ -1,0 +1,171 @@
+"""Linear interpolation in time, with a spatial fill where time cannot reach.
+
+Each pixel is interpolated linearly between its observations (time steps are
+taken as equally spaced). Before a pixel's first or after its last
+observation, the value comes from a normalised convolution of the frame's
+known (observed or time-interpolated) values at growing Gaussian scales; a
+frame with nothing known uses the pixel's nearest observation in time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.ndimage
+
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, TimeEdges
+
+if TYPE_CHECKING:
+    from gapfill.cube import Cube
+
+
+@dataclass
+class LinearOptions(Options):
+    """Options of the ``"linear"`` method.
+
+    Attributes
+    ----------
+    sigma
+        Gaussian scale (pixels) of the first spatial fill pass; it doubles at
+        each pass until every reachable pixel is filled.
+    """
+
+    sigma: float = 1.0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option when a value is out of range."""
+        if not (self.sigma > 0 and np.isfinite(self.sigma)):
+            raise ValueError("linear option 'sigma' must be > 0")
+
+
+def interp_time(
+    x: np.ndarray,
+    before: tuple[np.ndarray, np.ndarray] | None = None,
+    after: tuple[np.ndarray, np.ndarray] | None = None,
+    start: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate a ``(T, N)`` array linearly along axis 0 between finite values.
+
+    ``before``/``after`` are optional ``(values, time indices)`` of each
+    column's nearest observation before/after ``x`` (NaN where none), and
+    ``start`` the time index of ``x``'s first row: a time chunk of a longer
+    series then gets exactly the values of the whole-series interpolation.
+
+    Returns
+    -------
+    filled
+        ``(T, N)``: observations, interpolated values between them, NaN outside.
+    nearest
+        ``(T, N)``: the nearest observation in time where ``filled`` is NaN
+        (NaN for columns with no observation).
+    """
+    n_time, n = x.shape
+    obs = np.isfinite(x)
+    t = np.arange(start, start + n_time)[:, None]
+    prev = np.maximum.accumulate(np.where(obs, t, -1), axis=0)
+    nxt = np.minimum.accumulate(np.where(obs, t, _NONE)[::-1], axis=0)[::-1]
+    cols = np.arange(n)[None, :]
+    v_prev = x[np.clip(prev - start, 0, n_time - 1), cols]
+    v_next = x[np.clip(nxt - start, 0, n_time - 1), cols]
+    if before is not None:
+        value, index = before
+        use = (prev < 0) & np.isfinite(index)[None, :]
+        prev = np.where(use, np.nan_to_num(index, nan=-1).astype(np.int64)[None, :], prev)
+        v_prev = np.where(use, value.astype(x.dtype)[None, :], v_prev)
+    if after is not None:
+        value, index = after
+        use = (nxt == _NONE) & np.isfinite(index)[None, :]
+        nxt = np.where(use, np.nan_to_num(index, nan=_NONE).astype(np.int64)[None, :], nxt)
+        v_next = np.where(use, value.astype(x.dtype)[None, :], v_next)
+    has_prev, has_next = prev >= 0, nxt < _NONE
+    w = (t - prev) / np.maximum(nxt - prev, 1)
+    filled = np.where(has_prev & has_next, v_prev + w * (v_next - v_prev), np.nan)
+    nearest = np.where(has_prev, v_prev, np.where(has_next, v_next, np.nan))
+    return filled, nearest
+
+
+#: "No observation after": larger than any time index.
+_NONE = np.iinfo(np.int64).max // 4
+
+
+def spatial_fill(x: np.ndarray, targets: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Fill NaN ``targets`` of ``(..., H, W)`` frames by normalised Gaussian convolution.
+
+    Passes at scales ``sigma, 2·sigma, ...`` fill the targets still missing
+    with the Gaussian-weighted mean of the known values; targets with no known
+    value in their frame stay NaN.
+    """
+    out = x.copy()
+    known = np.isfinite(x)
+    todo = targets & ~known
+    lead = (0,) * (x.ndim - 2)
+    size = max(x.shape[-2:])
+    s = sigma
+    while todo.any() and s <= 4 * size:
+        w = scipy.ndimage.gaussian_filter(known.astype(np.float64), lead + (s, s), mode="nearest")
+        v = scipy.ndimage.gaussian_filter(
+            np.where(known, out, 0.0).astype(np.float64), lead + (s, s), mode="nearest"
+        )
+        ok = todo & (w > 1e-8)
+        out[ok] = (v[ok] / w[ok]).astype(out.dtype)
+        todo &= ~ok
+        s *= 2
+    return out
+
+
+class Linear(Method):
+    """Linear interpolation along time per pixel; spatial fill at the series' ends."""
+
+    name = "linear"
+    Options = LinearOptions
+
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Nothing to learn."""
+
+    def chunking(self) -> Chunking:
+        """Any chunks along time (the nearest observations outside a chunk come as
+        :class:`TimeEdges`, so the result is exact); whole frames, for the spatial fill."""
+        return Chunking(whole=("y", "x"), time_edges=True)
+
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Fill ``x`` (``(C, T, H, W)``, NaN = missing); no error estimate."""
+        return self.fill_chunk(x, rng, samples, coords)
+
+    def fill_chunk(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+        edges: TimeEdges | None = None,
+    ) -> FillResult:
+        """Fill a time chunk of a longer series, given its :class:`TimeEdges`."""
+        n_chan, n_time, height, width = x.shape
+        flat = x.transpose(1, 0, 2, 3).reshape(n_time, -1)
+        before = after = None
+        start = 0
+        if edges is not None:
+            start = edges.start
+            before = (edges.before_value.reshape(-1), edges.before_index.reshape(-1))
+            after = (edges.after_value.reshape(-1), edges.after_index.reshape(-1))
+        filled, nearest = interp_time(flat, before, after, start)
+        shape = (n_time, n_chan, height, width)
+        filled = filled.reshape(shape).transpose(1, 0, 2, 3)
+        nearest = nearest.reshape(shape).transpose(1, 0, 2, 3)
+        ever = np.isfinite(x).any(1, keepdims=True)
+        if edges is not None:
+            outside = np.isfinite(edges.before_index) | np.isfinite(edges.after_index)
+            ever = ever | outside[:, None]
+        targets = np.broadcast_to(ever, x.shape) & ~np.isfinite(filled)
+        if targets.any():
+            filled = spatial_fill(filled, targets, self.options.sigma)
+            filled = np.where(np.isfinite(filled), filled, nearest)
+        return FillResult(filled.astype(np.float32), None)

@@ -1,0 +1,367 @@
+"""The classical methods: eof (DINEOF), linear (time interpolation) and climatology."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gapfill import methods
+from gapfill.cube import Cube
+from gapfill.masks import Cloud
+from gapfill.methods import eof as eof_module
+from gapfill.methods.climatology import Climatology
+from gapfill.methods.eof import EOF, cloud_cv_mask
+from gapfill.methods.linear import Linear
+
+RNG = np.random.default_rng
+ALL = ["eof", "linear", "climatology"]
+
+
+# -- synthetic data ---------------------------------------------------------------------
+def low_rank(
+    t: int = 40, h: int = 12, w: int = 16, rank: int = 3, noise: float = 0.01, channels: int = 1,
+    seed: int = 0,
+) -> np.ndarray:
+    """``(C, T, H, W)``: ``rank`` smooth spatial modes × temporal signals, plus white noise."""
+    rng = RNG(seed)
+    yy, xx = np.meshgrid(np.linspace(0, np.pi, h), np.linspace(0, 2 * np.pi, w), indexing="ij")
+    tt = np.arange(t)
+    field = np.zeros((channels, t, h, w))
+    for k in range(rank):
+        space = np.cos((k + 1) * yy) * np.sin((k + 1) * xx + k) + 0.3 * k * np.cos(xx)
+        amp = 2.0 / (k + 1)
+        time = amp * np.sin(2 * np.pi * tt / (12 + 5 * k) + k) + 0.3 * rng.standard_normal(t)
+        for c in range(channels):
+            field[c] += (1 + 0.5 * c) * time[:, None, None] * np.roll(space, c, axis=1)
+    field += noise * rng.standard_normal(field.shape)
+    return field.astype(np.float32)
+
+
+def random_mask(shape: tuple[int, ...], p: float, seed: int = 1) -> np.ndarray:
+    """Independent Bernoulli(p) gaps, ``True`` = missing."""
+    return RNG(seed).random(shape) < p
+
+
+def blob_mask(shape: tuple[int, ...], p: float, seed: int = 1) -> np.ndarray:
+    """Cloud-shaped gaps shared by all channels, ``True`` = missing."""
+    c, t, h, w = shape
+    hidden = Cloud(coverage=p, seed=seed, length_scale=2.0).sample((t, h, w))
+    return np.broadcast_to(hidden, shape)
+
+
+def gappy(field: np.ndarray, mask: np.ndarray, land: bool = True) -> np.ndarray:
+    """``field`` with NaN at ``mask`` and (optionally) a never-observed corner."""
+    x = np.where(mask, np.nan, field).astype(np.float32)
+    if land:
+        x[:, :, :2, :3] = np.nan
+    return x
+
+
+def as_cube(x: np.ndarray) -> Cube:
+    """A Cube around a ``(C, T, H, W)`` array (no channel dim when C == 1)."""
+    c, t, h, w = x.shape
+    coords = {"time": np.arange(t), "y": np.arange(h), "x": np.arange(w)}
+    if c == 1:
+        return Cube(xr.DataArray(x[0], dims=("time", "y", "x"), coords=coords, name="v"))
+    da = xr.DataArray(x, dims=("band", "time", "y", "x"), coords=coords, name="v")
+    return Cube(da, dims={"channel": "band"})
+
+
+def fit_fill(name: str, x: np.ndarray, **options):
+    """Fit ``name`` on ``x`` (through a Cube) and fill the cube's normalised values."""
+    cube = as_cube(x)
+    method = methods.get(name)(**options)
+    method.fit(cube, RNG(0))
+    z = cube.values()
+    return method, cube, z, method.fill(z, RNG(0))
+
+
+def assert_filled(z: np.ndarray, values: np.ndarray) -> None:
+    """Every missing value of a pixel observed at least once is finite."""
+    observed = np.isfinite(z)
+    need = ~observed & observed.any(1, keepdims=True)
+    assert values.shape == z.shape and values.dtype == np.float32
+    assert np.isfinite(values[need]).all()
+
+
+# -- every method ------------------------------------------------------------------------
+def test_registry_names() -> None:
+    assert methods.get("eof") is EOF
+    assert methods.get("linear") is Linear
+    assert methods.get("climatology") is Climatology
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("masker", [random_mask, blob_mask])
+def test_fills_every_missing_pixel(name: str, masker) -> None:
+    field = low_rank()
+    x = gappy(field, masker(field.shape, 0.4))
+    x[:, 5] = np.nan  # a frame with no observation at all
+    x[:, :, 6, 7] = np.nan
+    x[:, 0, 6, 7] = field[:, 0, 6, 7]  # a pixel observed once, at the first frame
+    _, _, z, result = fit_fill(name, x)
+    assert_filled(z, result.values)
+    if result.error is not None:
+        need = ~np.isfinite(z) & np.isfinite(z).any(1, keepdims=True)
+        assert np.isfinite(result.error[need]).all() and (result.error[need] > 0).all()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip(name: str) -> None:
+    field = low_rank(channels=2)
+    x = gappy(field, blob_mask(field.shape, 0.3))
+    method, _, z, result = fit_fill(name, x, **({"max_modes": 6} if name == "eof" else {}))
+    state = {k: torch.as_tensor(v) for k, v in method.state_dict().items()}
+    again = methods.get(name)(**method.options_dict())
+    again.load_state_dict(state)
+    other = again.fill(z, RNG(5))
+    np.testing.assert_array_equal(other.values, result.values)
+    if result.error is not None:
+        np.testing.assert_array_equal(other.error, result.error)
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("eof", {"max_modes": 0}),
+        ("eof", {"max_modes": 2.5}),
+        ("eof", {"tol": 0}),
+        ("eof", {"tol": 2.0}),
+        ("eof", {"max_iter": 0}),
+        ("eof", {"cv_fraction": 0.7}),
+        ("eof", {"patience": 0}),
+        ("eof", {"center": "median"}),
+        ("eof", {"alpha": -0.1}),
+        ("eof", {"alpha": 1.0}),
+        ("eof", {"alpha": "strong"}),
+        ("eof", {"numit": 0}),
+        ("eof", {"ridge": -1.0}),
+        ("eof", {"ridge": float("nan")}),
+        ("eof", {"modes": 3}),
+        ("linear", {"sigma": 0}),
+        ("climatology", {"by": "month"}),
+    ],
+)
+def test_bad_options_raise(name: str, options: dict) -> None:
+    with pytest.raises(ValueError):
+        methods.get(name)(**options)
+
+
+# -- eof ---------------------------------------------------------------------------------
+def test_eof_recovers_low_rank_field() -> None:
+    field = low_rank(rank=3, noise=0.01)
+    mask = random_mask(field.shape, 0.3)
+    x = gappy(field, mask, land=False)
+    # 3 modes, plus at most one for the pixel offsets that centering on the means of
+    # gappy observations leaves (a mode constant in time).
+    for center in ("pixel", "global"):
+        method, cube, z, result = fit_fill("eof", x, alpha=0.0, center=center)
+        assert method.fit_info["modes"] in (3, 4)
+        filled = cube.normaliser.denormalise(result.values)
+        assert np.sqrt(np.mean((filled - field)[mask] ** 2)) < 0.05 * field.std()
+    # The default temporal filter smooths these white-noise time series a little.
+    _, cube, _, result = fit_fill("eof", x)
+    filled = cube.normaliser.denormalise(result.values)
+    assert np.sqrt(np.mean((filled - field)[mask] ** 2)) < 0.1 * field.std()
+
+
+def test_eof_multivariate_and_blob_gaps() -> None:
+    field = low_rank(rank=2, noise=0.02, channels=2)
+    mask = blob_mask(field.shape, 0.35)
+    method, cube, _, result = fit_fill("eof", gappy(field, mask))
+    assert 2 <= method.fit_info["modes"] <= 4
+    filled = cube.normaliser.denormalise(result.values)
+    hidden = mask & np.isfinite(gappy(field, mask)).any(1, keepdims=True)
+    assert np.sqrt(np.mean((filled - field)[hidden] ** 2)) < 0.15 * field.std()
+
+
+def test_eof_fill_of_fit_data_is_the_dineof_reconstruction() -> None:
+    field = low_rank(rank=3, noise=0.1)
+    x = gappy(field, blob_mask(field.shape, 0.4))
+    z = as_cube(x).values()
+    method = EOF(alpha=0.0, ridge=0.0, tol=1e-6, max_iter=3000)
+    res = method.fit_array(z, RNG(0))
+    filled = method.fill(z, RNG(0)).values
+    X = z.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])
+    rows = np.isfinite(X).any(1)
+    dineof = (res.filled + res.mean[:, None]).reshape(-1)
+    ours = filled.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])[rows].reshape(-1)
+    missing = ~np.isfinite(X[rows]).reshape(-1)
+    np.testing.assert_allclose(ours[missing], dineof[missing], atol=2e-3)
+    # With the filter and the prior (the defaults) it stays close.
+    method = EOF(max_modes=res.info["modes"], cv_fraction=0.01)
+    res = method.fit_array(z, RNG(0))
+    ours = method.fill(z, RNG(0)).values.transpose(0, 2, 3, 1).reshape(-1, z.shape[1])[rows]
+    dineof = res.filled + res.mean[:, None]
+    gap = ~np.isfinite(X[rows])
+    assert np.sqrt(np.mean((ours - dineof)[gap] ** 2)) < 0.1 * np.sqrt(np.mean(dineof[gap] ** 2))
+
+
+def test_eof_error_grows_with_fewer_observations() -> None:
+    field = low_rank(rank=3, noise=0.05)
+    c, t, h, w = field.shape
+    p = np.where(np.arange(t) < t // 2, 0.2, 0.8)[None, :, None, None]
+    mask = RNG(3).random(field.shape) < p
+    mask[:, -1] = True  # one empty frame: the prior error
+    method, _, z, result = fit_fill("eof", gappy(field, mask, land=False))
+    err = result.error
+    assert (err > 0).all() and np.isfinite(err).all()
+    few, many = err[:, t // 2 : -1][mask[:, t // 2 : -1]], err[:, : t // 2][mask[:, : t // 2]]
+    assert few.mean() > many.mean()
+    assert err[:, -1].mean() > few.mean()
+
+
+def test_eof_fills_new_times_and_checks_the_grid() -> None:
+    field = low_rank(t=50)
+    x = gappy(field, random_mask(field.shape, 0.3))
+    cube = as_cube(x[:, :30])
+    method = EOF()
+    method.fit(cube, RNG(0))
+    new = cube.normaliser.normalise(x[:, 30:])
+    result = method.fill(new, RNG(0))
+    assert_filled(new, result.values)
+    truth = cube.normaliser.normalise(field[:, 30:])
+    hidden = ~np.isfinite(new) & np.isfinite(new).any(1, keepdims=True)
+    assert np.sqrt(np.mean((result.values - truth)[hidden] ** 2)) < 0.1
+    with pytest.raises(ValueError, match="grid"):
+        method.fill(new[:, :, :-1], RNG(0))
+
+
+def test_eof_randomized_svd_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    field = low_rank(rank=3, noise=0.01)
+    mask = random_mask(field.shape, 0.3)
+    monkeypatch.setattr(eof_module, "GRAM_MAX_T", 4)
+    method, cube, _, result = fit_fill("eof", gappy(field, mask, land=False), alpha=0.0)
+    assert method.fit_info["modes"] in (3, 4)
+    filled = cube.normaliser.denormalise(result.values)
+    assert np.sqrt(np.mean((filled - field)[mask] ** 2)) < 0.05 * field.std()
+
+
+def test_eof_center_pixel_takes_any_sign_and_offset() -> None:
+    field = low_rank(rank=2) - 7.0 + np.linspace(-3, 3, 16)[None, None, None, :]
+    mask = random_mask(field.shape, 0.3)
+    for center in ("pixel", "global"):
+        _, cube, _, result = fit_fill("eof", gappy(field, mask, land=False), center=center)
+        filled = cube.normaliser.denormalise(result.values)
+        assert np.sqrt(np.mean((filled - field)[mask] ** 2)) < 0.1 * field.std()
+
+
+def test_cloud_cv_mask_is_reproducible_and_cloud_shaped() -> None:
+    field = low_rank()
+    mask = blob_mask(field.shape, 0.4)[0]
+    observed = ~mask.transpose(1, 2, 0).reshape(-1, mask.shape[0])
+    grid = np.ones(mask.shape[1:], dtype=bool)[None]
+    a = cloud_cv_mask(observed, 0.1, RNG(7), grid)
+    b = cloud_cv_mask(observed, 0.1, RNG(7), grid)
+    np.testing.assert_array_equal(a, b)
+    assert not (a & ~observed).any()
+    assert 0.03 < a.sum() / observed.sum() < 0.25
+    # Gap-free data: random blocks instead.
+    full = np.ones_like(observed)
+    c = cloud_cv_mask(full, 0.1, RNG(7), grid)
+    assert 0.02 < c.mean() < 0.3
+
+
+def test_eof_fit_info_is_json_serialisable() -> None:
+    import json
+
+    method, *_ = fit_fill("eof", gappy(low_rank(), random_mask((1, 40, 12, 16), 0.3)))
+    info = json.loads(json.dumps(method.fit_info))
+    assert 1 <= info["modes"] <= len(info["cv_rmse"])
+    assert info["cv_points"] > 0
+
+
+@pytest.mark.parametrize("name", ["eof", "climatology"])
+def test_time_chunks_fill_like_the_whole(name: str) -> None:
+    """Both fill frame by frame, so any time chunks give the whole-cube fill."""
+    field = low_rank()
+    x = gappy(field, blob_mask(field.shape, 0.4))
+    method, _, z, whole = fit_fill(name, x)
+    assert "time" not in method.chunking().whole
+    for sl in (slice(0, 7), slice(7, 30), slice(30, None)):
+        part = method.fill(z[:, sl], RNG(0))
+        np.testing.assert_allclose(part.values, whole.values[:, sl], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(part.error, whole.error[:, sl], rtol=1e-5, atol=1e-5)
+
+
+# -- linear ------------------------------------------------------------------------------
+def test_linear_is_exact_on_a_field_linear_in_time() -> None:
+    t, h, w = 20, 6, 7
+    rng = RNG(0)
+    a, b = rng.normal(size=(h, w)), rng.normal(size=(h, w))
+    field = (a + b * np.arange(t)[:, None, None])[None].astype(np.float32)
+    mask = random_mask(field.shape, 0.5)
+    mask[:, 0] = mask[:, -1] = False  # ends observed: time reaches every gap
+    x = np.where(mask, np.nan, field).astype(np.float32)
+    result = Linear().fill(x, RNG(0))
+    np.testing.assert_allclose(result.values[mask], field[mask], rtol=1e-5, atol=1e-5)
+    assert result.error is None
+
+
+def test_linear_fills_series_ends_spatially() -> None:
+    x = np.full((1, 5, 4, 4), np.nan, dtype=np.float32)
+    x[0, :, :, :2] = 1.0  # left half always observed
+    x[0, 2:, :, 2:] = 3.0  # right half observed from t = 2 on
+    values = Linear().fill(x, RNG(0)).values
+    assert np.isfinite(values).all()
+    assert (values[0, :2, :, 2:] >= 1.0).all() and (values[0, :2, :, 2:] <= 3.0).all()
+    np.testing.assert_allclose(values[0, 2:], x[0, 2:])
+
+
+# -- climatology -------------------------------------------------------------------------
+def test_climatology_is_the_pixel_mean_and_std() -> None:
+    field = low_rank()
+    x = gappy(field, random_mask(field.shape, 0.3))
+    method, cube, z, result = fit_fill("climatology", x)
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
+        mean, std = np.nanmean(z, axis=1), np.nanstd(z, axis=1)
+    seen = np.isfinite(mean)
+    np.testing.assert_allclose(result.values[:, 3][seen], mean[seen], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.error[:, 3][seen], std[seen], rtol=1e-4, atol=1e-6)
+
+
+def test_climatology_falls_back_to_the_frame_mean() -> None:
+    x = np.ones((1, 4, 3, 3), dtype=np.float32)
+    x[0, :, 0, 0] = np.nan  # never observed when fitting
+    method = Climatology()
+    method.fit_array(x)
+    new = x.copy()
+    new[0, 1, 0, 0] = 5.0  # ... but observed in the data to fill
+    new[0, 1, 1, 1] = 3.0
+    values = method.fill(new, RNG(0)).values
+    np.testing.assert_allclose(values[0, 2, 0, 0], 1.0)  # frame 2: its frame mean
+    np.testing.assert_allclose(values[0, 1, 0, 0], new[0, 1][np.isfinite(new[0, 1])].mean())
+
+
+# -- properties --------------------------------------------------------------------------
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    c=st.integers(1, 2),
+    t=st.integers(2, 12),
+    h=st.integers(2, 6),
+    w=st.integers(2, 6),
+    p=st.floats(0.0, 0.9),
+    seed=st.integers(0, 2**16),
+)
+def test_property_every_method_fills_every_gap(
+    c: int, t: int, h: int, w: int, p: float, seed: int
+) -> None:
+    rng = RNG(seed)
+    field = rng.normal(size=(c, t, h, w)).astype(np.float32) + np.arange(t)[:, None, None]
+    mask = rng.random(field.shape) < p
+    mask[:, rng.integers(t), rng.integers(h), rng.integers(w)] = False  # >= 1 observation
+    x = np.where(mask, np.nan, field).astype(np.float32)
+    cube = as_cube(x)
+    z = cube.values()
+    for name in ALL:
+        method = methods.get(name)()
+        method.fit(cube, RNG(seed))
+        result = method.fill(z, RNG(seed))
+        assert_filled(z, result.values)
+        if result.error is not None:
+            need = ~np.isfinite(z) & np.isfinite(z).any(1, keepdims=True)
+            assert np.isfinite(result.error[need]).all() and (result.error[need] > 0).all()
