@@ -30,6 +30,7 @@ def fit_dataarray(
     holdout: float = 0.1,
     holdout_process: str = "cloud",
     seed: int = 0,
+    streaming_fit: bool | None = None,
     **options: Any,
 ) -> FittedModel:
     """Fit ``method`` to the gappy DataArray ``da``; see :meth:`GapfillAccessor.fit`."""
@@ -39,11 +40,22 @@ def fit_dataarray(
     spec = Holdout(holdout, holdout_process, seed)
     cube = Cube(da, dims)
     if spec.fraction > 0:
-        raw = np.asarray(cube.da.values)
-        observed = np.isfinite(raw if raw.ndim == 4 else raw[None])
-        cube = cube.with_hide(holdout_mask(observed, spec, cube.missing_pattern()))
+        if cube.is_lazy:  # drawn block by block when needed, never the whole cube at once
+            data = cube.da.data
+            hide = holdout_mask(np.isfinite(data if data.ndim == 4 else data[None]), spec)
+        else:
+            raw = np.asarray(cube.da.values)
+            observed = np.isfinite(raw if raw.ndim == 4 else raw[None])
+            hide = holdout_mask(observed, spec, cube.missing_pattern())
+        cube = cube.with_hide(hide)
     start = time.perf_counter()
-    method_obj.fit(cube, np.random.default_rng(seed))
+    from gapfill import streaming
+
+    rng = np.random.default_rng(seed)
+    if streaming.use_streaming(method_obj, cube, streaming_fit):
+        streaming.fit(method_obj, cube, rng)
+    else:
+        method_obj.fit(cube, rng)
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
@@ -69,6 +81,7 @@ class GapfillAccessor:
         holdout: float = 0.1,
         holdout_process: str = "cloud",
         seed: int = 0,
+        streaming_fit: bool | None = None,
         **options: Any,
     ) -> FittedModel:
         """Learn a filling model from the gappy cube itself.
@@ -88,6 +101,11 @@ class GapfillAccessor:
             ``"cloud"`` or ``"empirical"`` (the data's own gap shapes).
         seed
             Seed of the hold-out draw and of the method.
+        streaming_fit
+            Fit a dask-backed cube in a few blockwise passes instead of loading it
+            (``eof`` and ``climatology``; see :mod:`gapfill.streaming`). ``None``:
+            when the cube is dask-backed and larger than
+            ``gapfill.streaming.IN_MEMORY_FIT_BYTES``.
         **options
             The method's options (see its ``Options`` class).
 
@@ -97,7 +115,7 @@ class GapfillAccessor:
         """
         return fit_dataarray(
             self._obj, method, dims=dims, holdout=holdout, holdout_process=holdout_process,
-            seed=seed, **options,
+            seed=seed, streaming_fit=streaming_fit, **options,
         )
 
     def score(self, model: FittedModel, seed: int = 0) -> Diagnostics:

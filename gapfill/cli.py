@@ -3,6 +3,7 @@
 ::
 
     gapfill run [RECIPE] [--output PATH] [--overwrite]   # default: the bundled OSTIA recipe
+    gapfill run RECIPE --dry-run                         # + where it would run, job script
     gapfill validate RECIPE                              # check everything, run nothing
     gapfill example                                      # print the bundled recipe
 
@@ -41,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", nargs="?", help="recipe YAML file (default: bundled ostia_sst.yaml)")
     run.add_argument("--output", "-o", metavar="PATH", help="override output.path")
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument(
+        "--dry-run", action="store_true",
+        help="check the recipe and input, say where it would run (print the batch job script "
+             "for slurm/pbs) and what a resumed run would skip; run nothing",
+    )
     _verbosity(run)
 
     val = sub.add_parser("validate", help="check a recipe and its input without running it")
@@ -108,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.recipe}: OK ({recipe.input.variable} [{sizes}], method "
                   f"{recipe.method.name}, output {recipe.output.path})")
             return EXIT_OK
+        if args.dry_run:
+            return _dry_run(args, recipe)
         from gapfill.pipeline import run
 
         result = run(recipe, command=_command_line(argv))
@@ -116,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(p)
         return EXIT_OK
     except KeyboardInterrupt:
-        print("gapfill: interrupted; no partial output was left behind", file=sys.stderr)
+        print(f"gapfill: interrupted; {_leftover(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (RecipeError, FileNotFoundError, FileExistsError, ValueError) as err:
         if args.debug:
@@ -126,6 +134,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # a bug: show everything
         log.exception("unexpected error (please report it)")
         return EXIT_ERROR
+
+
+def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
+    """Print what ``gapfill run`` would do; run nothing."""
+    from gapfill import compute, io
+    from gapfill.recipe import open_input
+
+    ds = open_input(recipe)
+    da = ds[recipe.input.variable]
+    sizes = ", ".join(f"{k}: {v}" for k, v in da.sizes.items())
+    lazy = da.chunks is not None
+    print(f"{args.recipe or 'bundled recipe'}: OK ({recipe.input.variable} [{sizes}], method "
+          f"{recipe.method.name}, output {recipe.output.path})")
+    if lazy:
+        chunks = ", ".join(f"{d}: {max(c)}" for d, c in zip(da.dims, da.chunks))
+        print(f"dask chunks: {chunks}; compute: {compute.describe(recipe.compute)}")
+        partial = io.partial_path(recipe.output.path, recipe.output.format)
+        marks = io.progress_path(partial)
+        if marks.is_dir():
+            n = sum(1 for _ in marks.iterdir())
+            print(f"resume: {n} region(s) already written in {partial} (kept if the recipe "
+                  "is unchanged)")
+    else:
+        print("in-memory input (no dask chunks): runs in this process, no cluster")
+    if recipe.compute.kind in ("slurm", "pbs"):
+        print(f"# job script ({recipe.compute.kind}, {recipe.compute.n_jobs} job(s)):")
+        print(compute.job_script(recipe.compute))
+    return EXIT_OK
+
+
+def _leftover(args: argparse.Namespace) -> str:
+    """What an interrupted run left: nothing, or a partial store to resume from."""
+    try:
+        from gapfill import io
+
+        recipe = _load(args)
+        partial = io.partial_path(recipe.output.path, recipe.output.format)
+    except Exception:  # the recipe itself was the problem
+        return "no partial output was left behind"
+    if partial.exists():
+        return f"the regions written so far are in {partial}; run the same command to resume"
+    return "no partial output was left behind"
 
 
 def _one_line(err: BaseException) -> str:

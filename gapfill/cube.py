@@ -97,6 +97,22 @@ def _has_bad_values(values: np.ndarray) -> bool:
     return False
 
 
+def _block_stats(
+    block: np.ndarray, hide: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Count, mean and sum of squared deviations of each channel's finite values; infs."""
+    x = np.asarray(block).reshape(block.shape[0], -1)
+    infs = int(np.isinf(x).sum())
+    ok = np.isfinite(x)
+    if hide is not None:
+        ok &= ~np.broadcast_to(np.asarray(hide), block.shape).reshape(ok.shape)
+    n = ok.sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, x, 0).sum(1, dtype=np.float64) / np.maximum(n, 1)
+    m2 = (np.where(ok, x - mean[:, None], 0.0) ** 2).sum(1)
+    return n, mean, m2, infs
+
+
 class Cube:
     """A checked, normalised view of a gappy (time, y, x[, channel]) DataArray.
 
@@ -211,36 +227,58 @@ class Cube:
         return np.arange(n, dtype=np.float32)
 
     def _stats(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """Per channel: observed count, number of infs, mean and std, in one pass.
+
+        Each block (a dask chunk, or a slab of frames in memory) gives its count,
+        mean and sum of squared deviations; they are merged exactly (Chan et al.),
+        so memory stays at one block and the statistics match to round-off.
+        """
         import dask
 
-        da = self.da if self.dims.channel else self.da.expand_dims("_c")
-        core = list(self.dims.core)
-        if self.hide is not None:
-            hide = self.hide if self.dims.channel else self.hide
-            da = da.where(~xr.DataArray(hide, dims=da.dims))
-        finite = da.where(np.isfinite(da)).astype(np.float64)
-        parts = (
-            finite.count(core).data,
-            np.isinf(da).sum().data,
-            finite.mean(core).data,
-            finite.std(core).data,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            counts, infs, mean, std = dask.compute(*parts)
-        return (
-            np.asarray(counts),
-            int(infs),
-            np.nan_to_num(np.asarray(mean, dtype=np.float64)),
-            np.nan_to_num(np.asarray(std, dtype=np.float64)),
-        )
+        data = self.da.data
+        data = data if data.ndim == 4 else data[None]
+        hide = self.hide
+        if _is_dask(self.da):
+            blocks = data.rechunk({0: -1}).to_delayed(optimize_graph=False).reshape(-1)
+            if hide is None:
+                parts = [dask.delayed(_block_stats)(b) for b in blocks]
+            else:
+                import dask.array as dsa
+
+                h = dsa.asarray(hide).rechunk(data.rechunk({0: -1}).chunks)
+                hb = h.to_delayed(optimize_graph=False).reshape(-1)
+                parts = [dask.delayed(_block_stats)(b, m) for b, m in zip(blocks, hb)]
+            stats = dask.compute(*parts)
+        else:
+            step = max(1, 2**24 // max(1, int(np.prod(data.shape[2:])) * data.shape[0]))
+            stats = [
+                _block_stats(data[:, t0 : t0 + step],
+                             None if hide is None else hide[:, t0 : t0 + step])
+                for t0 in range(0, data.shape[1], step)
+            ]
+        count = np.zeros(data.shape[0])
+        mean = np.zeros(data.shape[0])
+        m2 = np.zeros(data.shape[0])
+        infs = 0
+        for n_b, mean_b, m2_b, inf_b in stats:
+            total = count + n_b
+            delta = mean_b - mean
+            with np.errstate(invalid="ignore", divide="ignore"):
+                w = np.where(total > 0, n_b / np.maximum(total, 1), 0.0)
+            mean = mean + delta * w
+            m2 = m2 + m2_b + delta**2 * count * w
+            count = total
+            infs += int(inf_b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            std = np.sqrt(np.where(count > 0, m2 / np.maximum(count, 1), 0.0))
+        return count.astype(np.int64), infs, np.where(count > 0, mean, 0.0), std
 
     # -- data access ----------------------------------------------------------------
     def _prepare(self, raw: np.ndarray, index: tuple[slice, ...]) -> np.ndarray:
         raw = raw if raw.ndim == 4 else raw[None]
         z = self.normaliser.normalise(raw)
         if self.hide is not None:
-            z[self.hide[(slice(None), *index)]] = np.nan
+            z[np.asarray(self.hide[(slice(None), *index)])] = np.nan  # a dask hold-out: its window
         return z
 
     def values(self) -> np.ndarray:
@@ -313,7 +351,7 @@ class Cube:
         da = self.da if self.dims.channel else self.da.expand_dims("_c")
         miss = np.asarray((~np.isfinite(da)).any("_c" if not self.dims.channel else self.dims.channel).values)
         if self.hide is not None:
-            miss = miss | self.hide.any(0)
+            miss = miss | np.asarray(self.hide.any(0))
         return miss
 
     # -- back to xarray ---------------------------------------------------------------

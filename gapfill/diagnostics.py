@@ -9,7 +9,7 @@ held out when the model is fitted (it never sees them) and when it is scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,29 +20,67 @@ if TYPE_CHECKING:
     from gapfill.model import FittedModel, Holdout
 
 
-def holdout_mask(observed: np.ndarray, holdout: Holdout, missing: np.ndarray | None = None) -> np.ndarray:
+#: The hold-out (and a recipe's punched gaps) are drawn in time blocks of whole frames
+#: holding about this many pixels: a cube up to this size is one block (one draw).
+BLOCK_PIXELS = 2**24
+
+
+def time_blocks(n_time: int, height: int, width: int) -> list[slice]:
+    """The time blocks masks are drawn in: ``BLOCK_PIXELS // (H·W)`` frames each (at least 1)."""
+    step = max(1, BLOCK_PIXELS // max(1, height * width))
+    return [slice(t0, min(n_time, t0 + step)) for t0 in range(0, n_time, step)]
+
+
+def block_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of mask block ``index``: ``seed`` itself for the first block."""
+    return np.random.default_rng(seed if index == 0 else [seed, index])
+
+
+def holdout_mask(
+    observed: np.ndarray, holdout: Holdout, missing: np.ndarray | None = None
+) -> np.ndarray:
     """Draw the hold-out: observed pixels hidden in cloud-shaped patches.
+
+    The draw is made per time block (:func:`time_blocks`; block ``b`` uses the
+    generator :func:`block_rng` ``(seed, b)``), so a dask-backed cube gets the
+    same hold-out, lazily, block by block, whatever its chunks. A cube of up to
+    ``BLOCK_PIXELS`` pixels is one block. The ``"empirical"`` process borrows
+    the gap shapes of the block's own frames.
 
     Parameters
     ----------
     observed
-        ``(C, T, H, W)`` boolean array of observed pixels.
+        ``(C, T, H, W)`` boolean array of observed pixels (numpy or dask).
     holdout
         The hold-out specification (share, process, seed).
     missing
-        ``(T, H, W)`` missing pattern of the data, for the ``"empirical"`` process.
+        ``(T, H, W)`` missing pattern of the data, for the ``"empirical"``
+        process (default: pixels missing in any channel).
 
     Returns
     -------
-    numpy.ndarray
-        ``(C, T, H, W)`` boolean, True where an observed pixel is held out.
+    numpy.ndarray or dask.array.Array
+        ``(C, T, H, W)`` boolean, True where an observed pixel is held out;
+        dask-backed (nothing computed) when ``observed`` is.
     """
+    if hasattr(observed, "dask"):
+        return _holdout_lazy(observed, holdout)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
+    _, t, h, w = observed.shape
+    out = np.empty(observed.shape, dtype=bool)
+    for b, sl in enumerate(time_blocks(t, h, w)):
+        miss = None if missing is None else missing[sl]
+        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss)
+    return out
+
+
+def _holdout_block(
+    observed: np.ndarray, holdout: Holdout, index: int, missing: np.ndarray | None = None
+) -> np.ndarray:
     from gapfill import masks
 
     _, t, h, w = observed.shape
-    rng = np.random.default_rng(holdout.seed)
     if holdout.process == "empirical":
         if missing is None:
             missing = ~observed.all(0)
@@ -50,8 +88,44 @@ def holdout_mask(observed: np.ndarray, holdout: Holdout, missing: np.ndarray | N
         process = masks.Empirical(missing, coverage=holdout.fraction, seed=holdout.seed, exclude=never)
     else:
         process = masks.make(holdout.process, coverage=holdout.fraction, seed=holdout.seed)
-    hidden = process.sample((t, h, w), rng)
-    return hidden[None] & observed
+    return process.sample((t, h, w), block_rng(holdout.seed, index))[None] & observed
+
+
+def _holdout_lazy(observed: Any, holdout: Holdout) -> Any:
+    import dask
+    import dask.array as dsa
+
+    if holdout.fraction == 0:
+        return dsa.zeros_like(observed, dtype=bool)
+    n_chan, t, h, w = observed.shape
+    blocks = time_blocks(t, h, w)
+    if holdout.process == "empirical":  # the draw needs the block's own gaps
+        lengths = tuple(sl.stop - sl.start for sl in blocks)
+        by_block = observed.rechunk({0: -1, 1: lengths, 2: -1, 3: -1})
+
+        def draw_empirical(obs: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+            index = block_info[0]["chunk-location"][1] if block_info else 0
+            return _holdout_block(obs, holdout, index)
+
+        hidden = by_block.map_blocks(draw_empirical, dtype=bool, meta=np.array((), dtype=bool))
+        return hidden.rechunk(observed.chunks)
+    # Other processes do not look at the data: draw each block on its own, so the draw
+    # holds no data, and intersect with the observed pixels chunk by chunk.
+    draw = dask.delayed(_draw_block, pure=True)
+    parts = [
+        dsa.from_delayed(draw(holdout, b, sl.stop - sl.start, h, w),
+                         (1, sl.stop - sl.start, h, w), dtype=bool)
+        for b, sl in enumerate(blocks)
+    ]
+    hidden = dsa.concatenate(parts, axis=1).rechunk(((1,), *observed.chunks[1:]))
+    return hidden & observed
+
+
+def _draw_block(holdout: Holdout, index: int, n_time: int, h: int, w: int) -> np.ndarray:
+    from gapfill import masks
+
+    process = masks.make(holdout.process, coverage=holdout.fraction, seed=holdout.seed)
+    return process.sample((n_time, h, w), block_rng(holdout.seed, index))[None]
 
 
 @dataclass
@@ -149,7 +223,14 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
 
     if model.holdout.fraction == 0:
         raise ValueError("the model was fitted with holdout=0: there is nothing to score")
-    cube = Cube(da, model.dims, normaliser=model.normaliser)
+    lazy = da.chunks is not None
+    cube = Cube(da, model.dims, normaliser=model.normaliser, check_values=not lazy)
+    times = (
+        cube.da[cube.dims.time].values if cube.dims.time in cube.da.coords
+        else np.arange(cube.shape[1])
+    )
+    if lazy:
+        return _score_lazy(cube, model, seed, times)
     raw = np.asarray(cube.da.values, dtype=np.float64)
     raw = raw if raw.ndim == 4 else raw[None]
     observed = np.isfinite(raw)
@@ -167,7 +248,53 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
         predicted=predicted[ok],
         predicted_error=None if error is None else error[hide][ok],
         time_index=t_index[ok],
-        times=cube.da[cube.dims.time].values if cube.dims.time in cube.da.coords else np.arange(raw.shape[1]),
+        times=times,
         method=model.name,
         unfilled=int((~ok).sum()),
     )
+
+
+def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> Diagnostics:
+    """:func:`score` on a dask-backed cube: a chunk-wise fill; only held-out pixels are kept."""
+    import dask
+    import dask.array as dsa
+
+    from gapfill.chunked import fill_lazy
+
+    data = cube.da.data
+    data = data if data.ndim == 4 else data[None]
+    hide = holdout_mask(dsa.isfinite(data), model.holdout)
+    gappy = dsa.where(hide, np.nan, data)
+    with_error = model.method.gives_error(1)
+    filled, error, _ = fill_lazy(
+        gappy, model, coords=cube.coords(), seed=seed, fill_never_observed=True,
+        with_error=with_error, dtype=data.dtype, flags=False,
+    )
+    arrays = [data, hide, filled] + ([error] if with_error else [])
+    t0 = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
+    blocks = [a.to_delayed(optimize_graph=False) for a in arrays]
+    parts = [
+        dask.delayed(_held_out)(*(b[idx] for b in blocks), int(t0[idx[1]]))
+        for idx in np.ndindex(*data.numblocks)
+    ]
+    (results,) = dask.compute(parts)
+    cat = [np.concatenate([r[i] for r in results]) for i in range(4)]
+    return Diagnostics(
+        truth=cat[0],
+        predicted=cat[1],
+        predicted_error=cat[2] if with_error else None,
+        time_index=cat[3],
+        times=times,
+        method=model.name,
+        unfilled=int(sum(r[4] for r in results)),
+    )
+
+
+def _held_out(raw: np.ndarray, hide: np.ndarray, filled: np.ndarray, *rest: Any) -> tuple:
+    """The held-out pixels of one block: truth, predicted, error, time index, unfilled count."""
+    *error, t0 = rest
+    predicted = filled[hide]
+    ok = np.isfinite(predicted)
+    t_index = (np.nonzero(hide)[1] + t0).astype(np.int32)
+    err = error[0][hide][ok] if error else np.empty(0, dtype=filled.dtype)
+    return raw[hide][ok], predicted[ok], err, t_index[ok], int((~ok).sum())

@@ -330,9 +330,8 @@ def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
         rows.append((f"  {key}", str(opts[key])))
     flag = out[f"{variable}_flag"] if f"{variable}_flag" in out else None
     if flag is not None:
-        f = np.asarray(flag.values)
-        valid = (f != 2).sum()
-        rows.append(("filled pixels", f"{(f == 1).sum():,} ({(f == 1).sum() / max(valid, 1):.1%})"))
+        valid, filled = (int(n) for n in ((flag != 2).sum(), (flag == 1).sum()))  # lazy-safe
+        rows.append(("filled pixels", f"{filled:,} ({filled / max(valid, 1):.1%})"))
     u = f" {units}" if units else ""
     for prefix, title in (("gapfill_holdout_", "held-out"), ("gapfill_punched_", "punched")):
         if f"{prefix}mae" in a:

@@ -9,13 +9,14 @@ never observed. Dask-backed input gives a dask-backed product.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from gapfill.cube import Cube
-from gapfill.methods.base import Coords
+from gapfill.methods.base import Coords, TimeEdges
 
 if TYPE_CHECKING:
     from gapfill.diagnostics import Diagnostics
@@ -28,12 +29,19 @@ FLAG_MEANINGS = "observed filled never_observed"
 def run_method(
     model: FittedModel,
     raw: np.ndarray,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     coords: Coords | None = None,
     samples: int = 1,
     fill_never_observed: bool = False,
+    never: np.ndarray | None = None,
+    edges: TimeEdges | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Fill a ``(C, T, H, W)`` array in data units.
+
+    ``never`` is the ``(C, 1, H, W)`` mask of pixels never observed, when
+    ``raw`` is a time chunk of a longer cube (default: from ``raw`` itself);
+    ``edges`` the chunk's :class:`~gapfill.methods.TimeEdges` for methods that
+    ask for them (:meth:`~gapfill.methods.Method.fill_chunk`).
 
     Returns
     -------
@@ -45,9 +53,14 @@ def run_method(
         One-sigma error in data units (0 at observed pixels), or ``None``.
     """
     observed = np.isfinite(raw)
-    never = ~observed.any(axis=1, keepdims=True)
+    if never is None:
+        never = ~observed.any(axis=1, keepdims=True)
     z = model.normaliser.normalise(raw)
-    result = model.method.fill(z, np.random.default_rng(seed), samples=samples, coords=coords)
+    rng = np.random.default_rng(seed)
+    if edges is None:
+        result = model.method.fill(z, rng, samples=samples, coords=coords)
+    else:
+        result = model.method.fill_chunk(z, rng, samples=samples, coords=coords, edges=edges)
     filled = model.normaliser.denormalise(result.values)
     filled = np.where(observed, raw, filled)
     error = None
@@ -60,10 +73,15 @@ def run_method(
     return filled, error
 
 
-def flags(raw: np.ndarray, time_axis: int) -> np.ndarray:
-    """uint8 flags: 0 observed, 1 filled, 2 never observed (over the whole time axis)."""
+def flags(raw: np.ndarray, time_axis: int, never: np.ndarray | None = None) -> np.ndarray:
+    """uint8 flags: 0 observed, 1 filled, 2 never observed (over the whole time axis).
+
+    ``never`` (broadcastable to ``raw``) overrides the never-observed mask, for a
+    time chunk of a longer cube.
+    """
     observed = np.isfinite(raw)
-    never = ~observed.any(axis=time_axis, keepdims=True)
+    if never is None:
+        never = ~observed.any(axis=time_axis, keepdims=True)
     flag = np.where(observed, OBSERVED, FILLED).astype(np.uint8)
     return np.where(never, np.uint8(NEVER_OBSERVED), flag)
 
@@ -122,29 +140,14 @@ def fill_dataarray(
 
     data = cube.da.data
     time_axis = cube.da.dims.index(cube.dims.time)
+    dtype = da.dtype if np.issubdtype(da.dtype, np.floating) else np.float64
     if lazy:
-        import dask.array as dsa
+        from gapfill.chunked import fill_lazy
 
-        core_axes = [cube.da.dims.index(d) for d in cube.dims.core]
-        whole = {ax: -1 for ax in core_axes}
-        blocks = data.rechunk(whole)
-        stacked = dsa.map_blocks(
-            _fill_block,
-            blocks,
-            model=model,
-            seed=seed,
-            coords=coords,
-            samples=samples,
-            fill_never_observed=fill_never_observed,
-            new_axis=0,
-            chunks=((2,), *blocks.chunks),
-            dtype=np.float64,
-            meta=np.array((), dtype=np.float64),
-        ).rechunk((2, *data.chunks))
-        filled, error = stacked[0], stacked[1]
-        flag = dsa.map_blocks(
-            flags, blocks, time_axis=time_axis, dtype=np.uint8, meta=np.array((), dtype=np.uint8)
-        ).rechunk(data.chunks)
+        filled, error, flag = fill_lazy(
+            data, model, coords=coords, seed=seed, samples=samples,
+            fill_never_observed=fill_never_observed, with_error=with_error, dtype=dtype,
+        )
     else:
         stacked = _fill_block(
             np.asarray(data), model, seed, coords, samples, fill_never_observed
@@ -152,7 +155,6 @@ def fill_dataarray(
         filled, error = stacked[0], stacked[1]
         flag = flags(np.asarray(data), time_axis)
 
-    dtype = da.dtype if np.issubdtype(da.dtype, np.floating) else np.float64
     template = cube.da
     attrs = dict(da.attrs)
     ancillary = [f"{name}_flag"] + ([f"{name}_error"] if with_error else [])

@@ -10,14 +10,16 @@ run never leaves a half-written product behind.
 
 from __future__ import annotations
 
+import builtins
 import glob
+import logging
 import os
 import shlex
 import shutil
 import sys
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,14 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-__all__ = ["CONVENTIONS", "format_from_path", "is_zarr_store", "open", "write"]
+log = logging.getLogger("gapfill")
+
+__all__ = [
+    "CONVENTIONS", "format_from_path", "is_zarr_store", "open", "partial_path", "progress_path",
+    "write", "write_regions",
+]
+
+builtins_open = builtins.open  # ``open`` is this module's reader
 
 #: The ``Conventions`` attribute of every product.
 CONVENTIONS = "CF-1.10, ACDD-1.3"
@@ -186,8 +195,14 @@ def write(
     history_command: str | None = None,
     title: str | None = None,
     source: str | None = None,
+    region_dim: str | None = None,
+    resume_key: str = "",
+    finish: Callable[[xr.Dataset], Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write a product as NetCDF or Zarr, atomically, with CF encoding and provenance.
+
+    With ``region_dim`` (e.g. the time dim) and a dask-backed product, the data
+    are written region by region along it, resumably: see :func:`write_regions`.
 
     Parameters
     ----------
@@ -205,6 +220,8 @@ def write(
         process's command line).
     title, source
         Global attributes; defaults are derived from the data.
+    region_dim, resume_key, finish
+        See :func:`write_regions`.
 
     Returns
     -------
@@ -235,6 +252,8 @@ def write(
             "replace it. Choose another output path."
         )
     out = prepare(ds, history_command=history_command, title=title, source=source)
+    if region_dim is not None and any(v.chunks is not None for v in out.data_vars.values()):
+        return write_regions(out, path, fmt, region_dim, resume_key, finish)
     if fmt == "zarr":
         out = _regular_chunks(out)
     encoding = _encoding(out, fmt)
@@ -255,6 +274,183 @@ def write(
     return path
 
 
+#: Suffix of the store a resumable write fills before it is renamed into place.
+PARTIAL_SUFFIX = ".partial"
+#: Suffix of the directory, next to the partial store, holding one marker per finished region.
+PROGRESS_SUFFIX = ".progress"
+#: Attribute of the partial store identifying the run it belongs to.
+RESUME_ATTR = "gapfill_resume_key"
+
+
+def partial_path(path: str | os.PathLike, fmt: Format) -> Path:
+    """The store a resumable write of ``path`` fills: ``<path>.partial`` (``.partial.zarr``
+    for NetCDF, which is converted from it at the end)."""
+    path = Path(os.fspath(path).rstrip("/"))
+    suffix = PARTIAL_SUFFIX if fmt == "zarr" else f"{PARTIAL_SUFFIX}.zarr"
+    return path.with_name(path.name + suffix)
+
+
+def progress_path(partial: Path) -> Path:
+    """The directory of region markers of a partial store."""
+    return partial.with_name(partial.name + PROGRESS_SUFFIX)
+
+
+def write_regions(
+    out: xr.Dataset,
+    path: Path,
+    fmt: Format,
+    dim: str,
+    resume_key: str = "",
+    finish: Callable[[xr.Dataset], Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write a prepared, dask-backed product region by region along ``dim``, resumably.
+
+    1. The template (coordinates, attributes, empty arrays) is written to
+       :func:`partial_path` with ``compute=False``, with a key identifying the run
+       (``resume_key``, e.g. the recipe, plus the product's variables, shapes and
+       chunks).
+    2. Every region (one chunk along ``dim``) is written with ``to_zarr(region=...)``;
+       when it is on disk a marker file ``<partial>.progress/<start>-<stop>``
+       records it (outside the store, which stays a clean Zarr hierarchy). All missing regions go to dask in one ``compute``, so what the
+       regions share (e.g. a scan over time) is computed once.
+    3. When all regions are there, ``finish`` (if given) gets the written data
+       (lazily, from the store) and returns attributes to add (e.g. scores of
+       the written values); the attributes are refreshed, the metadata
+       consolidated and the store renamed to ``path`` (a NetCDF product is
+       converted from the store, into a temporary file renamed into place).
+
+    Started again after an interruption with the same key, it finds the partial
+    store and writes only the regions without a marker; a partial store with
+    another key (another recipe or data) is discarded and started afresh.
+    """
+    import zarr
+
+    out = _regular_chunks(out)
+    encoding = _encoding(out, "zarr")
+    key = _resume_key(out, resume_key)
+    partial = partial_path(path, fmt)
+    progress = progress_path(partial)
+    if partial.exists() and _stored_key(partial) != key:
+        log.warning("%s belongs to another run (recipe or data changed): starting afresh", partial)
+        _remove(partial)
+    if not partial.exists():
+        _remove(progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not partial.exists():  # the template, complete or not at all
+        template = out.copy()
+        template.attrs[RESUME_ATTR] = key
+        tmp = partial.with_name(f"{partial.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Consolidated metadata")
+                template.to_zarr(tmp, mode="w-", compute=False, encoding=encoding,
+                                 consolidated=False)
+            os.replace(tmp, partial)
+        finally:
+            _remove(tmp)
+    progress.mkdir(exist_ok=True)
+    bounds = _regions(out, dim)
+    done = {p.name for p in progress.iterdir()}
+    todo = [(a, b) for a, b in bounds if f"{a}-{b}" not in done]
+    if len(todo) < len(bounds):
+        log.info("resuming %s: %d of %d regions already written", partial,
+                 len(bounds) - len(todo), len(bounds))
+    regional = [n for n, v in out.data_vars.items() if dim in v.dims]
+    parts = out[regional].drop_vars(list(out.coords))
+    tasks = []
+    import dask
+
+    for a, b in todo:
+        sl = {dim: slice(a, b)}
+        written = parts.isel(sl).to_zarr(partial, region=sl, compute=False, consolidated=False)
+        tasks.append(dask.delayed(_mark_region, pure=False)(written, str(progress), f"{a}-{b}"))
+    if tasks:
+        dask.compute(*tasks)
+    attrs = dict(out.attrs)
+    if finish is not None:
+        with xr.open_zarr(partial, chunks={}, consolidated=False) as written:
+            attrs.update(finish(written))
+    group = zarr.open_group(str(partial), mode="r+")
+    group.attrs.clear()
+    group.attrs.update(_json_attrs(attrs))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata")
+        zarr.consolidate_metadata(str(partial))
+    if fmt == "zarr":
+        _move_into_place(partial, path)
+        _remove(progress)
+        return path
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        with xr.open_zarr(partial, chunks={}) as ds:
+            ds = _drop_encodings(ds)
+            ds.to_netcdf(tmp, encoding=_encoding(ds, "netcdf"), engine="netcdf4")
+        _move_into_place(tmp, path)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _remove(partial)
+    _remove(progress)
+    return path
+
+
+def _regions(ds: xr.Dataset, dim: str) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each chunk along ``dim`` (the first dask variable's chunks)."""
+    for var in ds.data_vars.values():
+        if var.chunks is not None and dim in var.dims:
+            sizes = var.chunks[var.dims.index(dim)]
+            edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+            return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+    return [(0, ds.sizes[dim])]
+
+
+def _mark_region(_: Any, progress: str, name: str) -> str:
+    """Record that a region is on disk (runs after its write, inside the dask graph)."""
+    _after_region(name)
+    marker = os.path.join(progress, name)
+    with builtins_open(marker + ".tmp", "w") as f:
+        f.write("done\n")
+    os.replace(marker + ".tmp", marker)
+    return name
+
+
+def _after_region(name: str) -> None:
+    """Hook called before each region's marker is written (tests inject failures here)."""
+
+
+def _resume_key(ds: xr.Dataset, extra: str) -> str:
+    import hashlib
+    import json
+
+    shape = {
+        str(n): [list(v.dims), list(v.shape), str(v.dtype), [list(c) for c in (v.chunks or ())]]
+        for n, v in ds.data_vars.items()
+    }
+    text = json.dumps({"vars": shape, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _stored_key(store: Path) -> str | None:
+    try:
+        import zarr
+
+        return zarr.open_group(str(store), mode="r").attrs.get(RESUME_ATTR)
+    except Exception:  # unreadable or half-written template: start afresh
+        return None
+
+
+def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes as zarr stores them (numpy scalars and arrays as plain values)."""
+    out = {}
+    for k, v in attrs.items():
+        if isinstance(v, np.ndarray):
+            v = v.tolist()
+        elif isinstance(v, np.generic):
+            v = v.item()
+        out[k] = v
+    return out
+
+
 def prepare(
     ds: xr.Dataset,
     *,
@@ -272,11 +468,7 @@ def prepare(
     """
     now = now or datetime.now(timezone.utc)
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = ds.copy(deep=False)
-    for var in out.variables.values():
-        var.encoding = {
-            k: v for k, v in var.encoding.items() if k in _TIME_ENCODING and _is_time(var)
-        }
+    out = _drop_encodings(ds)
     attrs = dict(out.attrs)
     attrs["Conventions"] = CONVENTIONS
     attrs["title"] = title or attrs.get("title") or _default_title(out)
@@ -288,6 +480,16 @@ def prepare(
     first = ("Conventions", "title", "source", "history", "date_created")
     out.attrs = {k: attrs[k] for k in first} | {k: v for k, v in attrs.items() if k not in first}
     out.encoding = {}
+    return out
+
+
+def _drop_encodings(ds: xr.Dataset) -> xr.Dataset:
+    """A shallow copy without the encodings read from a file, except CF time units/calendars."""
+    out = ds.copy(deep=False)
+    for var in out.variables.values():
+        var.encoding = {
+            k: v for k, v in var.encoding.items() if k in _TIME_ENCODING and _is_time(var)
+        }
     return out
 
 

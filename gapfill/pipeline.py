@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+import yaml
 
 from gapfill.recipe import PunchConfig, Recipe, open_input, side_outputs
 
@@ -66,12 +67,31 @@ def punch(
         Boolean DataArray, True at the punched pixels that held a value.
     """
     from gapfill import masks
+    from gapfill.diagnostics import block_rng, time_blocks
     from gapfill.dims import find_dims
 
     core = find_dims(da, dims).core
     shape = tuple(da.sizes[d] for d in core)
     process = masks.make(cfg.process, coverage=cfg.coverage, seed=cfg.seed, **cfg.options)
-    mask = xr.DataArray(process.sample(shape, np.random.default_rng(cfg.seed)), dims=core)
+    blocks = time_blocks(*shape)
+
+    def draw(index: int, n_time: int) -> np.ndarray:
+        return process.sample((n_time, *shape[1:]), block_rng(cfg.seed, index))
+
+    if da.chunks is None:
+        mask_data: Any = np.concatenate(
+            [draw(i, b.stop - b.start) for i, b in enumerate(blocks)], axis=0
+        )
+    else:  # one lazy draw per time block (the same draw as in memory)
+        import dask
+        import dask.array as dsa
+
+        mask_data = dsa.concatenate([
+            dsa.from_delayed(dask.delayed(draw)(i, b.stop - b.start),
+                             (b.stop - b.start, *shape[1:]), dtype=bool)
+            for i, b in enumerate(blocks)
+        ]).rechunk(da.transpose(*core).chunks)
+    mask = xr.DataArray(mask_data, dims=core)
     hidden = (mask & np.isfinite(da)).transpose(*da.dims)
     return da.where(~hidden), hidden
 
@@ -90,6 +110,8 @@ def punched_scores(
     errors
         1-D array of filled − truth at every filled punched pixel.
     """
+    if filled.chunks is not None or truth.chunks is not None or hidden.chunks is not None:
+        return _punched_scores_lazy(filled, truth, hidden, time_dim)
     err = np.asarray((filled - truth).transpose(time_dim, ...).values, dtype=np.float64)
     hid = np.asarray(hidden.transpose(time_dim, ...).values, dtype=bool)
     ok = hid & np.isfinite(err)
@@ -106,6 +128,53 @@ def punched_scores(
     table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "bias")]
     table.index.name = "time"
     return summary, table, errors
+
+
+#: Most errors a dask-backed run keeps for the histogram (from evenly spaced frames).
+MAX_HISTOGRAM_ERRORS = 2_000_000
+
+
+def _punched_scores_lazy(
+    filled: xr.DataArray, truth: xr.DataArray, hidden: xr.DataArray, time_dim: str
+) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
+    """:func:`punched_scores` by per-time dask reductions; the error sample comes from
+    evenly spaced frames (at most ``MAX_HISTOGRAM_ERRORS`` values)."""
+    import dask
+
+    err = (filled - truth).astype(np.float64)
+    ok = hidden & np.isfinite(err)
+    other = [d for d in err.dims if d != time_dim]
+    e = err.where(ok)
+    parts = {
+        "n": ok.sum(other), "abs": abs(e).sum(other), "sq": (e**2).sum(other),
+        "sum": e.sum(other),
+    }
+    unfilled = (hidden & ~np.isfinite(err)).sum()
+    sums, unfilled = dask.compute({k: v.data for k, v in parts.items()}, unfilled.data)
+    n = np.asarray(sums["n"], dtype=np.int64)
+    total = int(n.sum())
+    nan = float("nan")
+    summary: dict[str, float] = {
+        "n": total,
+        "mae": float(sums["abs"].sum() / total) if total else nan,
+        "rmse": float(np.sqrt(sums["sq"].sum() / total)) if total else nan,
+        "bias": float(sums["sum"].sum() / total) if total else nan,
+        "unfilled": int(unfilled),
+    }
+    times = filled[time_dim].values if time_dim in filled.coords else np.arange(len(n))
+    rows = {
+        str(t): {"n": int(k), "mae": sums["abs"][i] / k, "rmse": np.sqrt(sums["sq"][i] / k),
+                 "bias": sums["sum"][i] / k}
+        for i, (t, k) in enumerate(zip(times, n)) if k
+    }
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "mae", "rmse", "bias"])
+    table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "bias")]
+    table.index.name = "time"
+    per_frame = max(1, total // max(1, len(n)))
+    n_frames = int(np.clip(MAX_HISTOGRAM_ERRORS // per_frame, 1, len(n)))
+    frames = np.unique(np.linspace(0, len(n) - 1, n_frames).round().astype(int))
+    sample = e.isel({time_dim: frames}).values
+    return summary, table, sample[np.isfinite(sample)]
 
 
 def _stats(e: np.ndarray) -> dict[str, float]:
@@ -133,8 +202,21 @@ def _stages(n: int, progress: bool) -> Iterator[Any]:
             yield bar
 
 
-def run(recipe: Recipe, *, command: str | None = None, progress: bool | None = None) -> RunResult:
+def run(
+    recipe: Recipe,
+    *,
+    command: str | None = None,
+    progress: bool | None = None,
+    start_cluster: bool = True,
+) -> RunResult:
     """Run a recipe end to end.
+
+    A dask-backed input (a Zarr store, many files, or ``input.chunks``) is
+    filled chunk by chunk on the cluster of the recipe's ``compute`` section
+    (started here and closed at the end unless ``start_cluster`` is false) and
+    written region by region along time, resumably: run the same recipe again
+    after an interruption and only the missing regions are written (see
+    :func:`gapfill.io.write_regions`).
 
     Parameters
     ----------
@@ -144,6 +226,9 @@ def run(recipe: Recipe, *, command: str | None = None, progress: bool | None = N
         The command recorded in the product's ``history`` (default: this process's).
     progress
         Show a progress bar; default: only when stderr is a terminal.
+    start_cluster
+        Start the ``compute`` cluster for a dask-backed input; false runs on
+        whatever dask scheduler is active.
 
     Returns
     -------
@@ -154,6 +239,31 @@ def run(recipe: Recipe, *, command: str | None = None, progress: bool | None = N
     gapfill.recipe.RecipeError
         If the input does not match the recipe (variable, dims, time range).
     """
+    from contextlib import ExitStack
+
+    from gapfill import compute
+
+    with ExitStack() as stack:
+        ds = open_input(recipe)
+        lazy = ds[recipe.input.variable].chunks is not None
+        if start_cluster and lazy:
+            stack.enter_context(compute.session(recipe.compute))
+        elif start_cluster and recipe.compute.kind not in ("threads", "none"):
+            log.info("input in memory (no dask chunks): no dask cluster started")
+        return _run(recipe, ds, command=command, progress=progress)
+
+
+def resume_key(recipe: Recipe) -> str:
+    """What identifies a run for resuming: the recipe without ``output.overwrite`` and ``compute``."""
+    data = recipe.model_dump(mode="json")
+    data.pop("compute", None)
+    data["output"].pop("overwrite", None)
+    return yaml.safe_dump(data, sort_keys=True)
+
+
+def _run(
+    recipe: Recipe, ds: xr.Dataset, *, command: str | None, progress: bool | None
+) -> RunResult:
     import gapfill  # noqa: F401  (registers the .gapfill accessors)
     from gapfill import io
     from gapfill.dims import find_dims
@@ -173,11 +283,12 @@ def run(recipe: Recipe, *, command: str | None = None, progress: bool | None = N
             bar.set_description(text)
             log.info(text)
 
-        step(f"opening {_short(recipe.input.path)}")
-        ds = open_input(recipe)
+        step(f"opened {_short(recipe.input.path)}")
         da = ds[name]
+        lazy = da.chunks is not None
         time_dim = find_dims(da, dims).time
-        log.info("input %s %s", name, dict(da.sizes))
+        log.info("input %s %s%s", name, dict(da.sizes),
+                 f", dask chunks {dict(zip(da.dims, map(max, da.chunks)))}" if lazy else "")
         bar.update()
 
         truth = hidden = None
@@ -206,36 +317,52 @@ def run(recipe: Recipe, *, command: str | None = None, progress: bool | None = N
         diag = None
         if h.fraction > 0:
             step("scoring held-out pixels")
+            t0 = time.perf_counter()
             diag = ds[name].gapfill.score(model, seed=recipe.fill.seed)
             result.holdout = dict(diag.summary)
-            log.info("held-out %s", _fmt(result.holdout, da.attrs.get("units")))
+            log.info("held-out %s (%.1f s)", _fmt(result.holdout, da.attrs.get("units")),
+                     time.perf_counter() - t0)
             bar.update()
 
-        step("filling")
+        step("filling" + (" (lazily, chunk by chunk, while writing)" if lazy else ""))
         out = ds.gapfill.fill(
             model, samples=recipe.fill.samples, diagnostics=diag if diag is not None else False,
             fill_never_observed=recipe.fill.fill_never_observed, seed=recipe.fill.seed,
         )
-        flag = out[f"{name}_flag"]
-        log.info("filled %d pixels", int((flag == 1).sum()))
         punched_table = None
         punched_errors = None
-        if truth is not None and hidden is not None:
+
+        def punched(product: xr.Dataset) -> dict[str, Any]:
+            nonlocal punched_table, punched_errors
+            if truth is None or hidden is None:
+                return {}
             result.punched, punched_table, punched_errors = punched_scores(
-                out[name], truth, hidden, time_dim
+                product[name], truth, hidden, time_dim
             )
             log.info("punched pixels vs truth %s", _fmt(result.punched, da.attrs.get("units")))
-            for key, value in result.punched.items():
-                out.attrs[f"gapfill_punched_{key}"] = value
-            out.attrs["gapfill_punch"] = recipe.punch.model_dump_json()
+            attrs = {f"gapfill_punched_{k}": v for k, v in result.punched.items()}
+            attrs["gapfill_punch"] = recipe.punch.model_dump_json()
+            return attrs
+
+        if not lazy:
+            log.info("filled %d pixels", int((out[f"{name}_flag"] == 1).sum()))
+            out.attrs.update(punched(out))
         out.attrs["gapfill_recipe"] = recipe.to_yaml()
         bar.update()
 
-        step(f"writing {targets['output.path']}")
+        path = targets["output.path"]
+        step(f"writing {path}" + (" region by region" if lazy else ""))
+        t0 = time.perf_counter()
         io.write(
-            out, targets["output.path"], format=recipe.output.format,
+            out, path, format=recipe.output.format,
             overwrite=recipe.output.overwrite, history_command=command, title=recipe.output.title,
+            region_dim=time_dim if lazy else None, resume_key=resume_key(recipe),
+            finish=punched if lazy else None,
         )
+        log.info("wrote %s in %.1f s", path, time.perf_counter() - t0)
+        if lazy:  # from the written product: the fill is not computed twice
+            out = io.open(path, chunks={})
+            log.info("filled %d pixels", int((out[f"{name}_flag"] == 1).sum()))
         bar.update()
 
         if "output.diagnostics_csv" in targets:
@@ -254,6 +381,8 @@ def run(recipe: Recipe, *, command: str | None = None, progress: bool | None = N
             diagnostics_figure(out, name, errors, path, punched_errors=punched_errors)
             result.figure = path
             bar.update()
+        if lazy:
+            out.close()
 
     result.seconds = time.perf_counter() - start
     log.info("done in %.1f s: %s", result.seconds, result.output)

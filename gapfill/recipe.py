@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic import field_validator, model_validator
 
 __all__ = [
+    "ComputeConfig",
     "FillConfig",
     "HoldoutConfig",
     "InputConfig",
@@ -316,6 +317,139 @@ class OutputConfig(_Section):
         return self
 
 
+#: The keys each kind of ``compute`` takes (``kind`` and ``address`` aside).
+COMPUTE_KEYS = {
+    "local": {"n_workers", "threads_per_worker", "memory_limit", "processes", "dashboard_address"},
+    "threads": {"n_workers"},
+    "none": set(),
+    "address": set(),
+}
+#: dask-jobqueue's own keys, passed straight through to ``SLURMCluster``/``PBSCluster``.
+JOBQUEUE_KEYS = {
+    "queue", "account", "walltime", "cores", "memory", "processes", "job_extra_directives",
+    "job_directives_skip", "job_script_prologue", "worker_extra_args", "interface",
+    "local_directory", "log_directory", "job_name", "python", "death_timeout", "shebang",
+}
+COMPUTE_KEYS["slurm"] = JOBQUEUE_KEYS | {"job_cpu", "job_mem", "n_jobs", "dashboard_address"}
+COMPUTE_KEYS["pbs"] = JOBQUEUE_KEYS | {"resource_spec", "n_jobs", "dashboard_address"}
+
+
+class ComputeConfig(_Section):
+    """Where the dask computations run (for dask-backed inputs: Zarr stores, many files, or
+    ``input.chunks``). The command starts the cluster before the run, logs the dashboard link
+    and closes it at the end; ``gapfill run --dry-run`` prints the batch job script. An
+    in-memory input (one NetCDF file without ``input.chunks``) starts no cluster.
+
+    The ``slurm``/``pbs`` keys are dask-jobqueue's own, passed straight through to
+    ``dask_jobqueue.SLURMCluster``/``PBSCluster`` (``pip install dask-jobqueue``); keys left out
+    take dask-jobqueue's defaults, including its ``jobqueue.yaml`` configuration."""
+
+    kind: Literal["local", "slurm", "pbs", "threads", "none", "address"] = "local"
+    """``local``: a dask.distributed ``LocalCluster`` on this machine; ``slurm``/``pbs``: workers
+    in batch jobs (dask-jobqueue); ``threads``/``none``: dask's plain threaded scheduler, no
+    cluster; ``address``: an existing scheduler (set by ``address``)."""
+    address: str | None = None
+    """Address of a running dask scheduler, e.g. ``tcp://10.0.0.5:8786`` (implies
+    ``kind: address``)."""
+    n_workers: int | None = Field(None, ge=1)
+    """``local``: number of workers (default: one with ``processes: false``, else dask's
+    choice from the cores); ``threads``: number of threads."""
+    threads_per_worker: int | None = Field(None, ge=1)
+    """``local``: threads per worker (default: all cores for a single worker)."""
+    memory_limit: str | None = None
+    """``local``: memory limit per worker, e.g. ``"4GiB"`` (default: dask's ``auto``)."""
+    processes: int | bool | None = None
+    """``local``: worker processes (``true``) or threads in this process (``false``, the
+    default: the fill's numpy work releases the GIL, and no data moves between processes).
+    ``slurm``/``pbs``: worker processes per job (dask-jobqueue's ``processes``)."""
+    dashboard_address: str | None = None
+    """Where the scheduler serves its dashboard, e.g. ``":8787"`` (default: dask's)."""
+    n_jobs: int = Field(1, ge=1)
+    """``slurm``/``pbs``: number of batch jobs started (``cluster.scale(jobs=n_jobs)``)."""
+    queue: str | None = None
+    """``slurm``/``pbs``: the partition/queue (``-p``/``-q``)."""
+    account: str | None = None
+    """``slurm``/``pbs``: the account charged (``-A``)."""
+    walltime: str | None = None
+    """``slurm``/``pbs``: wall-time limit of each job, e.g. ``"02:00:00"``."""
+    cores: int | None = Field(None, ge=1)
+    """``slurm``/``pbs``: cores per job."""
+    memory: str | None = None
+    """``slurm``/``pbs``: memory per job, e.g. ``"32GiB"``."""
+    job_extra_directives: list[str] | None = None
+    """``slurm``/``pbs``: extra scheduler directives, e.g. ``["--qos=normal"]``."""
+    job_directives_skip: list[str] | None = None
+    """``slurm``/``pbs``: generated directives to leave out, e.g. ``["--mem"]``."""
+    job_script_prologue: list[str] | None = None
+    """``slurm``/``pbs``: shell lines run before the worker, e.g. ``["module load python"]``."""
+    worker_extra_args: list[str] | None = None
+    """``slurm``/``pbs``: extra arguments of the ``dask worker`` command."""
+    interface: str | None = None
+    """``slurm``/``pbs``: network interface of the workers, e.g. ``ib0``."""
+    local_directory: str | None = None
+    """``slurm``/``pbs``: workers' scratch directory (spilled data)."""
+    log_directory: str | None = None
+    """``slurm``/``pbs``: where the jobs' logs go."""
+    job_name: str | None = None
+    """``slurm``/``pbs``: name of the batch jobs."""
+    python: str | None = None
+    """``slurm``/``pbs``: the Python the workers run (default: this one)."""
+    death_timeout: float | None = None
+    """``slurm``/``pbs``: seconds a worker waits for the scheduler before exiting."""
+    shebang: str | None = None
+    """``slurm``/``pbs``: first line of the job script."""
+    job_cpu: int | None = Field(None, ge=1)
+    """``slurm``: ``--cpus-per-task`` (default: ``cores``)."""
+    job_mem: str | None = None
+    """``slurm``: ``--mem`` (default: ``memory``)."""
+    resource_spec: str | None = None
+    """``pbs``: the ``-l`` resource request, e.g. ``"select=1:ncpus=36:mem=100GB"``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _address_kind(cls, data: Any) -> Any:
+        if isinstance(data, str):  # ``compute: slurm``
+            return {"kind": data}
+        if isinstance(data, dict) and data.get("address") is not None and "kind" not in data:
+            data = {**data, "kind": "address"}
+        return data
+
+    @model_validator(mode="after")
+    def _keys_of_kind(self) -> ComputeConfig:
+        given = {
+            k for k in self.model_fields_set - {"kind", "address"}
+            if getattr(self, k) != type(self).model_fields[k].default
+        }
+        wrong = sorted(given - COMPUTE_KEYS[self.kind])
+        if wrong:
+            others = sorted(k for k, keys in COMPUTE_KEYS.items() if wrong[0] in keys)
+            hint = f" (a key of kind {' / '.join(others)})" if others else ""
+            raise ValueError(
+                f"compute.{wrong[0]}: not a key of compute kind {self.kind!r}{hint}; "
+                f"{self.kind!r} takes {sorted(COMPUTE_KEYS[self.kind]) or 'no other key'}"
+            )
+        if self.kind == "address" and not self.address:
+            raise ValueError("compute.address: kind 'address' needs the scheduler's address")
+        if self.address and self.kind != "address":
+            raise ValueError(
+                f"compute.address: connects to an existing scheduler; it does not go with "
+                f"kind {self.kind!r}"
+            )
+        if self.kind in ("slurm", "pbs") and isinstance(self.processes, bool):
+            raise ValueError("compute.processes: for slurm/pbs, the number of worker processes per job")
+        if self.kind == "local" and self.processes is not None and not isinstance(self.processes, bool):
+            raise ValueError("compute.processes: for local, true (worker processes) or false (threads)")
+        return self
+
+    def cluster_options(self) -> dict[str, Any]:
+        """The keys given for this kind, as the cluster class's keyword arguments."""
+        skip = {"kind", "address", "n_jobs"}
+        return {
+            k: getattr(self, k) for k in sorted(self.model_fields_set - skip)
+            if getattr(self, k) is not None
+        }
+
+
 class Recipe(_Section):
     """A gap-filling run: input → (punch) → fit → score → fill → write."""
 
@@ -334,6 +468,9 @@ class Recipe(_Section):
     """Filling options."""
     output: OutputConfig
     """Where the product, the figure and the CSV are written."""
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    """Where dask runs: a local cluster (default), SLURM/PBS jobs, an existing scheduler, or
+    plain threads."""
 
     @model_validator(mode="after")
     def _outputs_free(self) -> Recipe:
@@ -360,6 +497,7 @@ class Recipe(_Section):
     def to_yaml(self) -> str:
         """The resolved recipe (absolute paths, all defaults) as YAML text."""
         data = self.model_dump(mode="json")
+        data["compute"] = self.compute.model_dump(mode="json", exclude_defaults=True)
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from gapfill.methods.base import Coords, FillResult, Method, Options
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, TimeEdges
 
 #: name -> "module:Class"; imported lazily on first use.
 _BUILTIN = {
@@ -17,6 +17,10 @@ _BUILTIN = {
     "linear": "gapfill.methods.linear:Linear",
     "climatology": "gapfill.methods.climatology:Climatology",
     "gan": "gapfill.methods.gan:GAN",
+    "combcn": "gapfill.methods.combcn:CombCN",
+    "tgfnet": "gapfill.methods.tgfnet:TGFNet",
+    "stgconvnet": "gapfill.methods.stgconvnet:STGConvNet",
+    "flowfill": "gapfill.methods.flowfill:FlowFill",
 }
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -52,4 +56,7 @@ def get(name: str) -> type[Method]:
     raise ValueError(f"unknown method {name!r}; choose one of {available()}")
 
 
-__all__ = ["Coords", "FillResult", "Method", "Options", "available", "get", "register"]
+__all__ = [
+    "Chunking", "Coords", "FillResult", "Method", "Options", "TimeEdges", "available", "get",
+    "register",
+]

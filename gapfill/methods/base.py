@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -60,6 +60,73 @@ class Coords:
         """The coordinates of a window."""
         toy = None if self.time_of_year is None else self.time_of_year[t]
         return Coords(toy, self.y[y], self.x[x])
+
+
+#: The core axes a :class:`Chunking` talks about.
+AXES = ("time", "y", "x")
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How :meth:`Method.fill` can run on chunks of a dask-backed cube.
+
+    The fill of a chunk must equal (up to float round-off) the same pixels of
+    the whole-cube fill; :mod:`gapfill.chunked` rechunks only the axes in
+    ``whole`` to one chunk and keeps the input chunks on the others.
+
+    Attributes
+    ----------
+    whole
+        Axes (``"time"``, ``"y"``, ``"x"``) each chunk must span entirely. The
+        default, all three, is always right (one block, not memory-bounded).
+        The channel axis is always whole.
+    halo
+        Pixels of neighbouring chunks added on each side along an axis (dask
+        ``overlap``), and trimmed from the output.
+    time_edges
+        The method needs, for each pixel, its nearest observation before and
+        after the chunk along time (value and time index): :meth:`Method.fill_chunk`
+        receives them as :class:`TimeEdges`. It is the exact form of an
+        unbounded time halo (e.g. linear interpolation across a long gap).
+    """
+
+    whole: tuple[str, ...] = AXES
+    halo: dict[str, int] = field(default_factory=dict)
+    time_edges: bool = False
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.whole) - set(AXES)) + sorted(set(self.halo) - set(AXES))
+        if bad:
+            raise ValueError(f"Chunking: unknown axes {bad}; use {AXES}")
+        if any(int(v) < 0 for v in self.halo.values()):
+            raise ValueError("Chunking: halo widths must be >= 0")
+        if self.time_edges and ("time" in self.whole or any(self.halo.values())):
+            raise ValueError(
+                "Chunking: time_edges replaces a whole time axis or a time halo, and goes "
+                "without halos"
+            )
+
+
+@dataclass
+class TimeEdges:
+    """The nearest observations outside a time chunk, per pixel.
+
+    Attributes
+    ----------
+    start
+        Time index of the chunk's first frame in the whole cube.
+    before_value, before_index
+        ``(C, H, W)``: the last observation before the chunk and its time
+        index (NaN where there is none).
+    after_value, after_index
+        ``(C, H, W)``: the first observation after the chunk and its time index.
+    """
+
+    start: int
+    before_value: np.ndarray
+    before_index: np.ndarray
+    after_value: np.ndarray
+    after_index: np.ndarray
 
 
 @dataclass
@@ -121,6 +188,28 @@ class Method(ABC):
     def gives_error(self, samples: int) -> bool:
         """Whether :meth:`fill` returns an error for this many samples."""
         return self.provides_error or samples > 1
+
+    def chunking(self) -> Chunking:
+        """How :meth:`fill` can run per chunk of a dask-backed cube (default: one block).
+
+        Override it when the fill of a chunk (plus a halo) equals the
+        whole-cube fill on that chunk; see :class:`Chunking`.
+        """
+        return Chunking()
+
+    def fill_chunk(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+        edges: TimeEdges | None = None,
+    ) -> FillResult:
+        """Fill one chunk; ``edges`` is given when :meth:`chunking` asks for ``time_edges``.
+
+        The default ignores ``edges`` and calls :meth:`fill`.
+        """
+        return self.fill(x, rng, samples=samples, coords=coords)
 
     def state_dict(self) -> dict[str, Any]:
         """Arrays (numpy or torch) that, with the options, rebuild the fitted method."""

@@ -62,28 +62,43 @@ def interp_time(
         (NaN for columns with no observation).
     """
     n_time, n = x.shape
+    prev, v_prev = _edge(n, -1, x.dtype, before)
+    nxt, v_next = _edge(n, _NONE, x.dtype, after)
     obs = np.isfinite(x)
-    t = np.arange(start, start + n_time)[:, None]
-    prev = np.maximum.accumulate(np.where(obs, t, -1), axis=0)
-    nxt = np.minimum.accumulate(np.where(obs, t, _NONE)[::-1], axis=0)[::-1]
-    cols = np.arange(n)[None, :]
-    v_prev = x[np.clip(prev - start, 0, n_time - 1), cols]
-    v_next = x[np.clip(nxt - start, 0, n_time - 1), cols]
-    if before is not None:
-        value, index = before
-        use = (prev < 0) & np.isfinite(index)[None, :]
-        prev = np.where(use, np.nan_to_num(index, nan=-1).astype(np.int64)[None, :], prev)
-        v_prev = np.where(use, value.astype(x.dtype)[None, :], v_prev)
-    if after is not None:
-        value, index = after
-        use = (nxt == _NONE) & np.isfinite(index)[None, :]
-        nxt = np.where(use, np.nan_to_num(index, nan=_NONE).astype(np.int64)[None, :], nxt)
-        v_next = np.where(use, value.astype(x.dtype)[None, :], v_next)
-    has_prev, has_next = prev >= 0, nxt < _NONE
-    w = (t - prev) / np.maximum(nxt - prev, 1)
-    filled = np.where(has_prev & has_next, v_prev + w * (v_next - v_prev), np.nan)
-    nearest = np.where(has_prev, v_prev, np.where(has_next, v_next, np.nan))
+    # Two sweeps over time, carrying each column's last/next observation: no gathers, so it
+    # costs a few passes over the data (the same arithmetic as a vectorised version).
+    prevs = np.empty((n_time, n), dtype=np.int64)
+    vprevs = np.empty_like(x)
+    for i in range(n_time):
+        o = obs[i]
+        prev[o] = start + i
+        v_prev[o] = x[i, o]
+        prevs[i], vprevs[i] = prev, v_prev
+    filled = np.empty((n_time, n), dtype=np.result_type(x.dtype, np.float64))
+    nearest = np.empty_like(filled)
+    for i in range(n_time - 1, -1, -1):
+        o = obs[i]
+        nxt[o] = start + i
+        v_next[o] = x[i, o]
+        p, vp = prevs[i], vprevs[i]
+        has_prev, has_next = p >= 0, nxt < _NONE
+        w = (start + i - p) / np.maximum(nxt - p, 1)
+        filled[i] = np.where(has_prev & has_next, vp + w * (v_next - vp), np.nan)
+        nearest[i] = np.where(has_prev, vp, np.where(has_next, v_next, np.nan))
     return filled, nearest
+
+
+def _edge(
+    n: int, none: int, dtype: np.dtype, edge: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Starting index and value of a sweep: the edge observation, or ``none`` and NaN."""
+    index = np.full(n, none, dtype=np.int64)
+    value = np.full(n, np.nan, dtype=dtype)
+    if edge is not None:
+        has = np.isfinite(edge[1])
+        index[has] = edge[1][has].astype(np.int64)
+        value[has] = edge[0][has].astype(dtype)
+    return index, value
 
 
 #: "No observation after": larger than any time index.
@@ -98,19 +113,26 @@ def spatial_fill(x: np.ndarray, targets: np.ndarray, sigma: float = 1.0) -> np.n
     value in their frame stay NaN.
     """
     out = x.copy()
-    known = np.isfinite(x)
-    todo = targets & ~known
-    lead = (0,) * (x.ndim - 2)
+    frames = out.reshape(-1, *x.shape[-2:])  # a view: filled in place
+    known = np.isfinite(frames)
+    todo = targets.reshape(frames.shape) & ~known
     size = max(x.shape[-2:])
     s = sigma
-    while todo.any() and s <= 4 * size:
-        w = scipy.ndimage.gaussian_filter(known.astype(np.float64), lead + (s, s), mode="nearest")
+    active = np.flatnonzero(todo.any((1, 2)))  # only frames with targets left are filtered
+    while active.size and s <= 4 * size:
+        k = known[active]
+        w = scipy.ndimage.gaussian_filter(k.astype(np.float64), (0, s, s), mode="nearest")
         v = scipy.ndimage.gaussian_filter(
-            np.where(known, out, 0.0).astype(np.float64), lead + (s, s), mode="nearest"
+            np.where(k, frames[active], 0.0).astype(np.float64), (0, s, s), mode="nearest"
         )
-        ok = todo & (w > 1e-8)
-        out[ok] = (v[ok] / w[ok]).astype(out.dtype)
-        todo &= ~ok
+        left = todo[active]
+        ok = left & (w > 1e-8)
+        sub = frames[active]
+        sub[ok] = (v[ok] / w[ok]).astype(out.dtype)
+        frames[active] = sub
+        left &= ~ok
+        todo[active] = left
+        active = active[left.any((1, 2))]
         s *= 2
     return out
 

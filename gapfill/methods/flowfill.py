@@ -1,0 +1,746 @@
+"""Flow-guided filling: inpaint the motion, then carry values along it; method ``"flowfill"``.
+
+In the spirit of Chatillon, Ballester, Haro, Arias & Raad ("video inpainting
+via flow-guided iterative refinement with partial convolutions"):
+
+1. **Flow estimation.** The gaps are pre-filled by linear interpolation in
+   time, and OpenCV's Farneback dense flow is computed between consecutive
+   frames, forward (``t -> t + 1``) and backward (``t -> t - 1``). A flow
+   vector is trustworthy where the pixel is observed in both frames (at the
+   pixel and where the flow lands) and, optionally, where the forward and
+   backward flows agree (``fb_threshold``).
+2. **Flow completion.** :class:`~gapfill.models.flow_refiner.FlowRefiner`
+   (partial convolutions, warping of the neighbours' features and
+   confidences, a residual confidence-weighted update and a learnable
+   confidence update) completes the flows where they are not trustworthy.
+   It reads the trusted vectors through partial convolutions and the raw
+   estimate everywhere, and predicts a correction to the raw estimate. It is
+   trained self-supervised on the data's own flows: extra pixels are hidden
+   with masks of an occlusion process (:mod:`gapfill.masks`) and the flows
+   re-estimated without them (a pool of ``pool`` such re-estimations, so the
+   raw input there is as poor as in real gaps); the losses are L1 to the
+   data's trustworthy vectors, total variation, and the
+   ``min(forward-backward, backward-forward)`` consistency term, each
+   refinement round ``i`` weighted by ``(i + 1)^2``.
+3. **Propagation.** From each missing pixel, the completed flow is followed
+   forward and backward up to ``max_frames`` frames; the first observed pixel
+   each chain reaches gives a value (bilinear over the observed corners), and
+   the values are averaged with weight ``1 / distance`` and blended with the
+   fallback by the network's confidence in the flow. Pixels that no chain
+   reaches get the fallback: linear interpolation in time (a spatial
+   normalised convolution where a pixel is never observed) or a spatial
+   normalised convolution of the frame, whichever fills observed pixels
+   hidden after training better (``fallback="auto"``).
+
+On SST cubes this is advection-aware filling: values move with the flow
+instead of being interpolated in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gapfill.methods.base import Coords, FillResult, Method, Options, as_numpy
+
+if TYPE_CHECKING:
+    import torch
+
+    from gapfill.cube import Cube
+
+FALLBACKS = ("auto", "spatial", "time")
+LOG_FIELDS = ["step", "seconds", "loss", "l1", "tv", "consistency", "val_l1", "best_val_l1"]
+
+
+@dataclass
+class FlowFillOptions(Options):
+    """Options of the ``flowfill`` method.
+
+    Attributes
+    ----------
+    window
+        Training window ``(T, H, W)`` (clipped to the cube).
+    features, hidden, iterations
+        Feature channels, hidden channels and refinement rounds of the flow network.
+    occlusion, coverage, occlusion_options
+        The process (a :func:`gapfill.masks.make` name) hiding trustworthy flow
+        vectors in training, its coverage and extra options.
+    pool
+        Re-estimations of the flows with extra pixels hidden that training draws from.
+    l1_weight, tv_weight, consistency_weight
+        Loss weights: L1 to the trustworthy flow, total variation,
+        forward-backward consistency.
+    lr
+        Adam learning rate.
+    batch_size
+        Windows per step.
+    steps
+        Training steps.
+    time_budget
+        Seconds of training (``None``: steps only; then runs are bit-reproducible).
+    eval_every
+        Steps between validations (L1 on fixed hidden flow vectors) and log rows;
+        the best network is kept.
+    fb_threshold
+        Forward-backward disagreement (pixels) above which an estimated flow
+        vector is not trusted; ``None`` skips the check.
+    winsize, levels
+        Farneback window size and pyramid levels (levels are capped for small frames).
+    max_frames
+        Longest flow chain followed from a missing pixel, in frames.
+    fallback
+        For pixels no chain reaches (and the blend with low-confidence carried
+        values): ``"time"`` (linear interpolation in time, a spatial fill where
+        a pixel is never observed), ``"spatial"`` (normalised convolution of
+        the frame's observed values), or ``"auto"``: the better of the two on
+        observed pixels hidden after training (cloud patches of ``coverage``).
+    sigma
+        Gaussian scale (pixels) of the first spatial fallback pass.
+    fill_window
+        Window ``(T, H, W)`` of the flow completion when filling (larger cubes
+        are done window by window); ``overlap`` between windows.
+    overlap
+        Overlap of those windows.
+    checkpoint_dir, checkpoint_every, resume
+        Checkpoints (and ``log.csv``), and resuming from the newest.
+    seed
+        Seed of the fit (``None``: drawn from the ``rng`` given to ``fit``).
+    progress
+        ``"auto"``, ``"bar"``, ``"log"`` or ``"off"``.
+    """
+
+    window: tuple[int, int, int] = (8, 64, 64)
+    features: int = 16
+    hidden: int = 32
+    iterations: int = 4
+    occlusion: str = "cloud"
+    coverage: float = 0.3
+    occlusion_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pool: int = 4
+    l1_weight: float = 1.0
+    tv_weight: float = 0.05
+    consistency_weight: float = 0.1
+    lr: float = 1e-3
+    batch_size: int = 2
+    steps: int = 1000
+    time_budget: float | None = 60.0
+    eval_every: int = 50
+    fb_threshold: float | None = 1.0
+    winsize: int = 9
+    levels: int = 3
+    max_frames: int = 8
+    fallback: str = "auto"
+    sigma: float = 1.0
+    fill_window: tuple[int, int, int] = (32, 128, 128)
+    overlap: float = 0.25
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 200
+    resume: bool = False
+    seed: int | None = None
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
+        self.fill_window = tuple(int(v) for v in self.fill_window)  # type: ignore[assignment]
+        self.occlusion_options = dict(self.occlusion_options or {})
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"flowfill option {name}={getattr(self, name)!r}: {why}")
+
+        for name in ("window", "fill_window"):
+            v = getattr(self, name)
+            if len(v) != 3 or min(v) < 1:
+                bad(name, "must be three positive integers (T, H, W)")
+        for name in ("features", "hidden", "iterations", "batch_size", "steps", "eval_every",
+                     "pool", "max_frames", "checkpoint_every", "levels"):
+            if int(getattr(self, name)) < (0 if name == "levels" else 1):
+                bad(name, "must be a positive integer")
+        if self.winsize < 3:
+            bad("winsize", "must be >= 3")
+        from gapfill.masks import PROCESSES
+
+        if self.occlusion not in PROCESSES or self.occlusion == "empirical":
+            bad("occlusion", f"must be one of {sorted(set(PROCESSES) - {'empirical'})}")
+        if not 0 < self.coverage < 1:
+            bad("coverage", "must be in (0, 1)")
+        for name in ("l1_weight", "tv_weight", "consistency_weight"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if self.fb_threshold is not None and not self.fb_threshold > 0:
+            bad("fb_threshold", "must be > 0 or None")
+        if self.fallback not in FALLBACKS:
+            bad("fallback", f"must be one of {FALLBACKS}")
+        if not self.sigma > 0:
+            bad("sigma", "must be > 0")
+        if not 0 <= self.overlap < 1:
+            bad("overlap", "must be in [0, 1)")
+        if self.time_budget is not None and self.time_budget <= 0:
+            bad("time_budget", "must be > 0 or None")
+        if self.resume and not self.checkpoint_dir:
+            bad("resume", "needs checkpoint_dir")
+        if self.progress not in ("auto", "bar", "log", "off"):
+            bad("progress", "must be auto, bar, log or off")
+
+
+# ----------------------------------------------------------------------------- flows
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ImportError(
+            "the flowfill method needs OpenCV: pip install opencv-python-headless"
+        ) from None
+    return cv2
+
+
+def estimate_flows(
+    prefilled: np.ndarray,
+    observed: np.ndarray,
+    winsize: int = 9,
+    levels: int = 3,
+    fb_threshold: float | None = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Farneback forward and backward flows of a gap-free ``(C, T, H, W)`` sequence.
+
+    Parameters
+    ----------
+    prefilled
+        The sequence with its gaps filled by simple means.
+    observed
+        ``(T, H, W)`` pixels observed in every channel.
+    winsize, levels
+        Farneback window and pyramid levels (capped so the coarsest level keeps 8 pixels).
+    fb_threshold
+        Forward-backward disagreement (pixels) above which a vector is not trusted.
+
+    Returns
+    -------
+    flows
+        ``(T, 4, H, W)`` float32: forward (dy, dx) to ``t + 1``, backward (dy, dx)
+        to ``t - 1`` (0 where there is no such frame).
+    trust
+        ``(T, 2, H, W)`` float32 in {0, 1}: trustworthy forward / backward vectors.
+    """
+    cv2 = _cv2()
+    c, t, h, w = prefilled.shape
+    gray = prefilled.mean(0)
+    lo, hi = np.percentile(gray, [1, 99]) if gray.size else (0.0, 1.0)
+    u8 = np.clip((gray - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    lev = int(max(0, min(levels, np.floor(np.log2(max(min(h, w), 1) / 8)))))
+    flows = np.zeros((t, 4, h, w), dtype=np.float32)
+    trust = np.zeros((t, 2, h, w), dtype=np.float32)
+
+    def flow(a: int, b: int) -> np.ndarray:
+        f = cv2.calcOpticalFlowFarneback(u8[a], u8[b], None, 0.5, lev, int(winsize), 3, 5, 1.1, 0)
+        return np.stack([f[..., 1], f[..., 0]])  # (dy, dx)
+
+    for i in range(t - 1):
+        flows[i, :2] = flow(i, i + 1)
+        flows[i + 1, 2:] = flow(i + 1, i)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(t):
+        for k, (j, sl, back) in enumerate(((i + 1, slice(0, 2), slice(2, 4)),
+                                           (i - 1, slice(2, 4), slice(0, 2)))):
+            if not 0 <= j < t:
+                continue
+            f = flows[i, sl]
+            ty, tx = yy + f[0], xx + f[1]
+            ny = np.clip(np.rint(ty), 0, h - 1).astype(int)
+            nx = np.clip(np.rint(tx), 0, w - 1).astype(int)
+            inside = (ty > -0.5) & (ty < h - 0.5) & (tx > -0.5) & (tx < w - 0.5)
+            ok = observed[i] & observed[j] & inside & observed[j][ny, nx]
+            if fb_threshold is not None:
+                g = flows[j, back][:, ny, nx]  # the reverse flow where this one lands
+                ok &= np.hypot(f[0] + g[0], f[1] + g[1]) < fb_threshold
+            trust[i, k] = ok
+    return flows, trust
+
+
+def propagate(
+    x: np.ndarray, flows: np.ndarray, max_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carry observed values along the flows to the missing pixels.
+
+    Parameters
+    ----------
+    x
+        ``(C, T, H, W)``, NaN where missing.
+    flows
+        ``(T, 4, H, W)`` complete forward and backward flows (dy, dx).
+    max_frames
+        Longest chain, in frames.
+
+    Returns
+    -------
+    values
+        ``(C, T, H, W)``: the distance-weighted mean of the observed values the
+        chains reached, NaN where none did (and at observed pixels).
+    weight
+        ``(T, H, W)``: the summed weights (0 where nothing was reached).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    c, t, h, w = x.shape
+    obs = np.isfinite(x).all(0)
+    xv = torch.from_numpy(np.where(obs[None], np.nan_to_num(x), 0.0).astype(np.float32))
+    xv = xv.permute(1, 0, 2, 3)  # (T, C, H, W)
+    om = torch.from_numpy(obs.astype(np.float32))[:, None]  # (T, 1, H, W)
+    fl = torch.from_numpy(flows.astype(np.float32))
+    acc = torch.zeros((t, c, h, w))
+    wsum = torch.zeros((t, 1, h, w))
+    yy = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1).expand(t, 1, h, w)
+    xx = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w).expand(t, 1, h, w)
+    frames = torch.arange(t)
+
+    def sample(img: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
+        grid = torch.stack([2 * px[:, 0] / max(w - 1, 1) - 1, 2 * py[:, 0] / max(h - 1, 1) - 1], -1)
+        return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+    for step, sl in ((1, slice(0, 2)), (-1, slice(2, 4))):
+        py, px = yy.clone(), xx.clone()
+        alive = torch.from_numpy(~obs)[:, None].clone()
+        for k in range(1, int(max_frames) + 1):
+            src = frames + step * (k - 1)
+            dst = frames + step * k
+            valid = (dst >= 0) & (dst < t)
+            if not bool((alive & valid.view(t, 1, 1, 1)).any()):
+                break
+            disp = sample(fl[src.clamp(0, t - 1), sl], py, px)
+            py, px = py + disp[:, :1], px + disp[:, 1:]
+            inside = (py >= 0) & (py <= h - 1) & (px >= 0) & (px <= w - 1)
+            d = dst.clamp(0, t - 1)
+            den = sample(om[d], py, px)
+            num = sample(xv[d], py, px)
+            hit = alive & valid.view(t, 1, 1, 1) & inside & (den > 0.5)
+            wk = 1.0 / k
+            acc += torch.where(hit, num / den.clamp(min=1e-6), 0.0) * wk
+            wsum += hit.float() * wk
+            alive &= ~hit & inside & valid.view(t, 1, 1, 1)
+    values = torch.where(wsum > 0, acc / wsum.clamp(min=1e-12), torch.nan)
+    return values.permute(1, 0, 2, 3).numpy(), wsum[:, 0].numpy()
+
+
+# ----------------------------------------------------------------------------- losses
+def flow_losses(
+    pred: torch.Tensor, target: torch.Tensor, trust: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L1 on trusted vectors, total variation and min(fb, bf) consistency of flows.
+
+    ``pred`` and ``target`` are ``(N, T, 4, H, W)``, ``trust`` is ``(N, T, 2, H, W)``;
+    flows are in units of ``scale`` pixels.
+    """
+    import torch
+
+    from gapfill.models.flow_refiner import warp
+
+    n, t, _, h, w = pred.shape
+    tr = trust.repeat_interleave(2, 2)
+    l1 = ((pred - target).abs() * tr).sum() / tr.sum().clamp(min=1)
+    tv = (pred[..., 1:, :] - pred[..., :-1, :]).abs().mean() + \
+        (pred[..., :, 1:] - pred[..., :, :-1]).abs().mean()
+    if t < 2:
+        return l1, tv, pred.new_zeros(())
+    fwd, bwd = pred[:, :, :2], pred[:, :, 2:]
+    # forward-backward: F_t(p) + B_{t+1}(p + F_t(p)), frames 0..T-2
+    f = fwd[:, :-1].reshape(-1, 2, h, w)
+    fb = (f + warp(bwd[:, 1:].reshape(-1, 2, h, w), f * scale)).abs().sum(1)
+    # backward-forward: B_t(p) + F_{t-1}(p + B_t(p)), frames 1..T-1
+    b = bwd[:, 1:].reshape(-1, 2, h, w)
+    bf = (b + warp(fwd[:, :-1].reshape(-1, 2, h, w), b * scale)).abs().sum(1)
+    fb = fb.reshape(n, t - 1, h, w)
+    bf = bf.reshape(n, t - 1, h, w)
+    inf = torch.full_like(fb[:, :1], float("inf"))
+    fb_t = torch.cat([fb, inf], 1)  # per frame t: fb defined for t <= T-2
+    bf_t = torch.cat([inf, bf], 1)  # bf defined for t >= 1
+    cons = torch.minimum(fb_t, bf_t).mean()
+    return l1, tv, cons
+
+
+# ----------------------------------------------------------------------------- the method
+class FlowFill(Method):
+    """Flow-guided filling with flow completion; see the module docstring."""
+
+    name = "flowfill"
+    Options = FlowFillOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.net: Any = None
+        self._meta: dict[str, Any] = {}
+
+    def _build(self, flow_scale: float) -> None:
+        from gapfill.models.flow_refiner import FlowRefiner, FlowRefinerConfig
+
+        o = self.options
+        cfg = FlowRefinerConfig(o.features, o.hidden, o.iterations, float(flow_scale))
+        self._meta["net"] = dataclasses.asdict(cfg)
+        self.net = FlowRefiner(cfg)
+
+    def _flows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pre-fill, estimated flows and their trust for a ``(C, T, H, W)`` array."""
+        from gapfill.methods.stgconvnet import initial_guess
+
+        o = self.options
+        pre = initial_guess(x, "linear")
+        observed = np.isfinite(x).all(0)
+        flows, trust = estimate_flows(pre, observed, o.winsize, o.levels, o.fb_threshold)
+        return pre, flows, trust
+
+    # -- fit --------------------------------------------------------------------------
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Train the flow completion network on the cube's own trustworthy flows."""
+        from gapfill.training import CheckpointManager
+
+        o = self.options
+        t0 = time.monotonic()
+        manager = CheckpointManager(o.checkpoint_dir) if o.checkpoint_dir else None
+        ckpt = manager.load_latest() if (manager is not None and o.resume) else None
+        seed = int(ckpt["seed"]) if ckpt is not None else (
+            o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
+        )
+        x = cube.values()
+        _, flows, trust = self._flows(x)
+        mag = np.hypot(flows[:, 0::2], flows[:, 1::2])[trust > 0]
+        scale = float(max(1.0, np.percentile(mag, 95))) if mag.size else 1.0
+        self._meta = {"window": [min(a, b) for a, b in zip(o.window, x.shape[1:])]}
+        import torch
+
+        from gapfill import masks
+
+        # Inputs of the self-supervision: the flows re-estimated with extra pixels hidden
+        # (so the raw estimate there comes from the pre-filled frames, as in real gaps).
+        process = masks.make(o.occlusion, coverage=o.coverage, seed=seed, **o.occlusion_options)
+        setup = np.random.default_rng([seed, 2])
+        pool = []
+        for _ in range(o.pool):
+            hide = process.sample(x.shape[1:], setup)
+            _, raw, trust_in = self._flows(np.where(hide[None], np.nan, x))
+            pool.append(((raw / scale).astype(np.float32), trust_in))
+        torch.manual_seed(seed)  # the network's initial weights
+        self._build(scale)
+        trainer = _Trainer(self, flows / scale, trust, pool, seed, manager)
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        info = trainer.run()
+        scores = self._choose_fallback(x, seed)
+        info.update(flow_scale=round(scale, 3), trusted_share=round(float(trust.mean()), 4),
+                    fallback=self._meta.get("fallback", o.fallback), fallback_mae=scores,
+                    seconds=round(time.monotonic() - t0, 2))
+        self.fit_info.update(info)
+
+    # -- fill -------------------------------------------------------------------------
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Complete the flows of ``x`` and carry observed values along them (deterministic)."""
+        if self.net is None:
+            raise RuntimeError("flowfill is not fitted: call fit() or load_state_dict()")
+        if x.ndim != 4:
+            raise ValueError(f"expected a (C, T, H, W) array, got shape {x.shape}")
+        fallback = self.options.fallback
+        if fallback == "auto":
+            fallback = self._meta.get("fallback", "time")
+        return FillResult(self._fill(x, (fallback,))[fallback], None)
+
+    def _fill(self, x: np.ndarray, fallbacks: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The fill of ``x`` with each of ``fallbacks`` (flows computed once)."""
+        from gapfill.methods.linear import spatial_fill
+
+        o = self.options
+        pre, flows, trust = self._flows(x)
+        flows, conf = self.complete_flows(flows, trust)
+        values, _ = propagate(x, flows, o.max_frames)
+        obs = np.isfinite(x)
+        reached = np.isfinite(values)
+        out = {}
+        for fallback in fallbacks:
+            base = pre
+            if fallback == "spatial":
+                base = spatial_fill(x, ~obs, o.sigma)
+                base = np.where(np.isfinite(base), base, pre)
+            # trust a carried value as much as the flow that carried it (the completion's
+            # confidence); the fallback elsewhere
+            f = np.where(reached, conf[None] * np.nan_to_num(values) + (1 - conf[None]) * base,
+                         base)
+            f = np.where(obs, x, f)
+            out[fallback] = np.where(np.isfinite(f), f, 0.0).astype(np.float32)
+        return out
+
+    def _choose_fallback(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
+        """Set ``meta["fallback"]`` to the fallback with the lower MAE on hidden observed pixels."""
+        from gapfill import masks
+
+        o = self.options
+        if o.fallback != "auto":
+            return None
+        proc = masks.make("cloud", coverage=o.coverage, seed=seed)
+        hide = proc.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
+        if hide.sum() < 10:
+            self._meta["fallback"] = "time"
+            return None
+        fills = self._fill(np.where(hide, np.nan, x), ("time", "spatial"))
+        scores = {k: float(np.abs(v[hide] - x[hide]).mean()) for k, v in fills.items()}
+        self._meta["fallback"] = min(scores, key=lambda k: scores[k])
+        return scores
+
+    def complete_flows(self, flows: np.ndarray, trust: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Complete the untrusted vectors of ``(T, 4, H, W)`` flows with the network.
+
+        Returns
+        -------
+        flows
+            ``(T, 4, H, W)``: the trusted estimates kept, the network's elsewhere.
+        confidence
+            ``(T, H, W)`` in ``[0, 1]``: the network's final confidence (1 where
+            both flows of the pixel were trusted).
+        """
+        import torch
+
+        from gapfill.windows import fill_windows
+
+        scale = float(self._meta["net"]["flow_scale"])
+        t = flows.shape[0]
+        stacked = np.concatenate([flows / scale, trust], 1).transpose(1, 0, 2, 3)  # (6, T, H, W)
+
+        def fn(batch: np.ndarray) -> np.ndarray:
+            b = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 2, 1, 3, 4)
+            raw, conf = b[:, :, :4], b[:, :, 4:]
+            outs, m = self.net(raw * conf.repeat_interleave(2, 2), conf,
+                               raw if self.net.cfg.raw_input else None)
+            return torch.cat([outs[-1], m], 2).permute(0, 2, 1, 3, 4).numpy()
+
+        self.net.eval()
+        with torch.no_grad():
+            pred = fill_windows(stacked.astype(np.float32), fn, self.options.fill_window,
+                                overlap=self.options.overlap, batch_size=1)
+        conf = np.clip(pred[4], 0, 1)
+        pred = pred[:4].transpose(1, 0, 2, 3) * scale
+        keep = trust.repeat(2, axis=1) > 0
+        out = np.where(keep, flows, pred)
+        out[t - 1, :2] = 0.0  # no frame after the last / before the first
+        out[0, 2:] = 0.0
+        conf = np.where(trust.min(1) > 0, 1.0, conf)
+        return out.astype(np.float32), conf.astype(np.float32)
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Weights of the flow network and its configuration."""
+        if self.net is None:
+            return {}
+        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        return {"net": weights, "meta": json.dumps(self._meta)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the flow network from :meth:`state_dict`'s output."""
+        import torch
+
+        from gapfill.models.flow_refiner import FlowRefiner, FlowRefinerConfig
+
+        meta = state["meta"]
+        self._meta = json.loads(meta if isinstance(meta, str) else str(meta))
+        net = FlowRefiner(FlowRefinerConfig(**self._meta["net"]))
+        net.load_state_dict({k: torch.as_tensor(as_numpy(v)) for k, v in state["net"].items()})
+        self.net = net.eval()
+
+
+# ----------------------------------------------------------------------------- training
+class _Trainer:
+    """Self-supervised training of the flow network (one call of ``fit``)."""
+
+    def __init__(
+        self,
+        method: FlowFill,
+        flows: np.ndarray,
+        trust: np.ndarray,
+        pool: list[tuple[np.ndarray, np.ndarray]],
+        seed: int,
+        manager: Any,
+    ) -> None:
+        import torch
+
+        self.m, self.o, self.seed, self.manager = method, method.options, seed, manager
+        o = self.o
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng([seed, 1])
+        self.flows, self.trust = flows.astype(np.float32), trust.astype(np.float32)
+        self.pool = pool
+        self.window = tuple(method._meta["window"])
+        self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr)
+        self.step = 0
+        self.best_val = float("inf")
+        self.best_step = -1
+        self.best_state: dict[str, Any] | None = None
+        self.val_batch = self.batch(2, member=0) if self.trust.any() else None
+
+    def batch(self, n: int, member: int | None = None) -> dict[str, torch.Tensor]:
+        """Random windows of a pool member: its raw flows and trust (the input), and
+        the flows and trust of the data (the target)."""
+        import torch
+
+        tt, hh, ww = self.flows.shape[0], self.flows.shape[2], self.flows.shape[3]
+        wt, wh, wwid = self.window
+        out: dict[str, list[np.ndarray]] = {"flow": [], "trust": [], "raw": [], "trust_in": []}
+        for _ in range(n):
+            p = int(self.rng.integers(len(self.pool))) if member is None else member
+            t0 = int(self.rng.integers(0, tt - wt + 1))
+            y0 = int(self.rng.integers(0, hh - wh + 1))
+            x0 = int(self.rng.integers(0, ww - wwid + 1))
+            sl = (slice(t0, t0 + wt), slice(None), slice(y0, y0 + wh), slice(x0, x0 + wwid))
+            raw, trust_in = self.pool[p]
+            out["flow"].append(self.flows[sl])
+            out["trust"].append(self.trust[sl])
+            out["raw"].append(raw[sl])
+            out["trust_in"].append(trust_in[sl])
+        return {k: torch.from_numpy(np.stack(v).astype(np.float32)) for k, v in out.items()}
+
+    def forward(self, b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The network's flows of every round for a batch."""
+        net = self.m.net
+        flow_in = b["raw"] * b["trust_in"].repeat_interleave(2, 2)
+        outs, _ = net(flow_in, b["trust_in"], b["raw"] if net.cfg.raw_input else None)
+        return outs
+
+    def losses(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
+        o, net = self.o, self.m.net
+        outs = self.forward(b)
+        scale = net.cfg.flow_scale
+        n = len(outs)
+        weights = [(i + 1) ** 2 for i in range(n)]
+        total = sum(weights)
+        loss = b["raw"].new_zeros(())
+        parts = np.zeros(3)
+        for wi, pred in zip(weights, outs):
+            l1, tv, cons = flow_losses(pred, b["flow"], b["trust"], scale)
+            li = o.l1_weight * l1 + o.tv_weight * tv + o.consistency_weight * cons
+            loss = loss + wi / total * li
+            parts += (float(l1.detach()), float(tv.detach()), float(cons.detach()))
+        return loss, list(parts / n)
+
+    def validate(self) -> float | None:
+        """L1 of the last round on the hidden trusted vectors of the fixed validation batch."""
+        import torch
+
+        if self.val_batch is None:
+            return None
+        b = self.val_batch
+        hidden = b["trust"] * (1 - b["trust_in"])
+        if hidden.sum() == 0:
+            return None
+        self.m.net.eval()
+        with torch.no_grad():
+            outs = self.forward(b)
+        tr = hidden.repeat_interleave(2, 2)
+        val = float(((outs[-1] - b["flow"]).abs() * tr).sum() / tr.sum())
+        self.m.net.train()
+        return val * self.m.net.cfg.flow_scale  # in pixels
+
+    # -- checkpoints ------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        from gapfill.training import rng_state
+
+        return {
+            "format": "gapfill-flowfill-checkpoint",
+            "step": self.step, "seed": self.seed,
+            "options": json.dumps(self.m.options_dict()),
+            "net": self.m.net.state_dict(), "opt": self.opt.state_dict(),
+            "rng": rng_state(self.rng),
+            "best": self.best_state if self.best_state is not None else {},
+            "best_val": self.best_val, "best_step": self.best_step,
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        from gapfill.training import set_rng_state
+
+        if ckpt.get("format") != "gapfill-flowfill-checkpoint":
+            raise ValueError("the checkpoint was not written by the flowfill method")
+        try:
+            self.m.net.load_state_dict(ckpt["net"])
+        except RuntimeError as err:
+            raise ValueError(
+                "the checkpoint does not match these options (network shapes differ); resume "
+                f"with the options it was written with: {ckpt.get('options')}"
+            ) from err
+        self.opt.load_state_dict(ckpt["opt"])
+        set_rng_state(self.rng, ckpt["rng"])
+        self.best_state = dict(ckpt["best"]) or None
+        self.best_val, self.best_step = float(ckpt["best_val"]), int(ckpt["best_step"])
+        self.step = int(ckpt["step"])
+
+    # -- loop -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from gapfill.training import Budget, CSVLogger, Progress
+
+        o = self.o
+        if not self.trust.any():  # nothing to learn from: keep the initial network
+            return {"steps": 0, "stopped_by": "no_trusted_flow", "best_val_l1": None}
+        budget = Budget(o.steps, o.time_budget)
+        logger = None
+        if self.manager is not None:
+            logger = CSVLogger(self.manager.directory / "log.csv", LOG_FIELDS, append=self.step > 0)
+        progress = Progress(o.steps, start=self.step, desc="flowfill", mode=o.progress)
+        first_val = self.validate()
+        sums, count = np.zeros(4), 0
+        reason = budget.exhausted(self.step)
+        self.m.net.train()
+        while reason is None:
+            loss, parts = self.losses(self.batch(o.batch_size))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.step += 1
+            sums += (float(loss.detach()), *parts)
+            count += 1
+            progress.update(self.step)
+            if self.step % o.eval_every == 0:
+                self._evaluate(logger, progress, sums / count, budget)
+                sums[:], count = 0, 0
+            if self.manager is not None and self.step % o.checkpoint_every == 0:
+                self.manager.save(self.step, self.payload())
+            reason = budget.exhausted(self.step)
+        if count:
+            self._evaluate(logger, progress, sums / count, budget)
+        if self.manager is not None:
+            self.manager.save(self.step, self.payload())
+        progress.close()
+        if self.best_state is not None:
+            self.m.net.load_state_dict(self.best_state)
+        self.m.net.eval()
+        return {
+            "steps": self.step, "stopped_by": reason,
+            "initial_val_l1": first_val,
+            "best_val_l1": None if self.best_step < 0 else self.best_val,
+            "best_step": self.best_step,
+            "train_seconds": round(budget.elapsed, 2),
+        }
+
+    def _evaluate(self, logger: Any, progress: Any, means: np.ndarray, budget: Any) -> None:
+        val = self.validate()
+        if val is not None and np.isfinite(val) and val < self.best_val:
+            self.best_val, self.best_step = val, self.step
+            self.best_state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in self.m.net.state_dict().items()}
+            )
+        row = {"step": self.step, "seconds": round(budget.elapsed, 2), "val_l1": val,
+               "loss": float(means[0]), "l1": float(means[1]), "tv": float(means[2]),
+               "consistency": float(means[3]),
+               "best_val_l1": None if self.best_step < 0 else self.best_val}
+        if logger is not None:
+            logger.log(row)
+        progress.update(self.step, force=True,
+                        **{k: v for k, v in row.items() if k != "step" and v is not None})

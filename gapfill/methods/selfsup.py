@@ -1,0 +1,735 @@
+"""Self-supervised training shared by the deep video-inpainting methods (``combcn``, ``tgfnet``).
+
+These methods are trained without gap-free data: an occlusion process
+(:mod:`gapfill.masks`; by default the data's own gap patterns at other times)
+hides extra *observed* pixels of random training windows, the network fills
+the window from what is left, and the losses are taken on the extra-hidden
+pixels ("holes") and on all observed pixels ("whole frame"). Some observed
+pixels are held out once for validation (the process's gaps on a block of
+consecutive frames); their MAE drives early stopping and the best weights are
+kept, so a network that does not beat its starting point (the guide, below)
+falls back to it.
+
+:class:`SelfSupervisedMethod` holds the training loop (built from
+:mod:`gapfill.training`: checkpoints with resume, CSV log, progress, step and
+time budgets, early stopping; Adam with a linear warm-up; random flips as
+augmentation) and the windowed fill (:func:`gapfill.windows.fill_windows`).
+A subclass supplies the network (:meth:`~SelfSupervisedMethod._build`), its
+loss on a batch (:meth:`~SelfSupervisedMethod._loss`) and its window fill
+(:meth:`~SelfSupervisedMethod._predict`).
+
+Addition for geophysical cubes: a *guide*, a classical first guess of the
+whole field given to the network as an extra input, which the network
+corrects. ``guide="linear"``: linear interpolation in time with a Gaussian
+spatial fill at the series' ends (:mod:`gapfill.methods.linear`).
+``guide="eof"``: a DINEOF reconstruction (:mod:`gapfill.methods.eof`), the
+basin-scale context a local network cannot see. Guides are computed on the
+whole cube, as at fill time; in training on copies of the cube with the
+extra-hidden pixels removed (a pool of ``guide_pool``, linear ones refreshed
+as training goes), so the network never learns to copy a guide that saw the
+answer. ``guide="none"`` is the plain method of the paper.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gapfill.methods.base import Coords, FillResult, Method, Options, as_numpy
+
+if TYPE_CHECKING:
+    import torch
+
+    from gapfill.cube import Cube
+    from gapfill.masks import OcclusionProcess
+
+GUIDES = ("linear", "eof", "none")
+LOG_FIELDS = ["step", "seconds", "loss", "val_mae", "best_val_mae"]
+
+
+@dataclass
+class SelfSupervisedOptions(Options):
+    """Options shared by the self-supervised deep methods.
+
+    Attributes
+    ----------
+    window
+        Training window ``(T, H, W)`` (clipped to the cube); also the fill window.
+    guide
+        First guess given to the network, which predicts a correction to it:
+        ``"linear"`` (time interpolation), ``"eof"`` (DINEOF reconstruction of
+        the whole cube) or ``"none"``.
+    guide_pool
+        Guides precomputed for training, each on the cube without its own
+        draw of extra-hidden pixels.
+    guide_refresh
+        With ``guide="linear"``: steps between replacing one guide of the pool
+        by a fresh draw (0: never).
+    guide_modes
+        With ``guide="eof"``: EOF modes; ``None`` lets DINEOF's
+        cross-validation choose them at fit time.
+    occlusion
+        Occlusion process hiding extra observed pixels in training (and the
+        validation pixels): ``"empirical"`` (the data's own gap patterns at
+        other times; the network learns to fill gaps like the ones it will
+        fill) or a :func:`gapfill.masks.make` name (``"cloud"``,
+        ``"raindrops"``, ``"moving_bar"``, ``"remove_pixels"``). A process
+        unlike the real gaps teaches corrections that hurt at fill time.
+    coverage
+        Coverage of that process; ``None`` takes the data's missing share
+        (clipped to [0.1, 0.6]).
+    occlusion_options
+        Extra keyword arguments of the process.
+    augment
+        Random flips of the training windows along x, y and time (the same
+        field seen mirrored: less memorising of the one cube it trains on).
+    hole_weight
+        Weight of the L1 loss on the extra-hidden observed pixels.
+    valid_weight
+        Weight of the L1 loss on all observed pixels (the "whole frame" term).
+    lr
+        Adam learning rate.
+    warmup
+        Steps of linear learning-rate warm-up from 0 (the heads start at zero,
+        so the first fills equal the guide; a warm-up keeps Adam's first,
+        sign-like steps from adding noise to it).
+    batch_size
+        Windows per step.
+    steps
+        Step budget.
+    time_budget
+        Seconds of training in this call (``None``: steps only). Runs stopped by
+        time are not bit-reproducible.
+    val_share
+        Rough share of the observed pixels held out for validation: the
+        occlusion process's gaps on a block of consecutive frames (0 turns it
+        off; then the last weights are kept).
+    eval_every
+        Steps between validation MAEs (and CSV rows).
+    early_stopping_patience
+        Evaluations without improvement before stopping; ``None`` never stops.
+    checkpoint_dir
+        Directory for ``ckpt_<step>.pt`` and ``log.csv``; ``None`` writes none.
+    checkpoint_every
+        Steps between checkpoints.
+    resume
+        Continue from the newest checkpoint in ``checkpoint_dir``.
+    overlap
+        Overlap of neighbouring windows when filling.
+    fill_batch_size
+        Windows per forward pass when filling.
+    device
+        Torch device; ``None`` picks CUDA when available.
+    seed
+        Seed of the fit; ``None`` draws one from the ``rng`` given to ``fit``.
+    progress
+        ``"auto"``, ``"bar"``, ``"log"`` or ``"off"``.
+    """
+
+    window: tuple[int, int, int] = (8, 64, 64)
+    guide: str = "linear"
+    guide_pool: int = 4
+    guide_refresh: int = 4
+    guide_modes: int | None = None
+    occlusion: str = "empirical"
+    coverage: float | None = None
+    occlusion_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    augment: bool = True
+    hole_weight: float = 6.0
+    valid_weight: float = 1.0
+    lr: float = 3e-4
+    warmup: int = 100
+    batch_size: int = 4
+    steps: int = 3000
+    time_budget: float | None = 300.0
+    val_share: float = 0.05
+    eval_every: int = 100
+    early_stopping_patience: int | None = 8
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 500
+    resume: bool = False
+    overlap: float = 0.5
+    fill_batch_size: int = 4
+    device: str | None = None
+    seed: int | None = None
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        # Options may come back from JSON, where tuples are lists.
+        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
+        self.occlusion_options = dict(self.occlusion_options or {})
+
+    def _bad(self, name: str, why: str) -> None:
+        raise ValueError(f"{self._method} option {name}={getattr(self, name)!r}: {why}")
+
+    _method = "self-supervised"
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option."""
+        bad = self._bad
+        if len(self.window) != 3 or min(self.window) < 1:
+            bad("window", "must be three positive integers (T, H, W)")
+        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "fill_batch_size",
+                     "guide_pool"):
+            if int(getattr(self, name)) < 1:
+                bad(name, "must be a positive integer")
+        if self.guide not in GUIDES:
+            bad("guide", f"must be one of {GUIDES}")
+        if int(self.guide_refresh) < 0:
+            bad("guide_refresh", "must be >= 0")
+        if self.guide_modes is not None and int(self.guide_modes) < 1:
+            bad("guide_modes", "must be >= 1 or None")
+        from gapfill.masks import PROCESSES
+
+        if self.occlusion not in PROCESSES:
+            bad("occlusion", f"must be one of {sorted(PROCESSES)}")
+        if self.coverage is not None and not 0 < self.coverage < 1:
+            bad("coverage", "must be in (0, 1) or None")
+        for name in ("hole_weight", "valid_weight"):
+            if not getattr(self, name) >= 0:
+                bad(name, "must be >= 0")
+        if self.hole_weight + self.valid_weight <= 0:
+            bad("hole_weight", "hole_weight + valid_weight must be > 0")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if int(self.warmup) < 0:
+            bad("warmup", "must be >= 0")
+        if self.time_budget is not None and not self.time_budget > 0:
+            bad("time_budget", "must be > 0 or None")
+        if not 0 <= self.val_share < 0.5:
+            bad("val_share", "must be in [0, 0.5)")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            bad("early_stopping_patience", "must be >= 1 or None")
+        if self.resume and not self.checkpoint_dir:
+            bad("resume", "needs checkpoint_dir")
+        if not 0 <= self.overlap < 1:
+            bad("overlap", "must be in [0, 1)")
+        if self.progress not in ("auto", "bar", "log", "off"):
+            bad("progress", "must be auto, bar, log or off")
+
+
+# ----------------------------------------------------------------------------- guide
+def linear_guide(x: np.ndarray) -> np.ndarray:
+    """Linear-in-time first guess of a gappy ``(C, T, H, W)`` array, 0 where unknown.
+
+    Linear interpolation between each pixel's observations, Gaussian spatial
+    fill at the ends of its series (:class:`gapfill.methods.linear.Linear`);
+    pixels never observed get 0 (the normalised mean).
+    """
+    from gapfill.methods.linear import Linear
+
+    out = Linear().fill(x, np.random.default_rng(0)).values
+    return np.nan_to_num(out, nan=0.0).astype(np.float32)
+
+
+def eof_guide(x: np.ndarray, modes: int | None) -> tuple[np.ndarray, int]:
+    """DINEOF reconstruction of a gappy ``(C, T, H, W)`` array and its number of modes.
+
+    Runs :class:`gapfill.methods.eof.EOF` (at most ``modes`` modes, chosen by
+    its cross-validation; ``None``: up to its default) and fills every pixel
+    by projecting each frame on the EOFs. Deterministic (fixed seed); 0 where
+    nothing is known.
+    """
+    from gapfill.methods.eof import EOF
+
+    if np.isfinite(x).sum() < 2 or x.shape[1] < 2:
+        return np.zeros_like(x, dtype=np.float32), int(modes or 1)
+    eof = EOF(**({} if modes is None else {"max_modes": int(modes)}))
+    try:
+        eof.fit_array(x, np.random.default_rng(0))
+        out = eof.fill(x, np.random.default_rng(0)).values
+    except (ValueError, np.linalg.LinAlgError):  # degenerate tiny inputs: fall back to linear
+        return linear_guide(x), int(modes or 1)
+    return np.nan_to_num(out, nan=0.0).astype(np.float32), int(eof.fit_info.get("modes", 1))
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class TrainingData:
+    """What training draws windows from (normalised numpy arrays)."""
+
+    x: np.ndarray  # (C, T, H, W) training input: validation pixels hidden
+    truth: np.ndarray  # (C, T, H, W) every observed value (validation targets)
+    val: np.ndarray  # (C, T, H, W) validation pixels
+    process: Any  # the occlusion process of the extra hiding
+    window: tuple[int, int, int]
+    guide_kind: str
+    guide: np.ndarray  # (C, T, H, W) guide of x (for validation fills)
+    pool_hides: list[np.ndarray]  # (T, H, W) extra-hidden pixels ...
+    pool_guides: list[np.ndarray]  # ... and the guide computed without them
+    guide_modes: int | None
+    guide_refresh: int
+    augment: bool = False
+    calls: int = 0
+
+    @classmethod
+    def build(
+        cls, cube: Cube, options: SelfSupervisedOptions, rng: np.random.Generator
+    ) -> TrainingData:
+        """Load the cube, draw the validation pixels, build the occlusion process and guides."""
+        truth = cube.values()
+        c, t, h, w = truth.shape
+        observed = np.isfinite(truth)
+        missing = ~observed.all(0)
+        never = ~observed.any((0, 1))
+        share = _missing_share(missing, never)
+        process = make_process(options, missing, never, options.coverage or share, rng)
+        val = np.zeros(truth.shape, dtype=bool)
+        if options.val_share > 0:
+            # the process's own gap patterns on a block of consecutive frames
+            kw = {"start": 0} if process.name == "empirical" else {}
+            hide = np.array(process.sample((t, h, w), rng, **kw), dtype=bool)
+            n = int(np.clip(round(t * options.val_share / max(process.coverage, 1e-3)), 1, t))
+            first = int(rng.integers(0, t - n + 1))
+            hide[:first] = False
+            hide[first + n :] = False
+            val = np.broadcast_to(hide, truth.shape) & observed
+            if val.sum() >= observed.sum():  # never hide every observation
+                val[:] = False
+        x = np.where(val, np.nan, truth).astype(np.float32)
+        window = tuple(min(a, b) for a, b in zip(options.window, (t, h, w)))
+        kind = options.guide
+        data = cls(x, truth, val, process, window, kind, np.zeros_like(x), [], [], None,
+                   options.guide_refresh, bool(options.augment))  # type: ignore[arg-type]
+        if kind == "eof":
+            data.guide, data.guide_modes = eof_guide(x, options.guide_modes)
+        elif kind == "linear":
+            data.guide = linear_guide(x)
+        if kind != "none":
+            for _ in range(options.guide_pool):
+                data.pool_hides.append(np.zeros((t, h, w), dtype=bool))
+                data.pool_guides.append(data.guide)
+                data.refresh_pool(len(data.pool_hides) - 1, rng)
+        return data
+
+    def refresh_pool(self, i: int, rng: np.random.Generator) -> None:
+        """Replace guide ``i`` of the pool by one without a fresh draw of hidden pixels."""
+        _, t, h, w = self.x.shape
+        kw = {"start": 0} if self.process.name == "empirical" else {}
+        hide = self.process.sample((t, h, w), rng, **kw)
+        xh = np.where(hide, np.nan, self.x)
+        if self.guide_kind == "eof":
+            guide = eof_guide(xh, self.guide_modes)[0]
+        else:
+            guide = linear_guide(xh)
+        self.pool_hides[i] = hide
+        self.pool_guides[i] = guide
+
+    def batch(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` random windows and what the losses need.
+
+        Returns ``y`` (observed values), ``y_in`` (extra pixels hidden),
+        ``guide`` (the first guess of ``y_in``; zeros with ``guide="none"``),
+        ``t0`` (each window's first frame), ``flip_t`` (whether a window was
+        reversed in time by the augmentation) and ``frames`` (the cube's length).
+        """
+        c, t, h, w = self.x.shape
+        wt, wh, ww = self.window
+        self.calls += 1
+        every = self.guide_refresh
+        if self.guide_kind == "linear" and every and self.calls % every == 0:
+            self.refresh_pool(int(rng.integers(len(self.pool_hides))), rng)
+        ys, ins, guides, starts, flips = [], [], [], [], []
+        for _ in range(n):
+            for _try in range(100):
+                t0, y0, x0 = (int(rng.integers(0, a - b + 1))
+                              for a, b in zip((t, h, w), self.window))
+                sl = (slice(t0, t0 + wt), slice(y0, y0 + wh), slice(x0, x0 + ww))
+                y = self.x[(slice(None), *sl)]
+                if np.isfinite(y).mean() >= 0.05:
+                    break
+            if self.pool_hides:
+                p = int(rng.integers(len(self.pool_hides)))
+                hide = self.pool_hides[p][sl]
+                guide = self.pool_guides[p][(slice(None), *sl)]
+            else:
+                kw = {"start": t0} if self.process.name == "empirical" else {}
+                hide = self.process.sample((wt, wh, ww), rng, **kw)
+                guide = np.zeros_like(y)
+            y_in = np.where(hide, np.nan, y).astype(np.float32)
+            flip_t = False
+            if self.augment:
+                axes = tuple(a for a in (1, 2, 3) if rng.random() < 0.5)
+                y, y_in, guide = (np.flip(a, axes) for a in (y, y_in, guide))
+                flip_t = 1 in axes
+            ys.append(y)
+            ins.append(y_in)
+            guides.append(guide)
+            starts.append(t0)
+            flips.append(flip_t)
+        return {
+            "y": np.stack(ys),
+            "y_in": np.stack(ins),
+            "guide": np.stack(guides),
+            "t0": np.asarray(starts, dtype=np.int64),
+            "flip_t": np.asarray(flips, dtype=bool),
+            "frames": np.asarray(t, dtype=np.int64),
+        }
+
+
+def make_process(
+    options: SelfSupervisedOptions,
+    missing: np.ndarray,
+    never: np.ndarray,
+    coverage: float,
+    rng: np.random.Generator,
+) -> OcclusionProcess:
+    """The occlusion process named by ``options`` at ``coverage``."""
+    from gapfill import masks
+
+    seed = int(rng.integers(2**31 - 1))
+    if options.occlusion == "empirical":
+        return masks.Empirical(
+            missing, coverage=coverage, seed=seed, exclude=never, **options.occlusion_options
+        )
+    return masks.make(options.occlusion, coverage=coverage, seed=seed, **options.occlusion_options)
+
+
+def _missing_share(missing: np.ndarray, never: np.ndarray) -> float:
+    """Missing share over pixels observed at least once, clipped to [0.1, 0.6]."""
+    valid = ~never
+    share = float(missing[:, valid].mean()) if valid.any() else 0.3
+    return float(np.clip(share, 0.1, 0.6))
+
+
+# ----------------------------------------------------------------------------- losses
+def masked_l1(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """Mean ``|a - b|`` over ``sel`` (0 when ``sel`` is empty); NaN in ``b`` off ``sel`` is fine."""
+    import torch
+
+    diff = torch.where(sel, (a - torch.nan_to_num(b)).abs(), 0.0)
+    return diff.sum() / sel.sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- the base method
+class SelfSupervisedMethod(Method):
+    """Base class of the self-supervised deep methods; see the module docstring.
+
+    Subclasses set ``name`` and ``Options`` and implement :meth:`_build`,
+    :meth:`_loss` and :meth:`_predict`; they may override :meth:`_fill_size`
+    and :meth:`_setup_training`.
+    """
+
+    #: Identifies this method's checkpoints.
+    checkpoint_format = ""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.net: Any = None
+        self._meta: dict[str, Any] = {}
+
+    # -- hooks ------------------------------------------------------------------------
+    def _build(self, channels: int) -> Any:
+        """Build the network for ``channels`` data channels; record its config in ``_meta``."""
+        raise NotImplementedError
+
+    def _rebuild(self) -> Any:
+        """Rebuild the network from ``_meta`` (loading a state dict)."""
+        raise NotImplementedError
+
+    def _loss(
+        self, batch: dict[str, np.ndarray], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss of the network on a batch of windows (see :meth:`TrainingData.batch`)."""
+        raise NotImplementedError
+
+    def _predict(self, batch: np.ndarray, guide: np.ndarray) -> np.ndarray:
+        """Fill a batch of gappy windows ``(n, C, t, h, w)`` (NaN = missing) given their guides."""
+        raise NotImplementedError
+
+    def _fill_size(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The fill window for a ``(T, H, W)`` array (default: the training window)."""
+        return tuple(self._meta["window"])  # type: ignore[return-value]
+
+    def _setup_training(self) -> None:
+        """Anything training needs besides the network (e.g. a loss network)."""
+
+    def _teardown_training(self) -> None:
+        """Drop what :meth:`_setup_training` made."""
+
+    # -- helpers ----------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        import torch
+
+        if self.options.device:
+            return torch.device(self.options.device)
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self._device())
+
+    # -- fit --------------------------------------------------------------------------
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Train on the observed pixels of ``cube`` (self-supervised)."""
+        import torch
+
+        from gapfill.training import CheckpointManager
+
+        o = self.options
+        t0 = time.monotonic()
+        manager = CheckpointManager(o.checkpoint_dir) if o.checkpoint_dir else None
+        ckpt = manager.load_latest() if (manager is not None and o.resume) else None
+        if ckpt is not None and ckpt.get("format") != self.checkpoint_format:
+            raise ValueError(
+                f"the checkpoint in {o.checkpoint_dir!r} was not written by {self.name}")
+        seed = int(ckpt["seed"]) if ckpt is not None else (
+            o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
+        )
+        data = TrainingData.build(cube, o, np.random.default_rng([seed, 0]))
+        self._meta = {"window": list(data.window), "channels": int(data.x.shape[0]),
+                      "guide_modes": data.guide_modes}
+        torch.manual_seed(seed)
+        self.net = self._build(data.x.shape[0]).to(self._device())
+        self._setup_training()
+        try:
+            trainer = _Trainer(self, data, seed, manager)
+            if ckpt is not None:
+                trainer.restore(ckpt)
+            info = trainer.run()
+        finally:
+            self._teardown_training()
+        info["seconds"] = round(time.monotonic() - t0, 2)
+        info["parameters"] = int(sum(p.numel() for p in self.net.parameters()))
+        if data.guide_modes is not None:
+            info["guide_modes"] = data.guide_modes
+        self.fit_info.update(info)
+
+    # -- fill -------------------------------------------------------------------------
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Fill the NaNs of a normalised ``(C, T, H, W)`` array (deterministic; no error)."""
+        if self.net is None:
+            raise RuntimeError(
+                f"the {self.name} method is not fitted: call fit() or load_state_dict()")
+        c = self._meta["channels"]
+        if x.ndim != 4 or x.shape[0] != c:
+            raise ValueError(f"expected a (C, T, H, W) array with C={c}, got shape {x.shape}")
+        if samples < 1:
+            raise ValueError("samples must be >= 1")
+        out = self._fill_array(x)
+        values = np.where(np.isfinite(x), x, out).astype(np.float32)
+        return FillResult(values, None)
+
+    def _guide(self, x: np.ndarray) -> np.ndarray:
+        """The guide of a whole ``(C, T, H, W)`` array to fill."""
+        kind = self.options.guide
+        if kind == "eof":
+            return eof_guide(x, self._meta.get("guide_modes"))[0]
+        if kind == "linear":
+            return linear_guide(x)
+        return np.zeros_like(x, dtype=np.float32)
+
+    def _fill_array(self, x: np.ndarray, guide: np.ndarray | None = None) -> np.ndarray:
+        """Blend the network's fills of overlapping windows of ``x`` (``(C, T, H, W)``).
+
+        ``guide`` is computed from ``x`` when not given.
+        """
+        import torch
+
+        from gapfill.windows import fill_windows
+
+        net = self.net
+        was_training = net.training
+        net.eval()
+        c = x.shape[0]
+        if guide is None:
+            guide = self._guide(x)
+        stacked = np.concatenate([x, guide], 0).astype(np.float32)
+
+        def fn(batch: np.ndarray) -> np.ndarray:
+            return self._predict(batch[:, :c], batch[:, c:])
+
+        try:
+            with torch.no_grad():
+                out = fill_windows(
+                    stacked, fn, size=self._fill_size(x.shape[1:]), overlap=self.options.overlap,
+                    batch_size=self.options.fill_batch_size,
+                )
+        finally:
+            net.train(was_training)
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Network weights and the configuration needed to rebuild it."""
+        if self.net is None:
+            return {}
+        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+        return {"net": weights, "meta": json.dumps(self._meta)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the network from :meth:`state_dict`'s output."""
+        import torch
+
+        meta = state["meta"]
+        self._meta = json.loads(meta if isinstance(meta, str) else str(meta))
+        net = self._rebuild()
+        net.load_state_dict({k: torch.as_tensor(as_numpy(v)) for k, v in state["net"].items()})
+        self.net = net.to(self._device())
+
+
+# ----------------------------------------------------------------------------- training loop
+class _Trainer:
+    """One call of ``fit``: Adam on the method's loss, validation, checkpoints."""
+
+    def __init__(
+        self, method: SelfSupervisedMethod, data: TrainingData, seed: int, manager: Any
+    ) -> None:
+        import torch
+
+        from gapfill.training import EarlyStopping
+
+        self.m, self.data, self.seed, self.manager = method, data, seed, manager
+        self.o = method.options
+        self.rng = np.random.default_rng([seed, 1])
+        self.opt = torch.optim.Adam(method.net.parameters(), lr=self.o.lr)
+        self.stopper = EarlyStopping(self.o.early_stopping_patience)
+        self.best_state: dict[str, Any] | None = None
+        self.step = 0
+
+    def payload(self) -> dict[str, Any]:
+        from gapfill.training import rng_state
+
+        return {
+            "format": self.m.checkpoint_format,
+            "step": self.step,
+            "seed": self.seed,
+            "options": json.dumps(self.m.options_dict()),
+            "meta": json.dumps(self.m._meta),
+            "net": self.m.net.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rng": rng_state(self.rng),
+            "stopper": self.stopper.state_dict(),
+            "best": self.best_state if self.best_state is not None else {},
+            "pool": self._pool_state(),
+        }
+
+    def _pool_state(self) -> dict[str, Any]:
+        """The training guides (refreshed as training goes), so a resumed run continues exactly."""
+        import torch
+
+        d = self.data
+        if not d.pool_hides:
+            return {}
+        return {
+            "calls": d.calls,
+            "hides": torch.from_numpy(np.stack(d.pool_hides)),
+            "guides": torch.from_numpy(np.stack(d.pool_guides)),
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        from gapfill.training import set_rng_state
+
+        try:
+            self.m.net.load_state_dict(ckpt["net"])
+        except RuntimeError as err:
+            raise ValueError(
+                "the checkpoint does not match these options (network shapes differ); "
+                f"resume with the options it was written with: {ckpt.get('options')}"
+            ) from err
+        self.opt.load_state_dict(ckpt["opt"])
+        set_rng_state(self.rng, ckpt["rng"])
+        self.stopper.load_state_dict(ckpt["stopper"])
+        self.best_state = dict(ckpt["best"]) or None
+        self.step = int(ckpt["step"])
+        pool = ckpt.get("pool") or {}
+        if pool and self.data.pool_hides:
+            self.data.calls = int(pool["calls"])
+            self.data.pool_hides = list(as_numpy(pool["hides"]).astype(bool))
+            self.data.pool_guides = list(as_numpy(pool["guides"]).astype(np.float32))
+
+    def train_step(self) -> float:
+        batch = self.data.batch(self.o.batch_size, self.rng)
+        scale = min(1.0, (self.step + 1) / self.o.warmup) if self.o.warmup else 1.0
+        for group in self.opt.param_groups:
+            group["lr"] = self.o.lr * scale
+        loss, _ = self.m._loss(batch, self.rng)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+    def validate(self) -> float | None:
+        d = self.data
+        if not d.val.any():
+            return None
+        out = self.m._fill_array(d.x, d.guide)
+        return float(np.abs(out[d.val] - d.truth[d.val]).mean())
+
+    def run(self) -> dict[str, Any]:
+        from gapfill.training import Budget, CSVLogger, Progress
+
+        o = self.o
+        budget = Budget(o.steps, o.time_budget)
+        logger = None
+        if self.manager is not None:
+            logger = CSVLogger(self.manager.directory / "log.csv", LOG_FIELDS, append=self.step > 0)
+        progress = Progress(o.steps, start=self.step, desc=self.m.name, mode=o.progress)
+        total, count = 0.0, 0
+        first_val = None
+        reason = budget.exhausted(self.step)
+        if self.step == 0 and reason is None:
+            first_val = self._evaluate(logger, progress, None, budget)
+        self.m.net.train()
+        while reason is None:
+            loss = self.train_step()
+            self.step += 1
+            total += loss
+            count += 1
+            progress.update(self.step, loss=loss)
+            if self.step % o.eval_every == 0:
+                self._evaluate(logger, progress, total / count, budget)
+                total, count = 0.0, 0
+                if self.stopper.should_stop:
+                    reason = "early_stopping"
+            if self.manager is not None and self.step % o.checkpoint_every == 0:
+                self.manager.save(self.step, self.payload())
+            reason = reason or budget.exhausted(self.step)
+        if count:
+            self._evaluate(logger, progress, total / count, budget)
+        if self.manager is not None:
+            self.manager.save(self.step, self.payload())
+        progress.close()
+        if self.best_state is not None:
+            self.m.net.load_state_dict(self.best_state)
+        self.m.net.eval()
+        info: dict[str, Any] = {
+            "steps": self.step,
+            "stopped_by": reason,
+            "best_val_mae": None if self.stopper.best_step < 0 else self.stopper.best,
+            "best_step": self.stopper.best_step,
+            "train_seconds": round(budget.elapsed, 2),
+        }
+        if first_val is not None:
+            info["initial_val_mae"] = first_val
+        return info
+
+    def _evaluate(
+        self, logger: Any, progress: Any, loss: float | None, budget: Any
+    ) -> float | None:
+        mae = self.validate()
+        self.m.net.train()
+        if mae is not None and self.stopper.update(mae, self.step):
+            self.best_state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in self.m.net.state_dict().items()}
+            )
+        row = {"step": self.step, "seconds": round(budget.elapsed, 2), "loss": loss, "val_mae": mae,
+               "best_val_mae": self.stopper.best if self.stopper.best_step >= 0 else None}
+        if logger is not None:
+            logger.log(row)
+        progress.update(self.step, force=True, **{k: v for k, v in row.items()
+                                                  if k != "step" and v is not None})
+        return mae

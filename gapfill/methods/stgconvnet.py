@@ -1,0 +1,646 @@
+"""Spatial-temporal generative ConvNet (Xie, Zhu & Wu, CVPR 2017), method ``"stgconvnet"``.
+
+An energy-based model ``p(I; w) ∝ exp(f(I; w)) q(I)`` of sequences, with ``f``
+a bottom-up 3D ConvNet and ``q`` Gaussian white noise of variance
+``sigma^2`` (:mod:`gapfill.models.stgconvnet_energy`). It learns from occluded
+data with the paper's recovery algorithm; each iteration:
+
+1. ``recover_steps`` Langevin steps recover the missing pixels of a batch of
+   training windows, the observed pixels clamped. The recovered values are
+   persistent: they live in a cube the size of the data and each visit of a
+   window continues from them;
+2. ``synth_steps`` Langevin steps update persistent synthesised chains
+   (started from ``q``);
+3. ``w`` moves (Adam) by the difference of the mean ``df/dw`` over the
+   recovered and the synthesised windows.
+
+Filling is Langevin recovery with the learned model: missing pixels start
+from a simple guess (``init``: linear in time, or the frame mean), then
+``fill_steps`` steps follow and the value is the mean of the last
+``fill_average`` iterates. By default the chain length is chosen on held-out
+pixels after training, so a weak model stays near its start (the choice and
+the validation MAE of every length are in ``fit_info``). With ``samples > 1``
+independent chains run and the error is the spread of their pooled iterates.
+:meth:`STGConvNet.synthesize` samples new sequences (dynamic textures).
+
+A share of the observed pixels (``val_share``) is hidden from training; the
+fill MAE on them is tracked every ``eval_every`` iterations and the best model
+is kept.
+
+Choices that differ from the paper's code, for stability on normalised data
+(per-channel unit variance) and short CPU runs: the reference is narrow
+(``sigma=0.1``, step ``0.3 sigma``) with ``f`` scaled by ``1 / sigma^2`` (the
+network's outputs stay of order one); a penalty on the squared mean response
+(``energy_reg``, Du & Mordatch 2019) keeps ``f`` from blowing up, which
+otherwise makes the Langevin chains diverge; the learning step uses the
+per-position mean of ``f``, the same direction as the paper's difference of
+means.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gapfill.methods.base import Coords, FillResult, Method, Options, as_numpy
+
+if TYPE_CHECKING:
+    import torch
+
+    from gapfill.cube import Cube
+
+INITS = ("linear", "mean")
+#: Chain lengths tried when ``fill_steps=None``.
+FILL_STEP_GRID = (5, 10, 20, 40, 80)
+#: Chain length without validation pixels to choose one (and while training).
+DEFAULT_FILL_STEPS = 40
+SYNTH_INITS = ("noise", "data")
+LOG_FIELDS = ["step", "seconds", "f_data", "f_synth", "val_mae", "best_val_mae"]
+
+
+@dataclass
+class STGConvNetOptions(Options):
+    """Options of the ``stgconvnet`` method.
+
+    Attributes
+    ----------
+    window
+        Training window ``(T, H, W)`` (clipped to the cube).
+    widths, kernels, strides
+        Filters, ``(t, h, w)`` kernels and sub-sampling of each ConvNet layer.
+    activation
+        ``"relu"`` (the paper's) or ``"silu"``.
+    sigma
+        Standard deviation of the Gaussian reference ``q`` (normalised units).
+    step_size
+        Langevin step ``delta``.
+    recover_steps
+        Langevin steps on the missing pixels of the training windows per iteration (``k``).
+    synth_steps
+        Langevin steps on the synthesised chains per iteration (``l``).
+    n_chains
+        Synthesised chains.
+    synth_init
+        ``"noise"``: persistent chains started once from ``q`` (the paper);
+        ``"data"``: each iteration's chains start from recovered training
+        windows (contrastive divergence: learns the density near the data,
+        which is what recovery uses, in far fewer iterations).
+    batch_size
+        Training windows recovered per iteration.
+    energy_reg
+        Weight of a penalty on the squared mean top-layer response of the data
+        and synthesised windows (Du & Mordatch 2019); 0 is the paper's objective.
+    lr, betas
+        Adam settings.
+    steps
+        Learning iterations.
+    time_budget
+        Seconds of training (``None``: steps only; then runs are bit-reproducible).
+    init
+        Start of the missing pixels: ``"linear"`` (in time, spatial fill where a
+        pixel has no observation) or ``"mean"`` (the frame's mean).
+    fill_steps
+        Langevin steps when filling; ``None`` chooses them from
+        :data:`FILL_STEP_GRID` on the validation pixels after training
+        (:data:`DEFAULT_FILL_STEPS` without validation pixels).
+    fill_average
+        Iterates at the end of a fill averaged into the estimate.
+    fill_noise
+        Noise scale of the fill's Langevin steps (1: Langevin; 0: gradient ascent).
+    fill_window
+        Window ``(T, H, W)`` of the fill (larger cubes are filled window by window).
+    overlap
+        Overlap of fill windows.
+    val_share
+        Share of the observed pixels held out to track the fill error (0: none).
+    eval_every
+        Iterations between validations and log rows.
+    early_stopping_patience
+        Validations without improvement before stopping (``None``: never).
+    checkpoint_dir, checkpoint_every, resume
+        Checkpoints (and ``log.csv``) of the training, and resuming from the newest.
+    seed
+        Seed of the fit (``None``: drawn from the ``rng`` given to ``fit``).
+    progress
+        ``"auto"``, ``"bar"``, ``"log"`` or ``"off"``.
+    """
+
+    window: tuple[int, int, int] = (12, 32, 32)
+    widths: tuple[int, ...] = (32, 32, 32)
+    kernels: tuple[tuple[int, int, int], ...] = ((3, 5, 5), (3, 3, 3), (3, 3, 3))
+    strides: tuple[tuple[int, int, int], ...] = ((1, 2, 2), (1, 2, 2), (1, 1, 1))
+    activation: str = "relu"
+    sigma: float = 0.1
+    step_size: float = 0.03
+    recover_steps: int = 5
+    synth_steps: int = 5
+    n_chains: int = 4
+    synth_init: str = "noise"
+    batch_size: int = 4
+    energy_reg: float = 1.0
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    steps: int = 2000
+    time_budget: float | None = 120.0
+    init: str = "linear"
+    fill_steps: int | None = None
+    fill_average: int = 30
+    fill_noise: float = 1.0
+    fill_window: tuple[int, int, int] = (64, 128, 128)
+    overlap: float = 0.25
+    val_share: float = 0.05
+    eval_every: int = 50
+    early_stopping_patience: int | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 200
+    resume: bool = False
+    seed: int | None = None
+    progress: str = "auto"
+
+    def __post_init__(self) -> None:
+        # Options may come back from JSON, where tuples are lists.
+        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
+        self.fill_window = tuple(int(v) for v in self.fill_window)  # type: ignore[assignment]
+        self.widths = tuple(int(v) for v in self.widths)
+        self.kernels = tuple(tuple(int(k) for k in ks) for ks in self.kernels)  # type: ignore[misc]
+        self.strides = tuple(tuple(int(s) for s in ss) for ss in self.strides)  # type: ignore[misc]
+        self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad option."""
+
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"stgconvnet option {name}={getattr(self, name)!r}: {why}")
+
+        for name in ("window", "fill_window"):
+            v = getattr(self, name)
+            if len(v) != 3 or min(v) < 1:
+                bad(name, "must be three positive integers (T, H, W)")
+        from gapfill.models.stgconvnet_energy import STEnergyConfig
+
+        try:
+            STEnergyConfig(1, self.widths, self.kernels, self.strides, self.activation)
+        except ValueError as err:
+            bad("widths", str(err))
+        if min(self.widths) < 1:
+            bad("widths", "must be positive")
+        for name in ("recover_steps", "synth_steps", "n_chains", "batch_size", "steps",
+                     "fill_average", "eval_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                bad(name, "must be a positive integer")
+        for name in ("sigma", "step_size", "lr"):
+            v = getattr(self, name)
+            if not (np.isfinite(v) and v > 0):
+                bad(name, "must be > 0")
+        if self.fill_steps is not None and int(self.fill_steps) < 1:
+            bad("fill_steps", "must be a positive integer or None")
+        if not (np.isfinite(self.fill_noise) and self.fill_noise >= 0):
+            bad("fill_noise", "must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            bad("betas", "must be two numbers in [0, 1)")
+        if self.synth_init not in SYNTH_INITS:
+            bad("synth_init", f"must be one of {SYNTH_INITS}")
+        if self.init not in INITS:
+            bad("init", f"must be one of {INITS}")
+        if not 0 <= self.overlap < 1:
+            bad("overlap", "must be in [0, 1)")
+        if not 0 <= self.val_share < 0.5:
+            bad("val_share", "must be in [0, 0.5)")
+        if self.time_budget is not None and self.time_budget <= 0:
+            bad("time_budget", "must be > 0 or None")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            bad("early_stopping_patience", "must be >= 1 or None")
+        if self.resume and not self.checkpoint_dir:
+            bad("resume", "needs checkpoint_dir")
+        if self.progress not in ("auto", "bar", "log", "off"):
+            bad("progress", "must be auto, bar, log or off")
+
+
+def initial_guess(x: np.ndarray, kind: str = "linear") -> np.ndarray:
+    """A finite start for the missing pixels of a ``(C, T, H, W)`` array (observed kept).
+
+    ``"linear"``: linear interpolation in time, a spatial normalised
+    convolution where a pixel has no observation at all, then the channel mean
+    (0 in normalised units). ``"mean"``: each frame's mean of its observations
+    (the channel mean for empty frames).
+    """
+    from gapfill.methods.linear import Linear, spatial_fill
+
+    obs = np.isfinite(x)
+    if kind == "linear":
+        out = Linear().fill(x, np.random.default_rng(0)).values
+        todo = ~np.isfinite(out)
+        if todo.any():
+            out = spatial_fill(out, todo)
+    else:
+        c, t = x.shape[:2]
+        flat = np.where(obs, x, 0).reshape(c, t, -1)
+        n = obs.reshape(c, t, -1).sum(-1)
+        mean = flat.sum(-1) / np.maximum(n, 1)
+        chan = np.where(obs, x, 0).reshape(c, -1).sum(1) / np.maximum(obs.reshape(c, -1).sum(1), 1)
+        mean = np.where(n > 0, mean, chan[:, None])
+        out = np.where(obs, x, mean[:, :, None, None])
+    return np.where(np.isfinite(out), out, 0.0).astype(np.float32)
+
+
+class STGConvNet(Method):
+    """Spatial-temporal generative ConvNet; see the module docstring."""
+
+    name = "stgconvnet"
+    Options = STGConvNetOptions
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.energy: Any = None
+        self._meta: dict[str, Any] = {}
+
+    # -- building ---------------------------------------------------------------------
+    def _build(self, channels: int) -> None:
+        from gapfill.models.stgconvnet_energy import STEnergy, STEnergyConfig
+
+        o = self.options
+        cfg = STEnergyConfig(channels, o.widths, o.kernels, o.strides, o.activation,
+                             1.0 / o.sigma**2)
+        self._meta["energy"] = dataclasses.asdict(cfg)
+        self.energy = STEnergy(cfg)
+
+    def _langevin(self, noise: float = 1.0) -> Any:
+        from gapfill.models.stgconvnet_energy import Langevin
+
+        return Langevin(self.options.step_size, self.options.sigma, noise)
+
+    # -- fit --------------------------------------------------------------------------
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Learn ``f`` from the observed pixels of ``cube`` (the recovery algorithm)."""
+        from gapfill.training import CheckpointManager
+
+        o = self.options
+        t0 = time.monotonic()
+        manager = CheckpointManager(o.checkpoint_dir) if o.checkpoint_dir else None
+        ckpt = manager.load_latest() if (manager is not None and o.resume) else None
+        seed = int(ckpt["seed"]) if ckpt is not None else (
+            o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
+        )
+        truth = cube.values()
+        self._meta = {"window": [min(a, b) for a, b in zip(o.window, truth.shape[1:])]}
+        import torch
+
+        torch.manual_seed(seed)  # the network's initial weights
+        self._build(truth.shape[0])
+        trainer = _Trainer(self, truth, seed, manager)
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        info = trainer.run()
+        info["seconds"] = round(time.monotonic() - t0, 2)
+        self.fit_info.update(info)
+
+    # -- fill -------------------------------------------------------------------------
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Langevin recovery of the NaNs of a normalised ``(C, T, H, W)`` array.
+
+        With ``samples > 1``, that many chains run; ``values`` is the mean of
+        their last ``fill_average`` iterates and ``error`` their standard deviation.
+        """
+        if self.energy is None:
+            raise RuntimeError("stgconvnet is not fitted: call fit() or load_state_dict()")
+        c = self._meta["energy"]["channels"]
+        if x.ndim != 4 or x.shape[0] != c:
+            raise ValueError(f"expected a (C, T, H, W) array with C={c}, got shape {x.shape}")
+        if samples < 1:
+            raise ValueError("samples must be >= 1")
+        seed = int(rng.integers(2**31 - 1))
+        mean, std = self.recover(x, samples, seed)
+        values = np.where(np.isfinite(x), x, mean).astype(np.float32)
+        error = None
+        if samples > 1:
+            error = np.where(np.isfinite(x), 0.0, std).astype(np.float32)
+        return FillResult(values, error)
+
+    def recover(
+        self, x: np.ndarray, samples: int, seed: int, steps: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std of the last iterates of ``samples`` recovery chains (``(C, T, H, W)``)."""
+        import torch
+
+        from gapfill.windows import fill_windows
+
+        o = self.options
+        if steps is None:
+            steps = o.fill_steps or self._meta.get("fill_steps") or DEFAULT_FILL_STEPS
+        steps = int(steps)
+        keep = max(1, min(o.fill_average, steps))
+        c = x.shape[0]
+        init = initial_guess(x, o.init)
+        stacked = np.concatenate([init, np.isfinite(x).astype(np.float32)], 0)
+        langevin = self._langevin(o.fill_noise)
+        gen = torch.Generator().manual_seed(seed)
+
+        def fn(batch: np.ndarray) -> np.ndarray:
+            b = torch.from_numpy(np.ascontiguousarray(batch)).repeat_interleave(samples, 0)
+            start, free = b[:, :c], b[:, c:] < 0.5
+            _, mean, var = langevin.run(self.energy, start, steps, free, gen, keep)
+            mean = mean.reshape(-1, samples, *mean.shape[1:])
+            var = var.reshape(-1, samples, *var.shape[1:])
+            pooled = mean.mean(1)
+            spread = (var.mean(1) + mean.var(1, unbiased=False)).clamp(min=0).sqrt()
+            ok = torch.isfinite(pooled)
+            pooled = torch.where(ok, pooled, start[::samples])
+            spread = torch.where(torch.isfinite(spread), spread, torch.zeros_like(spread))
+            return torch.cat([pooled, spread], 1).numpy()
+
+        self.energy.eval()
+        with torch.no_grad():
+            out = fill_windows(stacked, fn, o.fill_window, overlap=o.overlap, batch_size=1)
+        return out[:c], out[c:]
+
+    def synthesize(
+        self,
+        n: int,
+        shape: tuple[int, int, int],
+        steps: int = 100,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """Sample ``n`` new sequences of ``(T, H, W)`` = ``shape`` from the model.
+
+        Chains start from the reference distribution ``q`` and run ``steps``
+        Langevin steps on every pixel. Values are in the fitted model's
+        normalised units (``FittedModel.normaliser.denormalise`` maps them back).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, C, T, H, W)`` float32.
+        """
+        import torch
+
+        if self.energy is None:
+            raise RuntimeError("stgconvnet is not fitted: call fit() or load_state_dict()")
+        rng = rng if rng is not None else np.random.default_rng()
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
+        c = self._meta["energy"]["channels"]
+        x = torch.randn((int(n), c, *map(int, shape)), generator=gen) * self.options.sigma
+        x, _, _ = self._langevin(1.0).run(self.energy, x, int(steps), None, gen, 0)
+        return x.numpy().astype(np.float32)
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Weights of ``f`` and its configuration."""
+        if self.energy is None:
+            return {}
+        weights = {k: v.detach().cpu() for k, v in self.energy.state_dict().items()}
+        return {"energy": weights, "meta": json.dumps(self._meta)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild ``f`` from :meth:`state_dict`'s output."""
+        import torch
+
+        from gapfill.models.stgconvnet_energy import STEnergy, STEnergyConfig
+
+        meta = state["meta"]
+        self._meta = json.loads(meta if isinstance(meta, str) else str(meta))
+        energy = STEnergy(STEnergyConfig(**self._meta["energy"]))
+        weights = {k: torch.as_tensor(as_numpy(v)) for k, v in state["energy"].items()}
+        energy.load_state_dict(weights)
+        self.energy = energy.eval()
+
+
+# ----------------------------------------------------------------------------- training
+class _Trainer:
+    """The learning loop of :class:`STGConvNet` (one call of ``fit``)."""
+
+    def __init__(self, method: STGConvNet, truth: np.ndarray, seed: int, manager: Any) -> None:
+        import torch
+
+        from gapfill.training import EarlyStopping
+
+        self.m, self.o, self.seed, self.manager = method, method.options, seed, manager
+        o = self.o
+        torch.manual_seed(seed)
+        self.rng = np.random.default_rng([seed, 1])
+        self.gen = torch.Generator().manual_seed(seed)
+        self.window = tuple(method._meta["window"])
+        observed = np.isfinite(truth)
+        # validation pixels: a random share of the observed ones, hidden from training
+        val = np.zeros_like(observed)
+        if o.val_share > 0 and observed.sum() >= 20:
+            val = observed & (self.rng.random(observed.shape) < o.val_share)
+            if (observed & ~val).sum() == 0:
+                val[:] = False
+        self.truth, self.val = truth, val
+        self.x = np.where(val, np.nan, truth).astype(np.float32)
+        self.obs = np.isfinite(self.x)
+        self.rec = initial_guess(self.x, o.init)  # the persistent recovered cube
+        c = truth.shape[0]
+        self.chains = torch.randn((o.n_chains, c, *self.window), generator=self.gen) * o.sigma
+        self.opt = torch.optim.Adam(method.energy.parameters(), lr=o.lr, betas=o.betas)
+        self.stopper = EarlyStopping(o.early_stopping_patience)
+        self.best_state: dict[str, Any] | None = None
+        self.step = 0
+        self.val_windows = self._val_windows()
+
+    def _val_windows(self) -> list[tuple[int, int, int]]:
+        """Up to 2 fixed windows holding the most validation pixels."""
+        if not self.val.any():
+            return []
+        cands = [self._offset() for _ in range(16)]
+        counts = [self.val[(slice(None), *self._slices(s))].sum() for s in cands]
+        order = np.argsort(counts)[::-1]
+        return [cands[i] for i in order[:2] if counts[i] > 0]
+
+    def _offset(self) -> tuple[int, int, int]:
+        return tuple(int(self.rng.integers(0, n - s + 1))
+                     for n, s in zip(self.x.shape[1:], self.window))  # type: ignore[return-value]
+
+    def _slices(self, start: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        sl = tuple(slice(a, a + s) for a, s in zip(start, self.window))
+        return sl  # type: ignore[return-value]
+
+    # -- one iteration ----------------------------------------------------------------
+    def iterate(self) -> tuple[float, float]:
+        import torch
+
+        o, energy = self.o, self.m.energy
+        starts = [self._offset() for _ in range(o.batch_size)]
+        sl = [(slice(None), *self._slices(s)) for s in starts]
+        rec = torch.from_numpy(np.stack([self.rec[s] for s in sl]))
+        free = torch.from_numpy(np.stack([~self.obs[s] for s in sl]))
+        langevin = self.m._langevin(1.0)
+        energy.eval()
+        if free.any():  # (1) recovery of the missing pixels, observed clamped
+            rec, _, _ = langevin.run(energy, rec, o.recover_steps, free, self.gen)
+            rec = torch.where(torch.isfinite(rec), rec, 0.0)
+            for s, r in zip(sl, rec.numpy()):
+                self.rec[s] = r
+        # (2) synthesis: persistent chains, or short chains from the recovered windows
+        if o.synth_init == "data":
+            pick = torch.randint(0, rec.shape[0], (o.n_chains,), generator=self.gen)
+            self.chains = rec[pick]
+        chains, _, _ = langevin.run(energy, self.chains, o.synth_steps, None, self.gen)
+        self.chains = torch.where(torch.isfinite(chains), chains, 0.0)
+        # (3) learning: E_data[df/dw] - E_synth[df/dw]
+        energy.train()
+        f_data, r_data = energy.energies(rec)
+        f_synth, r_synth = energy.energies(self.chains)
+        f_data, f_synth = f_data.mean(), f_synth.mean()
+        # f_synth - f_data, per position (the same gradient direction; keeps energy_reg's scale)
+        loss = r_synth.mean() - r_data.mean()
+        if o.energy_reg > 0:  # keeps the responses, hence df/dI, of bounded size
+            loss = loss + o.energy_reg * (r_data.square().mean() + r_synth.square().mean())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(f_data.detach()), float(f_synth.detach())
+
+    def validate(self, steps: int | None = None) -> float | None:
+        """Fill MAE on the validation pixels (chains of ``steps``; default: the fill's)."""
+        if not self.val_windows:
+            return None
+        steps = steps or self.o.fill_steps or DEFAULT_FILL_STEPS
+        errs, n = 0.0, 0
+        for s0 in self.val_windows:
+            sl = (slice(None), *self._slices(s0))
+            mean, _ = self.m.recover(self.x[sl], 1, self.seed + 7, steps=steps)
+            v = self.val[sl]
+            errs += float(np.abs(mean[v] - self.truth[sl][v]).sum())
+            n += int(v.sum())
+        return errs / max(n, 1)
+
+    def choose_fill_steps(self) -> dict[str, float] | None:
+        """Set the fill's chain length: the option, or the best of :data:`FILL_STEP_GRID`."""
+        o, meta = self.o, self.m._meta
+        if o.fill_steps is not None or not self.val_windows:
+            meta["fill_steps"] = int(o.fill_steps or DEFAULT_FILL_STEPS)
+            return None
+        scores = {str(k): self.validate(k) for k in FILL_STEP_GRID}
+        meta["fill_steps"] = int(min(scores, key=lambda k: scores[k]))
+        return scores
+
+    def init_val_mae(self) -> float | None:
+        if not self.val_windows:
+            return None
+        errs, n = 0.0, 0
+        for s0 in self.val_windows:
+            sl = (slice(None), *self._slices(s0))
+            v = self.val[sl]
+            init = initial_guess(self.x[sl], self.o.init)
+            errs += float(np.abs(init[v] - self.truth[sl][v]).sum())
+            n += int(v.sum())
+        return errs / max(n, 1)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        import torch
+
+        from gapfill.training import rng_state
+
+        return {
+            "format": "gapfill-stgconvnet-checkpoint",
+            "step": self.step,
+            "seed": self.seed,
+            "options": json.dumps(self.m.options_dict()),
+            "energy": self.m.energy.state_dict(),
+            "opt": self.opt.state_dict(),
+            "rec": torch.from_numpy(self.rec),
+            "chains": self.chains,
+            "gen": self.gen.get_state(),
+            "rng": rng_state(self.rng),
+            "stopper": self.stopper.state_dict(),
+            "best": self.best_state if self.best_state is not None else {},
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        from gapfill.training import set_rng_state
+
+        if ckpt.get("format") != "gapfill-stgconvnet-checkpoint":
+            raise ValueError("the checkpoint was not written by the stgconvnet method")
+        try:
+            self.m.energy.load_state_dict(ckpt["energy"])
+        except RuntimeError as err:
+            raise ValueError(
+                "the checkpoint does not match these options (network shapes differ); resume "
+                f"with the options it was written with: {ckpt.get('options')}"
+            ) from err
+        if tuple(ckpt["rec"].shape) != self.rec.shape:
+            raise ValueError("the checkpoint was written for a cube of another shape")
+        self.opt.load_state_dict(ckpt["opt"])
+        self.rec = ckpt["rec"].numpy().copy()
+        self.chains = ckpt["chains"]
+        self.gen.set_state(ckpt["gen"])
+        set_rng_state(self.rng, ckpt["rng"])
+        self.stopper.load_state_dict(ckpt["stopper"])
+        self.best_state = dict(ckpt["best"]) or None
+        self.step = int(ckpt["step"])
+
+    # -- loop -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from gapfill.training import Budget, CSVLogger, Progress
+
+        o = self.o
+        budget = Budget(o.steps, o.time_budget)
+        logger = None
+        if self.manager is not None:
+            logger = CSVLogger(self.manager.directory / "log.csv", LOG_FIELDS, append=self.step > 0)
+        progress = Progress(o.steps, start=self.step, desc="stgconvnet", mode=o.progress)
+        init_mae = self.init_val_mae()
+        untrained = self.validate() if self.step == 0 else None
+        sums, count = np.zeros(2), 0
+        reason = budget.exhausted(self.step)
+        while reason is None:
+            sums += self.iterate()
+            count += 1
+            self.step += 1
+            progress.update(self.step)
+            if self.step % o.eval_every == 0:
+                self._evaluate(logger, progress, sums / count, budget)
+                sums[:], count = 0, 0
+                if self.stopper.should_stop:
+                    reason = "early_stopping"
+            if self.manager is not None and self.step % o.checkpoint_every == 0:
+                self.manager.save(self.step, self.payload())
+            reason = reason or budget.exhausted(self.step)
+        if count:
+            self._evaluate(logger, progress, sums / count, budget)
+        if self.manager is not None:
+            self.manager.save(self.step, self.payload())
+        progress.close()
+        if self.best_state is not None:
+            self.m.energy.load_state_dict(self.best_state)
+        self.m.energy.eval()
+        chain = self.choose_fill_steps()
+        return {
+            "fill_steps": self.m._meta["fill_steps"],
+            "fill_steps_val_mae": chain,
+            "steps": self.step,
+            "stopped_by": reason,
+            "init_val_mae": init_mae,
+            "untrained_val_mae": untrained,
+            "best_val_mae": None if self.stopper.best_step < 0 else self.stopper.best,
+            "best_step": self.stopper.best_step,
+            "train_seconds": round(budget.elapsed, 2),
+        }
+
+    def _evaluate(self, logger: Any, progress: Any, means: np.ndarray, budget: Any) -> None:
+        mae = self.validate()
+        if mae is not None and np.isfinite(mae) and self.stopper.update(mae, self.step):
+            self.best_state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in self.m.energy.state_dict().items()}
+            )
+        row = {"step": self.step, "seconds": round(budget.elapsed, 2), "val_mae": mae,
+               "f_data": float(means[0]), "f_synth": float(means[1]),
+               "best_val_mae": self.stopper.best if self.stopper.best_step >= 0 else None}
+        if logger is not None:
+            logger.log(row)
+        progress.update(self.step, force=True,
+                        **{k: v for k, v in row.items() if k != "step" and v is not None})

@@ -1,0 +1,316 @@
+"""Tests of the ``gan`` method, its networks, the window blending and the training helpers.
+
+Tiny configurations only: the whole file runs in well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+torch = pytest.importorskip("torch")
+
+from gapfill.cube import Cube  # noqa: E402
+from gapfill.methods import get  # noqa: E402
+from gapfill.methods.gan import GAN, eof_reconstruction  # noqa: E402
+from gapfill.models import (  # noqa: E402
+    FrameDiscriminator,
+    FrameDiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    SequenceDiscriminator,
+    SequenceDiscriminatorConfig,
+)
+from gapfill.models.layers import FrameSelfAttention  # noqa: E402
+from gapfill.training import (  # noqa: E402
+    CheckpointManager,
+    CSVLogger,
+    EarlyStopping,
+    load_checkpoint,
+    save_checkpoint,
+)
+from gapfill.windows import fill_windows, window_starts  # noqa: E402
+
+TINY = dict(
+    window=(8, 16, 16), width=8, n_res_blocks=2, d_width=8, d_layers=2, batch_size=2,
+    time_budget=None, progress="off", guide="none", guide_pool=1, eval_every=10, seed=3,
+)
+
+
+def smooth_cube(t: int = 12, h: int = 16, w: int = 20, missing: float = 0.3, seed: int = 0):
+    """A smooth travelling-wave field with random gaps and a land corner: (truth, gappy)."""
+    rng = np.random.default_rng(seed)
+    tt, yy, xx = np.meshgrid(
+        np.arange(t), np.linspace(-1, 1, h), np.linspace(0, 2 * np.pi, w), indexing="ij"
+    )
+    truth = (300 + 2 * np.cos(1.5 * yy) + np.sin(xx - 0.5 * tt) + 0.5 * np.cos(yy + 0.3 * tt))
+    truth = truth.astype(np.float32)
+    truth[:, :3, :4] = np.nan
+    gappy = np.where(rng.random(truth.shape) < missing, np.nan, truth)
+    coords = {
+        "time": pd.date_range("2001-01-01", periods=t, freq="MS"),
+        "lat": np.linspace(-5, 5, h),
+        "lon": np.linspace(100, 120, w),
+    }
+    return truth, xr.DataArray(gappy, dims=("time", "lat", "lon"), coords=coords, name="sst")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A tiny GAN fitted for 4 steps (shared by the fill tests)."""
+    _, da = smooth_cube()
+    cube = Cube(da)
+    # no validation hold-out, so the trained (not the initial) generator is kept
+    gan = GAN(**{**TINY, "steps": 4, "lr": 1e-3, "val_share": 0.0})
+    gan.fit(cube, np.random.default_rng(0))
+    return gan, cube
+
+
+# -- networks ------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(5, 7, 9), (8, 16, 16), (1, 3, 2)])
+def test_generator_passes_observed_values_through(shape):
+    torch.manual_seed(0)
+    cfg = GeneratorConfig(channels=2, extra_channels=1, guide=True, width=8, n_res_blocks=2)
+    gen = Generator(cfg)
+    with torch.no_grad():  # make the output non-trivial
+        gen.head.weight.normal_()
+    y = torch.randn(2, 2, *shape)
+    m = (torch.rand(2, 2, *shape) > 0.4).float()
+    y = torch.where(m > 0, y, torch.nan)  # NaN in the gaps must not leak
+    out = gen(y, m, torch.randn(2, 1, *shape), torch.randn(2, 2, *shape))
+    assert out.shape == y.shape
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[m > 0], y[m > 0])  # G(y) m == y m exactly
+    assert not torch.equal(out[m == 0], torch.zeros_like(out[m == 0]))
+
+
+def test_untrained_generator_returns_the_guide():
+    gen = Generator(GeneratorConfig(guide=True, width=8, n_res_blocks=1))
+    y = torch.zeros(1, 1, 4, 8, 8)
+    m = torch.zeros_like(y)
+    guide = torch.randn_like(y)
+    assert torch.allclose(gen(y, m, None, guide), guide)
+
+
+def test_discriminators_score_every_patch():
+    x = torch.randn(3, 2, 6, 16, 24)
+    df = FrameDiscriminator(FrameDiscriminatorConfig(in_channels=2, width=8, n_layers=2))
+    ds = SequenceDiscriminator(SequenceDiscriminatorConfig(in_channels=2, width=8, n_layers=2))
+    f = df(x)
+    s = ds(x)
+    assert f.shape == (3, 6, 4, 6)  # one score per frame per 4x4 patch
+    assert s.shape == (3, 2, 4, 6)  # one score per patch of the volume
+    ds_static = SequenceDiscriminator(
+        SequenceDiscriminatorConfig(in_channels=2, differences=False, width=8, n_layers=2)
+    )
+    assert ds_static(x).shape == s.shape
+    # spectral norm on every conv
+    names = [n for n, _ in df.named_parameters()] + [n for n, _ in ds.named_parameters()]
+    assert all("parametrizations" in n for n in names if n.endswith("weight.original")) and any(
+        "parametrizations" in n for n in names
+    )
+
+
+def test_frame_attention_starts_as_identity_and_mixes_positions():
+    att = FrameSelfAttention(16)
+    x = torch.randn(2, 16, 3, 5, 7)
+    assert torch.equal(att(x), x)
+    with torch.no_grad():
+        att.gamma.fill_(1.0)
+    y = att(x)
+    x2 = x.clone()
+    x2[:, :, 0, 0, 0] += 10  # a change at one position of frame 0 ...
+    d = (att(x2) - y).abs().sum(1)
+    assert d[:, 0, 4, 6].min() > 0  # ... reaches the far corner of that frame
+    assert d[:, 1:].max() == 0  # ... but not other frames
+
+
+# -- windows -------------------------------------------------------------------------------
+@pytest.mark.parametrize("n,size,overlap", [(54, 24, 0.5), (10, 24, 0.5), (17, 5, 0.25), (8, 8, 0)])
+def test_window_starts_cover_the_axis(n, size, overlap):
+    starts = window_starts(n, size, overlap)
+    covered = np.zeros(n, bool)
+    for s in starts:
+        covered[s : s + min(size, n)] = True
+    assert covered.all() and starts[-1] + min(size, n) == n
+
+
+def test_fill_windows_identity_constant_and_no_seams():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 13, 20, 37)).astype(np.float32)
+    out = fill_windows(x, lambda b: b, size=(6, 8, 16), overlap=0.5, batch_size=3)
+    np.testing.assert_allclose(out, x, rtol=1e-5, atol=1e-5)
+    const = fill_windows(x, lambda b: np.full_like(b, 2.5), size=(6, 8, 16))
+    np.testing.assert_allclose(const, 2.5, rtol=1e-6)  # every pixel covered, no seam
+    # Each window returns a different constant: the blend must ramp, not jump, between windows.
+    counter = iter(range(10**6))
+
+    def per_window(b):
+        return np.stack([np.full_like(w, float(next(counter) % 2)) for w in b])
+
+    blend = fill_windows(x[:1], per_window, size=(13, 20, 16), overlap=0.5)[0, 0, 0]
+    assert np.abs(np.diff(blend)).max() < 0.35  # hard tiles would jump by 1
+    assert blend.min() <= 0.01 and blend.max() >= 0.99
+
+
+def test_fill_windows_output_channels_and_small_input():
+    x = np.ones((1, 3, 4, 5), np.float32)
+    out = fill_windows(x, lambda b: np.concatenate([b, 2 * b], 1), size=(24, 64, 64))
+    assert out.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(out[1], 2.0)
+
+
+# -- training helpers ------------------------------------------------------------------------
+def test_checkpoints_are_atomic_and_corrupt_ones_fail_clearly(tmp_path):
+    manager = CheckpointManager(tmp_path, keep=2)
+    for step in (1, 2, 3):
+        manager.save(step, {"step": step, "w": torch.ones(3) * step})
+    assert [s for s, _ in manager.checkpoints()] == [2, 3]
+    assert load_checkpoint(manager.latest())["step"] == 3
+    assert not list(tmp_path.glob("*.tmp"))
+    bad = tmp_path / "ckpt_00000009.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        manager.load_latest()
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint(tmp_path / "x.pt", {"a": 1})
+    assert load_checkpoint(tmp_path / "x.pt") == {"a": 1}
+
+
+def test_early_stopping_and_csv(tmp_path):
+    stop = EarlyStopping(patience=2)
+    assert stop.update(1.0, 0) and not stop.update(1.1, 1) and not stop.should_stop
+    stop.update(1.2, 2)
+    assert stop.should_stop and stop.best_step == 0
+    log = CSVLogger(tmp_path / "log.csv", ["step", "mae"])
+    log.log({"step": 1, "mae": 0.5})
+    CSVLogger(tmp_path / "log.csv", ["step", "mae"], append=True).log({"step": 2})
+    assert (tmp_path / "log.csv").read_text().splitlines() == ["step,mae", "1,0.5", "2,"]
+
+
+# -- the method ------------------------------------------------------------------------------
+def test_registered_and_options_validated():
+    assert get("gan") is GAN
+    with pytest.raises(ValueError, match="loss"):
+        GAN(loss="wasserstein")
+    with pytest.raises(ValueError, match="occlusion"):
+        GAN(occlusion="fog")
+    with pytest.raises(ValueError, match="resume"):
+        GAN(resume=True)
+    gan = GAN(window=[4, 8, 8], betas=[0.5, 0.9])  # JSON gives lists back
+    assert gan.options.window == (4, 8, 8) and gan.options.betas == (0.5, 0.9)
+    assert GAN(**json.loads(json.dumps(gan.options_dict()))).options == gan.options
+
+
+def test_training_beats_a_zero_fill():
+    truth, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    x = cube.values()
+    t = cube.normaliser.normalise(truth[None])
+    gaps = np.isfinite(t) & ~np.isfinite(x)
+    zero_mae = np.abs(t[gaps]).mean()  # zero fill = the mean; also the untrained generator
+    opts = {**TINY, "steps": 40, "lr": 2e-3, "adv_weight": 0.0, "val_share": 0.0}
+    gan = GAN(**opts)  # the self-supervised L1 alone (the adversarial path is run elsewhere)
+    gan.fit(cube, np.random.default_rng(0))
+    res = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
+    mae = np.abs(res.values[gaps] - t[gaps]).mean()
+    assert mae < 0.7 * zero_mae, (mae, zero_mae)
+
+
+def test_fill_is_deterministic_and_keeps_observations(fitted):
+    gan, cube = fitted
+    x = cube.values()
+    a = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
+    b = gan.fill(x, np.random.default_rng(1), coords=cube.coords())
+    assert a.error is None
+    np.testing.assert_array_equal(a.values, b.values)
+    obs = np.isfinite(x)
+    np.testing.assert_array_equal(a.values[obs], x[obs])
+    assert np.isfinite(a.values).all()
+
+
+def test_stochastic_fills_give_a_mean_and_a_spread(fitted):
+    gan, cube = fitted
+    x = cube.values()
+    one = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
+    many = gan.fill(x, np.random.default_rng(0), samples=4, coords=cube.coords())
+    other = gan.fill(x, np.random.default_rng(5), samples=4, coords=cube.coords())
+    gaps = ~np.isfinite(x)
+    assert many.error is not None and many.error.shape == x.shape
+    assert (many.error[gaps] > 0).mean() > 0.9 and (many.error[~gaps] == 0).all()
+    assert not np.array_equal(many.values[gaps], other.values[gaps])  # samples differ
+    # the mean of 4 dropout samples stays near the deterministic fill
+    assert np.abs(many.values - one.values)[gaps].mean() < 0.5
+
+
+def test_state_dict_round_trip_gives_identical_fills(fitted, tmp_path):
+    gan, cube = fitted
+    path = tmp_path / "model.pt"
+    torch.save({"state": gan.state_dict()}, path)
+    state = torch.load(path, weights_only=True)["state"]
+    clone = GAN(**gan.options_dict())
+    clone.load_state_dict(state)
+    x = cube.values()
+    a = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
+    b = clone.fill(x, np.random.default_rng(0), coords=cube.coords())
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_checkpoint_resume_continues_the_run(tmp_path):
+    _, da = smooth_cube()
+    cube = Cube(da)
+    opts = {**TINY, "checkpoint_dir": str(tmp_path), "checkpoint_every": 2, "val_share": 0.0}
+    straight = GAN(**{**opts, "steps": 6, "checkpoint_dir": str(tmp_path / "a")})
+    straight.fit(cube, np.random.default_rng(0))
+    first = GAN(**{**opts, "steps": 4})
+    first.fit(cube, np.random.default_rng(0))
+    assert first.fit_info["steps"] == 4
+    resumed = GAN(**{**opts, "steps": 6, "resume": True})
+    resumed.fit(cube, np.random.default_rng(123))  # the seed comes from the checkpoint
+    assert resumed.fit_info["steps"] == 6
+    ckpt = load_checkpoint(CheckpointManager(tmp_path).latest())
+    ref = load_checkpoint(CheckpointManager(tmp_path / "a").latest())
+    assert ckpt["step"] == 6
+    for k, v in ref["G"].items():  # same weights as the uninterrupted run
+        torch.testing.assert_close(ckpt["G"][k], v, rtol=1e-5, atol=1e-6)
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,") and rows[-1].split(",")[0] == "6"
+
+
+@pytest.mark.parametrize("supervision", ["paired", "unpaired"])
+def test_supervised_variants_run(supervision):
+    truth, da = smooth_cube(t=10, h=12, w=12)
+    cube = Cube(da)
+    clean = xr.DataArray(truth, dims=da.dims, coords=da.coords)
+    gan = GAN(**{**TINY, "steps": 2, "supervision": supervision, "loss": "lsgan"})
+    gan.fit(cube, np.random.default_rng(0), clean=clean)
+    assert gan.fit_info["steps"] == 2
+    with pytest.raises(ValueError, match="clean"):
+        GAN(**{**TINY, "steps": 1, "supervision": supervision}).fit(cube, np.random.default_rng(0))
+
+
+def test_tiny_cube_with_eof_guide_and_empirical_masks():
+    truth, da = smooth_cube(t=4, h=5, w=6, missing=0.3, seed=2)
+    cube = Cube(da)
+    gan = GAN(**{**TINY, "steps": 2, "guide": "eof_interp", "occlusion": "empirical", "loss": "log",
+                 "coord_channels": True, "val_share": 0.2})
+    gan.fit(cube, np.random.default_rng(0))
+    res = gan.fill(cube.values(), np.random.default_rng(0), coords=cube.coords())
+    assert res.values.shape == (1, 4, 5, 6)
+    assert np.isfinite(res.values).all()
+    assert gan.fit_info["guide_modes"] >= 1
+
+
+def test_eof_reconstruction_recovers_a_low_rank_field():
+    rng = np.random.default_rng(0)
+    t, p = 20, 300
+    field = (rng.standard_normal((t, 2)) @ rng.standard_normal((2, p))).reshape(1, t, 15, 20)
+    gappy = np.where(rng.random(field.shape) < 0.3, np.nan, field)
+    rec = eof_reconstruction(gappy, 2, max_iter=500, tol=1e-6)
+    gaps = np.isnan(gappy)
+    assert np.abs(rec - field)[gaps].mean() < 0.05 * np.abs(field).mean()
