@@ -103,6 +103,13 @@ VIDEO_OCCLUSIONS: dict[str, dict[str, Any]] = {
 }
 #: Protocols of the ``recovery`` benchmark (STGConvNet Exp. 4).
 RECOVERY_PROTOCOLS = ("salt_pepper", "single_region", "missing_frames")
+#: ``fit_info`` entries shown in the ``fit`` column, per method (optional).
+FIT_INFO_KEYS: dict[str, tuple[str, ...]] = {
+    "stgconvnet": ("steps", "fill_steps"),
+    "flowfill": ("steps", "fallback"),
+    "combcn": ("steps", "best_step", "guide_modes"),  # best_step=0: kept the guide
+    "tgfnet": ("steps", "best_step", "guide_modes"),
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -114,6 +121,13 @@ def options_for(method: str, benchmark: str, quick: bool) -> dict[str, Any]:
     if quick:
         opts.update(conf.get("quick", {}))
     return opts
+
+
+def fit_summary(method: str, info: dict[str, Any]) -> str | None:
+    """``k=v`` of the :data:`FIT_INFO_KEYS` of ``method`` from a run's ``fit_info``."""
+    keys = FIT_INFO_KEYS.get(method, ())
+    fit = info.get("fit_info", {})
+    return " ".join(f"{k}={fit[k]}" for k in keys if k in fit) or None
 
 
 def run_method(
@@ -205,7 +219,8 @@ def bench_ostia(methods: list[str], quick: bool, seed: int) -> list[dict[str, An
         filled, info = res
         s = score(truth, gappy, filled)
         rows.append({"method": m, "mae": s["mae"], "rmse": s["rmse"], "unfilled": s["unfilled"],
-                     "train_s": info["train_s"], "fill_s": info["fill_s"]})
+                     "train_s": info["train_s"], "fill_s": info["fill_s"],
+                     "fit": fit_summary(m, info)})
         print(f"  ostia {m}: MAE {s['mae']:.4f} K", file=sys.stderr, flush=True)
     return rows
 
@@ -234,6 +249,7 @@ def bench_video(methods: list[str], quick: bool, seed: int) -> list[dict[str, An
                 "occlusion": occ, "method": m,
                 "psnr": metrics.psnr(clip, filled, mask), "mae": metrics.mae(clip, filled, mask),
                 "unfilled": unfilled, "train_s": info["train_s"], "fill_s": info["fill_s"],
+                "fit": fit_summary(m, info),
             })
             print(f"  video {occ} {m}: PSNR {rows[-1]['psnr']:.2f} dB", file=sys.stderr, flush=True)
     return rows
@@ -290,7 +306,7 @@ def bench_recovery(methods: list[str], quick: bool, seed: int) -> list[dict[str,
                 hidden[..., None], clip.shape)]
             rows.append({"protocol": protocol, "method": m, "error255": 255 * float(diff.mean()),
                          "unfilled": unfilled, "train_s": info["train_s"],
-                         "fill_s": info["fill_s"]})
+                         "fill_s": info["fill_s"], "fit": fit_summary(m, info)})
             print(f"  recovery {protocol} {m}: {rows[-1]['error255']:.2f}", file=sys.stderr,
                   flush=True)
     return rows
@@ -301,17 +317,17 @@ TABLES = {
     "ostia": (bench_ostia, "OSTIA monthly SST, ~40% cloud gaps (K, hidden ocean pixels)", [
         ("method", "method", ""), ("mae", "MAE (K)", ".4f"), ("rmse", "RMSE (K)", ".4f"),
         ("unfilled", "unfilled", ""), ("train_s", "train (s)", ".1f"),
-        ("fill_s", "fill (s)", ".1f"), ("note", "note", "")]),
+        ("fill_s", "fill (s)", ".1f"), ("fit", "fit", ""), ("note", "note", "")]),
     "video": (bench_video, f"{CLIP} {CLIP_SIZE[0]}x{CLIP_SIZE[1]}x{CLIP_FRAMES} colour, "
                            "hidden pixels", [
         ("occlusion", "occlusion", ""), ("method", "method", ""), ("psnr", "PSNR (dB)", ".2f"),
         ("mae", "MAE", ".4f"), ("unfilled", "unfilled", ""), ("train_s", "train (s)", ".1f"),
-        ("fill_s", "fill (s)", ".1f"), ("note", "note", "")]),
+        ("fill_s", "fill (s)", ".1f"), ("fit", "fit", ""), ("note", "note", "")]),
     "recovery": (bench_recovery, f"STGConvNet Exp. 4 recovery on {CLIP} (per-pixel error, "
                                  "0-255)", [
         ("protocol", "protocol", ""), ("method", "method", ""),
         ("error255", "error (0-255)", ".2f"), ("unfilled", "unfilled", ""),
-        ("train_s", "train (s)", ".1f"), ("fill_s", "fill (s)", ".1f"), ("note", "note", "")]),
+        ("train_s", "train (s)", ".1f"), ("fill_s", "fill (s)", ".1f"), ("fit", "fit", ""), ("note", "note", "")]),
 }
 
 
