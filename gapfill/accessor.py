@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from gapfill import methods
+from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.dims import find_dims
 from gapfill.diagnostics import Diagnostics, holdout_mask, score
@@ -39,20 +39,21 @@ def fit_dataarray(
     method_obj = methods.get(method)(**options)  # bad names/options fail before any work
     spec = Holdout(holdout, holdout_process, seed)
     cube = Cube(da, dims)
+    stream = streaming.use_streaming(method_obj, cube, streaming_fit)
     if spec.fraction > 0:
-        if cube.is_lazy:  # drawn block by block when needed, never the whole cube at once
+        if cube.is_lazy:  # drawn block by block, never the whole cube at once
             data = cube.da.data
-            hide = holdout_mask(np.isfinite(data if data.ndim == 4 else data[None]), spec)
+            observed = np.isfinite(data if data.ndim == 4 else data[None])
+            # A streaming fit reads the cube more than once: draw the hold-out once, in bits.
+            hide = holdout_mask(observed, spec, persist=stream)
         else:
             raw = np.asarray(cube.da.values)
             observed = np.isfinite(raw if raw.ndim == 4 else raw[None])
             hide = holdout_mask(observed, spec, cube.missing_pattern())
         cube = cube.with_hide(hide)
     start = time.perf_counter()
-    from gapfill import streaming
-
     rng = np.random.default_rng(seed)
-    if streaming.use_streaming(method_obj, cube, streaming_fit):
+    if stream:
         streaming.fit(method_obj, cube, rng)
     else:
         method_obj.fit(cube, rng)

@@ -37,7 +37,10 @@ def block_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def holdout_mask(
-    observed: np.ndarray, holdout: Holdout, missing: np.ndarray | None = None
+    observed: np.ndarray,
+    holdout: Holdout,
+    missing: np.ndarray | None = None,
+    persist: bool = False,
 ) -> np.ndarray:
     """Draw the hold-out: observed pixels hidden in cloud-shaped patches.
 
@@ -56,6 +59,10 @@ def holdout_mask(
     missing
         ``(T, H, W)`` missing pattern of the data, for the ``"empirical"``
         process (default: pixels missing in any channel).
+    persist
+        For dask input: draw the blocks now and keep them packed in bits (``T·H·W/8``
+        bytes), so that passes over the data that use the hold-out do not draw it again.
+        The ``"empirical"`` process, which looks at the data, stays lazy.
 
     Returns
     -------
@@ -64,7 +71,7 @@ def holdout_mask(
         dask-backed (nothing computed) when ``observed`` is.
     """
     if hasattr(observed, "dask"):
-        return _holdout_lazy(observed, holdout)
+        return _holdout_lazy(observed, holdout, persist)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
     _, t, h, w = observed.shape
@@ -91,7 +98,7 @@ def _holdout_block(
     return process.sample((t, h, w), block_rng(holdout.seed, index))[None] & observed
 
 
-def _holdout_lazy(observed: Any, holdout: Holdout) -> Any:
+def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False) -> Any:
     import dask
     import dask.array as dsa
 
@@ -109,16 +116,24 @@ def _holdout_lazy(observed: Any, holdout: Holdout) -> Any:
 
         hidden = by_block.map_blocks(draw_empirical, dtype=bool, meta=np.array((), dtype=bool))
         return hidden.rechunk(observed.chunks)
-    # Other processes do not look at the data: draw each block on its own, so the draw
-    # holds no data, and intersect with the observed pixels chunk by chunk.
-    draw = dask.delayed(_draw_block, pure=True)
+    # Other processes do not look at the data: each block is drawn on its own (the draw
+    # holds no data) and intersected with the observed pixels chunk by chunk.
+    draws = [dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w)
+             for b, sl in enumerate(blocks)]
+    if persist:
+        packed = dask.compute(*[dask.delayed(np.packbits)(d) for d in draws])
+        draws = [dask.delayed(_unpack, pure=True)(bits, (1, sl.stop - sl.start, h, w))
+                 for bits, sl in zip(packed, blocks)]
     parts = [
-        dsa.from_delayed(draw(holdout, b, sl.stop - sl.start, h, w),
-                         (1, sl.stop - sl.start, h, w), dtype=bool)
-        for b, sl in enumerate(blocks)
+        dsa.from_delayed(d, (1, sl.stop - sl.start, h, w), dtype=bool)
+        for d, sl in zip(draws, blocks)
     ]
     hidden = dsa.concatenate(parts, axis=1).rechunk(((1,), *observed.chunks[1:]))
     return hidden & observed
+
+
+def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
 def _draw_block(holdout: Holdout, index: int, n_time: int, h: int, w: int) -> np.ndarray:
@@ -263,7 +278,7 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
 
     data = cube.da.data
     data = data if data.ndim == 4 else data[None]
-    hide = holdout_mask(dsa.isfinite(data), model.holdout)
+    hide = holdout_mask(dsa.isfinite(data), model.holdout, persist=True)  # drawn once
     gappy = dsa.where(hide, np.nan, data)
     with_error = model.method.gives_error(1)
     filled, error, _ = fill_lazy(
