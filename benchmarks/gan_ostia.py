@@ -16,6 +16,8 @@ Usage::
     python benchmarks/gan_ostia.py                       # defaults (about 4 x 12 min on 2 cores)
     python benchmarks/gan_ostia.py --time-budget 120 --rows gan-cloud-recon
     python benchmarks/gan_ostia.py --dineof --json /tmp/gan_ostia.json
+    # on a shared machine, one thread per process avoids OpenMP/BLAS stalls:
+    OMP_NUM_THREADS=1 python benchmarks/gan_ostia.py --dineof --time-budget 300
 
 :func:`score` is reusable: ``score(truth, gappy, filled)`` -> ``{"mae", "rmse", "n"}``.
 """
@@ -102,18 +104,19 @@ def eof_guides(gappy: xr.DataArray, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     """The GAN's guides on their own: EOF, and EOF plus interpolated residuals.
 
     Modes and the interpolation width are chosen on held-out cloud-shaped
-    pixels of ~5% of the observations, as ``gan`` does.
+    pixels of ~5% of the observations (:func:`gapfill.methods.gan.validation_mask`),
+    as ``gan`` does.
     """
     from gapfill import masks
     from gapfill.methods.gan import choose_eof_modes, choose_sigma, eof_reconstruction
-    from gapfill.methods.gan import interpolate_residuals
+    from gapfill.methods.gan import interpolate_residuals, validation_mask
 
     y = np.asarray(gappy.values, dtype=np.float64)[None]
     mean, std = np.nanmean(y), np.nanstd(y)
     z = (y - mean) / std
+    missing = ~np.isfinite(z[0])
     hidden = masks.Cloud(coverage=0.4, seed=seed + 1).sample(y.shape[1:])
-    frames = np.random.default_rng(seed).random(y.shape[1]) < 0.125
-    val = (hidden & frames[:, None, None])[None] & np.isfinite(z)
+    val = validation_mask(hidden, missing, 0.05, np.random.default_rng(seed))[None]
     zv = np.where(val, np.nan, z)
     k = choose_eof_modes(zv, val, z)
     sigma = choose_sigma(zv, eof_reconstruction(zv, k), val, z)

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods import get  # noqa: E402
-from gapfill.methods.gan import GAN, eof_reconstruction  # noqa: E402
+from gapfill.methods.gan import GAN, eof_reconstruction, validation_mask  # noqa: E402
 from gapfill.models import (  # noqa: E402
     FrameDiscriminator,
     FrameDiscriminatorConfig,
@@ -39,6 +39,15 @@ TINY = dict(
     window=(8, 16, 16), width=8, n_res_blocks=2, d_width=8, d_layers=2, batch_size=2,
     time_budget=None, progress="off", guide="none", guide_pool=1, eval_every=10, seed=3,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks run fastest on one thread (and do not stall on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def smooth_cube(t: int = 12, h: int = 16, w: int = 20, missing: float = 0.3, seed: int = 0):
@@ -202,6 +211,8 @@ def test_registered_and_options_validated():
         GAN(occlusion="fog")
     with pytest.raises(ValueError, match="resume"):
         GAN(resume=True)
+    with pytest.raises(ValueError, match="threads"):
+        GAN(threads=0)
     gan = GAN(window=[4, 8, 8], betas=[0.5, 0.9])  # JSON gives lists back
     assert gan.options.window == (4, 8, 8) and gan.options.betas == (0.5, 0.9)
     assert GAN(**json.loads(json.dumps(gan.options_dict()))).options == gan.options
@@ -314,3 +325,17 @@ def test_eof_reconstruction_recovers_a_low_rank_field():
     rec = eof_reconstruction(gappy, 2, max_iter=500, tol=1e-6)
     gaps = np.isnan(gappy)
     assert np.abs(rec - field)[gaps].mean() < 0.05 * np.abs(field).mean()
+
+
+def test_validation_mask_is_spread_over_all_frames():
+    from gapfill import masks
+
+    rng = np.random.default_rng(0)
+    pattern = masks.Cloud(coverage=0.4, seed=0).sample((20, 32, 64))
+    missing = np.zeros_like(pattern)
+    missing[:, :4] = True  # "land"
+    val = validation_mask(pattern, missing, 0.05, rng)
+    share = val.sum() / (~missing).sum()
+    assert 0.015 < share < 0.15
+    assert not (val & missing).any() and not (val & ~pattern).any()
+    assert val.any((1, 2)).mean() > 0.8  # nearly every frame holds some validation pixels

@@ -23,7 +23,7 @@ FAST_OPTIONS: dict[str, dict] = {
     "combcn": {"steps": 2, "batch_size": 1, "window": (4, 8, 8), "width3d": 4, "width2d": 4,
                "progress": "off"},
     "tgfnet": {"steps": 2, "batch_size": 1, "window": (4, 8, 8), "width": 4, "align_width": 4,
-               "progress": "off"},
+               "progress": "off", "val_share": 0.0},
     "stgconvnet": {"steps": 2, "batch_size": 1, "window": (4, 8, 8), "widths": (4, 4),
                    "kernels": ((3, 3, 3), (3, 3, 3)), "strides": ((1, 2, 2), (1, 1, 1)),
                    "recover_steps": 2, "synth_steps": 2, "n_chains": 1, "fill_steps": 3,
