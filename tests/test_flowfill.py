@@ -208,7 +208,7 @@ def test_no_trusted_flow_still_fills():
 
 
 @pytest.mark.parametrize("bad", [
-    {"window": (2, 0, 3)}, {"occlusion": "empirical"}, {"coverage": 1.0}, {"fallback": "x"},
+    {"window": (2, 0, 3)}, {"occlusion": "snow"}, {"coverage": 1.0}, {"fallback": "x"},
     {"fb_threshold": 0}, {"winsize": 1}, {"tv_weight": -1}, {"resume": True},
 ])
 def test_bad_options_are_refused(bad):

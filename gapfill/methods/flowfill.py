@@ -69,8 +69,9 @@ class FlowFillOptions(Options):
     features, hidden, iterations
         Feature channels, hidden channels and refinement rounds of the flow network.
     occlusion, coverage, occlusion_options
-        The process (a :func:`gapfill.masks.make` name) hiding trustworthy flow
-        vectors in training, its coverage and extra options.
+        The process hiding pixels in training (a :func:`gapfill.masks.make`
+        name, or ``"empirical"``: the data's own gap patterns at other times),
+        its coverage and extra options.
     pool
         Re-estimations of the flows with extra pixels hidden that training draws from.
     l1_weight, tv_weight, consistency_weight
@@ -168,8 +169,8 @@ class FlowFillOptions(Options):
             bad("winsize", "must be >= 3")
         from gapfill.masks import PROCESSES
 
-        if self.occlusion not in PROCESSES or self.occlusion == "empirical":
-            bad("occlusion", f"must be one of {sorted(set(PROCESSES) - {'empirical'})}")
+        if self.occlusion not in PROCESSES:
+            bad("occlusion", f"must be one of {sorted(PROCESSES)}")
         if not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1)")
         for name in ("l1_weight", "tv_weight", "consistency_weight"):
@@ -417,11 +418,9 @@ class FlowFill(Method):
         self._meta = {"window": [min(a, b) for a, b in zip(o.window, x.shape[1:])]}
         import torch
 
-        from gapfill import masks
-
         # Inputs of the self-supervision: the flows re-estimated with extra pixels hidden
         # (so the raw estimate there comes from the pre-filled frames, as in real gaps).
-        process = masks.make(o.occlusion, coverage=o.coverage, seed=seed, **o.occlusion_options)
+        process = self._process(o.occlusion, o.coverage, x, seed)
         setup = np.random.default_rng([seed, 2])
         pool = []
         for _ in range(o.pool):
@@ -482,14 +481,26 @@ class FlowFill(Method):
             out[fallback] = np.where(np.isfinite(f), f, 0.0).astype(np.float32)
         return out
 
-    def _choose_fallback(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
-        """Set ``meta["fallback"]`` to the fallback with the lower MAE on hidden observed pixels."""
+    def _process(self, name: str, coverage: float | None, x: np.ndarray, seed: int) -> Any:
+        """An occlusion process; ``"empirical"`` cuts the data's own gap pattern at other times."""
         from gapfill import masks
 
+        extra = self.options.occlusion_options if name == self.options.occlusion else {}
+        if name != "empirical":
+            return masks.make(name, coverage=coverage, seed=seed, **extra)
+        missing = ~np.isfinite(x).all(0)
+        never = missing.all(0)
+        if never.all():
+            return masks.make("remove_pixels", coverage=0.0, seed=seed)
+        return masks.Empirical(missing, coverage, seed=seed, exclude=never, **extra)
+
+    def _choose_fallback(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
+        """Set ``meta["fallback"]`` to the fallback with the lower MAE on observed pixels hidden
+        in the data's own gap patterns at other times."""
         o = self.options
         if o.fallback != "auto":
             return None
-        proc = masks.make("cloud", coverage=o.coverage, seed=seed)
+        proc = self._process("empirical", None, x, seed)
         hide = proc.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
         if hide.sum() < 10:
             self._meta["fallback"] = "time"

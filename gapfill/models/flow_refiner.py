@@ -4,7 +4,8 @@ After Chatillon, Ballester, Haro, Arias & Raad's flow-guided video inpainting:
 each frame ``t`` carries a forward flow ``F_t`` (to ``t + 1``) and a backward
 flow ``B_t`` (to ``t - 1``), known only where they are trustworthy (a
 confidence in ``[0, 1]`` per flow). An encoder of partial convolutions turns
-them into per-frame features ``phi_t`` with a confidence ``m_t``; then, for
+them (plus, with ``raw_input``, the raw flow estimate everywhere) into
+per-frame features ``phi_t`` with a confidence ``m_t``; then, for
 ``iterations`` rounds, every frame
 
 1. decodes its current flows and warps its neighbours' features and
@@ -18,7 +19,8 @@ them into per-frame features ``phi_t`` with a confidence ``m_t``; then, for
    confidences (``m_t`` blurred over 3 x 3 pixels and the two warped ones),
    with a learnable exponent ``p``.
 
-Each round's decoded flows are returned, for a loss weighted over the rounds.
+Each round's decoded flows (with ``raw_input``: the raw estimate plus a
+decoded correction) are returned, for a loss weighted over the rounds.
 Flows are in units of ``flow_scale`` pixels.
 """
 
