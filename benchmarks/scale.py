@@ -11,6 +11,9 @@ workers included).
 * ``linear``, ``eof``: ``gapfill run`` of a recipe on the store (10% hold-out scored, fill,
   resumable region-by-region Zarr write, diagnostics CSV; no figure); ``linear0``, ``eof0``:
   the same without a hold-out (scoring is one more full fill);
+* ``gan``, ``gan0``: ``gapfill train`` (``--gan-budget`` seconds; a cube over 256 MiB is
+  fitted on sampled blocks, never loaded) then ``gapfill run`` with the saved model
+  (``method.model``), filled time chunk by time chunk (``time_halo``);
 * ``pydineof``: pyDINEOF's ``run_2D`` on the largest spatial block of the cube (all
   times) that finishes within ``--pydineof-budget`` seconds, tried from small to large.
 
@@ -119,14 +122,20 @@ def generate(path: Path, shape: tuple[int, int, int], seed: int = 0) -> None:
 
 
 # -- the cases (each in its own process) ------------------------------------------------------
-def recipe_for(work: Path, method: str, workers: int, options: dict, holdout: float) -> Path:
+def recipe_for(
+    work: Path, method: str, workers: int, options: dict, holdout: float,
+    model: Path | None = None,
+) -> Path:
     import yaml
 
-    tag = f"{method}_holdout{holdout:g}"
+    tag = f"{method}_holdout{holdout:g}" + ("_saved" if model else "")
+    method_section: dict = {"name": method, "options": options}
+    if model is not None:
+        method_section["model"] = str(model)
     recipe = {
         "description": f"scale benchmark: {tag}",
         "input": {"path": str(work / "sst.zarr"), "variable": "analysed_sst"},
-        "method": {"name": method, "options": options},
+        "method": method_section,
         "holdout": {"fraction": holdout, "process": "cloud", "seed": 0},
         "output": {"path": str(work / f"filled_{tag}.zarr"), "figures": False,
                    "diagnostics_csv": True, "overwrite": True},
@@ -228,9 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="small")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/gapfill_scale"))
-    p.add_argument("--cases", default="io,linear,linear0,eof,eof0,pydineof",
-                   help="io, linear, eof (10%% hold-out scored), linear0, eof0 (no hold-out), "
-                        "pydineof")
+    p.add_argument("--cases", default="io,linear,linear0,eof,eof0,gan,gan0,pydineof",
+                   help="io, linear, eof, gan (10%% hold-out scored), linear0, eof0, gan0 (no "
+                        "hold-out), pydineof; gan rows: `gapfill train` then `gapfill run` with "
+                        "the saved model")
+    p.add_argument("--gan-budget", type=float, default=300, help="gan training seconds")
     p.add_argument("--workers", type=int, default=2, help="dask worker threads")
     p.add_argument("--pydineof-budget", type=float, default=1800, help="seconds per pyDINEOF try")
     p.add_argument("--case", help=argparse.SUPPRESS)
@@ -268,6 +279,24 @@ def main(argv: list[str] | None = None) -> None:
             if stages:
                 r["note"] += "; " + ", ".join(f"{k} {v:g} s" for k, v in stages.items())
             results[f"gapfill run {method}, hold-out {holdout:g}"] = r
+        elif case.rstrip("0") == "gan":
+            holdout = 0.0 if case.endswith("0") else 0.1
+            # time_halo: time chunks + 16 frames each side (memory bounded by a chunk)
+            options = {"time_budget": args.gan_budget, "threads": args.workers,
+                       "progress": "log", "eval_every": 25, "seed": 0, "time_halo": 16}
+            recipe = recipe_for(work, "gan", args.workers, options, holdout)
+            r = measure([sys.executable, "-m", "gapfill", "train", str(recipe), "--overwrite"])
+            r["note"] = f"hold-out {holdout:.0%}; training windows sampled from the store"
+            results[f"gapfill train gan, hold-out {holdout:g}"] = r
+            model = work / f"filled_gan_holdout{holdout:g}_model.pt"  # train's default path
+            recipe = recipe_for(work, "gan", args.workers, options, holdout, model=model)
+            r = measure([*gapfill_cmd, str(recipe)])
+            r["note"] = f"hold-out {holdout:.0%}, saved model" + (
+                " (scored: one more fill)" if holdout else "")
+            stages = stage_times(r["log_tail"])
+            if stages:
+                r["note"] += "; " + ", ".join(f"{k} {v:g} s" for k, v in stages.items())
+            results[f"gapfill run gan (trained), hold-out {holdout:g}"] = r
         elif case == "pydineof":
             results.update(run_pydineof_growing(me, shape, args.pydineof_budget))
         print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "log_tail"}

@@ -31,12 +31,19 @@ def fit_dataarray(
     holdout_process: str = "cloud",
     seed: int = 0,
     streaming_fit: bool | None = None,
-    **options: Any,
+    options: Mapping[str, Any] | None = None,
+    **more_options: Any,
 ) -> FittedModel:
     """Fit ``method`` to the gappy DataArray ``da``; see :meth:`GapfillAccessor.fit`."""
     from gapfill import __version__
 
-    method_obj = methods.get(method)(**options)  # bad names/options fail before any work
+    clash = sorted(set(options or {}) & set(more_options))
+    if clash:
+        raise TypeError(f"method option(s) {clash} given twice (in options= and as keywords)")
+    # Keywords that name the accessor's own arguments (seed, dims, ...) cannot reach
+    # the method; a method option of the same name goes in ``options=``.
+    # Bad names and options fail here, before any work.
+    method_obj = methods.get(method)(**{**(options or {}), **more_options})
     spec = Holdout(holdout, holdout_process, seed)
     cube = Cube(da, dims)
     stream = streaming.use_streaming(method_obj, cube, streaming_fit)
@@ -83,7 +90,8 @@ class GapfillAccessor:
         holdout_process: str = "cloud",
         seed: int = 0,
         streaming_fit: bool | None = None,
-        **options: Any,
+        options: Mapping[str, Any] | None = None,
+        **more_options: Any,
     ) -> FittedModel:
         """Learn a filling model from the gappy cube itself.
 
@@ -101,14 +109,18 @@ class GapfillAccessor:
         holdout_process
             ``"cloud"`` or ``"empirical"`` (the data's own gap shapes).
         seed
-            Seed of the hold-out draw and of the method.
+            Seed of the hold-out draw and of the method (a method's own ``seed``
+            option, given in ``options``, takes precedence for the method).
         streaming_fit
             Fit a dask-backed cube in a few blockwise passes instead of loading it
             (``eof`` and ``climatology``; see :mod:`gapfill.streaming`). ``None``:
             when the cube is dask-backed and larger than
             ``gapfill.streaming.IN_MEMORY_FIT_BYTES``.
-        **options
-            The method's options (see its ``Options`` class).
+        options
+            The method's options as a mapping (see its ``Options`` class); needed
+            for an option whose name is also an argument here, such as ``seed``.
+        **more_options
+            The method's options as keywords, e.g. ``max_modes=10``.
 
         Returns
         -------
@@ -116,7 +128,7 @@ class GapfillAccessor:
         """
         return fit_dataarray(
             self._obj, method, dims=dims, holdout=holdout, holdout_process=holdout_process,
-            seed=seed, streaming_fit=streaming_fit, **options,
+            seed=seed, streaming_fit=streaming_fit, options=options, **more_options,
         )
 
     def score(self, model: FittedModel, seed: int = 0) -> Diagnostics:

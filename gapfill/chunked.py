@@ -125,6 +125,12 @@ def fill_lazy(
         _AXIS[name]: int(w) for name, w in rule.halo.items()
         if int(w) > 0 and name not in whole
     }
+    # A halo needs chunks at least as wide: merge neighbouring chunks where they are not
+    # (the output goes back to the input's chunks at the end).
+    grow = {ax: _at_least(xr_.chunks[ax], w) for ax, w in depth.items()
+            if min(xr_.chunks[ax]) < w}
+    if grow:
+        xr_ = xr_.rechunk(grow)
     block_src = overlap(xr_, depth, boundary="none") if depth else xr_
     extra: list[Any] = []
     if obs_any is not None:
@@ -178,8 +184,8 @@ def fill_lazy(
             _flag_block, xr_, *flag_args, dtype=np.uint8, meta=np.array((), dtype=np.uint8),
             edges=edges is not None,
         )
-        flag = flag.rechunk(x4.chunks) if target else flag
-    if target:
+        flag = flag.rechunk(x4.chunks) if (target or grow) else flag
+    if target or grow:
         out = out.rechunk(((n_out,), *x4.chunks))
     filled, error = out[0], (out[1] if with_error else None)
     if squeeze:
@@ -187,6 +193,23 @@ def fill_lazy(
         flag = None if flag is None else flag[0]
         error = None if error is None else error[0]
     return filled, error, flag
+
+
+def _at_least(chunks: tuple[int, ...], width: int) -> tuple[int, ...]:
+    """``chunks`` with neighbours merged until each is at least ``width`` (if the axis is)."""
+    out: list[int] = []
+    acc = 0
+    for c in chunks:
+        acc += c
+        if acc >= width:
+            out.append(acc)
+            acc = 0
+    if acc:
+        if out:
+            out[-1] += acc
+        else:
+            out.append(acc)
+    return tuple(out)
 
 
 def independent(x: dsa.Array, tag: str = "") -> dsa.Array:

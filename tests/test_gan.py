@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
 
@@ -35,37 +34,12 @@ from gapfill.training import (  # noqa: E402
 )
 from gapfill.windows import fill_windows, window_starts  # noqa: E402
 
+from conftest import smooth_cube  # noqa: E402
+
 TINY = dict(
     window=(8, 16, 16), width=8, n_res_blocks=2, d_width=8, d_layers=2, batch_size=2,
     time_budget=None, progress="off", guide="none", guide_pool=1, eval_every=10, seed=3,
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks run fastest on one thread (and do not stall on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def smooth_cube(t: int = 12, h: int = 16, w: int = 20, missing: float = 0.3, seed: int = 0):
-    """A smooth travelling-wave field with random gaps and a land corner: (truth, gappy)."""
-    rng = np.random.default_rng(seed)
-    tt, yy, xx = np.meshgrid(
-        np.arange(t), np.linspace(-1, 1, h), np.linspace(0, 2 * np.pi, w), indexing="ij"
-    )
-    truth = (300 + 2 * np.cos(1.5 * yy) + np.sin(xx - 0.5 * tt) + 0.5 * np.cos(yy + 0.3 * tt))
-    truth = truth.astype(np.float32)
-    truth[:, :3, :4] = np.nan
-    gappy = np.where(rng.random(truth.shape) < missing, np.nan, truth)
-    coords = {
-        "time": pd.date_range("2001-01-01", periods=t, freq="MS"),
-        "lat": np.linspace(-5, 5, h),
-        "lon": np.linspace(100, 120, w),
-    }
-    return truth, xr.DataArray(gappy, dims=("time", "lat", "lon"), coords=coords, name="sst")
 
 
 @pytest.fixture(scope="module")

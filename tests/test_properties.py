@@ -75,3 +75,11 @@ def test_fill_properties(method, seed, t, h, w, missing, dtype, holdout):
     flag = out["v_flag"].values
     assert (flag[observed] == 0).all() and (flag[gaps] == 1).all() and (flag[:, never] == 2).all()
     xr.testing.assert_identical(da, before)
+
+
+@pytest.mark.parametrize("method", ["linear", "combcn"])
+def test_deterministic_methods_write_no_error_for_samples(sst, method):
+    """``samples > 1`` gives no (all-NaN) error variable for a deterministic method."""
+    model = sst.gapfill.fit(method, holdout=0.0, **FAST_OPTIONS.get(method, {}))
+    out = sst.gapfill.fill(model, samples=3)
+    assert f"{sst.name}_error" not in out

@@ -120,7 +120,7 @@ def test_readme_documents_every_key():
         ({"punch": {"options": {"wind": 3}}}, r"punch.options: .*wind"),
         ({"output": {"path": "out.txt"}}, r"output.path: cannot tell the output format"),
         ({"output": {"path": "o.nc", "format": "grib"}},
-         r"output.format: Input should be 'netcdf' or 'zarr'"),
+         r"output.format: Input should be 'netcdf', 'zarr' or 'video'"),
     ],
 )
 def test_errors_name_the_key(base, tmp_path, change, pattern):

@@ -416,11 +416,19 @@ def test_interrupted_run_resumes_only_missing_regions(zarr_project, monkeypatch,
     first = sorted(p.name for p in io.progress_path(partial).iterdir())
     assert first == sorted(regions) and len(first) == 2
 
+    fit_dir = partial.with_name(partial.name + ".fit")  # the fit and scores are kept
+    assert {p.name for p in fit_dir.iterdir()} == {"key.txt", "model.pt", "diagnostics.npz"}
+
     regions.clear()
     monkeypatch.setattr(io, "_after_region", regions.append)
+    fits: list[str] = []
+    real_fit = pipeline._fit
+    monkeypatch.setattr(pipeline, "_fit", lambda *a: fits.append("fit") or real_fit(*a))
     pipeline.run(recipe, progress=False)  # the same recipe again
     assert len(regions) == 6 - 2 and not set(regions) & set(first)
+    assert fits == []  # neither fitted nor scored again
     assert output.exists() and not partial.exists() and not io.progress_path(partial).exists()
+    assert not fit_dir.exists()
     resumed = gapfill.open(output).compute()
 
     shutil.move(output, output.with_name("resumed" + output.suffix))
@@ -513,3 +521,80 @@ def test_killed_cli_run_resumes(zarr_project):
     assert f"{len(done)} of 6 regions already written" in res.stderr
     out = gapfill.open(zarr_project / "out" / "filled.zarr")
     assert int(out["sst"].isnull().sum()) == int((out["sst_flag"] == 2).sum())
+
+
+def test_sample_windows_reads_tiles_not_the_cube(monkeypatch):
+    """Training windows of a dask cube come from a few tile reads, and match the cube."""
+    from gapfill.cube import Cube
+
+    da = gappy_cube(t=40)
+    cube = Cube(da.chunk({"time": 4}))
+    reads: list[tuple] = []
+    window = Cube.window
+
+    def counting(self, t0, y0, x0, size):
+        reads.append(size)
+        return window(self, t0, y0, x0, size)
+
+    monkeypatch.setattr(Cube, "window", counting)
+    values, offsets = cube.sample_windows(16, (6, 8, 8), np.random.default_rng(0),
+                                          per_read=4, read_tile=10)
+    assert values.shape == (16, 1, 6, 8, 8) and offsets.shape == (16, 3)
+    assert 4 <= len(reads) <= 8 and all(r == (6, 10, 10) for r in reads)
+    whole = Cube(da).values()
+    for v, (t0, y0, x0) in zip(values, offsets):
+        np.testing.assert_array_equal(v, whole[:, t0 : t0 + 6, y0 : y0 + 8, x0 : x0 + 8])
+
+
+def test_gan_streaming_fit_samples_blocks_never_the_cube(monkeypatch):
+    """A dask-backed cube: the gan trains on sampled blocks; the cube is never loaded whole."""
+    from gapfill.cube import Cube
+
+    def no_whole_cube(self):
+        raise AssertionError("the streaming fit loaded the whole cube")
+
+    da = gappy_cube(t=40).chunk({"time": 8})
+    opts = dict(steps=2, window=(4, 8, 8), width=4, n_down=1, n_res_blocks=1, d_width=4,
+                d_layers=1, batch_size=2, guide="eof_interp", guide_pool=1, fit_blocks=3,
+                eval_every=1, time_budget=None, progress="off", seed=0, threads=1)
+    with monkeypatch.context() as m:
+        m.setattr(Cube, "values", no_whole_cube)
+        model = da.gapfill.fit("gan", holdout=0.1, streaming_fit=True, options=opts)
+    info = model.method.fit_info
+    assert info["steps"] == 2 and info["guide_val_mae"] is not None
+    out = da.gapfill.fill(model)
+    filled = out["sst"].compute()
+    observed = np.isfinite(da.values)
+    np.testing.assert_array_equal(filled.values[observed], da.values[observed])
+    assert np.isfinite(filled.values[out["sst_flag"].values == 1]).all()
+    with pytest.raises(ValueError, match="occlusion='cloud'"):
+        da.gapfill.fit("gan", holdout=0.0, streaming_fit=True,
+                       options=dict(opts, occlusion="empirical"))
+
+
+def test_gan_time_halo_fills_time_chunks(monkeypatch):
+    """With ``time_halo`` the gan fills a dask cube chunk by chunk (no block spans the cube)."""
+    from gapfill import chunked
+
+    da = gappy_cube(t=40)
+    opts = dict(steps=1, window=(4, 8, 8), width=4, n_down=1, n_res_blocks=1, d_width=4,
+                d_layers=1, batch_size=1, guide="eof_interp", guide_pool=1, eval_every=1,
+                time_budget=None, progress="off", seed=0, threads=1)
+    # A halo wider than the chunks (12 > 8): chunks are merged for the fill, and the
+    # output keeps the input's chunks.
+    model = da.gapfill.fit("gan", holdout=0.0, options=dict(opts, time_halo=12))
+    sizes: list[int] = []
+    fill = chunked._fill_block
+
+    def spy(block, *args, **kwargs):
+        sizes.append(block.shape[1])
+        return fill(block, *args, **kwargs)
+
+    monkeypatch.setattr(chunked, "_fill_block", spy)
+    lazy = da.chunk({"time": 8}).gapfill.fill(model)
+    assert lazy["sst"].chunks[0] == (8,) * 5
+    filled = lazy["sst"].compute(scheduler="sync")
+    assert sizes and max(sizes) < 40  # no block holds the whole time axis
+    observed = np.isfinite(da.values)
+    np.testing.assert_array_equal(filled.values[observed], da.values[observed])
+    assert np.isfinite(filled.values[lazy["sst_flag"].values == 1]).all()

@@ -18,6 +18,8 @@ from gapfill.methods.stgconvnet import STGConvNet, initial_guess  # noqa: E402
 from gapfill.models.stgconvnet_energy import Langevin, STEnergy, STEnergyConfig  # noqa: E402
 from gapfill.training import CheckpointManager, load_checkpoint  # noqa: E402
 
+from conftest import gap_mae, travelling_wave  # noqa: E402
+
 TINY = dict(
     widths=(8, 8), kernels=((3, 3, 3), (3, 3, 3)), strides=((1, 2, 2), (1, 1, 1)),
     window=(6, 12, 12), batch_size=2, n_chains=2, recover_steps=2, synth_steps=2,
@@ -25,27 +27,8 @@ TINY = dict(
 )
 
 
-def travelling_wave(t: int = 12, h: int = 16, w: int = 16, missing: float = 0.4, seed: int = 0):
-    """A smooth travelling wave with random gaps: (truth, gappy DataArray)."""
-    rng = np.random.default_rng(seed)
-    tt, yy, xx = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
-    truth = (np.sin(2 * np.pi * (xx - tt) / 8) * np.cos(2 * np.pi * yy / 16)
-             + 0.5 * np.sin(2 * np.pi * (yy + 0.5 * tt) / 10)).astype(np.float32)
-    gappy = np.where(rng.random(truth.shape) < missing, np.nan, truth)
-    return truth, xr.DataArray(gappy, dims=("time", "y", "x"), name="v")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: these tensors are tiny, and extra threads only contend on busy CI."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def fitted(one_thread):
+def fitted():
     """A tiny model fitted for 6 iterations on the wave (shared by the fill tests)."""
     _, da = travelling_wave()
     cube = Cube(da)
@@ -107,17 +90,14 @@ def test_it_learns_to_fill_a_travelling_wave():
     """After 30 iterations on CPU the fill beats climatology and the untrained model."""
     truth, da = travelling_wave()
     cube = Cube(da)
-    x = cube.values()
-    target = cube.normaliser.normalise(truth[None])
-    gaps = ~np.isfinite(x)
     clim = get("climatology")()
     clim.fit(cube, np.random.default_rng(0))
-    clim_mae = np.abs(clim.fill(x, np.random.default_rng(0)).values - target)[gaps].mean()
+    clim_mae = gap_mae(clim, cube, truth)
     m = STGConvNet(widths=(16, 16, 16), kernels=((3, 5, 5), (3, 3, 3), (3, 3, 3)),
                    window=(8, 16, 16), recover_steps=5, synth_steps=5, steps=30,
                    time_budget=None, val_share=0.1, eval_every=5, progress="off", seed=0)
     m.fit(cube, np.random.default_rng(0))
-    mae = np.abs(m.fill(x, np.random.default_rng(0)).values - target)[gaps].mean()
+    mae = gap_mae(m, cube, truth)
     info = m.fit_info
     assert mae < 0.75 * clim_mae, (mae, clim_mae, info)
     assert info["best_val_mae"] < info["untrained_val_mae"], info

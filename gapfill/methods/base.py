@@ -10,13 +10,17 @@ method is a small class with ``fit``, ``fill`` and a weights-only state.
 from __future__ import annotations
 
 import dataclasses
+import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
     from gapfill.cube import Cube
 
 
@@ -149,6 +153,11 @@ class Method(ABC):
     Options: ClassVar[type[Options]] = Options
     #: Whether :meth:`fill` returns an error estimate even with ``samples=1``.
     provides_error: ClassVar[bool] = False
+    #: Whether ``fill(samples > 1)`` draws different fills (and so gives their spread as
+    #: the error); deterministic methods ignore ``samples``.
+    stochastic: ClassVar[bool] = False
+    #: Whether ``fit`` trains data-parallel under ``torchrun`` (see :mod:`gapfill.distributed`).
+    distributed: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Options)}
@@ -187,7 +196,7 @@ class Method(ABC):
 
     def gives_error(self, samples: int) -> bool:
         """Whether :meth:`fill` returns an error for this many samples."""
-        return self.provides_error or samples > 1
+        return self.provides_error or (self.stochastic and samples > 1)
 
     def chunking(self) -> Chunking:
         """How :meth:`fill` can run per chunk of a dask-backed cube (default: one block).
@@ -218,6 +227,20 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (values arrive as torch tensors)."""
 
+    def _check_fill(
+        self, x: np.ndarray, samples: int, fitted: bool, channels: int | None = None
+    ) -> None:
+        """Raise unless the method is ``fitted``, ``x`` is ``(C, T, H, W)`` (with
+        ``C == channels`` when given) and ``samples >= 1``."""
+        if not fitted:
+            raise RuntimeError(
+                f"the {self.name} method is not fitted: call fit() or load_state_dict()")
+        if x.ndim != 4 or (channels is not None and x.shape[0] != channels):
+            with_c = "" if channels is None else f" with C={channels}"
+            raise ValueError(f"expected a (C, T, H, W) array{with_c}, got shape {x.shape}")
+        if samples < 1:
+            raise ValueError("samples must be >= 1")
+
     def options_dict(self) -> dict[str, Any]:
         """The options as a JSON-serialisable dict."""
         return dataclasses.asdict(self.options)
@@ -232,3 +255,29 @@ def as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def network_state(key: str, net: torch.nn.Module | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """The state dict of a method with one network: ``{key: CPU weights, "meta": JSON}``.
+
+    ``meta`` holds what rebuilding the network needs (its config); an unfitted
+    method (``net`` is ``None``) gives ``{}``.
+    """
+    if net is None:
+        return {}
+    weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    return {key: weights, "meta": json.dumps(meta)}
+
+
+def load_network(
+    state: dict[str, Any], key: str, build: Callable[[dict[str, Any]], torch.nn.Module]
+) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Read what :func:`network_state` wrote: the meta, and the network ``build(meta)``
+    made with the weights of ``state[key]`` loaded (torch tensors or arrays)."""
+    import torch
+
+    meta = state["meta"]
+    meta = json.loads(meta if isinstance(meta, str) else str(meta))
+    net = build(meta)
+    net.load_state_dict({k: torch.as_tensor(as_numpy(v)) for k, v in state[key].items()})
+    return meta, net

@@ -38,7 +38,6 @@ instead of being interpolated in place.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.base import Coords, FillResult, Method, Options, load_network, network_state
 
 if TYPE_CHECKING:
     import torch
@@ -55,7 +54,6 @@ if TYPE_CHECKING:
     from gapfill.cube import Cube
 
 FALLBACKS = ("auto", "spatial", "time")
-LOG_FIELDS = ["step", "seconds", "loss", "l1", "tv", "consistency", "val_l1", "best_val_l1"]
 
 
 @dataclass
@@ -402,15 +400,11 @@ class FlowFill(Method):
     # -- fit --------------------------------------------------------------------------
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Train the flow completion network on the cube's own trustworthy flows."""
-        from gapfill.training import CheckpointManager
+        from gapfill.training import open_run
 
         o = self.options
         t0 = time.monotonic()
-        manager = CheckpointManager(o.checkpoint_dir) if o.checkpoint_dir else None
-        ckpt = manager.load_latest() if (manager is not None and o.resume) else None
-        seed = int(ckpt["seed"]) if ckpt is not None else (
-            o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
-        )
+        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
         x = cube.values()
         _, flows, trust = self._flows(x)
         mag = np.hypot(flows[:, 0::2], flows[:, 1::2])[trust > 0]
@@ -448,10 +442,7 @@ class FlowFill(Method):
         coords: Coords | None = None,
     ) -> FillResult:
         """Complete the flows of ``x`` and carry observed values along them (deterministic)."""
-        if self.net is None:
-            raise RuntimeError("flowfill is not fitted: call fit() or load_state_dict()")
-        if x.ndim != 4:
-            raise ValueError(f"expected a (C, T, H, W) array, got shape {x.shape}")
+        self._check_fill(x, samples, self.net is not None)
         fallback = self.options.fallback
         if fallback == "auto":
             fallback = self._meta.get("fallback", "time")
@@ -552,21 +543,15 @@ class FlowFill(Method):
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Weights of the flow network and its configuration."""
-        if self.net is None:
-            return {}
-        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        return {"net": weights, "meta": json.dumps(self._meta)}
+        return network_state("net", self.net, self._meta)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the flow network from :meth:`state_dict`'s output."""
-        import torch
-
         from gapfill.models.flow_refiner import FlowRefiner, FlowRefinerConfig
 
-        meta = state["meta"]
-        self._meta = json.loads(meta if isinstance(meta, str) else str(meta))
-        net = FlowRefiner(FlowRefinerConfig(**self._meta["net"]))
-        net.load_state_dict({k: torch.as_tensor(as_numpy(v)) for k, v in state["net"].items()})
+        self._meta, net = load_network(
+            state, "net", lambda meta: FlowRefiner(FlowRefinerConfig(**meta["net"]))
+        )
         self.net = net.eval()
 
 
@@ -585,6 +570,8 @@ class _Trainer:
     ) -> None:
         import torch
 
+        from gapfill.training import TrainLoop
+
         self.m, self.o, self.seed, self.manager = method, method.options, seed, manager
         o = self.o
         torch.manual_seed(seed)
@@ -593,10 +580,14 @@ class _Trainer:
         self.pool = pool
         self.window = tuple(method._meta["window"])
         self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr)
-        self.step = 0
-        self.best_val = float("inf")
-        self.best_step = -1
-        self.best_state: dict[str, Any] | None = None
+        # no early stopping: the loop only keeps the weights of the best validation L1
+        self.loop = TrainLoop(
+            method.net, self.validate, steps=o.steps, time_budget=o.time_budget,
+            eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
+            metrics=("loss", "l1", "tv", "consistency"), val_name="val_l1", finite_only=True,
+            log=manager.directory / "log.csv" if manager is not None else None,
+            desc="flowfill", progress=o.progress,
+        )
         self.val_batch = self.batch(2, member=0) if self.trust.any() else None
 
     def batch(self, n: int, member: int | None = None) -> dict[str, torch.Tensor]:
@@ -667,91 +658,46 @@ class _Trainer:
 
         return {
             "format": "gapfill-flowfill-checkpoint",
-            "step": self.step, "seed": self.seed,
+            "step": self.loop.step, "seed": self.seed,
             "options": json.dumps(self.m.options_dict()),
             "net": self.m.net.state_dict(), "opt": self.opt.state_dict(),
             "rng": rng_state(self.rng),
-            "best": self.best_state if self.best_state is not None else {},
-            "best_val": self.best_val, "best_step": self.best_step,
+            "best": self.loop.best_state if self.loop.best_state is not None else {},
+            "best_val": self.loop.stopper.best, "best_step": self.loop.stopper.best_step,
         }
 
+    def _checkpoint(self) -> None:
+        self.manager.save(self.loop.step, self.payload())
+
     def restore(self, ckpt: dict[str, Any]) -> None:
-        from gapfill.training import set_rng_state
+        from gapfill.training import load_weights, set_rng_state
 
         if ckpt.get("format") != "gapfill-flowfill-checkpoint":
             raise ValueError("the checkpoint was not written by the flowfill method")
-        try:
-            self.m.net.load_state_dict(ckpt["net"])
-        except RuntimeError as err:
-            raise ValueError(
-                "the checkpoint does not match these options (network shapes differ); resume "
-                f"with the options it was written with: {ckpt.get('options')}"
-            ) from err
+        load_weights(ckpt, {"net": self.m.net})
         self.opt.load_state_dict(ckpt["opt"])
         set_rng_state(self.rng, ckpt["rng"])
-        self.best_state = dict(ckpt["best"]) or None
-        self.best_val, self.best_step = float(ckpt["best_val"]), int(ckpt["best_step"])
-        self.step = int(ckpt["step"])
+        self.loop.best_state = dict(ckpt["best"]) or None
+        stopper = self.loop.stopper
+        stopper.best, stopper.best_step = float(ckpt["best_val"]), int(ckpt["best_step"])
+        self.loop.step = int(ckpt["step"])
 
     # -- loop -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        from gapfill.training import Budget, CSVLogger, Progress
+    def train_step(self) -> tuple[float, ...]:
+        """One Adam step on a random batch; the loss and its parts."""
+        loss, parts = self.losses(self.batch(self.o.batch_size))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return (float(loss.detach()), *parts)
 
-        o = self.o
+    def run(self) -> dict[str, Any]:
         if not self.trust.any():  # nothing to learn from: keep the initial network
             return {"steps": 0, "stopped_by": "no_trusted_flow", "best_val_l1": None}
-        budget = Budget(o.steps, o.time_budget)
-        logger = None
-        if self.manager is not None:
-            logger = CSVLogger(self.manager.directory / "log.csv", LOG_FIELDS, append=self.step > 0)
-        progress = Progress(o.steps, start=self.step, desc="flowfill", mode=o.progress)
+        loop = self.loop
+        loop.start()
         first_val = self.validate()
-        sums, count = np.zeros(4), 0
-        reason = budget.exhausted(self.step)
-        self.m.net.train()
-        while reason is None:
-            loss, parts = self.losses(self.batch(o.batch_size))
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.step += 1
-            sums += (float(loss.detach()), *parts)
-            count += 1
-            progress.update(self.step)
-            if self.step % o.eval_every == 0:
-                self._evaluate(logger, progress, sums / count, budget)
-                sums[:], count = 0, 0
-            if self.manager is not None and self.step % o.checkpoint_every == 0:
-                self.manager.save(self.step, self.payload())
-            reason = budget.exhausted(self.step)
-        if count:
-            self._evaluate(logger, progress, sums / count, budget)
-        if self.manager is not None:
-            self.manager.save(self.step, self.payload())
-        progress.close()
-        if self.best_state is not None:
-            self.m.net.load_state_dict(self.best_state)
-        self.m.net.eval()
-        return {
-            "steps": self.step, "stopped_by": reason,
-            "initial_val_l1": first_val,
-            "best_val_l1": None if self.best_step < 0 else self.best_val,
-            "best_step": self.best_step,
-            "train_seconds": round(budget.elapsed, 2),
-        }
-
-    def _evaluate(self, logger: Any, progress: Any, means: np.ndarray, budget: Any) -> None:
-        val = self.validate()
-        if val is not None and np.isfinite(val) and val < self.best_val:
-            self.best_val, self.best_step = val, self.step
-            self.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in self.m.net.state_dict().items()}
-            )
-        row = {"step": self.step, "seconds": round(budget.elapsed, 2), "val_l1": val,
-               "loss": float(means[0]), "l1": float(means[1]), "tv": float(means[2]),
-               "consistency": float(means[3]),
-               "best_val_l1": None if self.best_step < 0 else self.best_val}
-        if logger is not None:
-            logger.log(row)
-        progress.update(self.step, force=True,
-                        **{k: v for k, v in row.items() if k != "step" and v is not None})
+        save = self._checkpoint if self.manager is not None else None
+        reason = loop.run(self.train_step, save)
+        loop.restore_best()
+        return {"initial_val_l1": first_val, **loop.summary(reason)}

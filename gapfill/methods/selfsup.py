@@ -32,7 +32,6 @@ answer. ``guide="none"`` is the plain method of the paper.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -41,7 +40,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.base import (
+    Coords,
+    FillResult,
+    Method,
+    Options,
+    as_numpy,
+    load_network,
+    network_state,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,7 +57,6 @@ if TYPE_CHECKING:
     from gapfill.masks import OcclusionProcess
 
 GUIDES = ("linear", "eof", "none")
-LOG_FIELDS = ["step", "seconds", "loss", "val_mae", "best_val_mae"]
 
 
 @dataclass
@@ -471,18 +477,14 @@ class SelfSupervisedMethod(Method):
         """Train on the observed pixels of ``cube`` (self-supervised)."""
         import torch
 
-        from gapfill.training import CheckpointManager
+        from gapfill.training import open_run
 
         o = self.options
         t0 = time.monotonic()
-        manager = CheckpointManager(o.checkpoint_dir) if o.checkpoint_dir else None
-        ckpt = manager.load_latest() if (manager is not None and o.resume) else None
+        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
         if ckpt is not None and ckpt.get("format") != self.checkpoint_format:
             raise ValueError(
                 f"the checkpoint in {o.checkpoint_dir!r} was not written by {self.name}")
-        seed = int(ckpt["seed"]) if ckpt is not None else (
-            o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
-        )
         data = TrainingData.build(cube, o, np.random.default_rng([seed, 0]))
         self._meta = {"window": list(data.window), "channels": int(data.x.shape[0]),
                       "guide_modes": data.guide_modes}
@@ -511,14 +513,7 @@ class SelfSupervisedMethod(Method):
         coords: Coords | None = None,
     ) -> FillResult:
         """Fill the NaNs of a normalised ``(C, T, H, W)`` array (deterministic; no error)."""
-        if self.net is None:
-            raise RuntimeError(
-                f"the {self.name} method is not fitted: call fit() or load_state_dict()")
-        c = self._meta["channels"]
-        if x.ndim != 4 or x.shape[0] != c:
-            raise ValueError(f"expected a (C, T, H, W) array with C={c}, got shape {x.shape}")
-        if samples < 1:
-            raise ValueError("samples must be >= 1")
+        self._check_fill(x, samples, self.net is not None, self._meta.get("channels"))
         out = self._fill_array(x)
         values = np.where(np.isfinite(x), x, out).astype(np.float32)
         return FillResult(values, None)
@@ -565,19 +560,16 @@ class SelfSupervisedMethod(Method):
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Network weights and the configuration needed to rebuild it."""
-        if self.net is None:
-            return {}
-        weights = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
-        return {"net": weights, "meta": json.dumps(self._meta)}
+        return network_state("net", self.net, self._meta)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the network from :meth:`state_dict`'s output."""
-        import torch
 
-        meta = state["meta"]
-        self._meta = json.loads(meta if isinstance(meta, str) else str(meta))
-        net = self._rebuild()
-        net.load_state_dict({k: torch.as_tensor(as_numpy(v)) for k, v in state["net"].items()})
+        def build(meta: dict[str, Any]) -> Any:
+            self._meta = meta  # what _rebuild reads
+            return self._rebuild()
+
+        _, net = load_network(state, "net", build)
         self.net = net.to(self._device())
 
 
@@ -590,30 +582,34 @@ class _Trainer:
     ) -> None:
         import torch
 
-        from gapfill.training import EarlyStopping
+        from gapfill.training import TrainLoop
 
         self.m, self.data, self.seed, self.manager = method, data, seed, manager
-        self.o = method.options
+        o = self.o = method.options
         self.rng = np.random.default_rng([seed, 1])
-        self.opt = torch.optim.Adam(method.net.parameters(), lr=self.o.lr)
-        self.stopper = EarlyStopping(self.o.early_stopping_patience)
-        self.best_state: dict[str, Any] | None = None
-        self.step = 0
+        self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr)
+        self.loop = TrainLoop(
+            method.net, self.validate, steps=o.steps, time_budget=o.time_budget,
+            eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
+            patience=o.early_stopping_patience, metrics=("loss",), shown=("loss",),
+            log=manager.directory / "log.csv" if manager is not None else None,
+            desc=method.name, progress=o.progress,
+        )
 
     def payload(self) -> dict[str, Any]:
         from gapfill.training import rng_state
 
         return {
             "format": self.m.checkpoint_format,
-            "step": self.step,
+            "step": self.loop.step,
             "seed": self.seed,
             "options": json.dumps(self.m.options_dict()),
             "meta": json.dumps(self.m._meta),
             "net": self.m.net.state_dict(),
             "opt": self.opt.state_dict(),
             "rng": rng_state(self.rng),
-            "stopper": self.stopper.state_dict(),
-            "best": self.best_state if self.best_state is not None else {},
+            "stopper": self.loop.stopper.state_dict(),
+            "best": self.loop.best_state if self.loop.best_state is not None else {},
             "pool": self._pool_state(),
         }
 
@@ -630,106 +626,51 @@ class _Trainer:
             "guides": torch.from_numpy(np.stack(d.pool_guides)),
         }
 
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        from gapfill.training import set_rng_state
+    def _checkpoint(self) -> None:
+        self.manager.save(self.loop.step, self.payload())
 
-        try:
-            self.m.net.load_state_dict(ckpt["net"])
-        except RuntimeError as err:
-            raise ValueError(
-                "the checkpoint does not match these options (network shapes differ); "
-                f"resume with the options it was written with: {ckpt.get('options')}"
-            ) from err
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        from gapfill.training import load_weights, set_rng_state
+
+        load_weights(ckpt, {"net": self.m.net})
         self.opt.load_state_dict(ckpt["opt"])
         set_rng_state(self.rng, ckpt["rng"])
-        self.stopper.load_state_dict(ckpt["stopper"])
-        self.best_state = dict(ckpt["best"]) or None
-        self.step = int(ckpt["step"])
+        self.loop.stopper.load_state_dict(ckpt["stopper"])
+        self.loop.best_state = dict(ckpt["best"]) or None
+        self.loop.step = int(ckpt["step"])
         pool = ckpt.get("pool") or {}
         if pool and self.data.pool_hides:
             self.data.calls = int(pool["calls"])
             self.data.pool_hides = list(as_numpy(pool["hides"]).astype(bool))
             self.data.pool_guides = list(as_numpy(pool["guides"]).astype(np.float32))
 
-    def train_step(self) -> float:
+    def train_step(self) -> tuple[float]:
+        """One Adam step (learning rate warmed up linearly) on a random batch; its loss."""
         batch = self.data.batch(self.o.batch_size, self.rng)
-        scale = min(1.0, (self.step + 1) / self.o.warmup) if self.o.warmup else 1.0
+        scale = min(1.0, (self.loop.step + 1) / self.o.warmup) if self.o.warmup else 1.0
         for group in self.opt.param_groups:
             group["lr"] = self.o.lr * scale
         loss, _ = self.m._loss(batch, self.rng)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return float(loss.detach())
+        return (float(loss.detach()),)
 
     def validate(self) -> float | None:
+        """MAE of the fill on the validation pixels (the network left in training mode)."""
         d = self.data
         if not d.val.any():
             return None
         out = self.m._fill_array(d.x, d.guide)
+        self.m.net.train()
         return float(np.abs(out[d.val] - d.truth[d.val]).mean())
 
     def run(self) -> dict[str, Any]:
-        from gapfill.training import Budget, CSVLogger, Progress
-
-        o = self.o
-        budget = Budget(o.steps, o.time_budget)
-        logger = None
-        if self.manager is not None:
-            logger = CSVLogger(self.manager.directory / "log.csv", LOG_FIELDS, append=self.step > 0)
-        progress = Progress(o.steps, start=self.step, desc=self.m.name, mode=o.progress)
-        total, count = 0.0, 0
-        first_val = None
-        reason = budget.exhausted(self.step)
-        if self.step == 0 and reason is None:
-            first_val = self._evaluate(logger, progress, None, budget)
-        self.m.net.train()
-        while reason is None:
-            loss = self.train_step()
-            self.step += 1
-            total += loss
-            count += 1
-            progress.update(self.step, loss=loss)
-            if self.step % o.eval_every == 0:
-                self._evaluate(logger, progress, total / count, budget)
-                total, count = 0.0, 0
-                if self.stopper.should_stop:
-                    reason = "early_stopping"
-            if self.manager is not None and self.step % o.checkpoint_every == 0:
-                self.manager.save(self.step, self.payload())
-            reason = reason or budget.exhausted(self.step)
-        if count:
-            self._evaluate(logger, progress, total / count, budget)
-        if self.manager is not None:
-            self.manager.save(self.step, self.payload())
-        progress.close()
-        if self.best_state is not None:
-            self.m.net.load_state_dict(self.best_state)
-        self.m.net.eval()
-        info: dict[str, Any] = {
-            "steps": self.step,
-            "stopped_by": reason,
-            "best_val_mae": None if self.stopper.best_step < 0 else self.stopper.best,
-            "best_step": self.stopper.best_step,
-            "train_seconds": round(budget.elapsed, 2),
-        }
-        if first_val is not None:
-            info["initial_val_mae"] = first_val
+        loop = self.loop
+        save = self._checkpoint if self.manager is not None else None
+        reason = loop.run(self.train_step, save, first_eval=True)
+        loop.restore_best()
+        info = loop.summary(reason)
+        if loop.first_val is not None:
+            info["initial_val_mae"] = loop.first_val
         return info
-
-    def _evaluate(
-        self, logger: Any, progress: Any, loss: float | None, budget: Any
-    ) -> float | None:
-        mae = self.validate()
-        self.m.net.train()
-        if mae is not None and self.stopper.update(mae, self.step):
-            self.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in self.m.net.state_dict().items()}
-            )
-        row = {"step": self.step, "seconds": round(budget.elapsed, 2), "loss": loss, "val_mae": mae,
-               "best_val_mae": self.stopper.best if self.stopper.best_step >= 0 else None}
-        if logger is not None:
-            logger.log(row)
-        progress.update(self.step, force=True, **{k: v for k, v in row.items()
-                                                  if k != "step" and v is not None})
-        return mae

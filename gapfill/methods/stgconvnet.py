@@ -39,7 +39,6 @@ means.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.base import Coords, FillResult, Method, Options, load_network, network_state
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +60,6 @@ FILL_STEP_GRID = (5, 10, 20, 40, 80)
 #: Chain length without validation pixels to choose one (and while training).
 DEFAULT_FILL_STEPS = 40
 SYNTH_INITS = ("noise", "data")
-LOG_FIELDS = ["step", "seconds", "f_data", "f_synth", "val_mae", "best_val_mae"]
 
 
 @dataclass
@@ -253,6 +251,7 @@ class STGConvNet(Method):
     """Spatial-temporal generative ConvNet; see the module docstring."""
 
     name = "stgconvnet"
+    stochastic = True
     Options = STGConvNetOptions
 
     def __init__(self, **options: Any) -> None:
@@ -278,15 +277,11 @@ class STGConvNet(Method):
     # -- fit --------------------------------------------------------------------------
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Learn ``f`` from the observed pixels of ``cube`` (the recovery algorithm)."""
-        from gapfill.training import CheckpointManager
+        from gapfill.training import open_run
 
         o = self.options
         t0 = time.monotonic()
-        manager = CheckpointManager(o.checkpoint_dir) if o.checkpoint_dir else None
-        ckpt = manager.load_latest() if (manager is not None and o.resume) else None
-        seed = int(ckpt["seed"]) if ckpt is not None else (
-            o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
-        )
+        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
         truth = cube.values()
         self._meta = {"window": [min(a, b) for a, b in zip(o.window, truth.shape[1:])]}
         import torch
@@ -313,13 +308,8 @@ class STGConvNet(Method):
         With ``samples > 1``, that many chains run; ``values`` is the mean of
         their last ``fill_average`` iterates and ``error`` their standard deviation.
         """
-        if self.energy is None:
-            raise RuntimeError("stgconvnet is not fitted: call fit() or load_state_dict()")
-        c = self._meta["energy"]["channels"]
-        if x.ndim != 4 or x.shape[0] != c:
-            raise ValueError(f"expected a (C, T, H, W) array with C={c}, got shape {x.shape}")
-        if samples < 1:
-            raise ValueError("samples must be >= 1")
+        config = self._meta.get("energy", {})
+        self._check_fill(x, samples, self.energy is not None, config.get("channels"))
         seed = int(rng.integers(2**31 - 1))
         mean, std = self.recover(x, samples, seed)
         values = np.where(np.isfinite(x), x, mean).astype(np.float32)
@@ -397,22 +387,15 @@ class STGConvNet(Method):
     # -- state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Weights of ``f`` and its configuration."""
-        if self.energy is None:
-            return {}
-        weights = {k: v.detach().cpu() for k, v in self.energy.state_dict().items()}
-        return {"energy": weights, "meta": json.dumps(self._meta)}
+        return network_state("energy", self.energy, self._meta)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild ``f`` from :meth:`state_dict`'s output."""
-        import torch
-
         from gapfill.models.stgconvnet_energy import STEnergy, STEnergyConfig
 
-        meta = state["meta"]
-        self._meta = json.loads(meta if isinstance(meta, str) else str(meta))
-        energy = STEnergy(STEnergyConfig(**self._meta["energy"]))
-        weights = {k: torch.as_tensor(as_numpy(v)) for k, v in state["energy"].items()}
-        energy.load_state_dict(weights)
+        self._meta, energy = load_network(
+            state, "energy", lambda meta: STEnergy(STEnergyConfig(**meta["energy"]))
+        )
         self.energy = energy.eval()
 
 
@@ -423,7 +406,7 @@ class _Trainer:
     def __init__(self, method: STGConvNet, truth: np.ndarray, seed: int, manager: Any) -> None:
         import torch
 
-        from gapfill.training import EarlyStopping
+        from gapfill.training import TrainLoop
 
         self.m, self.o, self.seed, self.manager = method, method.options, seed, manager
         o = self.o
@@ -445,10 +428,14 @@ class _Trainer:
         c = truth.shape[0]
         self.chains = torch.randn((o.n_chains, c, *self.window), generator=self.gen) * o.sigma
         self.opt = torch.optim.Adam(method.energy.parameters(), lr=o.lr, betas=o.betas)
-        self.stopper = EarlyStopping(o.early_stopping_patience)
-        self.best_state: dict[str, Any] | None = None
-        self.step = 0
         self.val_windows = self._val_windows()
+        self.loop = TrainLoop(
+            method.energy, self.validate, steps=o.steps, time_budget=o.time_budget,
+            eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
+            patience=o.early_stopping_patience, metrics=("f_data", "f_synth"), finite_only=True,
+            log=manager.directory / "log.csv" if manager is not None else None,
+            desc="stgconvnet", progress=o.progress,
+        )
 
     def _val_windows(self) -> list[tuple[int, int, int]]:
         """Up to 2 fixed windows holding the most validation pixels."""
@@ -547,7 +534,7 @@ class _Trainer:
 
         return {
             "format": "gapfill-stgconvnet-checkpoint",
-            "step": self.step,
+            "step": self.loop.step,
             "seed": self.seed,
             "options": json.dumps(self.m.options_dict()),
             "energy": self.m.energy.state_dict(),
@@ -556,22 +543,19 @@ class _Trainer:
             "chains": self.chains,
             "gen": self.gen.get_state(),
             "rng": rng_state(self.rng),
-            "stopper": self.stopper.state_dict(),
-            "best": self.best_state if self.best_state is not None else {},
+            "stopper": self.loop.stopper.state_dict(),
+            "best": self.loop.best_state if self.loop.best_state is not None else {},
         }
 
+    def _checkpoint(self) -> None:
+        self.manager.save(self.loop.step, self.payload())
+
     def restore(self, ckpt: dict[str, Any]) -> None:
-        from gapfill.training import set_rng_state
+        from gapfill.training import load_weights, set_rng_state
 
         if ckpt.get("format") != "gapfill-stgconvnet-checkpoint":
             raise ValueError("the checkpoint was not written by the stgconvnet method")
-        try:
-            self.m.energy.load_state_dict(ckpt["energy"])
-        except RuntimeError as err:
-            raise ValueError(
-                "the checkpoint does not match these options (network shapes differ); resume "
-                f"with the options it was written with: {ckpt.get('options')}"
-            ) from err
+        load_weights(ckpt, {"energy": self.m.energy})
         if tuple(ckpt["rec"].shape) != self.rec.shape:
             raise ValueError("the checkpoint was written for a cube of another shape")
         self.opt.load_state_dict(ckpt["opt"])
@@ -579,68 +563,24 @@ class _Trainer:
         self.chains = ckpt["chains"]
         self.gen.set_state(ckpt["gen"])
         set_rng_state(self.rng, ckpt["rng"])
-        self.stopper.load_state_dict(ckpt["stopper"])
-        self.best_state = dict(ckpt["best"]) or None
-        self.step = int(ckpt["step"])
+        self.loop.stopper.load_state_dict(ckpt["stopper"])
+        self.loop.best_state = dict(ckpt["best"]) or None
+        self.loop.step = int(ckpt["step"])
 
     # -- loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from gapfill.training import Budget, CSVLogger, Progress
-
-        o = self.o
-        budget = Budget(o.steps, o.time_budget)
-        logger = None
-        if self.manager is not None:
-            logger = CSVLogger(self.manager.directory / "log.csv", LOG_FIELDS, append=self.step > 0)
-        progress = Progress(o.steps, start=self.step, desc="stgconvnet", mode=o.progress)
+        loop = self.loop
+        loop.start()
         init_mae = self.init_val_mae()
-        untrained = self.validate() if self.step == 0 else None
-        sums, count = np.zeros(2), 0
-        reason = budget.exhausted(self.step)
-        while reason is None:
-            sums += self.iterate()
-            count += 1
-            self.step += 1
-            progress.update(self.step)
-            if self.step % o.eval_every == 0:
-                self._evaluate(logger, progress, sums / count, budget)
-                sums[:], count = 0, 0
-                if self.stopper.should_stop:
-                    reason = "early_stopping"
-            if self.manager is not None and self.step % o.checkpoint_every == 0:
-                self.manager.save(self.step, self.payload())
-            reason = reason or budget.exhausted(self.step)
-        if count:
-            self._evaluate(logger, progress, sums / count, budget)
-        if self.manager is not None:
-            self.manager.save(self.step, self.payload())
-        progress.close()
-        if self.best_state is not None:
-            self.m.energy.load_state_dict(self.best_state)
-        self.m.energy.eval()
+        untrained = self.validate() if loop.step == 0 else None
+        save = self._checkpoint if self.manager is not None else None
+        reason = loop.run(self.iterate, save)
+        loop.restore_best()
         chain = self.choose_fill_steps()
         return {
             "fill_steps": self.m._meta["fill_steps"],
             "fill_steps_val_mae": chain,
-            "steps": self.step,
-            "stopped_by": reason,
             "init_val_mae": init_mae,
             "untrained_val_mae": untrained,
-            "best_val_mae": None if self.stopper.best_step < 0 else self.stopper.best,
-            "best_step": self.stopper.best_step,
-            "train_seconds": round(budget.elapsed, 2),
+            **loop.summary(reason),
         }
-
-    def _evaluate(self, logger: Any, progress: Any, means: np.ndarray, budget: Any) -> None:
-        mae = self.validate()
-        if mae is not None and np.isfinite(mae) and self.stopper.update(mae, self.step):
-            self.best_state = copy.deepcopy(
-                {k: v.detach().cpu() for k, v in self.m.energy.state_dict().items()}
-            )
-        row = {"step": self.step, "seconds": round(budget.elapsed, 2), "val_mae": mae,
-               "f_data": float(means[0]), "f_synth": float(means[1]),
-               "best_val_mae": self.stopper.best if self.stopper.best_step >= 0 else None}
-        if logger is not None:
-            logger.log(row)
-        progress.update(self.step, force=True,
-                        **{k: v for k, v in row.items() if k != "step" and v is not None})
