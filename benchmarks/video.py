@@ -23,10 +23,13 @@ convolution before scoring, so every row scores the same pixels. ``fit_s`` and
 
 Usage::
 
-    python benchmarks/video.py                                  # everything (~20 min on 2 cores)
+    python benchmarks/video.py                                  # everything (~20-25 min, 2 cores)
     python benchmarks/video.py --gan-budget 60 --occlusions moving_bar
     python benchmarks/video.py --methods linear,eof --csv /tmp/video.csv
     python benchmarks/video.py --gan-options '{"recon_weight": 20, "width": 24}'
+    # moving_bar: the generator passes its guide only after ~650 steps
+    python benchmarks/video.py --methods gan --occlusions moving_bar --gan-budget 480 \
+        --gan-options '{"lr": 0.0001, "adv_weight": 0.1, "early_stopping_patience": null}'
 """
 
 from __future__ import annotations

@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gapfill.pipeline import run
 
         result = run(recipe, command=_command_line(argv))
-        for p in (result.output, result.csv, result.figure):
+        for p in (result.output, result.frames, result.preview, result.csv, result.figure,
+                  result.model):
             if p is not None:
                 print(p)
         return EXIT_OK

@@ -313,3 +313,15 @@ def test_validation_mask_is_spread_over_all_frames():
     assert 0.015 < share < 0.15
     assert not (val & missing).any() and not (val & ~pattern).any()
     assert val.any((1, 2)).mean() > 0.8  # nearly every frame holds some validation pixels
+
+
+def test_validation_regions_bound_the_validation_fill():
+    from gapfill.methods.gan import validation_regions
+
+    val = np.zeros((2, 1, 10, 20, 30), dtype=bool)
+    assert validation_regions(val, (4, 8, 8), budget=10**6) == [
+        (0, (slice(None),) * 3), (1, (slice(None),) * 3)]
+    val[1, 0, 0:8, 0:16, 0:16] = True  # all in one region of block 1
+    val[0, 0, 9, 19, 29] = True
+    regions = validation_regions(val, (4, 8, 8), budget=8 * 16 * 16)
+    assert regions == [(1, (slice(0, 8), slice(0, 16), slice(0, 16)))]

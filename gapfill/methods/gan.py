@@ -135,7 +135,7 @@ class GANOptions(Options):
         For a dask-backed cube too large to fit in memory (the streaming fit,
         :mod:`gapfill.streaming`): train on this many sub-cubes of one ``window``
         in time and two in y and x, read from the cube tile by tile; the cube is
-        never loaded (validation uses the first four).
+        never loaded.
     eval_every
         Steps between validation MAEs (and CSV log rows).
     early_stopping_patience
@@ -749,9 +749,44 @@ def _missing_share(missing: np.ndarray, never: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------- data
-#: A streaming fit validates on its first (randomly drawn) blocks only: filling all of them
-#: at every evaluation would cost more than the training steps between evaluations.
-VALIDATION_BLOCKS = 4
+#: Pixels filled at each validation: a cube (or the blocks of a streaming fit) up to this
+#: size is validated whole; a larger one on the regions richest in validation pixels, since
+#: filling everything at every evaluation would cost more than the steps in between.
+VALIDATION_PIXELS = 2**21
+
+
+def validation_regions(
+    val: np.ndarray, window: tuple[int, int, int], budget: int = VALIDATION_PIXELS
+) -> list[tuple[int, tuple[slice, slice, slice]]]:
+    """``(block, (t, y, x) slices)`` to validate on, at most ``budget`` pixels in all.
+
+    ``val`` is ``(N, C, T, H, W)``. Blocks are taken whole while they fit; the rest are
+    cut into regions of two windows per axis, taken by decreasing number of
+    validation pixels.
+    """
+    n, _, t, h, w = val.shape
+    if n * t * h * w <= budget:
+        return [(b, (slice(None),) * 3) for b in range(n)]
+    size = [min(2 * s, m) for s, m in zip(window, (t, h, w))]
+    candidates = []
+    for b in range(n):
+        for t0 in range(0, t, size[0]):
+            for y0 in range(0, h, size[1]):
+                for x0 in range(0, w, size[2]):
+                    sl = (slice(t0, t0 + size[0]), slice(y0, y0 + size[1]),
+                          slice(x0, x0 + size[2]))
+                    count = int(val[b][(slice(None), *sl)].sum())
+                    if count:
+                        candidates.append((count, b, sl))
+    candidates.sort(key=lambda c: -c[0])
+    chosen, used = [], 0
+    for _, b, sl in candidates:
+        volume = np.prod([s.stop - s.start for s in sl])
+        if chosen and used + volume > budget:
+            break
+        chosen.append((b, sl))
+        used += volume
+    return chosen
 
 
 @dataclass
@@ -986,6 +1021,7 @@ class _Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
         self.recon = o.recon_weight > 0 and o.supervision != "paired"
+        self.val_regions: list | None = None  # where validate() fills (validation_regions)
         # only rank 0 writes the log and shows progress; every rank takes part in the rest
         self.loop = TrainLoop(
             self.G_net, self.validate, steps=o.steps, time_budget=o.time_budget,
@@ -1138,10 +1174,14 @@ class _Trainer:
         mae = None
         if self.ddp.is_main:
             errors = []
-            for b in range(min(len(d.x), VALIDATION_BLOCKS)):
-                guide = d.guides[0][b] if d.guides[0] is not None else None
-                out = self.m._fill(d.x[b], guide, d.extras[b], 1, 0)
-                errors.append(np.abs(out[d.val[b]] - d.truth[b][d.val[b]]))
+            if self.val_regions is None:
+                self.val_regions = validation_regions(d.val, d.window)
+            for b, sl in self.val_regions:
+                part = (slice(None), *sl)
+                guide = d.guides[0][b][part] if d.guides[0] is not None else None
+                out = self.m._fill(d.x[b][part], guide, d.extras[b][part], 1, 0)
+                val = d.val[b][part]
+                errors.append(np.abs(out[val] - d.truth[b][part][val]))
             mae = float(np.concatenate(errors).mean())
         return self.ddp.from_main(mae)
 
