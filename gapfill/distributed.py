@@ -116,6 +116,11 @@ def context() -> Context:
     )
 
 
+def world_size_from_env() -> int:
+    """The number of processes ``torchrun`` announced (``WORLD_SIZE``; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(backend: str | None = None) -> Context:
     """Join the process group that ``torchrun`` describes in the environment.
 
@@ -137,7 +142,7 @@ def init_from_env(backend: str | None = None) -> Context:
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size_from_env()
     if world <= 1:
         return Context()
     if dist.is_initialized():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import numpy as np
 from gapfill import methods
 from gapfill.cube import Normaliser
 from gapfill.dims import Dims
+from gapfill.atomic import replacing
 from gapfill.methods.base import Method
 
 FORMAT = "gapfill-model"
@@ -122,15 +122,8 @@ class FittedModel:
             "std": torch.as_tensor(self.normaliser.std, dtype=torch.float64),
             "state": state,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with replacing(path) as tmp:
             torch.save(payload, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
 

@@ -327,7 +327,9 @@ def _run(
 
         # A resumable (region-by-region) run keeps its fit and scores until it is complete.
         cache = _run_cache(recipe, da) if lazy else None
-        cached = cache.load_model() if cache is not None else None
+        cached = None
+        if cache is not None and recipe.method.model is None:
+            cached = cache.load_model()
         if recipe.method.model is not None:
             step(f"loading {recipe.method.model}")
             model = load_model(recipe, name)
@@ -460,7 +462,7 @@ def train(recipe: Recipe) -> Path:
     from gapfill import distributed, methods
 
     method = methods.get(recipe.method.name)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not method.distributed:
+    if distributed.world_size_from_env() > 1 and not method.distributed:
         supported = [n for n in methods.available() if methods.get(n).distributed]
         raise ValueError(
             f"method {recipe.method.name!r} does not train data-parallel; run `gapfill train` "

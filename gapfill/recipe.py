@@ -106,6 +106,12 @@ def sample_path(name: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / inner
 
 
+def _anchored(path: str, base: Path) -> Path:
+    """``path`` with ``~`` expanded, relative to ``base`` unless absolute."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else base / p
+
+
 def _base_dir(info: ValidationInfo, key: str) -> Path:
     context = info.context or {}
     return Path(context.get(key) or os.getcwd())
@@ -252,8 +258,7 @@ def _looks_like_video(path: Any, base: Path) -> bool:
     if path.startswith(SAMPLE_PREFIX):
         entry = SAMPLES.get(path[len(SAMPLE_PREFIX):])
         return entry is not None and Path(entry[2]).suffix.lower() in VIDEO_INPUT_SUFFIXES
-    p = Path(os.path.expanduser(path))
-    p = p if p.is_absolute() else base / p
+    p = _anchored(path, base)
     if p.suffix.lower() in VIDEO_INPUT_SUFFIXES:
         return True
     if p.is_dir() and p.suffix.lower() != ".zarr":
@@ -274,8 +279,7 @@ def _resolve_input(text: str, base: Path) -> str:
     elif "://" in text:
         return text
     else:
-        path = Path(os.path.expanduser(text))
-        path = path if path.is_absolute() else base / path
+        path = _anchored(text, base)
     if set("*?[") & set(str(path)):
         if not glob.glob(str(path)):
             raise ValueError(f"no file matches {str(path)!r}")
@@ -355,8 +359,7 @@ class MethodConfig(_Section):
     def _model_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        path = Path(os.path.expanduser(value))
-        return str(path if path.is_absolute() else _base_dir(info, "output_dir") / path)
+        return str(_anchored(value, _base_dir(info, "output_dir")))
 
     @field_validator("name")
     @classmethod
@@ -457,19 +460,11 @@ class OutputConfig(_Section):
         from gapfill.io import format_from_path
 
         base = _base_dir(info, "output_dir")
-        path = Path(os.path.expanduser(self.path))
-        self.path = str(path if path.is_absolute() else base / path)
-        if isinstance(self.diagnostics_csv, str):
-            csv = Path(os.path.expanduser(self.diagnostics_csv))
-            self.diagnostics_csv = str(csv if csv.is_absolute() else base / csv)
-        if isinstance(self.model, str):
-            model = Path(os.path.expanduser(self.model))
-            self.model = str(model if model.is_absolute() else base / model)
-        for key in ("frames", "preview"):
+        self.path = str(_anchored(self.path, base))
+        for key in ("diagnostics_csv", "model", "frames", "preview"):  # bool or a path
             value = getattr(self, key)
             if isinstance(value, str):
-                extra = Path(os.path.expanduser(value))
-                setattr(self, key, str(extra if extra.is_absolute() else base / extra))
+                setattr(self, key, str(_anchored(value, base)))
         from gapfill.video import VIDEO_SUFFIXES
 
         if self.format == "video" or (

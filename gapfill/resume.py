@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gapfill.atomic import replacing
 
 log = logging.getLogger("gapfill")
 
@@ -105,14 +105,8 @@ class RunCache:
             "predicted_error": (diag.predicted_error if diag.predicted_error is not None
                                 else np.zeros(0)),
         }
-        fd, tmp = tempfile.mkstemp(prefix=".diagnostics.", suffix=".npz", dir=self.directory)
-        os.close(fd)
-        try:
+        with replacing(self.directory / DIAGNOSTICS_FILE) as tmp:
             np.savez(tmp, **arrays)
-            os.replace(tmp, self.directory / DIAGNOSTICS_FILE)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
 
     # -- lifetime -----------------------------------------------------------------------
     def clear(self) -> None:

@@ -20,13 +20,14 @@ import re
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from gapfill.atomic import replacing
 
 from gapfill.dims import find_dims
 
@@ -411,7 +412,7 @@ def write_mp4(
     except Exception:  # codec missing from this FFmpeg build
         warnings.warn(f"encoder {codec!r} is not available; using 'mpeg4'", stacklevel=2)
         codec = "mpeg4"
-    with _atomic_path(path) as tmp:
+    with replacing(path) as tmp:
         container = av.open(str(tmp), mode="w")
         try:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -562,7 +563,7 @@ def preview(
         sub = p.isel({tname: rows})
         for r, frame in enumerate(_rgb_frames(sub, value_range, nan_color)):
             canvas[r * (h + gap) : r * (h + gap) + h, k * (w + gap) : k * (w + gap) + w] = frame
-    with _atomic_path(path) as tmp:
+    with replacing(path) as tmp:
         Image.fromarray(canvas).save(tmp, format=_pil_format(path))
     return path
 
@@ -660,17 +661,3 @@ def _pil_format(path: Path) -> str:
     if fmt is None:
         raise ValueError(f"unknown output format {path.suffix!r}; use .mp4 or .png")
     return fmt
-
-
-@contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` (same suffix); rename it into place on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

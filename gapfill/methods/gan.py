@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -768,16 +769,13 @@ def validation_regions(
     if n * t * h * w <= budget:
         return [(b, (slice(None),) * 3) for b in range(n)]
     size = [min(2 * s, m) for s, m in zip(window, (t, h, w))]
+    starts = itertools.product(range(n), *(range(0, m, s) for m, s in zip((t, h, w), size)))
     candidates = []
-    for b in range(n):
-        for t0 in range(0, t, size[0]):
-            for y0 in range(0, h, size[1]):
-                for x0 in range(0, w, size[2]):
-                    sl = (slice(t0, t0 + size[0]), slice(y0, y0 + size[1]),
-                          slice(x0, x0 + size[2]))
-                    count = int(val[b][(slice(None), *sl)].sum())
-                    if count:
-                        candidates.append((count, b, sl))
+    for b, *corner in starts:
+        sl = tuple(slice(a, a + s) for a, s in zip(corner, size))
+        count = int(val[b][(slice(None), *sl)].sum())
+        if count:
+            candidates.append((count, b, sl))
     candidates.sort(key=lambda c: -c[0])
     chosen, used = [], 0
     for _, b, sl in candidates:
@@ -1021,7 +1019,7 @@ class _Trainer:
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=fp16)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=fp16)
         self.recon = o.recon_weight > 0 and o.supervision != "paired"
-        self.val_regions: list | None = None  # where validate() fills (validation_regions)
+        self.val_regions = validation_regions(data.val, data.window)  # where validate() fills
         # only rank 0 writes the log and shows progress; every rank takes part in the rest
         self.loop = TrainLoop(
             self.G_net, self.validate, steps=o.steps, time_budget=o.time_budget,
@@ -1174,8 +1172,6 @@ class _Trainer:
         mae = None
         if self.ddp.is_main:
             errors = []
-            if self.val_regions is None:
-                self.val_regions = validation_regions(d.val, d.window)
             for b, sl in self.val_regions:
                 part = (slice(None), *sl)
                 guide = d.guides[0][b][part] if d.guides[0] is not None else None
