@@ -356,17 +356,15 @@ def _summary(block: np.ndarray, start: int) -> np.ndarray:
     in the data's float dtype (time indices are exact in float32 up to 2**24 frames)."""
     obs = np.isfinite(block)
     n_t = block.shape[1]
-    t = np.arange(n_t)[None, :, None, None]
-    any_ = obs.any(1)
-    last = np.where(obs, t, -1).max(1)
-    firsti = np.where(obs, t, n_t).min(1)
-    c, h, w = np.indices(any_.shape)
     dtype = np.result_type(block.dtype, np.float32)
     out = np.full((block.shape[0], 4, *block.shape[2:]), np.nan, dtype=dtype)
-    out[:, 0] = np.where(any_, block[c, np.clip(last, 0, n_t - 1), h, w], np.nan)
-    out[:, 1] = np.where(any_, last + start, np.nan)
-    out[:, 2] = np.where(any_, block[c, np.clip(firsti, 0, n_t - 1), h, w], np.nan)
-    out[:, 3] = np.where(any_, firsti + start, np.nan)
+    # one sweep each way, overwriting where observed: no index arrays, no gathers
+    for i in range(n_t):
+        np.copyto(out[:, 0], block[:, i], where=obs[:, i])
+        np.copyto(out[:, 1], start + i, where=obs[:, i])
+    for i in range(n_t - 1, -1, -1):
+        np.copyto(out[:, 2], block[:, i], where=obs[:, i])
+        np.copyto(out[:, 3], start + i, where=obs[:, i])
     return out
 
 

@@ -312,6 +312,23 @@ def test_linear_fills_series_ends_spatially() -> None:
     np.testing.assert_allclose(values[0, 2:], x[0, 2:])
 
 
+
+def test_spatial_fill_by_tiles_equals_whole_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gapfill.methods import linear as linear_module
+
+    rng = RNG(3)
+    x = rng.normal(size=(3, 90, 130)).astype(np.float32)
+    x[Cloud(coverage=0.8, seed=2).sample(x.shape)] = np.nan
+    x[1, :50, 10:60] = np.nan  # a hole wider than the first scales' margins
+    targets = np.zeros(x.shape, dtype=bool)  # in a few tiles only, so that tiles are used
+    targets[:, 10:40, 20:50] = targets[:, 60:80, 90:120] = True
+    monkeypatch.setattr(linear_module, "SPATIAL_TILE", 1000)  # one tile: whole frames
+    whole = linear_module.spatial_fill(x, targets)
+    monkeypatch.setattr(linear_module, "SPATIAL_TILE", 16)
+    tiled = linear_module.spatial_fill(x, targets)
+    np.testing.assert_array_equal(tiled, whole)  # bit for bit, NaN where unreachable
+    assert (np.isfinite(whole) & np.isnan(x)).sum() > 1000
+
 # -- climatology -------------------------------------------------------------------------
 def test_climatology_is_the_pixel_mean_and_std() -> None:
     field = low_rank()

@@ -65,26 +65,28 @@ def interp_time(
     prev, v_prev = _edge(n, -1, x.dtype, before)
     nxt, v_next = _edge(n, _NONE, x.dtype, after)
     obs = np.isfinite(x)
-    # Two sweeps over time, carrying each column's last/next observation: no gathers, so it
-    # costs a few passes over the data (the same arithmetic as a vectorised version).
+    # Two sweeps over time, carrying each column's last/next observation (a value is NaN
+    # where there is none, and NaN propagates): no gathers, a few passes over the data.
     prevs = np.empty((n_time, n), dtype=np.int64)
     vprevs = np.empty_like(x)
     for i in range(n_time):
-        o = obs[i]
-        prev[o] = start + i
-        v_prev[o] = x[i, o]
+        np.copyto(prev, start + i, where=obs[i])
+        np.copyto(v_prev, x[i], where=obs[i])
         prevs[i], vprevs[i] = prev, v_prev
     filled = np.empty((n_time, n), dtype=np.result_type(x.dtype, np.float64))
     nearest = np.empty_like(filled)
+    span, step, diff = np.empty(n, np.int64), np.empty(n, np.int64), np.empty_like(v_next)
     for i in range(n_time - 1, -1, -1):
-        o = obs[i]
-        nxt[o] = start + i
-        v_next[o] = x[i, o]
+        np.copyto(nxt, start + i, where=obs[i])
+        np.copyto(v_next, x[i], where=obs[i])
         p, vp = prevs[i], vprevs[i]
-        has_prev, has_next = p >= 0, nxt < _NONE
-        w = (start + i - p) / np.maximum(nxt - p, 1)
-        filled[i] = np.where(has_prev & has_next, vp + w * (v_next - vp), np.nan)
-        nearest[i] = np.where(has_prev, vp, np.where(has_next, v_next, np.nan))
+        np.maximum(np.subtract(nxt, p, out=span), 1, out=span)
+        np.subtract(start + i, p, out=step)
+        np.divide(step, span, out=filled[i])  # the weight of the next observation
+        filled[i] *= np.subtract(v_next, vp, out=diff)
+        filled[i] += vp  # NaN without an observation before or after
+        np.copyto(nearest[i], v_next)
+        np.copyto(nearest[i], vp, where=p >= 0)
     return filled, nearest
 
 
@@ -105,36 +107,77 @@ def _edge(
 _NONE = np.iinfo(np.int64).max // 4
 
 
+#: Side (pixels) of the tiles :func:`spatial_fill` filters separately.
+SPATIAL_TILE = 128
+#: Gaussian kernels are cut at this many standard deviations (scipy's default).
+_TRUNCATE = 4.0
+
+
 def spatial_fill(x: np.ndarray, targets: np.ndarray, sigma: float = 1.0) -> np.ndarray:
     """Fill NaN ``targets`` of ``(..., H, W)`` frames by normalised Gaussian convolution.
 
     Passes at scales ``sigma, 2·sigma, ...`` fill the targets still missing
     with the Gaussian-weighted mean of the known values; targets with no known
-    value in their frame stay NaN.
+    value in their frame stay NaN. Each pass filters only the tiles of
+    ``SPATIAL_TILE`` pixels that still hold targets, each with a margin of the
+    kernel's radius: the same values as filtering the whole frames.
     """
     out = x.copy()
     frames = out.reshape(-1, *x.shape[-2:])  # a view: filled in place
     known = np.isfinite(frames)
     todo = targets.reshape(frames.shape) & ~known
-    size = max(x.shape[-2:])
+    height, width = frames.shape[1:]
     s = sigma
-    active = np.flatnonzero(todo.any((1, 2)))  # only frames with targets left are filtered
-    while active.size and s <= 4 * size:
-        k = known[active]
-        w = scipy.ndimage.gaussian_filter(k.astype(np.float64), (0, s, s), mode="nearest")
-        v = scipy.ndimage.gaussian_filter(
-            np.where(k, frames[active], 0.0).astype(np.float64), (0, s, s), mode="nearest"
-        )
-        left = todo[active]
-        ok = left & (w > 1e-8)
-        sub = frames[active]
-        sub[ok] = (v[ok] / w[ok]).astype(out.dtype)
-        frames[active] = sub
-        left &= ~ok
-        todo[active] = left
-        active = active[left.any((1, 2))]
+    while s <= 4 * max(height, width):
+        regions = _regions_with_targets(todo, int(_TRUNCATE * s + 0.5))
+        if not regions:
+            break
+        for (inner, crop), active in regions:
+            k = known[active, crop[0], crop[1]]
+            w = scipy.ndimage.gaussian_filter(k.astype(np.float64), (0, s, s), mode="nearest")
+            v = scipy.ndimage.gaussian_filter(
+                np.where(k, frames[active, crop[0], crop[1]], 0.0).astype(np.float64),
+                (0, s, s), mode="nearest",
+            )
+            inside = (slice(None), *(slice(i.start - c.start, i.stop - c.start)
+                                     for i, c in zip(inner, crop)))
+            w, v = w[inside], v[inside]
+            sub = frames[active, inner[0], inner[1]]
+            left = todo[active, inner[0], inner[1]]
+            ok = left & (w > 1e-8)
+            sub[ok] = (v[ok] / w[ok]).astype(out.dtype)
+            left &= ~ok
+            frames[active, inner[0], inner[1]] = sub
+            todo[active, inner[0], inner[1]] = left
         s *= 2
     return out
+
+
+def _regions_with_targets(
+    todo: np.ndarray, radius: int
+) -> list[tuple[tuple[tuple[slice, slice], tuple[slice, slice]], np.ndarray]]:
+    """Tiles of ``todo`` (``(F, H, W)``) holding targets: ``((tile, tile + radius), frames)``.
+
+    Where the tiles' margins would cost more than filtering the frames whole,
+    one region covers the whole frames.
+    """
+    n, height, width = todo.shape
+    whole = (slice(0, height), slice(0, width))
+    tile = SPATIAL_TILE
+    regions, area = [], 0
+    for y0 in range(0, height, tile):
+        for x0 in range(0, width, tile):
+            inner = (slice(y0, min(y0 + tile, height)), slice(x0, min(x0 + tile, width)))
+            active = np.flatnonzero(todo[:, inner[0], inner[1]].any((1, 2)))
+            if active.size:
+                crop = tuple(slice(max(i.start - radius, 0), min(i.stop + radius, size))
+                             for i, size in zip(inner, (height, width)))
+                regions.append(((inner, crop), active))
+                area += active.size * (crop[0].stop - crop[0].start) * (crop[1].stop - crop[1].start)
+    frames = np.flatnonzero(todo.any((1, 2)))
+    if len(regions) > 1 and area >= frames.size * height * width:
+        return [((whole, whole), frames)]
+    return regions
 
 
 class Linear(Method):
