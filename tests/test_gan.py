@@ -39,6 +39,7 @@ from conftest import smooth_cube  # noqa: E402
 TINY = dict(
     window=(8, 16, 16), width=8, n_res_blocks=2, d_width=8, d_layers=2, batch_size=2,
     time_budget=None, progress="off", guide="none", guide_pool=1, eval_every=10, seed=3,
+    ema=None,  # raw weights: a few steps barely move a 0.99 average
 )
 
 
@@ -246,10 +247,12 @@ def test_state_dict_round_trip_gives_identical_fills(fitted, tmp_path):
     np.testing.assert_array_equal(a.values, b.values)
 
 
-def test_checkpoint_resume_continues_the_run(tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.5])
+def test_checkpoint_resume_continues_the_run(tmp_path, ema):
     _, da = smooth_cube()
     cube = Cube(da)
-    opts = {**TINY, "checkpoint_dir": str(tmp_path), "checkpoint_every": 2, "val_share": 0.0}
+    opts = {**TINY, "checkpoint_dir": str(tmp_path), "checkpoint_every": 2, "val_share": 0.0,
+            "ema": ema}
     straight = GAN(**{**opts, "steps": 6, "checkpoint_dir": str(tmp_path / "a")})
     straight.fit(cube, np.random.default_rng(0))
     first = GAN(**{**opts, "steps": 4})
@@ -261,10 +264,30 @@ def test_checkpoint_resume_continues_the_run(tmp_path):
     ckpt = load_checkpoint(CheckpointManager(tmp_path).latest())
     ref = load_checkpoint(CheckpointManager(tmp_path / "a").latest())
     assert ckpt["step"] == 6
-    for k, v in ref["G"].items():  # same weights as the uninterrupted run
-        torch.testing.assert_close(ckpt["G"][k], v, rtol=1e-5, atol=1e-6)
+    for key in ("G", "G_avg"):  # same weights as the uninterrupted run
+        for k, v in ref[key].items():
+            torch.testing.assert_close(ckpt[key][k], v, rtol=1e-5, atol=1e-6)
+    assert bool(ckpt["G_avg"]) == (ema is not None)
     rows = (tmp_path / "log.csv").read_text().splitlines()
     assert rows[0].startswith("step,") and rows[-1].split(",")[0] == "6"
+
+
+def test_ema_keeps_the_moving_average_of_the_generator(tmp_path):
+    _, da = smooth_cube()
+    gan = GAN(**{**TINY, "steps": 3, "lr": 1e-3, "val_share": 0.0, "ema": 0.5,
+                 "checkpoint_dir": str(tmp_path), "checkpoint_every": 1})
+    gan.fit(Cube(da), np.random.default_rng(0))
+    (_, before), (_, last) = CheckpointManager(tmp_path).checkpoints()  # steps 2 and 3
+    before, last = load_checkpoint(before), load_checkpoint(last)
+    fitted = gan.generator.state_dict()
+    moved = False
+    for k, avg in last["G_avg"].items():
+        if avg.is_floating_point():  # average = 0.5 * previous average + 0.5 * new weights
+            expected = 0.5 * before["G_avg"][k] + 0.5 * last["G"][k]
+            torch.testing.assert_close(avg, expected, rtol=1e-5, atol=1e-6)
+            moved |= not torch.equal(avg, last["G"][k])
+        torch.testing.assert_close(fitted[k], avg)  # the fitted model is the average
+    assert moved
 
 
 @pytest.mark.parametrize("supervision", ["paired", "unpaired"])
