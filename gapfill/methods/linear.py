@@ -134,10 +134,10 @@ def spatial_fill(x: np.ndarray, targets: np.ndarray, sigma: float = 1.0) -> np.n
             break
         for (inner, crop), active in regions:
             k = known[active, crop[0], crop[1]]
-            w = scipy.ndimage.gaussian_filter(k.astype(np.float64), (0, s, s), mode="nearest")
+            blur = {"sigma": (0, s, s), "mode": "nearest", "truncate": _TRUNCATE}
+            w = scipy.ndimage.gaussian_filter(k.astype(np.float64), **blur)
             v = scipy.ndimage.gaussian_filter(
-                np.where(k, frames[active, crop[0], crop[1]], 0.0).astype(np.float64),
-                (0, s, s), mode="nearest",
+                np.where(k, frames[active, crop[0], crop[1]], 0.0).astype(np.float64), **blur
             )
             inside = (slice(None), *(slice(i.start - c.start, i.stop - c.start)
                                      for i, c in zip(inner, crop)))
@@ -161,7 +161,7 @@ def _regions_with_targets(
     Where the tiles' margins would cost more than filtering the frames whole,
     one region covers the whole frames.
     """
-    n, height, width = todo.shape
+    _, height, width = todo.shape
     whole = (slice(0, height), slice(0, width))
     tile = SPATIAL_TILE
     regions, area = [], 0
