@@ -16,9 +16,9 @@ own gap share, with (``gan-cloud-recon-datacov``) and without
 Usage::
 
     python benchmarks/gan_ostia.py                       # defaults (about 6 x 12 min on 2 cores)
-    # the best setting measured (docs/methods.md), on two cloud draws:
-    OMP_NUM_THREADS=1 python benchmarks/gan_ostia.py --dineof --rows l1-only-datacov \
-        --time-budget 600 --option threads=1 --option eval_every=25 --option lr=3e-4 --seed 0
+    # the best setting measured (docs/methods.md), on two cloud draws, alone on 2 cores:
+    OMP_NUM_THREADS=2 python benchmarks/gan_ostia.py --dineof --rows l1-only-datacov \
+        --time-budget 600 --option threads=2 --option eval_every=25 --option lr=3e-4 --seed 0
     # (and --seed 1; add --samples 8 to score the mean of 8 stochastic fills too)
     python benchmarks/gan_ostia.py --time-budget 120 --rows gan-cloud-recon
     python benchmarks/gan_ostia.py --dineof --json /tmp/gan_ostia.json
