@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -380,11 +379,8 @@ def _suptitle(out: xr.Dataset, label: str) -> str:
 
 
 def _save(fig: Any, path: Path, dpi: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
+    from gapfill.atomic import replacing
+
+    with replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

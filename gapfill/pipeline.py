@@ -15,7 +15,6 @@ import os
 import re
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -290,7 +289,7 @@ def _run(
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     name = recipe.input.variable
-    dims = recipe.input.dims.model_dump(exclude_none=True) if recipe.input.dims else None
+    dims = _input_dims(recipe)
     targets = side_outputs(recipe)
     result = RunResult(output=targets["output.path"])
     steps = 5 + bool(recipe.punch) + bool(recipe.holdout.fraction)
@@ -409,12 +408,7 @@ def _run(
             log.info("filled %d pixels", int((out[f"{name}_flag"] == 1).sum()))
         bar.update()
 
-        if "output.diagnostics_csv" in targets:
-            path = targets["output.diagnostics_csv"]
-            step(f"writing {path}")
-            _write_csv(_table(diag, punched_table), path)
-            result.csv = path
-            bar.update()
+        _diagnostics_csv(targets, _table(diag, punched_table), result, step, bar)
 
         if "output.figures" in targets:
             from gapfill.figures import diagnostics_figure
@@ -471,7 +465,7 @@ def train(recipe: Recipe) -> Path:
     ctx = distributed.init_from_env()
     path = side_outputs(recipe, "train")["output.model"]
     name = recipe.input.variable
-    dims = recipe.input.dims.model_dump(exclude_none=True) if recipe.input.dims else None
+    dims = _input_dims(recipe)
     ds = open_input(recipe)
     if recipe.punch is not None:
         gappy, _ = punch(ds[name], recipe.punch, dims)
@@ -583,12 +577,7 @@ def _write_video(
         log.info("punched pixels vs original: MAE %.4f, RMSE %.4f, PSNR %.2f dB, SSIM %.3f "
                  "(n=%d)", *(result.punched[k] for k in ("mae", "rmse", "psnr", "ssim", "n")))
 
-    if "output.diagnostics_csv" in targets:
-        path = targets["output.diagnostics_csv"]
-        step(f"writing {path}")
-        _write_csv(_table(diag, table), path)
-        result.csv = path
-        bar.update()
+    _diagnostics_csv(targets, _table(diag, table), result, step, bar)
 
     if "output.figures" in targets:
         path = targets["output.figures"]
@@ -653,14 +642,25 @@ def _table(diag: Any, punched: pd.DataFrame | None) -> pd.DataFrame:
     return table
 
 
-def _write_csv(table: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
+def _diagnostics_csv(
+    targets: dict[str, Path], table: pd.DataFrame, result: RunResult, step: Any, bar: Any
+) -> None:
+    """Write ``table`` to ``output.diagnostics_csv`` when the recipe asks for it."""
+    from gapfill.atomic import replacing
+
+    if "output.diagnostics_csv" not in targets:
+        return
+    path = targets["output.diagnostics_csv"]
+    step(f"writing {path}")
+    with replacing(path) as tmp:
         table.to_csv(tmp, float_format="%.6g")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    result.csv = path
+    bar.update()
+
+
+def _input_dims(recipe: Recipe) -> dict | None:
+    """The recipe's ``input.dims`` as keyword arguments (``None``: detected)."""
+    return recipe.input.dims.model_dump(exclude_none=True) if recipe.input.dims else None
 
 
 def _fmt(stats: dict[str, float], units: str | None) -> str:
