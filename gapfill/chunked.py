@@ -304,6 +304,7 @@ def _fill_block(
                 before_index=e[:, 1],
                 after_value=norm.normalise(e[:, 2]),
                 after_index=e[:, 3],
+                times=None if coords is None else coords.time,
             )
         raw = block[:, a:b].astype(np.float64)
         filled, error = run_method(

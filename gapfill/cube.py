@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from gapfill import timeaxis
 from gapfill.dims import Dims, find_dims
 from gapfill.methods.base import Coords
 
@@ -135,7 +136,16 @@ class Cube:
     ------
     ValueError
         For data that cannot be filled: no time axis, a dim shorter than 2,
-        non-float dtype, NaN coordinates, inf values or no observed value.
+        non-float dtype, NaN coordinates, duplicate times, inf values or no
+        observed value.
+
+    Notes
+    -----
+    An out-of-order time axis is sorted (with a
+    :class:`~gapfill.timeaxis.TimeOrderWarning`): ``da`` and every array the
+    cube hands out are in increasing time, and ``time_order`` holds the
+    permutation applied (``None`` when the times were in order), for
+    :func:`gapfill.timeaxis.restore_order`.
     """
 
     def __init__(
@@ -151,6 +161,7 @@ class Cube:
         self.dims = dims if isinstance(dims, Dims) else find_dims(da, dims)
         check_coords(da, self.dims)
         self.original = da
+        da, self.time_order = timeaxis.sort_time(da, self.dims.time)
         da = check_dtype(da)
         order = ((self.dims.channel,) if self.dims.channel else ()) + self.dims.core
         self.da = da.transpose(*order)
@@ -204,22 +215,19 @@ class Cube:
         return str(self.da.name) if self.da.name is not None else "data"
 
     def coords(self) -> Coords:
-        """Time-of-year and y/x coordinate values of the whole cube."""
+        """Time positions (days), time of year and y/x coordinate values of the whole cube."""
         _, t, h, w = self.shape
-        toy = None
         tname = self.dims.time
-        if tname in self.da.coords and (
-            np.issubdtype(self.da[tname].dtype, np.datetime64)
-            or self.da[tname].dtype == object
-        ):
-            try:
-                doy = self.da[tname].dt.dayofyear.values.astype(np.float64)
-                toy = ((doy - 1.0) / 365.25).astype(np.float32)
-            except (TypeError, AttributeError):
-                toy = None
+        toy = days = None
+        if tname in self.da.coords:
+            values = self.da[tname].values
+            toy = timeaxis.time_of_year(values)
+            toy = None if toy is None else toy.astype(np.float32)
+            if timeaxis.is_dated(values) or values.dtype.kind in "iuf":
+                days = timeaxis.days(values, self.da[tname].attrs.get("units"))
         y = self._coord_values(self.dims.y, h)
         x = self._coord_values(self.dims.x, w)
-        return Coords(toy, y, x)
+        return Coords(toy, y, x, days)
 
     def _coord_values(self, name: str, n: int) -> np.ndarray:
         if name in self.da.coords and np.issubdtype(self.da[name].dtype, np.number):

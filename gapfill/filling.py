@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
+from gapfill import timeaxis
 from gapfill.cube import Cube
 from gapfill.methods.base import Coords, TimeEdges
 
@@ -182,6 +183,7 @@ def fill_dataarray(
             for var in variables.values():
                 var.attrs.setdefault(key, da.attrs[key])
     out = xr.Dataset({k: v.transpose(*da.dims) for k, v in variables.items()})
+    out = timeaxis.restore_order(out, cube.dims.time, cube.time_order)  # the input's time order
     out.attrs.update(product_attrs(model, diagnostics if isinstance(diagnostics, Diagnostics) else None))
     return out
 

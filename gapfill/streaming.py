@@ -153,7 +153,7 @@ def _fit_eof(method: Any, cube: Cube, rng: np.random.Generator) -> None:
 
     # 1. DINEOF on the subsample (one read of the cube, keeping 1/stride² of it).
     sub = np.asarray(dask.compute(z[:, :, ::stride, ::stride])[0])
-    res = method.fit_array(sub, rng)
+    res = method.fit_array(sub, rng, cube.coords().time)
     sub_state = method.state_dict()
     info = dict(method.fit_info)
     V = res.V.astype(np.float64)  # (T, k) orthonormal temporal EOFs

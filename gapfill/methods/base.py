@@ -54,16 +54,22 @@ class Coords:
         axis is not a datetime axis.
     y, x
         ``(H,)`` and ``(W,)`` coordinate values (e.g. latitude, longitude).
+    time
+        ``(T,)`` increasing time positions in days (see :func:`gapfill.timeaxis.days`),
+        or ``None`` when the time axis has no coordinate (frames equally spaced).
+        Methods that use time distances (interpolation, temporal smoothing) use it.
     """
 
     time_of_year: np.ndarray | None
     y: np.ndarray
     x: np.ndarray
+    time: np.ndarray | None = None
 
     def isel(self, t: slice, y: slice, x: slice) -> Coords:
         """The coordinates of a window."""
         toy = None if self.time_of_year is None else self.time_of_year[t]
-        return Coords(toy, self.y[y], self.x[x])
+        days = None if self.time is None else self.time[t]
+        return Coords(toy, self.y[y], self.x[x], days)
 
 
 #: The core axes a :class:`Chunking` talks about.
@@ -124,6 +130,9 @@ class TimeEdges:
         index (NaN where there is none).
     after_value, after_index
         ``(C, H, W)``: the first observation after the chunk and its time index.
+    times
+        ``(T_total,)`` time positions in days of the whole series (indexed by
+        the time indices above), or ``None`` for equally spaced frames.
     """
 
     start: int
@@ -131,6 +140,7 @@ class TimeEdges:
     before_index: np.ndarray
     after_value: np.ndarray
     after_index: np.ndarray
+    times: np.ndarray | None = None
 
 
 @dataclass

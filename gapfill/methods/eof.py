@@ -14,7 +14,8 @@ written here on anomalies so that it takes data of any sign:
    held-out entries and stop after ``patience`` modes without a new minimum.
 3. Put the held-out entries back and run modes ``1..k`` again at the best ``k``.
 
-DINEOF's temporal filter (``alpha``, ``numit``) smooths the temporal EOFs.
+DINEOF's temporal filter (``alpha``, ``numit``) smooths the temporal EOFs,
+weighing neighbouring frames by their distance on the time coordinate.
 The SVD is exact and cheap through the ``T × T`` Gram matrix (a randomized SVD
 for long series).
 
@@ -156,22 +157,38 @@ class DineofResult:
 
 
 # -- the SVD step ----------------------------------------------------------------------
-def time_filter(n_time: int, alpha: float, numit: int) -> np.ndarray | None:
+def time_filter(
+    n_time: int, alpha: float, numit: int, times: np.ndarray | None = None
+) -> np.ndarray | None:
     """DINEOF's temporal filter ``(I + alpha·L)^numit`` as a ``(T, T)`` matrix.
 
-    ``L`` is the second-difference operator with zero-flux ends on unit time
-    steps; ``None`` when ``alpha`` is 0. DINEOF applies it on both sides of the
-    temporal covariance ``XᵀX``, i.e. the temporal EOFs are those of ``X Fᵀ``.
+    ``L`` is the second-difference operator with zero-flux ends; ``None`` when
+    ``alpha`` is 0. DINEOF applies it on both sides of the temporal covariance
+    ``XᵀX``, i.e. the temporal EOFs are those of ``X Fᵀ``.
+
+    ``times`` (increasing positions, any unit) make ``L`` the second
+    difference on that irregular axis, in units of the median step: frames
+    across a wide gap are coupled less. Without them the steps are equal.
+    Where a short step would make an explicit step unstable, each filter
+    iteration is split into as many smaller ones as needed.
     """
     if alpha == 0 or n_time < 2:
         return None
-    off = np.ones(n_time - 1)
-    diag = -np.r_[1.0, 2.0 * np.ones(n_time - 2), 1.0] if n_time > 2 else -np.ones(2)
-    step = scipy.sparse.identity(n_time) + alpha * scipy.sparse.diags(
-        [off, diag, off], [-1, 0, 1]
+    steps = np.ones(n_time - 1)
+    if times is not None:
+        steps = np.diff(np.asarray(times, dtype=np.float64))
+        steps = steps / np.median(steps)
+    inv = 1.0 / steps  # coupling of neighbours: 1 / distance
+    width = np.r_[steps[0], (steps[:-1] + steps[1:]) / 2, steps[-1]]  # each frame's share
+    diag = -(np.r_[inv, 0.0] + np.r_[0.0, inv]) / width
+    lower, upper = inv / width[1:], inv / width[:-1]
+    split = max(1, int(np.ceil(alpha * float(np.max(-diag)) - 1e-12)))
+    a = alpha / split
+    step = scipy.sparse.identity(n_time) + a * scipy.sparse.diags(
+        [lower, diag, upper], [-1, 0, 1]
     )
     out = scipy.sparse.identity(n_time)
-    for _ in range(numit):
+    for _ in range(numit * split):
         out = step @ out
     return out.toarray() if n_time <= GRAM_MAX_T else out.tocsr()
 
@@ -342,6 +359,7 @@ def dineof(
     options: EOFOptions | None = None,
     channel: np.ndarray | None = None,
     grid: np.ndarray | None = None,
+    times: np.ndarray | None = None,
 ) -> DineofResult:
     """Run DINEOF on a ``(P, T)`` matrix with NaN where missing.
 
@@ -357,6 +375,9 @@ def dineof(
         ``(P,)`` channel index of each row, for ``center="global"``.
     grid
         ``(C, H, W)`` mask locating the rows, for cross-validation rectangles.
+    times
+        ``(T,)`` increasing time positions of the columns, for the temporal
+        filter on an irregular axis (equal steps when ``None``).
 
     Returns
     -------
@@ -374,7 +395,7 @@ def dineof(
     # (T × T, T × k) products are done in float64.
     A = np.where(observed, X - mean[:, None], 0).astype(np.float32)
     scale = float(np.sqrt(np.mean(A[observed] ** 2))) or 1.0
-    filt = time_filter(n_time, opts.alpha, opts.numit)
+    filt = time_filter(n_time, opts.alpha, opts.numit, times)
     k_max = max(1, min(opts.max_modes, min(n_pix, n_time) - 1))
 
     cv = cloud_cv_mask(observed, opts.cv_fraction, rng, grid)
@@ -448,11 +469,16 @@ class EOF(Method):
         self._state: dict[str, np.ndarray] | None = None
 
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
-        """Run DINEOF on the cube's observed pixels."""
-        self.fit_array(cube.values(), rng)
+        """Run DINEOF on the cube's observed pixels (time filter on the cube's time axis)."""
+        self.fit_array(cube.values(), rng, cube.coords().time)
 
-    def fit_array(self, x: np.ndarray, rng: np.random.Generator) -> DineofResult:
-        """Fit on a normalised ``(C, T, H, W)`` array; returns the full :class:`DineofResult`."""
+    def fit_array(
+        self, x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None
+    ) -> DineofResult:
+        """Fit on a normalised ``(C, T, H, W)`` array; returns the full :class:`DineofResult`.
+
+        ``times`` are the frames' time positions (see :func:`time_filter`).
+        """
         n_chan, n_time, height, width = x.shape
         X = _to_matrix(x)
         fitted = np.isfinite(X).any(1)
@@ -460,7 +486,7 @@ class EOF(Method):
             raise ValueError("eof: no observed value to fit")
         channel = np.repeat(np.arange(n_chan), height * width)[fitted]
         grid = fitted.reshape(n_chan, height, width)
-        res = dineof(X[fitted], rng, self.options, channel=channel, grid=grid)
+        res = dineof(X[fitted], rng, self.options, channel=channel, grid=grid, times=times)
         k = res.U.shape[1]
         U = np.zeros((X.shape[0], k))
         U[fitted] = res.U

@@ -1,7 +1,9 @@
 """Linear interpolation in time, with a spatial fill where time cannot reach.
 
-Each pixel is interpolated linearly between its observations (time steps are
-taken as equally spaced). Before a pixel's first or after its last
+Each pixel is interpolated linearly in time between its observations, using
+the time coordinate's values (a missing month or an irregular axis weighs
+the neighbours by their distance in days; frames without a time coordinate
+are taken as equally spaced). Before a pixel's first or after its last
 observation, the value comes from a normalised convolution of the frame's
 known (observed or time-interpolated) values at growing Gaussian scales; a
 frame with nothing known uses the pixel's nearest observation in time.
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.ndimage
 
+from gapfill import timeaxis
 from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, TimeEdges
 
 if TYPE_CHECKING:
@@ -45,13 +48,17 @@ def interp_time(
     before: tuple[np.ndarray, np.ndarray] | None = None,
     after: tuple[np.ndarray, np.ndarray] | None = None,
     start: int = 0,
+    times: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Interpolate a ``(T, N)`` array linearly along axis 0 between finite values.
+    """Interpolate a ``(T, N)`` array linearly in time along axis 0 between finite values.
 
     ``before``/``after`` are optional ``(values, time indices)`` of each
     column's nearest observation before/after ``x`` (NaN where none), and
     ``start`` the time index of ``x``'s first row: a time chunk of a longer
     series then gets exactly the values of the whole-series interpolation.
+    ``times`` are the time positions of the whole series (indexed by time
+    index, increasing); the interpolation weights are their distances. Without
+    them the rows are equally spaced.
 
     Returns
     -------
@@ -62,6 +69,9 @@ def interp_time(
         (NaN for columns with no observation).
     """
     n_time, n = x.shape
+    if times is not None and timeaxis.is_regular(times):
+        times = None  # equal steps: index distances give the same weights
+    pos = None if times is None else np.asarray(times, dtype=np.float64)
     prev, v_prev = _edge(n, -1, x.dtype, before)
     nxt, v_next = _edge(n, _NONE, x.dtype, after)
     obs = np.isfinite(x)
@@ -80,9 +90,16 @@ def interp_time(
         np.copyto(nxt, start + i, where=obs[i])
         np.copyto(v_next, x[i], where=obs[i])
         p, vp = prevs[i], vprevs[i]
-        np.maximum(np.subtract(nxt, p, out=span), 1, out=span)
-        np.subtract(start + i, p, out=step)
-        np.divide(step, span, out=filled[i])  # the weight of the next observation
+        if pos is None:
+            np.maximum(np.subtract(nxt, p, out=span), 1, out=span)
+            np.subtract(start + i, p, out=step)
+            np.divide(step, span, out=filled[i])  # the weight of the next observation
+        else:  # irregular steps: weights from the time positions
+            last = pos.size - 1
+            t_prev = pos[np.clip(p, 0, last)]
+            width = pos[np.minimum(nxt, last)] - t_prev
+            filled[i] = 0.0
+            np.divide(pos[start + i] - t_prev, width, out=filled[i], where=width > 0)
         filled[i] *= np.subtract(v_next, vp, out=diff)
         filled[i] += vp  # NaN without an observation before or after
         np.copyto(nearest[i], v_next)
@@ -217,11 +234,12 @@ class Linear(Method):
         flat = x.transpose(1, 0, 2, 3).reshape(n_time, -1)
         before = after = None
         start = 0
+        times = None if coords is None else coords.time
         if edges is not None:
-            start = edges.start
+            start, times = edges.start, edges.times
             before = (edges.before_value.reshape(-1), edges.before_index.reshape(-1))
             after = (edges.after_value.reshape(-1), edges.after_index.reshape(-1))
-        filled, nearest = interp_time(flat, before, after, start)
+        filled, nearest = interp_time(flat, before, after, start, times)
         shape = (n_time, n_chan, height, width)
         filled = filled.reshape(shape).transpose(1, 0, 2, 3)
         nearest = nearest.reshape(shape).transpose(1, 0, 2, 3)
