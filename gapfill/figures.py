@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["coastline_file", "diagnostics_figure"]
+__all__ = ["central_longitude", "coastline_file", "diagnostics_figure", "unwrap_longitudes"]
 
 log = logging.getLogger("gapfill")
 
@@ -99,6 +99,8 @@ def diagnostics_figure(
     status = np.asarray(flag.isel({dims.time: time_index}).values)
     x, y = _coord(da, dims.x), _coord(da, dims.y)
     geographic = _is_lonlat(da, dims)
+    if geographic:
+        x = unwrap_longitudes(x)
 
     aspect = _aspect(x, y, geographic)
     natural = (WIDTH - 1.6) / aspect
@@ -173,10 +175,25 @@ def _aspect(x: np.ndarray, y: np.ndarray, geographic: bool) -> float:
     return float(dx / dy) if geographic else float(x.size / y.size)
 
 
+def unwrap_longitudes(lon: np.ndarray) -> np.ndarray:
+    """Longitudes made continuous across the dateline or 0° (e.g. 170, 180, -170 -> 170,
+    180, 190), then shifted by whole turns so their middle lies in ``[-180, 180)``."""
+    lon = np.unwrap(np.asarray(lon, dtype=float), period=360.0)
+    middle = (lon.min() + lon.max()) / 2
+    return lon - 360.0 * np.floor((middle + 180.0) / 360.0)
+
+
+def central_longitude(lon: np.ndarray) -> float:
+    """The longitude a map of ``lon`` is centred on: the middle of their span, so a
+    basin across the dateline or a regional 0–360 grid is drawn in one piece."""
+    lon = unwrap_longitudes(lon)
+    return float((lon.min() + lon.max()) / 2)
+
+
 def _crs(geographic: bool, x: np.ndarray | None = None) -> Any:
     import cartopy.crs as ccrs
 
-    central = 180.0 if x is not None and x.min() >= 0 and np.ptp(x) > 180 else 0.0
+    central = 0.0 if x is None or not x.size else central_longitude(x)
     return ccrs.PlateCarree(central_longitude=central)
 
 
@@ -245,7 +262,11 @@ def _decorate(ax: Any, x: np.ndarray, y: np.ndarray, geographic: bool) -> None:
         from cartopy.mpl.ticker import LatitudeFormatter, LongitudeFormatter
 
         pc = ccrs.PlateCarree()
-        ax.set_extent(extent, crs=pc)
+        # Limits in the map's own coordinates (degrees from its central longitude), so an
+        # extent across the dateline or beyond 180° is one continuous range.
+        central = central_longitude(x)  # as in _crs
+        ax.set_xlim(extent[0] - central, extent[1] - central)
+        ax.set_ylim(extent[2], extent[3])
         ax.set_aspect("auto")
         coast = coastline_file()
         if coast is not None:
