@@ -35,7 +35,9 @@ __all__ = [
     "OcclusionProcess",
     "Raindrops",
     "RemovePixels",
+    "for_data",
     "make",
+    "missing_share",
 ]
 
 Shape = tuple[int, int, int]
@@ -801,3 +803,32 @@ def make(name: str, **kwargs: Any) -> OcclusionProcess:
             f"unknown occlusion process {name!r}; valid names are {sorted(PROCESSES)}"
         ) from None
     return cls(**kwargs)
+
+
+def for_data(
+    name: str,
+    missing: np.ndarray,
+    never: np.ndarray,
+    coverage: float | None,
+    seed: int,
+    **options: Any,
+) -> OcclusionProcess:
+    """The occlusion process ``name`` to hide extra pixels of gappy data.
+
+    ``"empirical"`` cuts the data's own gap pattern ``missing`` (``(T, H, W)``,
+    True = missing) at other times, leaving out the pixels ``never`` observed;
+    any other name is built by :func:`make`. ``options`` go to the process.
+    """
+    if name == "empirical":
+        return Empirical(missing, coverage=coverage, seed=seed, exclude=never, **options)
+    return make(name, coverage=coverage, seed=seed, **options)
+
+
+def missing_share(
+    missing: np.ndarray, never: np.ndarray, low: float = 0.0, high: float = 1.0
+) -> float:
+    """Share of ``missing`` pixels over the locations observed at least once (not
+    ``never``), clipped to ``[low, high]``; 0.3 when nothing was ever observed."""
+    valid = ~never
+    share = float(missing[:, valid].mean()) if valid.any() else 0.3
+    return float(np.clip(share, low, high))

@@ -1,153 +1,316 @@
-"""Reusable pieces of a torch training loop: checkpoints, logs, progress, budgets.
+"""One training run for every trained method: options, loop, checkpoints, resume.
 
-Nothing here knows about a particular model:
+A trained method's options extend :class:`TrainingOptions` (steps, time budget,
+evaluation and checkpoint cadence, resume, seed, progress, learning rate, batch
+size, device, threads, mixed precision, weight averaging), and its training is a
+subclass of :class:`Trainer` that writes only what is its own::
 
-- :func:`save_checkpoint` writes atomically (temp file in the same directory,
-  then ``os.replace``), :func:`load_checkpoint` reads with
-  ``torch.load(weights_only=True)`` and turns any failure into a clear error;
-  :class:`CheckpointManager` keeps the last few ``ckpt_<step>.pt`` of a run
-  and finds the newest one to resume from; :func:`open_run` gives a fit its
-  manager, the checkpoint to resume from and the seed; :func:`load_weights`
-  loads networks from a checkpoint, with a clear error when shapes differ.
-- :class:`CSVLogger` appends one row per evaluation to ``log.csv``.
-- :class:`Progress` shows a tqdm bar in a terminal and periodic log lines
-  otherwise (batch jobs get no bar spam).
-- :class:`Budget` stops on a step count or a wall-clock budget;
-  :class:`EarlyStopping` on a validation metric that stops improving.
-- :func:`rng_state` / :func:`set_rng_state` capture numpy and torch RNGs in a
-  form ``weights_only`` loading accepts.
-- :class:`TrainLoop` puts these together into the loop the trained methods
-  share: steps until the budget is spent, an evaluation every few steps (CSV
-  row, progress, early stopping, a copy of the best weights), checkpoints, and
-  the best weights restored at the end.
+    class MyTrainer(Trainer):
+        metrics = ("loss",)                        # what train_step returns (logged)
+
+        def __init__(self, method, run, data):
+            super().__init__(method, run)          # seed, rng, device, DDP context
+            self.data = data
+            self.opt = torch.optim.Adam(method.net.parameters(), lr=self.options.lr)
+
+        def networks(self):                        # checkpoint key -> module; the
+            return {"net": self.method.net}        # first one is kept at its best
+
+        def optimizers(self):
+            return {"opt": self.opt}
+
+        def train_step(self):                      # one step; the metrics' values
+            loss = ...
+            self.optimise(loss, self.opt)          # backward + step (AMP-aware)
+            return (float(loss),)
+
+        def validate(self):                        # the value to minimise, or None
+            return ...
+
+    # in the method's fit:
+    run = start_run(self, cube, rng)               # seed, checkpoints, checked resume
+    data = build(cube, run.seed)
+    torch.manual_seed(run.seed); self.net = ...
+    self.fit_info.update(MyTrainer(self, run, data).fit())
+
+:meth:`Trainer.fit` then runs the loop (:class:`~gapfill.trainloop.TrainLoop`): steps until the
+step or time budget is spent or early stopping, an evaluation every
+``eval_every`` steps (CSV row in ``checkpoint_dir/log.csv``, progress display,
+a copy of the best weights), a checkpoint every ``checkpoint_every`` steps, the
+best weights restored at the end. It owns the checkpoint's contents (networks,
+optimisers, AMP scalers, RNGs, early-stopping state, best and averaged weights,
+plus what :meth:`Trainer.state` adds) and resuming from it, the averaged
+weights (``ema``), AMP on CUDA (``amp``), torch threads (``threads``) and
+data-parallel runs under ``torchrun`` (only rank 0 logs and writes checkpoints,
+seeds offset by rank).
+
+Every checkpoint stores the run's identity (:func:`gapfill.checkpoints.run_identity`:
+method, options that change what is learned, a fingerprint of the training
+data). ``resume=True`` refuses a checkpoint of another run with a message that
+says how to start over; ``resume=False`` starts over, deleting the directory's
+old checkpoints (which would otherwise be taken for this run's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import csv
+import dataclasses
 import json
-import os
-import re
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+from gapfill.checkpoints import (
+    CheckpointManager,
+    check_identity,
+    data_fingerprint,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    run_identity,
+    save_checkpoint,
+    set_rng_state,
+)
+from gapfill.methods.base import Options
+from gapfill.trainloop import Budget, CSVLogger, EarlyStopping, Progress, TrainLoop
 
 if TYPE_CHECKING:
     import torch
 
+    from gapfill.cube import Cube
     from gapfill.distributed import Context
+    from gapfill.methods.base import Method
+
+__all__ = [
+    "Budget", "CSVLogger", "CheckpointManager", "EarlyStopping", "Progress", "Run",
+    "TrainLoop", "Trainer", "TrainingOptions", "load_checkpoint", "load_weights", "open_run",
+    "pick_device", "rng_state", "save_checkpoint", "set_rng_state", "start_run", "torch_threads",
+]
+
+PROGRESS_MODES = ("auto", "bar", "log", "off")
 
 
-# -- checkpoints -----------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` with ``torch.save`` to a temp file, then rename it to ``path``.
+# -- options ---------------------------------------------------------------------------
+@dataclass
+class TrainingOptions(Options):
+    """Options every trained method shares; a method's ``Options`` extends this dataclass.
 
-    A crash mid-write leaves the previous file intact, never a truncated one.
+    A method changes a default by declaring the field again with its own value.
+
+    Attributes
+    ----------
+    steps
+        Step budget.
+    time_budget
+        Seconds of training in this call (``None``: steps only). Runs stopped by
+        time are not bit-reproducible.
+    eval_every
+        Steps between validations (and CSV rows).
+    early_stopping_patience
+        Evaluations without improvement before stopping; ``None`` never stops.
+    checkpoint_dir
+        Directory for ``ckpt_<step>.pt`` and ``log.csv``; ``None`` writes none.
+    checkpoint_every
+        Steps between checkpoints.
+    resume
+        Continue from the newest checkpoint in ``checkpoint_dir`` (refused when it
+        belongs to a run on other data or options); ``False`` starts over.
+    seed
+        Seed of the fit; ``None`` draws one from the ``rng`` given to ``fit``.
+    progress
+        ``"auto"`` (a bar in a terminal, log lines otherwise), ``"bar"``, ``"log"``
+        or ``"off"``.
+    lr
+        Learning rate.
+    batch_size
+        Windows per step.
+    device
+        Torch device; ``None`` picks CUDA when available (this process's GPU under
+        ``torchrun``).
+    threads
+        CPU threads torch uses during ``fit`` (restored after); ``None``: unchanged.
+    amp
+        Mixed precision on CUDA (bfloat16 where supported, else float16 with loss
+        scaling); ignored on CPU.
+    ema
+        Decay of a moving average of the weights, which validation uses and the
+        fit keeps; ``None``: the weights themselves.
     """
+
+    steps: int = 1000
+    time_budget: float | None = 300.0
+    eval_every: int = 100
+    early_stopping_patience: int | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 500
+    resume: bool = False
+    seed: int | None = None
+    progress: str = "auto"
+    lr: float = 1e-3
+    batch_size: int = 4
+    device: str | None = None
+    threads: int | None = None
+    amp: bool = False
+    ema: float | None = None
+
+    #: Options that steer a run without changing what it learns: a checkpoint written
+    #: with other values of these can be resumed.
+    run_control: ClassVar[tuple[str, ...]] = (
+        "steps", "time_budget", "eval_every", "early_stopping_patience", "checkpoint_dir",
+        "checkpoint_every", "resume", "seed", "progress", "device", "threads",
+    )
+    #: The name in error messages.
+    _method: ClassVar[str] = "training"
+    #: The method trains and fills on the CPU only (``device`` must be ``None`` or ``"cpu"``).
+    cpu_only: ClassVar[bool] = False
+
+    def _bad(self, name: str, why: str) -> None:
+        raise ValueError(f"{self._method} option {name}={getattr(self, name)!r}: {why}")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad training option."""
+        bad = self._bad
+        for name in ("steps", "eval_every", "checkpoint_every", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                bad(name, "must be a positive integer")
+        if self.time_budget is not None and not self.time_budget > 0:
+            bad("time_budget", "must be > 0 or None")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            bad("early_stopping_patience", "must be >= 1 or None")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "must be > 0")
+        if self.cpu_only and self.device not in (None, "cpu"):
+            bad("device", "this method runs on the CPU only")
+        if self.threads is not None and self.threads < 1:
+            bad("threads", "must be >= 1 or None")
+        if self.ema is not None and not 0 < self.ema < 1:
+            bad("ema", "must be in (0, 1) or None")
+        if self.resume and not self.checkpoint_dir:
+            bad("resume", "needs checkpoint_dir")
+        if self.progress not in PROGRESS_MODES:
+            bad("progress", "must be auto, bar, log or off")
+
+
+# -- device and threads ----------------------------------------------------------------
+def pick_device(name: str | None = None) -> torch.device:
+    """The torch device ``name``; ``None``: CUDA when available (this process's GPU under
+    ``torchrun``), else the CPU."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        from gapfill.distributed import context
+
+        ctx = context()
+        return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device("cuda")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads (``None``: unchanged), restoring the setting after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
     try:
-        torch.save(dict(payload), tmp)
-        os.replace(tmp, path)
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        torch.set_num_threads(before)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``, on CPU).
+# -- a run: seed, checkpoints, identity -------------------------------------------------
+@dataclass
+class Run:
+    """The start of one training run (see :func:`start_run`).
+
+    Attributes
+    ----------
+    seed
+        The run's seed (the checkpoint's when resuming).
+    manager
+        The run's checkpoints (``None`` without ``checkpoint_dir``).
+    checkpoint
+        The checkpoint to resume from, already checked to belong to this run.
+    identity
+        What the run learns from (stored in every checkpoint).
+    started
+        ``time.monotonic()`` when the run started (``fit_info["seconds"]`` counts from it).
+    """
+
+    seed: int
+    manager: CheckpointManager | None
+    checkpoint: dict[str, Any] | None
+    identity: dict[str, Any]
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+
+def start_run(
+    method: Method, cube: Cube, rng: np.random.Generator, values: np.ndarray | None = None
+) -> Run:
+    """Open the checkpoints of ``method``'s training on ``cube`` and decide how it starts.
+
+    With ``resume`` and a checkpoint in ``checkpoint_dir``, the run continues it
+    (its seed included) after checking that it was written by this method, on the
+    same data, with the same options (:attr:`TrainingOptions.run_control` aside).
+    Without ``resume``, old checkpoints in the directory are deleted (with a
+    warning): this run replaces them. ``values`` is the normalised training array
+    when the caller has it (it spares loading the cube twice for the fingerprint).
 
     Raises
     ------
-    FileNotFoundError
-        If ``path`` does not exist.
     ValueError
-        If the file is unreadable (truncated, corrupt, not a checkpoint, or
-        holding objects that safe loading refuses).
+        If the checkpoint to resume was written by another method or another run.
     """
-    import torch
+    o = method.options
+    control = getattr(o, "run_control", TrainingOptions.run_control)
+    identity = run_identity(method.name, method.options_dict(), control,
+                            data_fingerprint(cube, values))
+    directory = getattr(o, "checkpoint_dir", None)
+    manager = CheckpointManager(directory) if directory else None
+    ckpt = None
+    if manager is not None and o.resume:
+        ckpt = manager.load_latest()
+    elif manager is not None and _is_main():
+        removed = manager.clear()
+        if removed:
+            warnings.warn(f"{method.name}: starting over (resume=False): deleted {removed} old "
+                          f"checkpoint(s) in {directory!r}", stacklevel=2)
+    if ckpt is not None:
+        fmt = checkpoint_format(method)
+        if ckpt.get("format") != fmt:
+            raise ValueError(
+                f"the checkpoint in {directory!r} was not written by {method.name}")
+        check_identity(ckpt, identity, repr(directory))
+        return Run(int(ckpt["seed"]), manager, ckpt, identity)
+    seed = o.seed if o.seed is not None else int(rng.integers(2**31 - 1))
+    return Run(int(seed), manager, None, identity)
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many exception types for bad files
-        raise ValueError(
-            f"cannot read checkpoint {str(path)!r}: the file is corrupt, truncated or not a "
-            f"gapfill checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
-            "Delete it to resume from an older checkpoint, or start again with resume=False."
-        ) from None
-    if not isinstance(payload, dict):
-        raise ValueError(f"checkpoint {str(path)!r} does not hold a dict; it is not a checkpoint")
-    return payload
+
+def _is_main() -> bool:
+    from gapfill.distributed import context
+
+    return context().is_main
 
 
-class CheckpointManager:
-    """Numbered checkpoints ``ckpt_<step>.pt`` in one directory, keeping the newest ``keep``.
-
-    Parameters
-    ----------
-    directory
-        Where checkpoints (and, by convention, the CSV log) go.
-    keep
-        How many recent checkpoints to keep (older ones are deleted).
-    """
-
-    pattern = re.compile(r"^ckpt_(\d+)\.pt$")
-
-    def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
-        self.directory = Path(directory)
-        self.keep = max(1, int(keep))
-
-    def path(self, step: int) -> Path:
-        """The file name of the checkpoint at ``step``."""
-        return self.directory / f"ckpt_{step:08d}.pt"
-
-    def checkpoints(self) -> list[tuple[int, Path]]:
-        """``(step, path)`` of the checkpoints present, oldest first."""
-        if not self.directory.is_dir():
-            return []
-        found = []
-        for p in self.directory.iterdir():
-            match = self.pattern.match(p.name)
-            if match:
-                found.append((int(match.group(1)), p))
-        return sorted(found)
-
-    def latest(self) -> Path | None:
-        """The newest checkpoint, or ``None``."""
-        found = self.checkpoints()
-        return found[-1][1] if found else None
-
-    def save(self, step: int, payload: Mapping[str, Any]) -> Path:
-        """Write the checkpoint of ``step`` atomically and prune old ones."""
-        path = save_checkpoint(self.path(step), payload)
-        for _, old in self.checkpoints()[: -self.keep]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def load_latest(self) -> dict[str, Any] | None:
-        """Load the newest checkpoint (``None`` when there is none)."""
-        path = self.latest()
-        return None if path is None else load_checkpoint(path)
+def checkpoint_format(method: Method) -> str:
+    """The ``format`` tag of ``method``'s checkpoints."""
+    return f"gapfill-{method.name}-checkpoint"
 
 
 def open_run(
     checkpoint_dir: str | None, resume: bool, seed: int | None, rng: np.random.Generator
 ) -> tuple[CheckpointManager | None, dict[str, Any] | None, int]:
     """The checkpoints of a training run, the one to resume from, and the run's seed.
+
+    A lower-level form of :func:`start_run` that checks no identity.
 
     Returns
     -------
@@ -165,408 +328,266 @@ def open_run(
     return manager, None, seed if seed is not None else int(rng.integers(2**31 - 1))
 
 
-def load_weights(ckpt: Mapping[str, Any], nets: Mapping[str, torch.nn.Module]) -> None:
-    """Load ``ckpt[key]`` into each network of ``nets`` (checkpoint key -> network).
+# -- the trainer -----------------------------------------------------------------------
+class Trainer:
+    """One training run of a method; subclasses write the step and the validation.
 
-    Raises
-    ------
-    ValueError
-        If the shapes differ (the checkpoint was written with other options).
-    """
-    try:
-        for key, net in nets.items():
-            net.load_state_dict(ckpt[key])
-    except RuntimeError as err:
-        raise ValueError(
-            "the checkpoint does not match these options (network shapes differ); "
-            f"resume with the options it was written with: {ckpt.get('options')}"
-        ) from err
-
-
-# -- RNG state -------------------------------------------------------------------------
-def rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    """Numpy and torch RNG states as ``weights_only``-loadable values."""
-    import torch
-
-    return {
-        "numpy": json.dumps(rng.bit_generator.state),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(rng: np.random.Generator, state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` captured (into ``rng`` and torch's CPU RNG)."""
-    import torch
-
-    rng.bit_generator.state = json.loads(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-# -- logging ---------------------------------------------------------------------------
-class CSVLogger:
-    """Append rows of metrics to a CSV file (header written once).
+    See the module docstring for how a method uses it. A subclass implements
+    :meth:`networks`, :meth:`optimizers`, :meth:`train_step` and :meth:`validate`,
+    and may set the class attributes below and override :meth:`state` /
+    :meth:`load_state` (what else its checkpoints hold), :meth:`before_loop` /
+    :meth:`after_loop` (facts for ``fit_info``).
 
     Parameters
     ----------
-    path
-        The CSV file; created with its parent directory.
-    fields
-        Column names; missing values in a row are left empty.
-    append
-        Keep existing rows (resuming) instead of starting a new file.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike, fields: Sequence[str], append: bool = False
-    ) -> None:
-        self.path = Path(path)
-        self.fields = list(fields)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not (append and self.path.exists() and self.path.stat().st_size > 0)
-        if fresh:
-            with self.path.open("w", newline="") as f:
-                csv.writer(f).writerow(self.fields)
-
-    def log(self, row: Mapping[str, Any]) -> None:
-        """Append one row."""
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.fields])
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
-
-
-class Progress:
-    """A tqdm bar in a terminal, periodic log lines in batch jobs.
-
-    Parameters
-    ----------
-    total
-        Total steps (for the bar and the log lines).
-    start
-        The step the run starts at (resumed runs).
-    desc
-        A label.
-    mode
-        ``"auto"`` (bar when ``stream`` is a TTY), ``"bar"``, ``"log"`` or ``"off"``.
-    log_every
-        Seconds between log lines.
-    stream
-        Where to write (default ``sys.stderr``).
-    """
-
-    def __init__(
-        self,
-        total: int,
-        start: int = 0,
-        desc: str = "train",
-        mode: str = "auto",
-        log_every: float = 30.0,
-        stream: TextIO | None = None,
-    ) -> None:
-        self.stream = stream or sys.stderr
-        if mode == "auto":
-            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "log"
-        if mode not in ("bar", "log", "off"):
-            raise ValueError(f"progress mode must be auto, bar, log or off; got {mode!r}")
-        self.mode, self.total, self.desc, self.log_every = mode, total, desc, log_every
-        self.step = start
-        self._last_log = time.monotonic()
-        self.bar = None
-        if mode == "bar":
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(
-                total=total, initial=start, desc=desc, file=self.stream, dynamic_ncols=True
-            )
-
-    def update(self, step: int, force: bool = False, **metrics: float) -> None:
-        """Advance to ``step`` and show ``metrics``."""
-        text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None)
-        if self.bar is not None:
-            self.bar.update(step - self.step)
-            if metrics:
-                self.bar.set_postfix_str(text, refresh=False)
-        elif self.mode == "log":
-            now = time.monotonic()
-            if force or now - self._last_log >= self.log_every:
-                line = f"[{self.desc}] step {step}/{self.total} {text}"
-                print(line, file=self.stream, flush=True)
-                self._last_log = now
-        self.step = step
-
-    def close(self) -> None:
-        """Close the bar."""
-        if self.bar is not None:
-            self.bar.close()
-
-
-# -- stopping rules --------------------------------------------------------------------
-class Budget:
-    """Stop after ``steps`` steps or ``seconds`` of wall time, whichever comes first.
-
-    The time budget counts from construction (this process), so a resumed run
-    gets a fresh time budget but continues the step count.
-    """
-
-    def __init__(self, steps: int | None, seconds: float | None) -> None:
-        self.steps, self.seconds = steps, seconds
-        self.start = time.monotonic()
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since construction."""
-        return time.monotonic() - self.start
-
-    def exhausted(self, step: int) -> str | None:
-        """Why to stop at ``step`` (``"steps"`` or ``"time"``), or ``None`` to go on."""
-        if self.steps is not None and step >= self.steps:
-            return "steps"
-        if self.seconds is not None and self.elapsed >= self.seconds:
-            return "time"
-        return None
-
-
-class EarlyStopping:
-    """Track the best value of a metric to minimise; stop after ``patience`` bad evaluations.
-
-    Parameters
-    ----------
-    patience
-        Evaluations without improvement before stopping; ``None`` never stops.
-    min_delta
-        Relative improvement needed to count (``best * (1 - min_delta)``).
-    """
-
-    def __init__(self, patience: int | None, min_delta: float = 0.0) -> None:
-        self.patience, self.min_delta = patience, min_delta
-        self.best = float("inf")
-        self.best_step = -1
-        self.bad = 0
-
-    def update(self, value: float, step: int) -> bool:
-        """Record ``value`` at ``step``; return whether it is a new best."""
-        if value < self.best * (1 - self.min_delta) or self.best_step < 0:
-            self.best, self.best_step, self.bad = float(value), int(step), 0
-            return True
-        self.bad += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        """Whether patience has run out."""
-        return self.patience is not None and self.bad >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain values for a checkpoint."""
-        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
-        self.best = float(state["best"])
-        self.best_step = int(state["best_step"])
-        self.bad = int(state["bad"])
-
-
-# -- the loop --------------------------------------------------------------------------
-class TrainLoop:
-    """The training loop the trained methods share.
-
-    :meth:`run` calls a training step until the :class:`Budget` is spent or
-    :class:`EarlyStopping` stops it, evaluates every ``eval_every`` steps (and
-    once at the end) and calls ``save`` every ``checkpoint_every`` steps (and
-    once at the end). An evaluation validates, keeps a copy of the weights of
-    ``net`` at a new best, appends a row to the CSV log and shows it.
-    :meth:`restore_best` then puts the best weights back.
-
-    Parameters
-    ----------
-    net
-        The network whose best weights are kept.
-    validate
-        The validation value to minimise (``None`` when there is none).
-    steps, time_budget
-        The :class:`Budget` (steps, seconds).
-    eval_every, checkpoint_every
-        Steps between evaluations and between checkpoints.
-    patience
-        :class:`EarlyStopping` patience; ``None`` never stops early.
-    metrics
-        Names of the values a training step returns; their means since the
-        last evaluation go into the log rows.
-    shown
-        Those of ``metrics`` shown by the progress display after every step.
-    val_name
-        Log column of the validation value (its best is ``"best_" + val_name``).
-    finite_only
-        Only finite validation values can be a new best.
-    log
-        The CSV log file (``None``: none).
-    desc, progress
-        The :class:`Progress` label and mode.
-    ddp
-        Under ``torchrun`` (:mod:`gapfill.distributed`): rank 0's budget decision
-        is everyone's, and only rank 0 writes the log and shows progress.
+    method
+        The method being trained (``method.options`` extends :class:`TrainingOptions`).
+    run
+        From :func:`start_run`.
 
     Attributes
     ----------
-    step
-        Steps done (set it when resuming).
-    stopper
-        The :class:`EarlyStopping` state.
-    best_state
-        CPU copy of the best weights, or ``None``.
-    first_val
-        The validation value before training (``run(first_eval=True)``).
-    budget
-        The :class:`Budget` (from :meth:`start`).
+    options, seed, manager
+        The method's options, the run's seed and checkpoints.
+    ddp
+        The data-parallel context (:func:`gapfill.distributed.context`).
+    rng
+        The run's numpy generator (offset by rank under ``torchrun``); saved in
+        checkpoints.
+    device
+        The torch device (:func:`pick_device`).
+    loop
+        The :class:`~gapfill.trainloop.TrainLoop` (step, early stopping, best weights).
+    averaged
+        The moving average of the first network's weights (``ema``), or ``None``.
     """
 
-    def __init__(
-        self,
-        net: torch.nn.Module,
-        validate: Callable[[], float | None],
-        *,
-        steps: int,
-        time_budget: float | None,
-        eval_every: int,
-        checkpoint_every: int,
-        patience: int | None = None,
-        metrics: Sequence[str] = (),
-        shown: Sequence[str] = (),
-        val_name: str = "val_mae",
-        finite_only: bool = False,
-        log: str | os.PathLike | None = None,
-        desc: str = "train",
-        progress: str = "auto",
-        ddp: Context | None = None,
-    ) -> None:
-        self.net, self.validate = net, validate
-        self.steps, self.time_budget = steps, time_budget
-        self.eval_every, self.checkpoint_every = eval_every, checkpoint_every
-        self.metrics, self.shown = list(metrics), set(shown)
-        self.val_name, self.finite_only = val_name, finite_only
-        self.log_path, self.desc, self.progress_mode = log, desc, progress
-        self.ddp = ddp
-        self.main = ddp is None or ddp.is_main
-        self.stopper = EarlyStopping(patience)
-        self.best_state: dict[str, Any] | None = None
-        self.step = 0
-        self.first_val: float | None = None
-        self.budget: Budget | None = None
-        self.logger: CSVLogger | None = None
-        self.progress: Progress | None = None
+    #: Names of the values :meth:`train_step` returns (CSV log columns).
+    metrics: ClassVar[tuple[str, ...]] = ("loss",)
+    #: Those of ``metrics`` shown after every step.
+    shown: ClassVar[tuple[str, ...]] = ("loss",)
+    #: Log column of the validation value.
+    val_name: ClassVar[str] = "val_mae"
+    #: Only finite validation values can be a new best.
+    finite_only: ClassVar[bool] = False
+    #: Validate (and log) the untrained network at step 0.
+    first_eval: ClassVar[bool] = True
+    #: Checkpoint keys of the best and of the averaged weights.
+    best_key: ClassVar[str] = "best"
+    averaged_key: ClassVar[str] = "averaged"
 
+    def __init__(self, method: Method, run: Run) -> None:
+        from gapfill.distributed import context
+
+        self.method, self.options, self.run_info = method, method.options, run
+        self.seed, self.manager = run.seed, run.manager
+        self.ddp: Context = context()
+        # every process draws its own windows and masks under torchrun
+        key = [self.seed, 1, self.ddp.rank] if self.ddp.enabled else [self.seed, 1]
+        self.rng = np.random.default_rng(key)
+        self.device = pick_device(getattr(self.options, "device", None))
+        self.loop: TrainLoop | None = None
+        self.averaged: torch.nn.Module | None = None
+        self._scalers: dict[str, Any] = {}
+
+    # -- what a method writes ----------------------------------------------------------
+    def networks(self) -> dict[str, torch.nn.Module]:
+        """Checkpoint key -> network; the first is the one kept at its best (and averaged)."""
+        raise NotImplementedError
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Checkpoint key -> optimiser."""
+        raise NotImplementedError
+
+    def train_step(self) -> Sequence[float]:
+        """One training step; the values named by :attr:`metrics`."""
+        raise NotImplementedError
+
+    def validate(self) -> float | None:
+        """The validation value to minimise (``None`` when there is none)."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """What else a checkpoint holds (tensors, plain values)."""
+        return {}
+
+    def load_state(self, ckpt: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` saved."""
+
+    def before_loop(self) -> dict[str, Any]:
+        """Called before the first step (the clock running); facts for ``fit_info``."""
+        return {}
+
+    def after_loop(self) -> dict[str, Any]:
+        """Called with the best weights restored; facts for ``fit_info``."""
+        return {}
+
+    # -- helpers for train_step -----------------------------------------------------------
     @property
-    def fields(self) -> list[str]:
-        """The columns of the CSV log."""
-        return ["step", "seconds", *self.metrics, self.val_name, "best_" + self.val_name]
+    def amp(self) -> bool:
+        """Whether mixed precision is on (``amp`` and a CUDA device)."""
+        return bool(getattr(self.options, "amp", False)) and self.device.type == "cuda"
 
-    @property
-    def best(self) -> float | None:
-        """The best validation value so far (``None`` before any)."""
-        return None if self.stopper.best_step < 0 else self.stopper.best
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast for the forward passes of a step (a no-op without :attr:`amp`)."""
+        import torch
 
-    def start(self) -> None:
-        """Start the clock, the CSV log and the progress display (:meth:`run` does it too)."""
-        self.budget = Budget(self.steps, self.time_budget)
-        if self.log_path is not None and self.main:
-            self.logger = CSVLogger(self.log_path, self.fields, append=self.step > 0)
-        mode = self.progress_mode if self.main else "off"
-        self.progress = Progress(self.steps, start=self.step, desc=self.desc, mode=mode)
+        if not self.amp:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
 
-    def _stop_reason(self) -> str | None:
-        reason = self.budget.exhausted(self.step)
-        return self.ddp.from_main(reason) if self.ddp is not None else reason
+    def scaler(self, key: str) -> Any:
+        """The gradient scaler of optimiser ``key`` (float16 AMP only; else a pass-through)."""
+        import torch
 
-    def run(
-        self,
-        train_step: Callable[[], Sequence[float]],
-        save: Callable[[], None] | None = None,
-        first_eval: bool = False,
-    ) -> str | None:
-        """Train until the budget is spent or early stopping; return why it stopped.
+        if key not in self._scalers:
+            fp16 = self.amp and not torch.cuda.is_bf16_supported()
+            self._scalers[key] = torch.amp.GradScaler("cuda", enabled=fp16)
+        return self._scalers[key]
 
-        Parameters
-        ----------
-        train_step
-            One training step; returns the values named by ``metrics``.
-        save
-            Writes a checkpoint of the current step (``None``: no checkpoints).
-        first_eval
-            Evaluate (and log) the untrained network when starting from step 0.
+    def optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the gradients, back-propagate ``loss`` and step ``optimizer`` (AMP-aware)."""
+        key = next(k for k, v in self.optimizers().items() if v is optimizer)
+        scaler = self.scaler(key)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
-        Returns
-        -------
-        str or None
-            ``"steps"``, ``"time"`` or ``"early_stopping"`` (``None`` only if the
-            budget has neither steps nor time).
-        """
-        if self.budget is None:
-            self.start()
-        reason = self._stop_reason()
-        if first_eval and self.step == 0 and reason is None:
-            self.first_val = self.evaluate()
-        self.net.train()
-        sums, count = np.zeros(len(self.metrics)), 0
-        while reason is None:
-            values = train_step()
-            self.step += 1
-            sums += values
-            count += 1
-            shown = {k: v for k, v in zip(self.metrics, values) if k in self.shown}
-            self.progress.update(self.step, **shown)
-            if self.step % self.eval_every == 0:
-                self.evaluate(sums / count)
-                sums[:], count = 0, 0
-                if self.stopper.should_stop:
-                    reason = "early_stopping"
-            if save is not None and self.step % self.checkpoint_every == 0:
-                save()
-            reason = reason or self._stop_reason()
-        if count:
-            self.evaluate(sums / count)
-        if save is not None:
-            save()
-        self.progress.close()
-        return reason
+    # -- the run ---------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Restore the checkpoint when resuming, train, keep the best weights; ``fit_info``."""
+        with torch_threads(getattr(self.options, "threads", None)):
+            self._make_loop()
+            if self.run_info.checkpoint is not None:
+                self.restore(self.run_info.checkpoint)
+            info = self._run()
+        info["seconds"] = round(time.monotonic() - self.run_info.started, 2)
+        return info
 
-    def evaluate(self, means: np.ndarray | None = None) -> float | None:
-        """Validate, keep the weights at a new best, log and show a row; return the value.
+    def _make_loop(self) -> None:
+        o = self.options
+        net = next(iter(self.networks().values()))
+        if getattr(o, "ema", None):
+            self.averaged = copy.deepcopy(net).requires_grad_(False)
+        # only rank 0 writes the log and shows progress; every rank takes part in the rest
+        self.loop = TrainLoop(
+            self.averaged if self.averaged is not None else net, self._validate,
+            steps=o.steps, time_budget=o.time_budget, eval_every=o.eval_every,
+            checkpoint_every=o.checkpoint_every,
+            patience=getattr(o, "early_stopping_patience", None),
+            metrics=self.metrics, shown=self.shown, val_name=self.val_name,
+            finite_only=self.finite_only,
+            log=self.manager.directory / "log.csv" if self.manager is not None else None,
+            desc=self.method.name, progress=o.progress,
+            ddp=self.ddp if self.ddp.enabled else None,
+        )
 
-        ``means`` are the means of ``metrics`` since the last evaluation.
-        """
-        value = self.validate()
-        usable = value is not None and (not self.finite_only or np.isfinite(value))
-        if usable and self.stopper.update(value, self.step):
-            weights = self.net.state_dict()
-            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in weights.items()})
-        row: dict[str, Any] = {"step": self.step, "seconds": round(self.budget.elapsed, 2)}
-        if means is not None:
-            row.update(zip(self.metrics, map(float, means)))
-        row[self.val_name] = value
-        row["best_" + self.val_name] = self.best
-        if self.logger is not None:
-            self.logger.log(row)
-        shown = {k: v for k, v in row.items() if k != "step" and v is not None}
-        self.progress.update(self.step, force=True, **shown)
-        return value
+    def _run(self) -> dict[str, Any]:
+        loop = self.loop
+        loop.start()
+        info = self.before_loop()
+        save = self.save if self.manager is not None else None
+        reason = loop.run(self._train_step, save, first_eval=self.first_eval)
+        loop.restore_best()
+        net = next(iter(self.networks().values()))
+        if self.averaged is not None:  # the fitted weights are the (best) averaged ones
+            net.load_state_dict(self.averaged.state_dict())
+        net.eval()
+        info.update(loop.summary(reason))
+        if loop.first_val is not None:
+            info["initial_" + self.val_name] = loop.first_val
+        info.update(self.after_loop())
+        return info
 
-    def restore_best(self) -> None:
-        """Load the best weights (when there were any) and put the network in eval mode."""
-        if self.best_state is not None:
-            self.net.load_state_dict(self.best_state)
-        self.net.eval()
+    def _train_step(self) -> Sequence[float]:
+        values = self.train_step()
+        if self.averaged is not None:
+            self._update_average()
+        return values
 
-    def summary(self, reason: str | None) -> dict[str, Any]:
-        """What ``fit_info`` reports of the run."""
-        return {
-            "steps": self.step,
-            "stopped_by": reason,
-            "best_" + self.val_name: self.best,
-            "best_step": self.stopper.best_step,
-            "train_seconds": round(self.budget.elapsed, 2),
+    def _update_average(self) -> None:
+        """Move the averaged weights towards the current ones (decay ``ema``)."""
+        import torch
+
+        net = next(iter(self.networks().values()))
+        with torch.no_grad():
+            for avg, new in zip(self.averaged.state_dict().values(), net.state_dict().values()):
+                if avg.is_floating_point():
+                    avg.lerp_(new, 1.0 - self.options.ema)
+                else:
+                    avg.copy_(new)
+
+    def _validate(self) -> float | None:
+        """:meth:`validate`, with the averaged weights in place when there are any."""
+        if self.averaged is None:
+            return self.validate()
+        net = next(iter(self.networks().values()))
+        current = copy.deepcopy(net.state_dict())
+        net.load_state_dict(self.averaged.state_dict())
+        try:
+            return self.validate()
+        finally:
+            net.load_state_dict(current)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        """The checkpoint of the current step (a collective call under ``torchrun``)."""
+        loop = self.loop
+        out: dict[str, Any] = {
+            "format": checkpoint_format(self.method),
+            "step": loop.step,
+            "seed": self.seed,
+            "options": json.dumps(self.method.options_dict()),
+            "identity": json.dumps(self.run_info.identity),
         }
+        meta = getattr(self.method, "_meta", None)
+        if meta is not None:
+            out["meta"] = json.dumps(meta)
+        out.update({k: net.state_dict() for k, net in self.networks().items()})
+        for k, opt in self.optimizers().items():
+            out[k] = opt.state_dict()
+            out[_scaler_key(k)] = self.scaler(k).state_dict()
+        out["rng"] = rng_state(self.rng)
+        # every rank's sampling state
+        out["rng_ranks"] = self.ddp.gather(rng_state(self.rng)) if self.ddp.enabled else []
+        out["stopper"] = loop.stopper.state_dict()
+        out[self.best_key] = loop.best_state if loop.best_state is not None else {}
+        out[self.averaged_key] = self.averaged.state_dict() if self.averaged is not None else {}
+        out.update(self.state())
+        return out
+
+    def save(self) -> None:
+        """Write the checkpoint of the current step (rank 0 writes; every rank takes part)."""
+        payload = self.payload()
+        if self.ddp.is_main:
+            self.manager.save(self.loop.step, payload)
+
+    def restore(self, ckpt: Mapping[str, Any]) -> None:
+        """Continue from ``ckpt`` (checked by :func:`start_run`)."""
+        load_weights(ckpt, self.networks())
+        for k, opt in self.optimizers().items():
+            opt.load_state_dict(ckpt[k])
+            if ckpt.get(_scaler_key(k)):
+                self.scaler(k).load_state_dict(ckpt[_scaler_key(k)])
+        ranks = ckpt.get("rng_ranks") or []
+        if self.ddp.enabled and len(ranks) == self.ddp.world_size:
+            set_rng_state(self.rng, ranks[self.ddp.rank])
+        elif self.ddp.enabled:  # written by a run with another number of processes
+            self.rng = np.random.default_rng([self.seed, 1, self.ddp.rank, int(ckpt["step"])])
+        else:
+            set_rng_state(self.rng, ckpt["rng"])
+        loop = self.loop
+        loop.stopper.load_state_dict(ckpt["stopper"])
+        loop.best_state = dict(ckpt[self.best_key]) or None
+        if self.averaged is not None:
+            net = next(iter(self.networks().values()))
+            self.averaged.load_state_dict(ckpt.get(self.averaged_key) or net.state_dict())
+        loop.step = int(ckpt["step"])
+        self.load_state(ckpt)
+
+
+def _scaler_key(optimizer_key: str) -> str:
+    """``opt`` -> ``scaler``, ``opt_g`` -> ``scaler_g``."""
+    return "scaler" + optimizer_key.removeprefix("opt")

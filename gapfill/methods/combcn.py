@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.selfsup import SelfSupervisedMethod, SelfSupervisedOptions, masked_l1
+from gapfill.methods.selfsup import SelfSupervisedMethod, SelfSupervisedOptions
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,6 @@ class CombCN(SelfSupervisedMethod):
 
     name = "combcn"
     Options = CombCNOptions
-    checkpoint_format = "gapfill-combcn-checkpoint"
 
     def _config(self, channels: int) -> Any:
         from gapfill.models.combcn import CombCNConfig
@@ -109,6 +108,7 @@ class CombCN(SelfSupervisedMethod):
         import torch
 
         from gapfill.models.combcn import MULTIPLE
+        from gapfill.models.losses import masked_l1
         from gapfill.models.masked import masked_pool, pad_to
 
         o = self.options

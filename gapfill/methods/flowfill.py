@@ -39,14 +39,14 @@ instead of being interpolated in place.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, Options, load_network, network_state
+from gapfill.methods.base import Coords, FillResult, Method, load_network, network_state
+from gapfill.training import Run, Trainer, TrainingOptions, start_run
 
 if TYPE_CHECKING:
     import torch
@@ -57,8 +57,8 @@ FALLBACKS = ("auto", "spatial", "time")
 
 
 @dataclass
-class FlowFillOptions(Options):
-    """Options of the ``flowfill`` method.
+class FlowFillOptions(TrainingOptions):
+    """Options of the ``flowfill`` method (and :class:`~gapfill.training.TrainingOptions`).
 
     Attributes
     ----------
@@ -75,17 +75,6 @@ class FlowFillOptions(Options):
     l1_weight, tv_weight, consistency_weight
         Loss weights: L1 to the trustworthy flow, total variation,
         forward-backward consistency.
-    lr
-        Adam learning rate.
-    batch_size
-        Windows per step.
-    steps
-        Training steps.
-    time_budget
-        Seconds of training (``None``: steps only; then runs are bit-reproducible).
-    eval_every
-        Steps between validations (L1 on fixed hidden flow vectors) and log rows;
-        the best network is kept.
     fb_threshold
         Forward-backward disagreement (pixels) above which an estimated flow
         vector is not trusted; ``None`` skips the check.
@@ -106,12 +95,9 @@ class FlowFillOptions(Options):
         are done window by window); ``overlap`` between windows.
     overlap
         Overlap of those windows.
-    checkpoint_dir, checkpoint_every, resume
-        Checkpoints (and ``log.csv``), and resuming from the newest.
-    seed
-        Seed of the fit (``None``: drawn from the ``rng`` given to ``fit``).
-    progress
-        ``"auto"``, ``"bar"``, ``"log"`` or ``"off"``.
+
+    Validation (every ``eval_every`` steps) is the L1 on fixed hidden flow
+    vectors; the best network is kept.
     """
 
     window: tuple[int, int, int] = (8, 64, 64)
@@ -125,7 +111,6 @@ class FlowFillOptions(Options):
     l1_weight: float = 1.0
     tv_weight: float = 0.05
     consistency_weight: float = 0.1
-    lr: float = 1e-3
     batch_size: int = 2
     steps: int = 1000
     time_budget: float | None = 60.0
@@ -138,11 +123,10 @@ class FlowFillOptions(Options):
     sigma: float = 1.0
     fill_window: tuple[int, int, int] = (32, 128, 128)
     overlap: float = 0.25
-    checkpoint_dir: str | None = None
     checkpoint_every: int = 200
-    resume: bool = False
-    seed: int | None = None
-    progress: str = "auto"
+
+    _method = "flowfill"
+    cpu_only = True
 
     def __post_init__(self) -> None:
         self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
@@ -151,16 +135,13 @@ class FlowFillOptions(Options):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
-
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"flowfill option {name}={getattr(self, name)!r}: {why}")
-
+        super().validate()
+        bad = self._bad
         for name in ("window", "fill_window"):
             v = getattr(self, name)
             if len(v) != 3 or min(v) < 1:
                 bad(name, "must be three positive integers (T, H, W)")
-        for name in ("features", "hidden", "iterations", "batch_size", "steps", "eval_every",
-                     "pool", "max_frames", "checkpoint_every", "levels"):
+        for name in ("features", "hidden", "iterations", "pool", "max_frames", "levels"):
             if int(getattr(self, name)) < (0 if name == "levels" else 1):
                 bad(name, "must be a positive integer")
         if self.winsize < 3:
@@ -174,8 +155,6 @@ class FlowFillOptions(Options):
         for name in ("l1_weight", "tv_weight", "consistency_weight"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
-        if not self.lr > 0:
-            bad("lr", "must be > 0")
         if self.fb_threshold is not None and not self.fb_threshold > 0:
             bad("fb_threshold", "must be > 0 or None")
         if self.fallback not in FALLBACKS:
@@ -184,12 +163,6 @@ class FlowFillOptions(Options):
             bad("sigma", "must be > 0")
         if not 0 <= self.overlap < 1:
             bad("overlap", "must be in [0, 1)")
-        if self.time_budget is not None and self.time_budget <= 0:
-            bad("time_budget", "must be > 0 or None")
-        if self.resume and not self.checkpoint_dir:
-            bad("resume", "needs checkpoint_dir")
-        if self.progress not in ("auto", "bar", "log", "off"):
-            bad("progress", "must be auto, bar, log or off")
 
 
 # ----------------------------------------------------------------------------- flows
@@ -400,18 +373,16 @@ class FlowFill(Method):
     # -- fit --------------------------------------------------------------------------
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Train the flow completion network on the cube's own trustworthy flows."""
-        from gapfill.training import open_run
+        import torch
 
         o = self.options
-        t0 = time.monotonic()
-        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
         x = cube.values()
+        run = start_run(self, cube, rng, x)
+        seed = run.seed
         _, flows, trust = self._flows(x)
         mag = np.hypot(flows[:, 0::2], flows[:, 1::2])[trust > 0]
         scale = float(max(1.0, np.percentile(mag, 95))) if mag.size else 1.0
         self._meta = {"window": [min(a, b) for a, b in zip(o.window, x.shape[1:])]}
-        import torch
-
         # Inputs of the self-supervision: the flows re-estimated with extra pixels hidden
         # (so the raw estimate there comes from the pre-filled frames, as in real gaps).
         process = self._process(o.occlusion, o.coverage, x, seed)
@@ -423,14 +394,15 @@ class FlowFill(Method):
             pool.append(((raw / scale).astype(np.float32), trust_in))
         torch.manual_seed(seed)  # the network's initial weights
         self._build(scale)
-        trainer = _Trainer(self, flows / scale, trust, pool, seed, manager)
-        if ckpt is not None:
-            trainer.restore(ckpt)
-        info = trainer.run()
+        trainer = _Trainer(self, run, flows / scale, trust, pool)
+        if trust.any():
+            info = trainer.fit()
+        else:  # nothing to learn from: keep the initial network
+            info = {"steps": 0, "stopped_by": "no_trusted_flow", "best_val_l1": None}
         scores = self._choose_fallback(x, seed)
         info.update(flow_scale=round(scale, 3), trusted_share=round(float(trust.mean()), 4),
                     fallback=self._meta.get("fallback", o.fallback), fallback_mae=scores,
-                    seconds=round(time.monotonic() - t0, 2))
+                    seconds=round(time.monotonic() - run.started, 2))
         self.fit_info.update(info)
 
     # -- fill -------------------------------------------------------------------------
@@ -477,13 +449,11 @@ class FlowFill(Method):
         from gapfill import masks
 
         extra = self.options.occlusion_options if name == self.options.occlusion else {}
-        if name != "empirical":
-            return masks.make(name, coverage=coverage, seed=seed, **extra)
         missing = ~np.isfinite(x).all(0)
         never = missing.all(0)
-        if never.all():
+        if name == "empirical" and never.all():
             return masks.make("remove_pixels", coverage=0.0, seed=seed)
-        return masks.Empirical(missing, coverage, seed=seed, exclude=never, **extra)
+        return masks.for_data(name, missing, never, coverage, seed, **extra)
 
     def _choose_fallback(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
         """Set ``meta["fallback"]`` to the fallback with the lower MAE on observed pixels hidden
@@ -556,39 +526,38 @@ class FlowFill(Method):
 
 
 # ----------------------------------------------------------------------------- training
-class _Trainer:
+class _Trainer(Trainer):
     """Self-supervised training of the flow network (one call of ``fit``)."""
+
+    metrics = ("loss", "l1", "tv", "consistency")
+    shown = ()
+    val_name = "val_l1"
+    finite_only = True
+    first_eval = False
 
     def __init__(
         self,
         method: FlowFill,
+        run: Run,
         flows: np.ndarray,
         trust: np.ndarray,
         pool: list[tuple[np.ndarray, np.ndarray]],
-        seed: int,
-        manager: Any,
     ) -> None:
         import torch
 
-        from gapfill.training import TrainLoop
-
-        self.m, self.o, self.seed, self.manager = method, method.options, seed, manager
-        o = self.o
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng([seed, 1])
+        super().__init__(method, run)
+        torch.manual_seed(self.seed)
         self.flows, self.trust = flows.astype(np.float32), trust.astype(np.float32)
         self.pool = pool
         self.window = tuple(method._meta["window"])
-        self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr)
-        # no early stopping: the loop only keeps the weights of the best validation L1
-        self.loop = TrainLoop(
-            method.net, self.validate, steps=o.steps, time_budget=o.time_budget,
-            eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
-            metrics=("loss", "l1", "tv", "consistency"), val_name="val_l1", finite_only=True,
-            log=manager.directory / "log.csv" if manager is not None else None,
-            desc="flowfill", progress=o.progress,
-        )
+        self.opt = torch.optim.Adam(method.net.parameters(), lr=self.options.lr)
         self.val_batch = self.batch(2, member=0) if self.trust.any() else None
+
+    def networks(self) -> dict[str, Any]:
+        return {"net": self.method.net}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"opt": self.opt}
 
     def batch(self, n: int, member: int | None = None) -> dict[str, torch.Tensor]:
         """Random windows of a pool member: its raw flows and trust (the input), and
@@ -613,13 +582,14 @@ class _Trainer:
 
     def forward(self, b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """The network's flows of every round for a batch."""
-        net = self.m.net
+        net = self.method.net
         flow_in = b["raw"] * b["trust_in"].repeat_interleave(2, 2)
         outs, _ = net(flow_in, b["trust_in"], b["raw"] if net.cfg.raw_input else None)
         return outs
 
     def losses(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[float]]:
-        o, net = self.o, self.m.net
+        """The loss of a batch (rounds weighted by ``(i + 1)^2``) and its mean parts."""
+        o, net = self.options, self.method.net
         outs = self.forward(b)
         scale = net.cfg.flow_scale
         n = len(outs)
@@ -644,60 +614,20 @@ class _Trainer:
         hidden = b["trust"] * (1 - b["trust_in"])
         if hidden.sum() == 0:
             return None
-        self.m.net.eval()
+        net = self.method.net
+        net.eval()
         with torch.no_grad():
             outs = self.forward(b)
         tr = hidden.repeat_interleave(2, 2)
         val = float(((outs[-1] - b["flow"]).abs() * tr).sum() / tr.sum())
-        self.m.net.train()
-        return val * self.m.net.cfg.flow_scale  # in pixels
+        net.train()
+        return val * net.cfg.flow_scale  # in pixels
 
-    # -- checkpoints ------------------------------------------------------------------
-    def payload(self) -> dict[str, Any]:
-        from gapfill.training import rng_state
-
-        return {
-            "format": "gapfill-flowfill-checkpoint",
-            "step": self.loop.step, "seed": self.seed,
-            "options": json.dumps(self.m.options_dict()),
-            "net": self.m.net.state_dict(), "opt": self.opt.state_dict(),
-            "rng": rng_state(self.rng),
-            "best": self.loop.best_state if self.loop.best_state is not None else {},
-            "best_val": self.loop.stopper.best, "best_step": self.loop.stopper.best_step,
-        }
-
-    def _checkpoint(self) -> None:
-        self.manager.save(self.loop.step, self.payload())
-
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        from gapfill.training import load_weights, set_rng_state
-
-        if ckpt.get("format") != "gapfill-flowfill-checkpoint":
-            raise ValueError("the checkpoint was not written by the flowfill method")
-        load_weights(ckpt, {"net": self.m.net})
-        self.opt.load_state_dict(ckpt["opt"])
-        set_rng_state(self.rng, ckpt["rng"])
-        self.loop.best_state = dict(ckpt["best"]) or None
-        stopper = self.loop.stopper
-        stopper.best, stopper.best_step = float(ckpt["best_val"]), int(ckpt["best_step"])
-        self.loop.step = int(ckpt["step"])
-
-    # -- loop -------------------------------------------------------------------------
     def train_step(self) -> tuple[float, ...]:
         """One Adam step on a random batch; the loss and its parts."""
-        loss, parts = self.losses(self.batch(self.o.batch_size))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        loss, parts = self.losses(self.batch(self.options.batch_size))
+        self.optimise(loss, self.opt)
         return (float(loss.detach()), *parts)
 
-    def run(self) -> dict[str, Any]:
-        if not self.trust.any():  # nothing to learn from: keep the initial network
-            return {"steps": 0, "stopped_by": "no_trusted_flow", "best_val_l1": None}
-        loop = self.loop
-        loop.start()
-        first_val = self.validate()
-        save = self._checkpoint if self.manager is not None else None
-        reason = loop.run(self.train_step, save)
-        loop.restore_best()
-        return {"initial_val_l1": first_val, **loop.summary(reason)}
+    def before_loop(self) -> dict[str, Any]:
+        return {"initial_val_l1": self.validate()}

@@ -10,10 +10,10 @@ consecutive frames); their MAE drives early stopping and the best weights are
 kept, so a network that does not beat its starting point (the guide, below)
 falls back to it.
 
-:class:`SelfSupervisedMethod` holds the training loop (built from
-:mod:`gapfill.training`: checkpoints with resume, CSV log, progress, step and
-time budgets, early stopping; Adam with a linear warm-up; random flips as
-augmentation) and the windowed fill (:func:`gapfill.windows.fill_windows`).
+:class:`SelfSupervisedMethod` holds the training step and validation (run by
+:class:`gapfill.training.Trainer`, which brings checkpoints with resume, CSV log,
+progress, step and time budgets, early stopping; Adam with a linear warm-up;
+random flips as augmentation) and the windowed fill (:func:`gapfill.windows.fill_windows`).
 A subclass supplies the network (:meth:`~SelfSupervisedMethod._build`), its
 loss on a batch (:meth:`~SelfSupervisedMethod._loss`) and its window fill
 (:meth:`~SelfSupervisedMethod._predict`).
@@ -33,8 +33,7 @@ answer. ``guide="none"`` is the plain method of the paper.
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -44,24 +43,23 @@ from gapfill.methods.base import (
     Coords,
     FillResult,
     Method,
-    Options,
     as_numpy,
     load_network,
     network_state,
 )
+from gapfill.training import Run, Trainer, TrainingOptions, pick_device, start_run
 
 if TYPE_CHECKING:
     import torch
 
     from gapfill.cube import Cube
-    from gapfill.masks import OcclusionProcess
 
 GUIDES = ("linear", "eof", "none")
 
 
 @dataclass
-class SelfSupervisedOptions(Options):
-    """Options shared by the self-supervised deep methods.
+class SelfSupervisedOptions(TrainingOptions):
+    """Options shared by the self-supervised deep methods (and :class:`TrainingOptions`).
 
     Attributes
     ----------
@@ -99,43 +97,18 @@ class SelfSupervisedOptions(Options):
         Weight of the L1 loss on the extra-hidden observed pixels.
     valid_weight
         Weight of the L1 loss on all observed pixels (the "whole frame" term).
-    lr
-        Adam learning rate.
     warmup
         Steps of linear learning-rate warm-up from 0 (the heads start at zero,
         so the first fills equal the guide; a warm-up keeps Adam's first,
         sign-like steps from adding noise to it).
-    batch_size
-        Windows per step.
-    steps
-        Step budget.
-    time_budget
-        Seconds of training in this call (``None``: steps only). Runs stopped by
-        time are not bit-reproducible.
     val_share
         Rough share of the observed pixels held out for validation: the
         occlusion process's gaps on a block of consecutive frames (0 turns it
         off; then the last weights are kept).
-    eval_every
-        Steps between validation MAEs (and CSV rows).
-    early_stopping_patience
-        Evaluations without improvement before stopping; ``None`` never stops.
-    checkpoint_dir
-        Directory for ``ckpt_<step>.pt`` and ``log.csv``; ``None`` writes none.
-    checkpoint_every
-        Steps between checkpoints.
-    resume
-        Continue from the newest checkpoint in ``checkpoint_dir``.
     overlap
         Overlap of neighbouring windows when filling.
     fill_batch_size
         Windows per forward pass when filling.
-    device
-        Torch device; ``None`` picks CUDA when available.
-    seed
-        Seed of the fit; ``None`` draws one from the ``rng`` given to ``fit``.
-    progress
-        ``"auto"``, ``"bar"``, ``"log"`` or ``"off"``.
     """
 
     window: tuple[int, int, int] = (8, 64, 64)
@@ -151,38 +124,26 @@ class SelfSupervisedOptions(Options):
     valid_weight: float = 1.0
     lr: float = 3e-4
     warmup: int = 100
-    batch_size: int = 4
     steps: int = 3000
-    time_budget: float | None = 300.0
     val_share: float = 0.05
-    eval_every: int = 100
     early_stopping_patience: int | None = 8
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 500
-    resume: bool = False
     overlap: float = 0.5
     fill_batch_size: int = 4
-    device: str | None = None
-    seed: int | None = None
-    progress: str = "auto"
+
+    _method = "self-supervised"
 
     def __post_init__(self) -> None:
         # Options may come back from JSON, where tuples are lists.
         self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
         self.occlusion_options = dict(self.occlusion_options or {})
 
-    def _bad(self, name: str, why: str) -> None:
-        raise ValueError(f"{self._method} option {name}={getattr(self, name)!r}: {why}")
-
-    _method = "self-supervised"
-
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
+        super().validate()
         bad = self._bad
         if len(self.window) != 3 or min(self.window) < 1:
             bad("window", "must be three positive integers (T, H, W)")
-        for name in ("batch_size", "steps", "eval_every", "checkpoint_every", "fill_batch_size",
-                     "guide_pool"):
+        for name in ("fill_batch_size", "guide_pool"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
         if self.guide not in GUIDES:
@@ -202,22 +163,12 @@ class SelfSupervisedOptions(Options):
                 bad(name, "must be >= 0")
         if self.hole_weight + self.valid_weight <= 0:
             bad("hole_weight", "hole_weight + valid_weight must be > 0")
-        if not self.lr > 0:
-            bad("lr", "must be > 0")
         if int(self.warmup) < 0:
             bad("warmup", "must be >= 0")
-        if self.time_budget is not None and not self.time_budget > 0:
-            bad("time_budget", "must be > 0 or None")
         if not 0 <= self.val_share < 0.5:
             bad("val_share", "must be in [0, 0.5)")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            bad("early_stopping_patience", "must be >= 1 or None")
-        if self.resume and not self.checkpoint_dir:
-            bad("resume", "needs checkpoint_dir")
         if not 0 <= self.overlap < 1:
             bad("overlap", "must be in [0, 1)")
-        if self.progress not in ("auto", "bar", "log", "off"):
-            bad("progress", "must be auto, bar, log or off")
 
 
 # ----------------------------------------------------------------------------- guide
@@ -276,16 +227,19 @@ class TrainingData:
 
     @classmethod
     def build(
-        cls, cube: Cube, options: SelfSupervisedOptions, rng: np.random.Generator
+        cls, truth: np.ndarray, options: SelfSupervisedOptions, rng: np.random.Generator
     ) -> TrainingData:
-        """Load the cube, draw the validation pixels, build the occlusion process and guides."""
-        truth = cube.values()
+        """Draw the validation pixels of the cube's normalised values ``truth``
+        (``(C, T, H, W)``), build the occlusion process and the guides."""
+        from gapfill import masks
+
         c, t, h, w = truth.shape
         observed = np.isfinite(truth)
         missing = ~observed.all(0)
         never = ~observed.any((0, 1))
-        share = _missing_share(missing, never)
-        process = make_process(options, missing, never, options.coverage or share, rng)
+        coverage = options.coverage or masks.missing_share(missing, never, 0.1, 0.6)
+        process = masks.for_data(options.occlusion, missing, never, coverage,
+                                 int(rng.integers(2**31 - 1)), **options.occlusion_options)
         val = np.zeros(truth.shape, dtype=bool)
         if options.val_share > 0:
             # the process's own gap patterns on a block of consecutive frames
@@ -379,40 +333,6 @@ class TrainingData:
         }
 
 
-def make_process(
-    options: SelfSupervisedOptions,
-    missing: np.ndarray,
-    never: np.ndarray,
-    coverage: float,
-    rng: np.random.Generator,
-) -> OcclusionProcess:
-    """The occlusion process named by ``options`` at ``coverage``."""
-    from gapfill import masks
-
-    seed = int(rng.integers(2**31 - 1))
-    if options.occlusion == "empirical":
-        return masks.Empirical(
-            missing, coverage=coverage, seed=seed, exclude=never, **options.occlusion_options
-        )
-    return masks.make(options.occlusion, coverage=coverage, seed=seed, **options.occlusion_options)
-
-
-def _missing_share(missing: np.ndarray, never: np.ndarray) -> float:
-    """Missing share over pixels observed at least once, clipped to [0.1, 0.6]."""
-    valid = ~never
-    share = float(missing[:, valid].mean()) if valid.any() else 0.3
-    return float(np.clip(share, 0.1, 0.6))
-
-
-# ----------------------------------------------------------------------------- losses
-def masked_l1(a: torch.Tensor, b: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """Mean ``|a - b|`` over ``sel`` (0 when ``sel`` is empty); NaN in ``b`` off ``sel`` is fine."""
-    import torch
-
-    diff = torch.where(sel, (a - torch.nan_to_num(b)).abs(), 0.0)
-    return diff.sum() / sel.sum().clamp(min=1)
-
-
 # ----------------------------------------------------------------------------- the base method
 class SelfSupervisedMethod(Method):
     """Base class of the self-supervised deep methods; see the module docstring.
@@ -421,9 +341,6 @@ class SelfSupervisedMethod(Method):
     :meth:`_loss` and :meth:`_predict`; they may override :meth:`_fill_size`
     and :meth:`_setup_training`.
     """
-
-    #: Identifies this method's checkpoints.
-    checkpoint_format = ""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -461,11 +378,7 @@ class SelfSupervisedMethod(Method):
 
     # -- helpers ----------------------------------------------------------------------
     def _device(self) -> torch.device:
-        import torch
-
-        if self.options.device:
-            return torch.device(self.options.device)
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return pick_device(self.options.device)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         import torch
@@ -477,28 +390,18 @@ class SelfSupervisedMethod(Method):
         """Train on the observed pixels of ``cube`` (self-supervised)."""
         import torch
 
-        from gapfill.training import open_run
-
-        o = self.options
-        t0 = time.monotonic()
-        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
-        if ckpt is not None and ckpt.get("format") != self.checkpoint_format:
-            raise ValueError(
-                f"the checkpoint in {o.checkpoint_dir!r} was not written by {self.name}")
-        data = TrainingData.build(cube, o, np.random.default_rng([seed, 0]))
+        truth = cube.values()
+        run = start_run(self, cube, rng, truth)
+        data = TrainingData.build(truth, self.options, np.random.default_rng([run.seed, 0]))
         self._meta = {"window": list(data.window), "channels": int(data.x.shape[0]),
                       "guide_modes": data.guide_modes}
-        torch.manual_seed(seed)
+        torch.manual_seed(run.seed)
         self.net = self._build(data.x.shape[0]).to(self._device())
         self._setup_training()
         try:
-            trainer = _Trainer(self, data, seed, manager)
-            if ckpt is not None:
-                trainer.restore(ckpt)
-            info = trainer.run()
+            info = _Trainer(self, run, data).fit()
         finally:
             self._teardown_training()
-        info["seconds"] = round(time.monotonic() - t0, 2)
         info["parameters"] = int(sum(p.numel() for p in self.net.parameters()))
         if data.guide_modes is not None:
             info["guide_modes"] = data.guide_modes
@@ -573,71 +476,37 @@ class SelfSupervisedMethod(Method):
         self.net = net.to(self._device())
 
 
-# ----------------------------------------------------------------------------- training loop
-class _Trainer:
-    """One call of ``fit``: Adam on the method's loss, validation, checkpoints."""
+# ----------------------------------------------------------------------------- training
+class _Trainer(Trainer):
+    """Adam (learning rate warmed up) on the method's loss; validation MAE; the guide pool."""
 
-    def __init__(
-        self, method: SelfSupervisedMethod, data: TrainingData, seed: int, manager: Any
-    ) -> None:
+    def __init__(self, method: SelfSupervisedMethod, run: Run, data: TrainingData) -> None:
         import torch
 
-        from gapfill.training import TrainLoop
+        super().__init__(method, run)
+        self.data = data
+        self.opt = torch.optim.Adam(method.net.parameters(), lr=self.options.lr)
 
-        self.m, self.data, self.seed, self.manager = method, data, seed, manager
-        o = self.o = method.options
-        self.rng = np.random.default_rng([seed, 1])
-        self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr)
-        self.loop = TrainLoop(
-            method.net, self.validate, steps=o.steps, time_budget=o.time_budget,
-            eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
-            patience=o.early_stopping_patience, metrics=("loss",), shown=("loss",),
-            log=manager.directory / "log.csv" if manager is not None else None,
-            desc=method.name, progress=o.progress,
-        )
+    def networks(self) -> dict[str, Any]:
+        return {"net": self.method.net}
 
-    def payload(self) -> dict[str, Any]:
-        from gapfill.training import rng_state
+    def optimizers(self) -> dict[str, Any]:
+        return {"opt": self.opt}
 
-        return {
-            "format": self.m.checkpoint_format,
-            "step": self.loop.step,
-            "seed": self.seed,
-            "options": json.dumps(self.m.options_dict()),
-            "meta": json.dumps(self.m._meta),
-            "net": self.m.net.state_dict(),
-            "opt": self.opt.state_dict(),
-            "rng": rng_state(self.rng),
-            "stopper": self.loop.stopper.state_dict(),
-            "best": self.loop.best_state if self.loop.best_state is not None else {},
-            "pool": self._pool_state(),
-        }
-
-    def _pool_state(self) -> dict[str, Any]:
+    def state(self) -> dict[str, Any]:
         """The training guides (refreshed as training goes), so a resumed run continues exactly."""
         import torch
 
         d = self.data
         if not d.pool_hides:
-            return {}
-        return {
+            return {"pool": {}}
+        return {"pool": {
             "calls": d.calls,
             "hides": torch.from_numpy(np.stack(d.pool_hides)),
             "guides": torch.from_numpy(np.stack(d.pool_guides)),
-        }
+        }}
 
-    def _checkpoint(self) -> None:
-        self.manager.save(self.loop.step, self.payload())
-
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        from gapfill.training import load_weights, set_rng_state
-
-        load_weights(ckpt, {"net": self.m.net})
-        self.opt.load_state_dict(ckpt["opt"])
-        set_rng_state(self.rng, ckpt["rng"])
-        self.loop.stopper.load_state_dict(ckpt["stopper"])
-        self.loop.best_state = dict(ckpt["best"]) or None
-        self.loop.step = int(ckpt["step"])
+    def load_state(self, ckpt: Mapping[str, Any]) -> None:
         pool = ckpt.get("pool") or {}
         if pool and self.data.pool_hides:
             self.data.calls = int(pool["calls"])
@@ -646,14 +515,14 @@ class _Trainer:
 
     def train_step(self) -> tuple[float]:
         """One Adam step (learning rate warmed up linearly) on a random batch; its loss."""
-        batch = self.data.batch(self.o.batch_size, self.rng)
-        scale = min(1.0, (self.loop.step + 1) / self.o.warmup) if self.o.warmup else 1.0
+        o = self.options
+        batch = self.data.batch(o.batch_size, self.rng)
+        scale = min(1.0, (self.loop.step + 1) / o.warmup) if o.warmup else 1.0
         for group in self.opt.param_groups:
-            group["lr"] = self.o.lr * scale
-        loss, _ = self.m._loss(batch, self.rng)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+            group["lr"] = o.lr * scale
+        with self.autocast():
+            loss, _ = self.method._loss(batch, self.rng)
+        self.optimise(loss, self.opt)
         return (float(loss.detach()),)
 
     def validate(self) -> float | None:
@@ -661,16 +530,6 @@ class _Trainer:
         d = self.data
         if not d.val.any():
             return None
-        out = self.m._fill_array(d.x, d.guide)
-        self.m.net.train()
+        out = self.method._fill_array(d.x, d.guide)
+        self.method.net.train()
         return float(np.abs(out[d.val] - d.truth[d.val]).mean())
-
-    def run(self) -> dict[str, Any]:
-        loop = self.loop
-        save = self._checkpoint if self.manager is not None else None
-        reason = loop.run(self.train_step, save, first_eval=True)
-        loop.restore_best()
-        info = loop.summary(reason)
-        if loop.first_val is not None:
-            info["initial_val_mae"] = loop.first_val
-        return info

@@ -40,14 +40,14 @@ means.
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, Options, load_network, network_state
+from gapfill.methods.base import Coords, FillResult, Method, load_network, network_state
+from gapfill.training import Run, Trainer, TrainingOptions, start_run
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +63,8 @@ SYNTH_INITS = ("noise", "data")
 
 
 @dataclass
-class STGConvNetOptions(Options):
-    """Options of the ``stgconvnet`` method.
+class STGConvNetOptions(TrainingOptions):
+    """Options of the ``stgconvnet`` method (and :class:`~gapfill.training.TrainingOptions`).
 
     Attributes
     ----------
@@ -89,17 +89,11 @@ class STGConvNetOptions(Options):
         ``"data"``: each iteration's chains start from recovered training
         windows (contrastive divergence: learns the density near the data,
         which is what recovery uses, in far fewer iterations).
-    batch_size
-        Training windows recovered per iteration.
     energy_reg
         Weight of a penalty on the squared mean top-layer response of the data
         and synthesised windows (Du & Mordatch 2019); 0 is the paper's objective.
-    lr, betas
-        Adam settings.
-    steps
-        Learning iterations.
-    time_budget
-        Seconds of training (``None``: steps only; then runs are bit-reproducible).
+    betas
+        Adam's betas (its learning rate is ``lr``).
     init
         Start of the missing pixels: ``"linear"`` (in time, spatial fill where a
         pixel has no observation) or ``"mean"`` (the frame's mean).
@@ -117,16 +111,9 @@ class STGConvNetOptions(Options):
         Overlap of fill windows.
     val_share
         Share of the observed pixels held out to track the fill error (0: none).
-    eval_every
-        Iterations between validations and log rows.
-    early_stopping_patience
-        Validations without improvement before stopping (``None``: never).
-    checkpoint_dir, checkpoint_every, resume
-        Checkpoints (and ``log.csv``) of the training, and resuming from the newest.
-    seed
-        Seed of the fit (``None``: drawn from the ``rng`` given to ``fit``).
-    progress
-        ``"auto"``, ``"bar"``, ``"log"`` or ``"off"``.
+
+    A training step is one learning iteration; ``batch_size`` training windows
+    are recovered per iteration.
     """
 
     window: tuple[int, int, int] = (12, 32, 32)
@@ -140,9 +127,7 @@ class STGConvNetOptions(Options):
     synth_steps: int = 5
     n_chains: int = 4
     synth_init: str = "noise"
-    batch_size: int = 4
     energy_reg: float = 1.0
-    lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.999)
     steps: int = 2000
     time_budget: float | None = 120.0
@@ -154,12 +139,10 @@ class STGConvNetOptions(Options):
     overlap: float = 0.25
     val_share: float = 0.05
     eval_every: int = 50
-    early_stopping_patience: int | None = None
-    checkpoint_dir: str | None = None
     checkpoint_every: int = 200
-    resume: bool = False
-    seed: int | None = None
-    progress: str = "auto"
+
+    _method = "stgconvnet"
+    cpu_only = True
 
     def __post_init__(self) -> None:
         # Options may come back from JSON, where tuples are lists.
@@ -172,10 +155,8 @@ class STGConvNetOptions(Options):
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
-
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"stgconvnet option {name}={getattr(self, name)!r}: {why}")
-
+        super().validate()
+        bad = self._bad
         for name in ("window", "fill_window"):
             v = getattr(self, name)
             if len(v) != 3 or min(v) < 1:
@@ -188,11 +169,10 @@ class STGConvNetOptions(Options):
             bad("widths", str(err))
         if min(self.widths) < 1:
             bad("widths", "must be positive")
-        for name in ("recover_steps", "synth_steps", "n_chains", "batch_size", "steps",
-                     "fill_average", "eval_every", "checkpoint_every"):
+        for name in ("recover_steps", "synth_steps", "n_chains", "fill_average"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
-        for name in ("sigma", "step_size", "lr"):
+        for name in ("sigma", "step_size"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 bad(name, "must be > 0")
@@ -210,14 +190,6 @@ class STGConvNetOptions(Options):
             bad("overlap", "must be in [0, 1)")
         if not 0 <= self.val_share < 0.5:
             bad("val_share", "must be in [0, 0.5)")
-        if self.time_budget is not None and self.time_budget <= 0:
-            bad("time_budget", "must be > 0 or None")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            bad("early_stopping_patience", "must be >= 1 or None")
-        if self.resume and not self.checkpoint_dir:
-            bad("resume", "needs checkpoint_dir")
-        if self.progress not in ("auto", "bar", "log", "off"):
-            bad("progress", "must be auto, bar, log or off")
 
 
 def initial_guess(x: np.ndarray, kind: str = "linear") -> np.ndarray:
@@ -277,23 +249,14 @@ class STGConvNet(Method):
     # -- fit --------------------------------------------------------------------------
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Learn ``f`` from the observed pixels of ``cube`` (the recovery algorithm)."""
-        from gapfill.training import open_run
-
-        o = self.options
-        t0 = time.monotonic()
-        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
-        truth = cube.values()
-        self._meta = {"window": [min(a, b) for a, b in zip(o.window, truth.shape[1:])]}
         import torch
 
-        torch.manual_seed(seed)  # the network's initial weights
+        truth = cube.values()
+        run = start_run(self, cube, rng, truth)
+        self._meta = {"window": [min(a, b) for a, b in zip(self.options.window, truth.shape[1:])]}
+        torch.manual_seed(run.seed)  # the network's initial weights
         self._build(truth.shape[0])
-        trainer = _Trainer(self, truth, seed, manager)
-        if ckpt is not None:
-            trainer.restore(ckpt)
-        info = trainer.run()
-        info["seconds"] = round(time.monotonic() - t0, 2)
-        self.fit_info.update(info)
+        self.fit_info.update(_Trainer(self, run, truth).fit())
 
     # -- fill -------------------------------------------------------------------------
     def fill(
@@ -400,19 +363,21 @@ class STGConvNet(Method):
 
 
 # ----------------------------------------------------------------------------- training
-class _Trainer:
+class _Trainer(Trainer):
     """The learning loop of :class:`STGConvNet` (one call of ``fit``)."""
 
-    def __init__(self, method: STGConvNet, truth: np.ndarray, seed: int, manager: Any) -> None:
+    metrics = ("f_data", "f_synth")
+    shown = ()
+    finite_only = True
+    first_eval = False
+
+    def __init__(self, method: STGConvNet, run: Run, truth: np.ndarray) -> None:
         import torch
 
-        from gapfill.training import TrainLoop
-
-        self.m, self.o, self.seed, self.manager = method, method.options, seed, manager
-        o = self.o
-        torch.manual_seed(seed)
-        self.rng = np.random.default_rng([seed, 1])
-        self.gen = torch.Generator().manual_seed(seed)
+        super().__init__(method, run)
+        self.m, o = method, self.options
+        torch.manual_seed(self.seed)
+        self.gen = torch.Generator().manual_seed(self.seed)
         self.window = tuple(method._meta["window"])
         observed = np.isfinite(truth)
         # validation pixels: a random share of the observed ones, hidden from training
@@ -429,13 +394,12 @@ class _Trainer:
         self.chains = torch.randn((o.n_chains, c, *self.window), generator=self.gen) * o.sigma
         self.opt = torch.optim.Adam(method.energy.parameters(), lr=o.lr, betas=o.betas)
         self.val_windows = self._val_windows()
-        self.loop = TrainLoop(
-            method.energy, self.validate, steps=o.steps, time_budget=o.time_budget,
-            eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
-            patience=o.early_stopping_patience, metrics=("f_data", "f_synth"), finite_only=True,
-            log=manager.directory / "log.csv" if manager is not None else None,
-            desc="stgconvnet", progress=o.progress,
-        )
+
+    def networks(self) -> dict[str, Any]:
+        return {"energy": self.m.energy}
+
+    def optimizers(self) -> dict[str, Any]:
+        return {"opt": self.opt}
 
     def _val_windows(self) -> list[tuple[int, int, int]]:
         """Up to 2 fixed windows holding the most validation pixels."""
@@ -455,10 +419,11 @@ class _Trainer:
         return sl  # type: ignore[return-value]
 
     # -- one iteration ----------------------------------------------------------------
-    def iterate(self) -> tuple[float, float]:
+    def train_step(self) -> tuple[float, float]:
+        """One iteration: recovery, synthesis, learning; the mean ``f`` of data and synthesis."""
         import torch
 
-        o, energy = self.o, self.m.energy
+        o, energy = self.options, self.m.energy
         starts = [self._offset() for _ in range(o.batch_size)]
         sl = [(slice(None), *self._slices(s)) for s in starts]
         rec = torch.from_numpy(np.stack([self.rec[s] for s in sl]))
@@ -485,16 +450,14 @@ class _Trainer:
         loss = r_synth.mean() - r_data.mean()
         if o.energy_reg > 0:  # keeps the responses, hence df/dI, of bounded size
             loss = loss + o.energy_reg * (r_data.square().mean() + r_synth.square().mean())
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.optimise(loss, self.opt)
         return float(f_data.detach()), float(f_synth.detach())
 
     def validate(self, steps: int | None = None) -> float | None:
         """Fill MAE on the validation pixels (chains of ``steps``; default: the fill's)."""
         if not self.val_windows:
             return None
-        steps = steps or self.o.fill_steps or DEFAULT_FILL_STEPS
+        steps = steps or self.options.fill_steps or DEFAULT_FILL_STEPS
         errs, n = 0.0, 0
         for s0 in self.val_windows:
             sl = (slice(None), *self._slices(s0))
@@ -506,7 +469,7 @@ class _Trainer:
 
     def choose_fill_steps(self) -> dict[str, float] | None:
         """Set the fill's chain length: the option, or the best of :data:`FILL_STEP_GRID`."""
-        o, meta = self.o, self.m._meta
+        o, meta = self.options, self.m._meta
         if o.fill_steps is not None or not self.val_windows:
             meta["fill_steps"] = int(o.fill_steps or DEFAULT_FILL_STEPS)
             return None
@@ -521,66 +484,29 @@ class _Trainer:
         for s0 in self.val_windows:
             sl = (slice(None), *self._slices(s0))
             v = self.val[sl]
-            init = initial_guess(self.x[sl], self.o.init)
+            init = initial_guess(self.x[sl], self.options.init)
             errs += float(np.abs(init[v] - self.truth[sl][v]).sum())
             n += int(v.sum())
         return errs / max(n, 1)
 
-    # -- checkpoints ------------------------------------------------------------------
-    def payload(self) -> dict[str, Any]:
+    # -- checkpoints and the run -----------------------------------------------------------
+    def state(self) -> dict[str, Any]:
         import torch
 
-        from gapfill.training import rng_state
+        return {"rec": torch.from_numpy(self.rec), "chains": self.chains,
+                "gen": self.gen.get_state()}
 
-        return {
-            "format": "gapfill-stgconvnet-checkpoint",
-            "step": self.loop.step,
-            "seed": self.seed,
-            "options": json.dumps(self.m.options_dict()),
-            "energy": self.m.energy.state_dict(),
-            "opt": self.opt.state_dict(),
-            "rec": torch.from_numpy(self.rec),
-            "chains": self.chains,
-            "gen": self.gen.get_state(),
-            "rng": rng_state(self.rng),
-            "stopper": self.loop.stopper.state_dict(),
-            "best": self.loop.best_state if self.loop.best_state is not None else {},
-        }
-
-    def _checkpoint(self) -> None:
-        self.manager.save(self.loop.step, self.payload())
-
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        from gapfill.training import load_weights, set_rng_state
-
-        if ckpt.get("format") != "gapfill-stgconvnet-checkpoint":
-            raise ValueError("the checkpoint was not written by the stgconvnet method")
-        load_weights(ckpt, {"energy": self.m.energy})
+    def load_state(self, ckpt: Mapping[str, Any]) -> None:
         if tuple(ckpt["rec"].shape) != self.rec.shape:
             raise ValueError("the checkpoint was written for a cube of another shape")
-        self.opt.load_state_dict(ckpt["opt"])
         self.rec = ckpt["rec"].numpy().copy()
         self.chains = ckpt["chains"]
         self.gen.set_state(ckpt["gen"])
-        set_rng_state(self.rng, ckpt["rng"])
-        self.loop.stopper.load_state_dict(ckpt["stopper"])
-        self.loop.best_state = dict(ckpt["best"]) or None
-        self.loop.step = int(ckpt["step"])
 
-    # -- loop -------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        loop = self.loop
-        loop.start()
-        init_mae = self.init_val_mae()
-        untrained = self.validate() if loop.step == 0 else None
-        save = self._checkpoint if self.manager is not None else None
-        reason = loop.run(self.iterate, save)
-        loop.restore_best()
+    def before_loop(self) -> dict[str, Any]:
+        return {"init_val_mae": self.init_val_mae(),
+                "untrained_val_mae": self.validate() if self.loop.step == 0 else None}
+
+    def after_loop(self) -> dict[str, Any]:
         chain = self.choose_fill_steps()
-        return {
-            "fill_steps": self.m._meta["fill_steps"],
-            "fill_steps_val_mae": chain,
-            "init_val_mae": init_mae,
-            "untrained_val_mae": untrained,
-            **loop.summary(reason),
-        }
+        return {"fill_steps": self.m._meta["fill_steps"], "fill_steps_val_mae": chain}

@@ -36,7 +36,6 @@ from gapfill.methods.selfsup import (
     SelfSupervisedMethod,
     SelfSupervisedOptions,
     linear_guide,
-    masked_l1,
 )
 
 if TYPE_CHECKING:
@@ -120,7 +119,6 @@ class TGFNet(SelfSupervisedMethod):
 
     name = "tgfnet"
     Options = TGFNetOptions
-    checkpoint_format = "gapfill-tgfnet-checkpoint"
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -186,6 +184,7 @@ class TGFNet(SelfSupervisedMethod):
         """Pyramid L1 + alignment L1 (+ perceptual and style) on one target frame per window."""
         import torch
 
+        from gapfill.models.losses import masked_l1
         from gapfill.models.tgfnet import pyramid_targets
 
         o = self.options
