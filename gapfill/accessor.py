@@ -20,6 +20,7 @@ from gapfill.dims import find_dims
 from gapfill.diagnostics import Diagnostics, holdout_mask, score
 from gapfill.filling import fill_dataarray
 from gapfill.model import FittedModel, Holdout
+from gapfill.packing import is_undecoded
 
 
 def fit_dataarray(
@@ -143,6 +144,7 @@ class GapfillAccessor:
         diagnostics: Diagnostics | bool | None = None,
         fill_never_observed: bool = False,
         seed: int = 0,
+        keep_packing: bool = False,
     ) -> xr.Dataset:
         """Fill the gaps with a fitted model.
 
@@ -161,6 +163,10 @@ class GapfillAccessor:
             Also fill pixels with no observation at any time (land). Off by default.
         seed
             Seed of stochastic fills; the same seed gives the same output.
+        keep_packing
+            Give the filled variable the input's packing (dtype, ``scale_factor``,
+            ``add_offset``, ``_FillValue``) as its encoding, so ``to_netcdf`` writes
+            it back as the input was stored. The values returned are floats either way.
 
         Returns
         -------
@@ -171,7 +177,7 @@ class GapfillAccessor:
         """
         return fill_dataarray(
             self._obj, model, samples=samples, diagnostics=diagnostics,
-            fill_never_observed=fill_never_observed, seed=seed,
+            fill_never_observed=fill_never_observed, seed=seed, keep_packing=keep_packing,
         )
 
 
@@ -185,7 +191,7 @@ def _cube_variables(ds: xr.Dataset, variable: str | list[str] | None) -> list[st
         return list(variable)
     names = []
     for name, da in ds.data_vars.items():
-        if da.ndim < 3 or not np.issubdtype(da.dtype, np.floating):
+        if da.ndim < 3 or not (np.issubdtype(da.dtype, np.floating) or is_undecoded(da)):
             continue
         try:
             find_dims(da)

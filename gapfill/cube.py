@@ -21,6 +21,7 @@ import xarray as xr
 from gapfill import timeaxis
 from gapfill.dims import Dims, find_dims
 from gapfill.methods.base import Coords
+from gapfill.packing import unpack
 
 
 @dataclass
@@ -55,16 +56,20 @@ def _is_dask(da: xr.DataArray) -> bool:
 def check_dtype(da: xr.DataArray) -> xr.DataArray:
     """Return ``da`` as floating point, or raise if it cannot hold gaps.
 
-    Integer data are converted to float64 with a warning (decode ``_FillValue``
-    first if the integers carry one); booleans, strings and objects are refused.
+    Packing attrs of undecoded data (``_FillValue``, ``missing_value``,
+    ``valid_range``, ``scale_factor``, ``add_offset``) are applied first (see
+    :func:`gapfill.packing.unpack`). Other integer data are converted to
+    float64 with a warning; booleans, strings and objects are refused.
     """
+    da = unpack(da)
     if np.issubdtype(da.dtype, np.floating):
         return da
     if np.issubdtype(da.dtype, np.integer):
         warnings.warn(
-            f"variable {da.name!r} has integer dtype {da.dtype}; converting to float64. "
-            "If it stores packed values, open it with decode_cf/mask_and_scale so missing "
-            "values become NaN.",
+            f"variable {da.name!r} has integer dtype {da.dtype} and no _FillValue, "
+            "missing_value or scale_factor attribute; converting to float64 with every value "
+            "observed. If some values mark missing data, set da.attrs['_FillValue'] (or open "
+            "the file with mask_and_scale=True).",
             stacklevel=3,
         )
         return da.astype(np.float64)

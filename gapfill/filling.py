@@ -18,6 +18,7 @@ import xarray as xr
 from gapfill import timeaxis
 from gapfill.cube import Cube
 from gapfill.methods.base import Coords, TimeEdges
+from gapfill.packing import packing_of
 
 if TYPE_CHECKING:
     from gapfill.diagnostics import Diagnostics
@@ -123,6 +124,7 @@ def fill_dataarray(
     diagnostics: Diagnostics | bool | None = None,
     fill_never_observed: bool = False,
     seed: int = 0,
+    keep_packing: bool = False,
 ) -> xr.Dataset:
     """Fill ``da`` with ``model``; see :meth:`gapfill.accessor.GapfillAccessor.fill`."""
     from gapfill.diagnostics import Diagnostics, score
@@ -141,7 +143,7 @@ def fill_dataarray(
 
     data = cube.da.data
     time_axis = cube.da.dims.index(cube.dims.time)
-    dtype = da.dtype if np.issubdtype(da.dtype, np.floating) else np.float64
+    dtype = cube.da.dtype  # floating point, unpacked
     if lazy:
         from gapfill.chunked import fill_lazy
 
@@ -157,7 +159,7 @@ def fill_dataarray(
         flag = flags(np.asarray(data), time_axis)
 
     template = cube.da
-    attrs = dict(da.attrs)
+    attrs = dict(cube.da.attrs)  # without packing attrs
     ancillary = [f"{name}_flag"] + ([f"{name}_error"] if with_error else [])
     attrs["ancillary_variables"] = " ".join(ancillary)
     variables = {
@@ -176,8 +178,13 @@ def fill_dataarray(
     }
     if with_error:
         variables[f"{name}_error"] = xr.DataArray(
-            error.astype(dtype), dims=template.dims, coords=template.coords, attrs=_error_attrs(da.attrs)
+            error.astype(dtype), dims=template.dims, coords=template.coords,
+            attrs=_error_attrs(cube.da.attrs),
         )
+    if keep_packing:
+        packed = packing_of(da)
+        if packed is not None:
+            variables[name].encoding = packed.encoding()
     for key in ("grid_mapping", "coordinates"):
         if key in da.attrs:
             for var in variables.values():
