@@ -18,7 +18,7 @@ from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.dims import find_dims
 from gapfill.diagnostics import Diagnostics, holdout_mask, score
-from gapfill.filling import fill_dataarray
+from gapfill.filling import cf_product, fill_dataarray
 from gapfill.model import FittedModel, Holdout
 from gapfill.packing import is_undecoded
 
@@ -239,8 +239,14 @@ class GapfillDatasetAccessor:
             if name not in self._obj.data_vars:
                 raise ValueError(f"the model was fitted on {name!r}, which is not in this dataset")
             filled = fill_dataarray(self._obj[name], m, **kwargs)
+            mapping = self._obj[name].attrs.get("grid_mapping")
+            if mapping in self._obj.variables:  # the dataset holds it: keep the reference
+                for var in filled.data_vars.values():
+                    var.attrs["grid_mapping"] = mapping
             out = out.drop_vars(name).merge(filled, compat="override")
             prefix = "" if len(models) == 1 else f"{name}_"
-            method_attrs.update({f"{prefix}{k}": v for k, v in filled.attrs.items()})
+            method_attrs.update({f"{prefix}{k}": v for k, v in filled.attrs.items()
+                                 if k.startswith("gapfill_")})
         out.attrs.update(method_attrs)
-        return out
+        return cf_product(out, f"{'/'.join(m.name for m in models.values())} fill of "
+                               f"{', '.join(models)}")

@@ -192,7 +192,42 @@ def fill_dataarray(
     out = xr.Dataset({k: v.transpose(*da.dims) for k, v in variables.items()})
     out = timeaxis.restore_order(out, cube.dims.time, cube.time_order)  # the input's time order
     out.attrs.update(product_attrs(model, diagnostics if isinstance(diagnostics, Diagnostics) else None))
+    return cf_product(out, f"{model.name} fill of {name}")
+
+
+def cf_product(ds: xr.Dataset, action: str) -> xr.Dataset:
+    """``ds`` as a CF product: the global attrs ``gapfill run`` writes, clean references.
+
+    References to variables ``ds`` does not hold (``grid_mapping``, ``bounds``
+    of a DataArray whose dataset stayed behind) are dropped, attribute names
+    CF does not allow (``"Model scenario"``) get underscores, coordinates and
+    bounds are encoded without ``_FillValue``, and the global
+    attrs are :func:`gapfill.io.cf_global_attrs` with ``action`` in ``history``.
+    """
+    from gapfill import io
+
+    out = ds.copy(deep=False)
+    bounds = {str(v.attrs.get("bounds")) for v in out.variables.values()}
+    for key, var in out.variables.items():
+        var.attrs = {_cf_name(k): v for k, v in var.attrs.items()
+                     if not (k in _REFERENCES and str(v) not in out.variables)}
+        if key in out.coords or key in bounds:  # CF: no fill value on coordinates and bounds
+            var.encoding = {**var.encoding, "_FillValue": None}
+    out.attrs = {_cf_name(k): v for k, v in out.attrs.items()}
+    out.attrs = io.cf_global_attrs(out, history_command=f"{action} {io.API_HISTORY}")
     return out
+
+
+#: Attributes naming one other variable of the dataset.
+_REFERENCES = ("grid_mapping", "bounds", "climatology")
+
+
+def _cf_name(name: str) -> str:
+    """An attribute name CF accepts: letters, digits and underscores, starting with a letter."""
+    import re
+
+    clean = re.sub(r"[^A-Za-z0-9_]", "_", str(name))
+    return clean if clean[:1].isalpha() or clean.startswith("_") else f"a_{clean}"
 
 
 def product_attrs(model: FittedModel, diagnostics: Diagnostics | None) -> dict:

@@ -461,26 +461,52 @@ def prepare(
 ) -> xr.Dataset:
     """A shallow copy of ``ds`` with product attrs and cleaned encodings (nothing is loaded).
 
-    Sets ``Conventions``, ``title``, ``source``, ``date_created`` and prepends
-    ``"<ISO time> <command>"`` to ``history`` (newest first). Encodings read
-    from the input (compression, packing, chunk sizes, ``_FillValue``) are
-    dropped; only CF time units and calendars are kept.
+    Sets the global attrs of :func:`cf_global_attrs`. Encodings read from the
+    input (compression, packing, chunk sizes, ``_FillValue``) are dropped;
+    only CF time units and calendars are kept.
+    """
+    out = _drop_encodings(ds)
+    out.attrs = cf_global_attrs(
+        out, history_command=history_command, title=title, source=source, now=now
+    )
+    out.encoding = {}
+    return out
+
+
+#: Ends the ``history`` line of a product made from Python (``da.gapfill.fill``); a
+#: later :func:`prepare` (``gapfill run`` writing that product) replaces the line.
+API_HISTORY = "(gapfill Python API)"
+
+
+def cf_global_attrs(
+    ds: xr.Dataset,
+    *,
+    history_command: str | None = None,
+    title: str | None = None,
+    source: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The global attrs of a gap-filled product: ``ds.attrs`` plus provenance.
+
+    Sets ``Conventions`` (replacing the input's), ``title``, ``source``,
+    ``date_created`` and prepends ``"<ISO time> <command>"`` to ``history``
+    (newest first), in that order ahead of the other attrs. The same attrs
+    whether the product comes from ``gapfill run`` or ``da.gapfill.fill``.
     """
     now = now or datetime.now(timezone.utc)
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = _drop_encodings(ds)
-    attrs = dict(out.attrs)
+    attrs = dict(ds.attrs)
     attrs["Conventions"] = CONVENTIONS
-    attrs["title"] = title or attrs.get("title") or _default_title(out)
+    attrs["title"] = title or attrs.get("title") or _default_title(ds)
     attrs["source"] = source or _default_source(attrs)
     command = history_command if history_command is not None else _command_line()
     old = str(attrs.get("history", "")).strip()
+    if old.split("\n", 1)[0].endswith(API_HISTORY) and not command.endswith(API_HISTORY):
+        old = old.split("\n", 1)[1] if "\n" in old else ""
     attrs["history"] = f"{stamp} {command}" + (f"\n{old}" if old else "")
     attrs["date_created"] = stamp
     first = ("Conventions", "title", "source", "history", "date_created")
-    out.attrs = {k: attrs[k] for k in first} | {k: v for k, v in attrs.items() if k not in first}
-    out.encoding = {}
-    return out
+    return {k: attrs[k] for k in first} | {k: v for k, v in attrs.items() if k not in first}
 
 
 def _drop_encodings(ds: xr.Dataset) -> xr.Dataset:
