@@ -13,11 +13,9 @@ subclass of :class:`Trainer` that writes only what is its own::
             self.data = data
             self.opt = torch.optim.Adam(method.net.parameters(), lr=self.options.lr)
 
-        def networks(self):                        # checkpoint key -> module; the
-            return {"net": self.method.net}        # first one is kept at its best
-
-        def optimizers(self):
-            return {"opt": self.opt}
+        # networks() -> {"net": method.net} and optimizers() -> {"opt": self.opt} by
+        # default; override them to train several networks (the first one listed is
+        # kept at its best and averaged)
 
         def train_step(self):                      # one step; the metrics' values
             loss = ...
@@ -104,6 +102,8 @@ class TrainingOptions(Options):
 
     Attributes
     ----------
+    window
+        Training window ``(T, H, W)`` (clipped to the cube).
     steps
         Step budget.
     time_budget
@@ -142,6 +142,7 @@ class TrainingOptions(Options):
         fit keeps; ``None``: the weights themselves.
     """
 
+    window: tuple[int, int, int] = (8, 64, 64)
     steps: int = 1000
     time_budget: float | None = 300.0
     eval_every: int = 100
@@ -169,12 +170,27 @@ class TrainingOptions(Options):
     #: The method trains and fills on the CPU only (``device`` must be ``None`` or ``"cpu"``).
     cpu_only: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:
+        self._as_windows("window")
+
+    def _as_windows(self, *names: str) -> None:
+        """Make the ``(T, H, W)`` options ``names`` tuples of ints (JSON gives lists)."""
+        for name in names:
+            setattr(self, name, tuple(int(v) for v in getattr(self, name)))
+
     def _bad(self, name: str, why: str) -> None:
         raise ValueError(f"{self._method} option {name}={getattr(self, name)!r}: {why}")
+
+    def _check_windows(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            if len(v) != 3 or min(v) < 1:
+                self._bad(name, "must be three positive integers (T, H, W)")
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad training option."""
         bad = self._bad
+        self._check_windows("window")
         for name in ("steps", "eval_every", "checkpoint_every", "batch_size"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
@@ -333,8 +349,10 @@ class Trainer:
     """One training run of a method; subclasses write the step and the validation.
 
     See the module docstring for how a method uses it. A subclass implements
-    :meth:`networks`, :meth:`optimizers`, :meth:`train_step` and :meth:`validate`,
-    and may set the class attributes below and override :meth:`state` /
+    :meth:`train_step` and :meth:`validate` and sets ``self.opt``; it overrides
+    :meth:`networks` and :meth:`optimizers` when it trains several networks (the
+    default is the method's one network, ``method.net``, and ``self.opt``). It may
+    set the class attributes below and override :meth:`state` /
     :meth:`load_state` (what else its checkpoints hold), :meth:`before_loop` /
     :meth:`after_loop` (facts for ``fit_info``).
 
@@ -392,12 +410,15 @@ class Trainer:
 
     # -- what a method writes ----------------------------------------------------------
     def networks(self) -> dict[str, torch.nn.Module]:
-        """Checkpoint key -> network; the first is the one kept at its best (and averaged)."""
-        raise NotImplementedError
+        """Checkpoint key -> network; the first is the one kept at its best (and averaged).
+
+        Default: the method's one network (:class:`~gapfill.methods.base.NetworkMethod`).
+        """
+        return {self.method.network_key: self.method.net}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Checkpoint key -> optimiser."""
-        raise NotImplementedError
+        """Checkpoint key -> optimiser (default: ``{"opt": self.opt}``)."""
+        return {"opt": self.opt}
 
     def train_step(self) -> Sequence[float]:
         """One training step; the values named by :attr:`metrics`."""

@@ -103,7 +103,7 @@ def test_ema_is_shared_by_every_trained_method(tmp_path, waves):
     m = _fit(tmp_path, a, steps=3, checkpoint_every=1, val_share=0.0, ema=0.5, lr=1e-2)
     (_, before), (_, last) = CheckpointManager(tmp_path).checkpoints()  # steps 2 and 3
     before, last = load_checkpoint(before), load_checkpoint(last)
-    fitted = m.energy.state_dict()
+    fitted = m.net.state_dict()
     for k, avg in last["averaged"].items():  # average = 0.5 * previous + 0.5 * new weights
         torch.testing.assert_close(avg, 0.5 * before["averaged"][k] + 0.5 * last["energy"][k])
         torch.testing.assert_close(fitted[k], avg)  # the fitted model is the average

@@ -260,6 +260,45 @@ class Method(ABC):
         return f"{type(self).__name__}({opts})"
 
 
+class NetworkMethod(Method):
+    """A method whose fitted state is one torch network, ``self.net``, with the JSON
+    ``self._meta`` that rebuilds it (its config).
+
+    Subclasses implement :meth:`_rebuild`; ``state_dict`` holds the weights under
+    :attr:`network_key` and the meta (:func:`network_state`).
+    """
+
+    #: The key of the network's weights in :meth:`state_dict` (and in checkpoints).
+    network_key: ClassVar[str] = "net"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.net: Any = None
+        self._meta: dict[str, Any] = {}
+
+    def _rebuild(self) -> torch.nn.Module:
+        """The (untrained) network that ``self._meta`` describes."""
+        raise NotImplementedError
+
+    def _place(self, net: torch.nn.Module) -> torch.nn.Module:
+        """Where a loaded network goes (default: the CPU, in evaluation mode)."""
+        return net.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The network's weights and the configuration needed to rebuild it."""
+        return network_state(self.network_key, self.net, self._meta)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the network from :meth:`state_dict`'s output."""
+
+        def build(meta: dict[str, Any]) -> Any:
+            self._meta = meta  # what _rebuild reads
+            return self._rebuild()
+
+        _, net = load_network(state, self.network_key, build)
+        self.net = self._place(net)
+
+
 def as_numpy(value: Any) -> np.ndarray:
     """Turn a torch tensor or array-like from a state dict into a numpy array."""
     if hasattr(value, "detach"):

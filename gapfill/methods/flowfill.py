@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, load_network, network_state
+from gapfill.methods.base import Coords, FillResult, NetworkMethod
 from gapfill.training import Run, Trainer, TrainingOptions, start_run
 
 if TYPE_CHECKING:
@@ -62,8 +62,6 @@ class FlowFillOptions(TrainingOptions):
 
     Attributes
     ----------
-    window
-        Training window ``(T, H, W)`` (clipped to the cube).
     features, hidden, iterations
         Feature channels, hidden channels and refinement rounds of the flow network.
     occlusion, coverage, occlusion_options
@@ -100,7 +98,6 @@ class FlowFillOptions(TrainingOptions):
     vectors; the best network is kept.
     """
 
-    window: tuple[int, int, int] = (8, 64, 64)
     features: int = 16
     hidden: int = 32
     iterations: int = 4
@@ -129,18 +126,15 @@ class FlowFillOptions(TrainingOptions):
     cpu_only = True
 
     def __post_init__(self) -> None:
-        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
-        self.fill_window = tuple(int(v) for v in self.fill_window)  # type: ignore[assignment]
+        super().__post_init__()
+        self._as_windows("fill_window")
         self.occlusion_options = dict(self.occlusion_options or {})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
         super().validate()
         bad = self._bad
-        for name in ("window", "fill_window"):
-            v = getattr(self, name)
-            if len(v) != 3 or min(v) < 1:
-                bad(name, "must be three positive integers (T, H, W)")
+        self._check_windows("fill_window")
         for name in ("features", "hidden", "iterations", "pool", "max_frames", "levels"):
             if int(getattr(self, name)) < (0 if name == "levels" else 1):
                 bad(name, "must be a positive integer")
@@ -341,16 +335,11 @@ def flow_losses(
 
 
 # ----------------------------------------------------------------------------- the method
-class FlowFill(Method):
+class FlowFill(NetworkMethod):
     """Flow-guided filling with flow completion; see the module docstring."""
 
     name = "flowfill"
     Options = FlowFillOptions
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.net: Any = None
-        self._meta: dict[str, Any] = {}
 
     def _build(self, flow_scale: float) -> None:
         from gapfill.models.flow_refiner import FlowRefiner, FlowRefinerConfig
@@ -510,19 +499,10 @@ class FlowFill(Method):
         conf = np.where(trust.min(1) > 0, 1.0, conf)
         return out.astype(np.float32), conf.astype(np.float32)
 
-    # -- state ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Weights of the flow network and its configuration."""
-        return network_state("net", self.net, self._meta)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the flow network from :meth:`state_dict`'s output."""
+    def _rebuild(self) -> Any:
         from gapfill.models.flow_refiner import FlowRefiner, FlowRefinerConfig
 
-        self._meta, net = load_network(
-            state, "net", lambda meta: FlowRefiner(FlowRefinerConfig(**meta["net"]))
-        )
-        self.net = net.eval()
+        return FlowRefiner(FlowRefinerConfig(**self._meta["net"]))
 
 
 # ----------------------------------------------------------------------------- training
@@ -552,12 +532,6 @@ class _Trainer(Trainer):
         self.window = tuple(method._meta["window"])
         self.opt = torch.optim.Adam(method.net.parameters(), lr=self.options.lr)
         self.val_batch = self.batch(2, member=0) if self.trust.any() else None
-
-    def networks(self) -> dict[str, Any]:
-        return {"net": self.method.net}
-
-    def optimizers(self) -> dict[str, Any]:
-        return {"opt": self.opt}
 
     def batch(self, n: int, member: int | None = None) -> dict[str, torch.Tensor]:
         """Random windows of a pool member: its raw flows and trust (the input), and

@@ -42,10 +42,8 @@ import numpy as np
 from gapfill.methods.base import (
     Coords,
     FillResult,
-    Method,
+    NetworkMethod,
     as_numpy,
-    load_network,
-    network_state,
 )
 from gapfill.training import Run, Trainer, TrainingOptions, pick_device, start_run
 
@@ -61,10 +59,10 @@ GUIDES = ("linear", "eof", "none")
 class SelfSupervisedOptions(TrainingOptions):
     """Options shared by the self-supervised deep methods (and :class:`TrainingOptions`).
 
+    The training ``window`` is also the fill window.
+
     Attributes
     ----------
-    window
-        Training window ``(T, H, W)`` (clipped to the cube); also the fill window.
     guide
         First guess given to the network, which predicts a correction to it:
         ``"linear"`` (time interpolation), ``"eof"`` (DINEOF reconstruction of
@@ -111,7 +109,6 @@ class SelfSupervisedOptions(TrainingOptions):
         Windows per forward pass when filling.
     """
 
-    window: tuple[int, int, int] = (8, 64, 64)
     guide: str = "linear"
     guide_pool: int = 4
     guide_refresh: int = 4
@@ -133,16 +130,13 @@ class SelfSupervisedOptions(TrainingOptions):
     _method = "self-supervised"
 
     def __post_init__(self) -> None:
-        # Options may come back from JSON, where tuples are lists.
-        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
+        super().__post_init__()
         self.occlusion_options = dict(self.occlusion_options or {})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
         super().validate()
         bad = self._bad
-        if len(self.window) != 3 or min(self.window) < 1:
-            bad("window", "must be three positive integers (T, H, W)")
         for name in ("fill_batch_size", "guide_pool"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
@@ -334,18 +328,13 @@ class TrainingData:
 
 
 # ----------------------------------------------------------------------------- the base method
-class SelfSupervisedMethod(Method):
+class SelfSupervisedMethod(NetworkMethod):
     """Base class of the self-supervised deep methods; see the module docstring.
 
     Subclasses set ``name`` and ``Options`` and implement :meth:`_build`,
     :meth:`_loss` and :meth:`_predict`; they may override :meth:`_fill_size`
     and :meth:`_setup_training`.
     """
-
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.net: Any = None
-        self._meta: dict[str, Any] = {}
 
     # -- hooks ------------------------------------------------------------------------
     def _build(self, channels: int) -> Any:
@@ -460,20 +449,8 @@ class SelfSupervisedMethod(Method):
             net.train(was_training)
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
 
-    # -- state --------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Network weights and the configuration needed to rebuild it."""
-        return network_state("net", self.net, self._meta)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the network from :meth:`state_dict`'s output."""
-
-        def build(meta: dict[str, Any]) -> Any:
-            self._meta = meta  # what _rebuild reads
-            return self._rebuild()
-
-        _, net = load_network(state, "net", build)
-        self.net = net.to(self._device())
+    def _place(self, net: Any) -> Any:
+        return net.to(self._device())
 
 
 # ----------------------------------------------------------------------------- training
@@ -486,12 +463,6 @@ class _Trainer(Trainer):
         super().__init__(method, run)
         self.data = data
         self.opt = torch.optim.Adam(method.net.parameters(), lr=self.options.lr)
-
-    def networks(self) -> dict[str, Any]:
-        return {"net": self.method.net}
-
-    def optimizers(self) -> dict[str, Any]:
-        return {"opt": self.opt}
 
     def state(self) -> dict[str, Any]:
         """The training guides (refreshed as training goes), so a resumed run continues exactly."""

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Coords, FillResult, Method, load_network, network_state
+from gapfill.methods.base import Coords, FillResult, NetworkMethod
 from gapfill.training import Run, Trainer, TrainingOptions, start_run
 
 if TYPE_CHECKING:
@@ -68,8 +68,6 @@ class STGConvNetOptions(TrainingOptions):
 
     Attributes
     ----------
-    window
-        Training window ``(T, H, W)`` (clipped to the cube).
     widths, kernels, strides
         Filters, ``(t, h, w)`` kernels and sub-sampling of each ConvNet layer.
     activation
@@ -145,9 +143,8 @@ class STGConvNetOptions(TrainingOptions):
     cpu_only = True
 
     def __post_init__(self) -> None:
-        # Options may come back from JSON, where tuples are lists.
-        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
-        self.fill_window = tuple(int(v) for v in self.fill_window)  # type: ignore[assignment]
+        super().__post_init__()
+        self._as_windows("fill_window")
         self.widths = tuple(int(v) for v in self.widths)
         self.kernels = tuple(tuple(int(k) for k in ks) for ks in self.kernels)  # type: ignore[misc]
         self.strides = tuple(tuple(int(s) for s in ss) for ss in self.strides)  # type: ignore[misc]
@@ -157,10 +154,7 @@ class STGConvNetOptions(TrainingOptions):
         """Raise ``ValueError`` naming the first bad option."""
         super().validate()
         bad = self._bad
-        for name in ("window", "fill_window"):
-            v = getattr(self, name)
-            if len(v) != 3 or min(v) < 1:
-                bad(name, "must be three positive integers (T, H, W)")
+        self._check_windows("fill_window")
         from gapfill.models.stgconvnet_energy import STEnergyConfig
 
         try:
@@ -219,17 +213,14 @@ def initial_guess(x: np.ndarray, kind: str = "linear") -> np.ndarray:
     return np.where(np.isfinite(out), out, 0.0).astype(np.float32)
 
 
-class STGConvNet(Method):
+class STGConvNet(NetworkMethod):
     """Spatial-temporal generative ConvNet; see the module docstring."""
 
     name = "stgconvnet"
     stochastic = True
     Options = STGConvNetOptions
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.energy: Any = None
-        self._meta: dict[str, Any] = {}
+    network_key = "energy"
 
     # -- building ---------------------------------------------------------------------
     def _build(self, channels: int) -> None:
@@ -239,7 +230,7 @@ class STGConvNet(Method):
         cfg = STEnergyConfig(channels, o.widths, o.kernels, o.strides, o.activation,
                              1.0 / o.sigma**2)
         self._meta["energy"] = dataclasses.asdict(cfg)
-        self.energy = STEnergy(cfg)
+        self.net = STEnergy(cfg)
 
     def _langevin(self, noise: float = 1.0) -> Any:
         from gapfill.models.stgconvnet_energy import Langevin
@@ -272,7 +263,7 @@ class STGConvNet(Method):
         their last ``fill_average`` iterates and ``error`` their standard deviation.
         """
         config = self._meta.get("energy", {})
-        self._check_fill(x, samples, self.energy is not None, config.get("channels"))
+        self._check_fill(x, samples, self.net is not None, config.get("channels"))
         seed = int(rng.integers(2**31 - 1))
         mean, std = self.recover(x, samples, seed)
         values = np.where(np.isfinite(x), x, mean).astype(np.float32)
@@ -303,7 +294,7 @@ class STGConvNet(Method):
         def fn(batch: np.ndarray) -> np.ndarray:
             b = torch.from_numpy(np.ascontiguousarray(batch)).repeat_interleave(samples, 0)
             start, free = b[:, :c], b[:, c:] < 0.5
-            _, mean, var = langevin.run(self.energy, start, steps, free, gen, keep)
+            _, mean, var = langevin.run(self.net, start, steps, free, gen, keep)
             mean = mean.reshape(-1, samples, *mean.shape[1:])
             var = var.reshape(-1, samples, *var.shape[1:])
             pooled = mean.mean(1)
@@ -313,7 +304,7 @@ class STGConvNet(Method):
             spread = torch.where(torch.isfinite(spread), spread, torch.zeros_like(spread))
             return torch.cat([pooled, spread], 1).numpy()
 
-        self.energy.eval()
+        self.net.eval()
         with torch.no_grad():
             out = fill_windows(stacked, fn, o.fill_window, overlap=o.overlap, batch_size=1)
         return out[:c], out[c:]
@@ -338,28 +329,19 @@ class STGConvNet(Method):
         """
         import torch
 
-        if self.energy is None:
+        if self.net is None:
             raise RuntimeError("stgconvnet is not fitted: call fit() or load_state_dict()")
         rng = rng if rng is not None else np.random.default_rng()
         gen = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
         c = self._meta["energy"]["channels"]
         x = torch.randn((int(n), c, *map(int, shape)), generator=gen) * self.options.sigma
-        x, _, _ = self._langevin(1.0).run(self.energy, x, int(steps), None, gen, 0)
+        x, _, _ = self._langevin(1.0).run(self.net, x, int(steps), None, gen, 0)
         return x.numpy().astype(np.float32)
 
-    # -- state ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Weights of ``f`` and its configuration."""
-        return network_state("energy", self.energy, self._meta)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild ``f`` from :meth:`state_dict`'s output."""
+    def _rebuild(self) -> Any:
         from gapfill.models.stgconvnet_energy import STEnergy, STEnergyConfig
 
-        self._meta, energy = load_network(
-            state, "energy", lambda meta: STEnergy(STEnergyConfig(**meta["energy"]))
-        )
-        self.energy = energy.eval()
+        return STEnergy(STEnergyConfig(**self._meta["energy"]))
 
 
 # ----------------------------------------------------------------------------- training
@@ -392,14 +374,8 @@ class _Trainer(Trainer):
         self.rec = initial_guess(self.x, o.init)  # the persistent recovered cube
         c = truth.shape[0]
         self.chains = torch.randn((o.n_chains, c, *self.window), generator=self.gen) * o.sigma
-        self.opt = torch.optim.Adam(method.energy.parameters(), lr=o.lr, betas=o.betas)
+        self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr, betas=o.betas)
         self.val_windows = self._val_windows()
-
-    def networks(self) -> dict[str, Any]:
-        return {"energy": self.m.energy}
-
-    def optimizers(self) -> dict[str, Any]:
-        return {"opt": self.opt}
 
     def _val_windows(self) -> list[tuple[int, int, int]]:
         """Up to 2 fixed windows holding the most validation pixels."""
@@ -423,7 +399,7 @@ class _Trainer(Trainer):
         """One iteration: recovery, synthesis, learning; the mean ``f`` of data and synthesis."""
         import torch
 
-        o, energy = self.options, self.m.energy
+        o, energy = self.options, self.m.net
         starts = [self._offset() for _ in range(o.batch_size)]
         sl = [(slice(None), *self._slices(s)) for s in starts]
         rec = torch.from_numpy(np.stack([self.rec[s] for s in sl]))
