@@ -1,8 +1,9 @@
 """Fitting on cubes too big for memory: a few passes over a dask-backed cube, block by block.
 
-:func:`fit` is used instead of ``Method.fit`` when the cube is dask-backed and
-larger than :data:`IN_MEMORY_FIT_BYTES` (or when asked with
-``fit(..., streaming_fit=True)``), for the methods that need the whole cube:
+``Method.fit_streaming`` is used instead of ``Method.fit`` when the cube is
+dask-backed and larger than :data:`IN_MEMORY_FIT_BYTES` (or when asked with
+``fit(..., streaming_fit=True)``), for the methods that define it. This module
+holds the passes of the methods that need the whole cube:
 
 ``climatology``
     Per-pixel count, sum and sum of squares in one dask reduction: the same
@@ -62,12 +63,15 @@ SUBSAMPLE_ENTRIES = 2**22
 #: Pixels per batch of the per-pixel least-squares solves.
 SOLVE_BATCH = 8192
 
-__all__ = ["IN_MEMORY_FIT_BYTES", "SUBSAMPLE_ENTRIES", "fit", "supports", "use_streaming"]
+__all__ = [
+    "IN_MEMORY_FIT_BYTES", "SUBSAMPLE_ENTRIES", "fit", "fit_climatology", "fit_eof", "supports",
+    "use_streaming",
+]
 
 
 def supports(method: Method) -> bool:
-    """Whether ``method`` has a streaming fit."""
-    return method.name in _FITTERS
+    """Whether ``method`` has a streaming fit (overrides ``Method.fit_streaming``)."""
+    return method.has_streaming_fit()
 
 
 def use_streaming(method: Method, cube: Cube, streaming: bool | None = None) -> bool:
@@ -85,14 +89,15 @@ def use_streaming(method: Method, cube: Cube, streaming: bool | None = None) -> 
         raise ValueError("streaming_fit=True needs a dask-backed cube (da.chunk(...))")
     if streaming and not supports(method):
         raise ValueError(
-            f"method {method.name!r} has no streaming fit; methods with one: {sorted(_FITTERS)}"
+            f"method {method.name!r} has no streaming fit (Method.fit_streaming); fit an "
+            "in-memory cube, or one that fits in memory, instead"
         )
     return bool(streaming)
 
 
 def fit(method: Method, cube: Cube, rng: np.random.Generator) -> None:
     """Fit ``method`` on the dask-backed ``cube`` in a few blockwise passes."""
-    _FITTERS[method.name](method, cube, rng)
+    method.fit_streaming(cube, rng)
 
 
 def normalised(cube: Cube) -> dsa.Array:
@@ -111,7 +116,8 @@ def normalised(cube: Cube) -> dsa.Array:
 
 
 # -- climatology -----------------------------------------------------------------------------
-def _fit_climatology(method: Any, cube: Cube, rng: np.random.Generator) -> None:
+def fit_climatology(method: Any, cube: Cube) -> None:
+    """Per-pixel count, sum and sum of squares of ``cube`` in one dask reduction."""
     import dask
     import dask.array as dsa
 
@@ -144,7 +150,8 @@ def subsample_stride(shape: tuple[int, int, int, int], entries: int | None = Non
     return stride
 
 
-def _fit_eof(method: Any, cube: Cube, rng: np.random.Generator) -> None:
+def fit_eof(method: Any, cube: Cube, rng: np.random.Generator) -> None:
+    """DINEOF on a spatial subsample, then every pixel's least-squares fit on its temporal EOFs."""
     import dask
 
     n_chan, n_time, height, width = cube.shape
@@ -276,12 +283,3 @@ def _parallelism() -> int:
         return max(1, sum(get_client().nthreads().values()))
     except (ImportError, ValueError):
         return os.cpu_count() or 1
-
-
-# -- gan ----------------------------------------------------------------------------------------
-def _fit_gan(method: Any, cube: Cube, rng: np.random.Generator) -> None:
-    """Train on ``fit_blocks`` sub-cubes read tile by tile (``Cube.sample_windows``)."""
-    method.fit_streaming(cube, rng)
-
-
-_FITTERS = {"climatology": _fit_climatology, "eof": _fit_eof, "gan": _fit_gan}

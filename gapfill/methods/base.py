@@ -204,6 +204,20 @@ class Method(ABC):
         ``coords`` are the coordinates of ``x`` for methods that use them.
         """
 
+    def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Learn from a dask-backed cube too large for memory, in a few passes over its blocks.
+
+        Optional: a method that can fit this way overrides it (see
+        :mod:`gapfill.streaming`); ``fit(..., streaming_fit=None)`` then uses it
+        for large dask-backed cubes.
+        """
+        raise NotImplementedError(f"method {self.name!r} has no streaming fit")
+
+    @classmethod
+    def has_streaming_fit(cls) -> bool:
+        """Whether the method overrides :meth:`fit_streaming`."""
+        return cls.fit_streaming is not Method.fit_streaming
+
     def gives_error(self, samples: int) -> bool:
         """Whether :meth:`fill` returns an error for this many samples."""
         return self.provides_error or (self.stochastic and samples > 1)

@@ -40,6 +40,12 @@ class Climatology(Method):
         """Compute per-pixel mean and std of the observations."""
         self.fit_array(cube.values())
 
+    def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
+        """The same statistics from a dask-backed cube, in one reduction over its blocks."""
+        from gapfill.streaming import fit_climatology
+
+        fit_climatology(self, cube)
+
     def fit_array(self, x: np.ndarray) -> None:
         """Fit on a normalised ``(C, T, H, W)`` array."""
         obs = np.isfinite(x)

@@ -472,6 +472,13 @@ class EOF(Method):
         """Run DINEOF on the cube's observed pixels (time filter on the cube's time axis)."""
         self.fit_array(cube.values(), rng, cube.coords().time)
 
+    def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
+        """DINEOF on a spatial subsample of a dask-backed cube, then a least-squares pass
+        for every pixel (:func:`gapfill.streaming.fit_eof`)."""
+        from gapfill.streaming import fit_eof
+
+        fit_eof(self, cube, rng)
+
     def fit_array(
         self, x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None
     ) -> DineofResult:
