@@ -20,8 +20,37 @@ import xarray as xr
 
 from gapfill import timeaxis
 from gapfill.dims import Dims, find_dims
-from gapfill.methods.base import Coords
 from gapfill.packing import unpack
+
+
+@dataclass
+class Coords:
+    """Coordinates of the array being filled, for methods that use them as inputs.
+
+    Attributes
+    ----------
+    time_of_year
+        ``(T,)`` fraction of the year in ``[0, 1)``, or ``None`` when the time
+        axis is not a datetime axis.
+    y, x
+        ``(H,)`` and ``(W,)`` coordinate values (e.g. latitude, longitude).
+    time
+        ``(T,)`` increasing time positions in days (see :func:`gapfill.timeaxis.days`),
+        or ``None`` when the time axis has no coordinate (frames equally spaced).
+        Methods that use time distances (interpolation, temporal smoothing) use it.
+    """
+
+    time_of_year: np.ndarray | None
+    y: np.ndarray
+    x: np.ndarray
+    time: np.ndarray | None = None
+
+    def isel(self, t: slice, y: slice, x: slice) -> Coords:
+        """The coordinates of a window."""
+        toy = None if self.time_of_year is None else self.time_of_year[t]
+        days = None if self.time is None else self.time[t]
+        return Coords(toy, self.y[y], self.x[x], days)
+
 
 
 @dataclass
