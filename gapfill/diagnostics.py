@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from gapfill.metrics import error_summary
+
 if TYPE_CHECKING:
     import xarray as xr
 
@@ -179,13 +181,7 @@ class Diagnostics:
     def summary(self) -> dict[str, float]:
         """MAE, RMSE, bias and count; error calibration when the method gives errors."""
         e = self.errors
-        out: dict[str, float] = {
-            "n": int(e.size),
-            "mae": float(np.abs(e).mean()) if e.size else float("nan"),
-            "rmse": float(np.sqrt((e**2).mean())) if e.size else float("nan"),
-            "bias": float(e.mean()) if e.size else float("nan"),
-            "unfilled": int(self.unfilled),
-        }
+        out: dict[str, float] = {**error_summary(e), "unfilled": int(self.unfilled)}
         if self.predicted_error is not None and e.size:
             sigma = self.predicted_error
             out["mean_predicted_error"] = float(np.sqrt((sigma**2).mean()))

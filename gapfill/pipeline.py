@@ -27,6 +27,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
+from gapfill.metrics import error_summary
 from gapfill.recipe import PunchConfig, Recipe, open_input, side_outputs
 
 __all__ = ["RunResult", "punch", "punched_scores", "run", "train", "video_scores"]
@@ -134,14 +135,14 @@ def punched_scores(
     hid = np.asarray(hidden.transpose(time_dim, ...).values, dtype=bool)
     ok = hid & np.isfinite(err)
     errors = err[ok]
-    summary = _stats(errors)
+    summary = error_summary(errors)
     summary["unfilled"] = int((hid & ~np.isfinite(err)).sum())
     rows = {}
     times = filled[time_dim].values if time_dim in filled.coords else np.arange(err.shape[0])
     for i, t in enumerate(times):
         e = err[i][ok[i]]
         if e.size:
-            rows[str(t)] = _stats(e)
+            rows[str(t)] = error_summary(e)
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "mae", "rmse", "bias"])
     table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "bias")]
     table.index.name = "time"
@@ -193,17 +194,6 @@ def _punched_scores_lazy(
     frames = np.unique(np.linspace(0, len(n) - 1, n_frames).round().astype(int))
     sample = e.isel({time_dim: frames}).values
     return summary, table, sample[np.isfinite(sample)]
-
-
-def _stats(e: np.ndarray) -> dict[str, float]:
-    if not e.size:
-        return {"n": 0, "mae": float("nan"), "rmse": float("nan"), "bias": float("nan")}
-    return {
-        "n": int(e.size),
-        "mae": float(np.abs(e).mean()),
-        "rmse": float(np.sqrt((e**2).mean())),
-        "bias": float(e.mean()),
-    }
 
 
 @contextmanager

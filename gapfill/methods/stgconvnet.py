@@ -50,8 +50,6 @@ from gapfill.methods.base import Coords, FillResult, NetworkMethod
 from gapfill.training import Run, Trainer, TrainingOptions, start_run
 
 if TYPE_CHECKING:
-    import torch
-
     from gapfill.cube import Cube
 
 INITS = ("linear", "mean")
