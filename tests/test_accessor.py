@@ -10,7 +10,7 @@ import xarray as xr
 import gapfill
 from gapfill.dims import find_dims
 
-from conftest import synthetic_sst
+from gapfill.testing import synthetic_sst
 
 
 class CountingScheduler:

@@ -35,8 +35,7 @@ def free_port() -> int:
 
 
 def small_cube():
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import synthetic_sst
+    from gapfill.testing import synthetic_sst
 
     return synthetic_sst(t=10, h=10, w=12, seed=4)
 

@@ -8,7 +8,7 @@ import pytest
 import gapfill  # noqa: F401
 from gapfill import figures
 
-from conftest import synthetic_sst
+from gapfill.testing import synthetic_sst
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -23,7 +23,7 @@ from gapfill.models.flow_refiner import (  # noqa: E402
     warp,
 )
 
-from conftest import gap_mae, travelling_wave  # noqa: E402
+from gapfill.testing import gap_mae, travelling_wave  # noqa: E402
 
 TINY = dict(window=(4, 12, 12), features=4, hidden=8, iterations=2, batch_size=1,
             time_budget=None, progress="off", seed=1, eval_every=2)

@@ -34,7 +34,7 @@ from gapfill.training import (  # noqa: E402
 )
 from gapfill.windows import fill_windows, window_starts  # noqa: E402
 
-from conftest import smooth_cube  # noqa: E402
+from gapfill.testing import smooth_cube  # noqa: E402
 
 TINY = dict(
     window=(8, 16, 16), width=8, n_res_blocks=2, d_width=8, d_layers=2, batch_size=2,

@@ -13,7 +13,7 @@ import xarray as xr
 import gapfill
 from gapfill import io as gio
 
-from conftest import synthetic_sst
+from gapfill.testing import synthetic_sst
 
 VAR = "surface_temperature"
 

@@ -4,6 +4,9 @@
 - never-observed pixels (land) stay NaN;
 - no NaN is left in the filled pixels;
 - the input is not modified.
+
+The checks are :func:`gapfill.testing.check_fill` / :func:`~gapfill.testing.check_method`,
+which anyone can run on a method of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gapfill
+from gapfill.methods import FillResult
+from gapfill.testing import check_fill, check_method
 
 #: Options that keep each method fast enough for property tests on CPU.
 FAST_OPTIONS: dict[str, dict] = {
@@ -63,18 +68,31 @@ def test_fill_properties(method, seed, t, h, w, missing, dtype, holdout):
     before = da.copy(deep=True)
     model = da.gapfill.fit(method, holdout=holdout, seed=seed, **FAST_OPTIONS.get(method, {}))
     out = da.gapfill.fill(model)
-    filled = out["v"].values
-    observed = np.isfinite(da.values)
-    never = ~observed.any(0)
-    assert filled.dtype == da.dtype
-    # bit-for-bit: compare the raw bytes of observed values
-    assert filled[observed].tobytes() == da.values[observed].tobytes()
-    assert np.isnan(filled[:, never]).all()
-    gaps = ~observed & ~never[None]
-    assert np.isfinite(filled[gaps]).all(), f"{method} left NaN in {np.isnan(filled[gaps]).sum()} gaps"
-    flag = out["v_flag"].values
-    assert (flag[observed] == 0).all() and (flag[gaps] == 1).all() and (flag[:, never] == 2).all()
-    xr.testing.assert_identical(da, before)
+    check_fill(da, out, before)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_check_method_passes_every_registered_method(method):
+    """gapfill.testing.check_method: in memory (float32, float64) and dask-backed."""
+    check_method(method, **FAST_OPTIONS.get(method, {}))
+
+
+class _LeavesHoles(gapfill.methods.Method):
+    """Fills nothing: a method that breaks the no-NaN-left guarantee."""
+
+    name = "leaves_holes"
+
+    def fit(self, cube, rng):
+        pass
+
+    def fill(self, x, rng, samples=1, coords=None):
+        return FillResult(x.copy())
+
+
+def test_check_method_catches_a_broken_method():
+    with pytest.raises(AssertionError, match="NaN left"):
+        check_method(_LeavesHoles, dask=False)
+    assert "leaves_holes" not in gapfill.methods.available()  # registered for the check only
 
 
 @pytest.mark.parametrize("method", ["linear", "combcn"])

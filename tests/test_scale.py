@@ -19,7 +19,7 @@ from gapfill import recipe as rc
 from gapfill.diagnostics import holdout_mask
 from gapfill.model import Holdout
 
-from conftest import synthetic_sst
+from gapfill.testing import synthetic_sst
 from test_accessor import CountingScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
