@@ -16,9 +16,9 @@ import xarray as xr
 
 from gapfill import methods, streaming
 from gapfill.cube import Cube
-from gapfill.dims import find_dims
+from gapfill.dims import find_dims, is_single_frame
 from gapfill.diagnostics import Diagnostics, holdout_mask, score
-from gapfill.filling import cf_product, fill_dataarray
+from gapfill.filling import ONE_FRAME, cf_product, check_model, fill_dataarray
 from gapfill.model import FittedModel, Holdout
 from gapfill.packing import is_undecoded
 
@@ -46,7 +46,15 @@ def fit_dataarray(
     # Bad names and options fail here, before any work.
     method_obj = methods.get(method)(**{**(options or {}), **more_options})
     spec = Holdout(holdout, holdout_process, seed)
+    if is_single_frame(da, dims) and not method_obj.needs_time:
+        da = da.expand_dims(ONE_FRAME)  # filled spatially, as a one-frame cube
     cube = Cube(da, dims)
+    if cube.shape[1] < 2 and method_obj.needs_time:
+        raise ValueError(
+            f"dimension {cube.dims.time!r} (time) has length 1; the {method_obj.name} method "
+            "learns along time and needs at least 2 frames. Fill a single frame spatially "
+            "with method='linear'."
+        )
     stream = streaming.use_streaming(method_obj, cube, streaming_fit)
     if spec.fraction > 0:
         if cube.is_lazy:  # drawn block by block, never the whole cube at once
@@ -61,10 +69,11 @@ def fit_dataarray(
         cube = cube.with_hide(hide)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    if stream:
-        streaming.fit(method_obj, cube, rng)
-    else:
-        method_obj.fit(cube, rng)
+    with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
+        if stream:
+            streaming.fit(method_obj, cube, rng)
+        else:
+            method_obj.fit(cube, rng)
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
@@ -232,6 +241,8 @@ class GapfillDatasetAccessor:
 
         Keyword arguments are those of :meth:`GapfillAccessor.fill`.
         """
+        if not isinstance(model, Mapping):
+            check_model(model)
         models = {model.variable: model} if isinstance(model, FittedModel) else dict(model)
         out = self._obj.copy()
         method_attrs: dict[str, Any] = {}

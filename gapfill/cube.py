@@ -109,10 +109,14 @@ def check_dtype(da: xr.DataArray) -> xr.DataArray:
 
 
 def check_coords(da: xr.DataArray, dims: Dims) -> None:
-    """Raise if a dimension is too short or a coordinate holds NaN/NaT."""
+    """Raise if a spatial dimension is shorter than 2 or a coordinate holds NaN/NaT.
+
+    A single frame is allowed here: methods that learn along time refuse it
+    when fitting (:attr:`gapfill.methods.Method.needs_time`).
+    """
     for role, name in (("time", dims.time), ("y", dims.y), ("x", dims.x)):
         n = da.sizes[name]
-        if n < 2:
+        if n < (1 if role == "time" else 2):
             raise ValueError(
                 f"dimension {name!r} ({role}) has length {n}; gap filling needs at least 2 "
                 f"{'frames' if role == 'time' else 'points'} along it."

@@ -60,6 +60,23 @@ def _matches(da: xr.DataArray, dim: str, role: str) -> bool:
     return role == "time" and np.issubdtype(da[dim].dtype, np.datetime64)
 
 
+#: Why a 2-D field without time is refused by most methods, and what to do.
+SINGLE_FRAME = (
+    "the data has dims {dims} and no time axis: a single frame. Methods that learn along "
+    "time need several frames of the same grid (eof: EOFs of many frames; climatology: "
+    "each pixel's mean over time; the trained methods: sequences of frames). Fill a single "
+    "frame spatially with method='linear' (da.gapfill.fit('linear')), or stack frames along "
+    "a time dim (xr.concat(frames, 'time'))."
+)
+
+
+def is_single_frame(da: xr.DataArray, dims: Mapping[str, str] | None = None) -> bool:
+    """Whether ``da`` is one 2-D frame: two dims, none of them a time axis."""
+    if da.ndim != 2 or (dims or {}).get("time"):
+        return False
+    return not any(_matches(da, str(d), "time") for d in da.dims)
+
+
 def find_dims(da: xr.DataArray, dims: Mapping[str, str] | None = None) -> Dims:
     """Identify the time, y, x and channel dimensions of ``da``.
 
@@ -90,6 +107,8 @@ def find_dims(da: xr.DataArray, dims: Mapping[str, str] | None = None) -> Dims:
             d for d in da.dims if d not in found.values() and _matches(da, str(d), role)
         ]
         if not candidates:
+            if role == "time" and da.ndim == 2:
+                raise ValueError(SINGLE_FRAME.format(dims=tuple(map(str, da.dims))))
             hint = (
                 "gap filling needs a time axis: "
                 if role == "time"

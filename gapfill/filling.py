@@ -17,7 +17,7 @@ import xarray as xr
 
 from gapfill import timeaxis
 from gapfill.cube import Cube
-from gapfill.methods.base import Coords, TimeEdges
+from gapfill.methods.base import Coords, TimeEdges, limit_threads
 from gapfill.packing import packing_of
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from gapfill.model import FittedModel
 
 OBSERVED, FILLED, NEVER_OBSERVED = 0, 1, 2
+#: The time dim given to a single 2-D frame (methods with ``needs_time = False``).
+ONE_FRAME = "frame"
 FLAG_MEANINGS = "observed filled never_observed"
 
 
@@ -59,10 +61,11 @@ def run_method(
         never = ~observed.any(axis=1, keepdims=True)
     z = model.normaliser.normalise(raw)
     rng = np.random.default_rng(seed)
-    if edges is None:
-        result = model.method.fill(z, rng, samples=samples, coords=coords)
-    else:
-        result = model.method.fill_chunk(z, rng, samples=samples, coords=coords, edges=edges)
+    with limit_threads(model.method.options.threads, raw.size):
+        if edges is None:
+            result = model.method.fill(z, rng, samples=samples, coords=coords)
+        else:
+            result = model.method.fill_chunk(z, rng, samples=samples, coords=coords, edges=edges)
     filled = model.normaliser.denormalise(result.values)
     filled = np.where(observed, raw, filled)
     error = None
@@ -116,6 +119,24 @@ def _error_attrs(attrs: dict) -> dict:
     return out
 
 
+def check_model(model: object) -> None:
+    """Raise ``TypeError`` with the fix unless ``model`` is a :class:`~gapfill.model.FittedModel`."""
+    from gapfill.model import FittedModel
+
+    if isinstance(model, FittedModel):
+        return
+    if isinstance(model, str):
+        raise TypeError(
+            f"fill takes a fitted model, not the method name {model!r}: fit first, "
+            f"model = da.gapfill.fit({model!r}), then da.gapfill.fill(model) (the model can "
+            "also fill other cubes on the same grid, and be saved with model.save)."
+        )
+    raise TypeError(
+        f"fill takes a fitted model (from da.gapfill.fit or gapfill.load), got "
+        f"{type(model).__name__}"
+    )
+
+
 def fill_dataarray(
     da: xr.DataArray,
     model: FittedModel,
@@ -129,8 +150,22 @@ def fill_dataarray(
     """Fill ``da`` with ``model``; see :meth:`gapfill.accessor.GapfillAccessor.fill`."""
     from gapfill.diagnostics import Diagnostics, score
 
+    check_model(model)
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if model.dims.time == ONE_FRAME and ONE_FRAME not in da.dims:
+        # One 2-D frame: no time tells land from gaps, so every missing pixel is filled
+        # (and flagged filled); mask land afterwards if the frame has some.
+        out = fill_dataarray(da.expand_dims(ONE_FRAME), model, samples=samples,
+                             diagnostics=diagnostics, fill_never_observed=True,
+                             seed=seed, keep_packing=keep_packing)
+        out = out.isel({ONE_FRAME: 0}, drop=True)
+        flag = out[f"{model.variable}_flag"] if f"{model.variable}_flag" in out else None
+        if flag is not None:
+            filled = (flag == NEVER_OBSERVED) & out[model.variable].notnull()
+            out[flag.name] = flag.where(~filled, np.uint8(FILLED)).astype(np.uint8)
+            out[flag.name].attrs = flag.attrs
+        return out
     lazy = da.chunks is not None
     cube = Cube(da, model.dims, normaliser=model.normaliser, check_values=not lazy)
     name = cube.name

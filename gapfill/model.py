@@ -9,6 +9,7 @@ values, never arbitrary pickled objects.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -73,8 +74,18 @@ class FittedModel:
         self.dims = dims
         self.variable = variable
         self.holdout = holdout
-        #: Facts about the fit (shape, wall time, versions); JSON-serialisable.
-        self.info = dict(info or {})
+        self._run = dict(info or {})
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the fit learned and facts about the run, in one JSON-serialisable dict.
+
+        The method's findings (e.g. ``modes`` and ``cv_rmse`` for ``eof``, losses
+        for the trained methods; the ``fit:`` line of the repr) and the run's
+        ``variable``, ``shape``, ``fit_seconds``, ``fitted_at`` and
+        ``gapfill_version``. A copy: changing it changes nothing.
+        """
+        return copy.deepcopy({**self.method.fit_info, **self._run})
 
     @property
     def name(self) -> str:
@@ -114,7 +125,7 @@ class FittedModel:
             "method": self.name,
             "options": json.dumps(self.options_dict()),
             "fit_info": json.dumps(self.method.fit_info),
-            "info": json.dumps(self.info),
+            "info": json.dumps(self._run),
             "dims": json.dumps(self.dims.as_dict()),
             "variable": self.variable,
             "holdout": json.dumps(asdict(self.holdout)),

@@ -7,9 +7,12 @@ used, so ``import gapfill`` stays light.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
-from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, TimeEdges
+from gapfill.methods.base import (
+    Chunking, Coords, FillResult, Method, Options, TimeEdges, limit_threads,
+)
 
 #: name -> "module:Class"; imported lazily on first use.
 _BUILTIN = {
@@ -39,13 +42,17 @@ def available() -> list[str]:
 
 
 def get(name: str) -> type[Method]:
-    """Return the method class registered as ``name``.
+    """Return the method class registered as ``name`` (any case: ``"EOF"`` is ``"eof"``).
 
     Raises
     ------
     ValueError
         If no method has that name; the message lists the valid names.
     """
+    if not isinstance(name, str):
+        raise TypeError(f"a method name is a string, got {type(name).__name__}")
+    if name not in _REGISTRY and name not in _BUILTIN:
+        name = name.lower()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if name in _BUILTIN:
@@ -53,10 +60,12 @@ def get(name: str) -> type[Method]:
         cls = getattr(importlib.import_module(module), attr)
         _REGISTRY[name] = cls
         return cls
-    raise ValueError(f"unknown method {name!r}; choose one of {available()}")
+    close = difflib.get_close_matches(name, available(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"unknown method {name!r}{hint}; choose one of {available()}")
 
 
 __all__ = [
     "Chunking", "Coords", "FillResult", "Method", "Options", "TimeEdges", "available", "get",
-    "register",
+    "limit_threads", "register",
 ]

@@ -10,9 +10,11 @@ method is a small class with ``fit``, ``fill`` and a weights-only state.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -114,12 +116,55 @@ class TimeEdges:
     times: np.ndarray | None = None
 
 
+#: Below this many values (of a cube, or a chunk being filled), ``threads=None`` runs
+#: BLAS on one thread: small matrix products lose more to thread start-up and to
+#: contention with other processes than they gain.
+AUTO_THREADS_VALUES = 2**24
+
+
 @dataclass
 class Options:
-    """Base class of a method's options (a dataclass; subclass it per method)."""
+    """Base class of a method's options (a dataclass; subclass it per method).
+
+    Attributes
+    ----------
+    threads
+        BLAS threads used during ``fit`` and ``fill`` (every method has it).
+        ``None``: one thread for cubes (or fill chunks) under
+        ``AUTO_THREADS_VALUES`` values, BLAS's own default above; ``0``:
+        BLAS's own default always. PyTorch's threads are not changed.
+    """
+
+    threads: int | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range."""
+
+
+def _check_threads(threads: Any) -> None:
+    ok = threads is None or (
+        isinstance(threads, (int, np.integer)) and not isinstance(threads, bool) and threads >= 0
+    )
+    if not ok:
+        raise ValueError(f"option 'threads' must be None or an integer >= 0, got {threads!r}")
+
+
+@contextmanager
+def limit_threads(threads: int | None, values: int) -> Iterator[None]:
+    """Run the block with BLAS limited to ``threads`` (see :class:`Options`).
+
+    ``values`` is the size of the work (values of the cube or chunk), for
+    ``threads=None``.
+    """
+    if threads is None:
+        threads = 1 if values < AUTO_THREADS_VALUES else 0
+    if threads == 0:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(threads), user_api="blas"):
+        yield
 
 
 class Method(ABC):
@@ -139,13 +184,21 @@ class Method(ABC):
     stochastic: ClassVar[bool] = False
     #: Whether ``fit`` trains data-parallel under ``torchrun`` (see :mod:`gapfill.distributed`).
     distributed: ClassVar[bool] = False
+    #: Whether ``fit`` learns along time and so needs at least 2 frames; a method with
+    #: ``False`` also fills a single 2-D frame (without a time dim).
+    needs_time: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Options)}
         unknown = sorted(set(options) - fields)
         if unknown:
+            hints = [
+                f"{u!r} (did you mean {close[0]!r}?)" if close else repr(u)
+                for u in unknown
+                for close in [difflib.get_close_matches(u, sorted(fields), n=1)]
+            ]
             raise ValueError(
-                f"unknown option(s) {unknown} for method {self.name!r}; "
+                f"unknown option(s) {', '.join(hints)} for method {self.name!r}; "
                 f"valid options are {sorted(fields)}"
             )
         try:
@@ -153,6 +206,7 @@ class Method(ABC):
         except TypeError as err:  # pragma: no cover - dataclass signature errors
             raise ValueError(f"bad options for method {self.name!r}: {err}") from None
         self.options.validate()
+        _check_threads(self.options.threads)
         #: JSON-serialisable facts learned by ``fit`` (chosen modes, losses, ...).
         self.fit_info: dict[str, Any] = {}
 

@@ -14,6 +14,10 @@ written here on anomalies so that it takes data of any sign:
    held-out entries and stop after ``patience`` modes without a new minimum.
 3. Put the held-out entries back and run modes ``1..k`` again at the best ``k``.
 
+Progress (each number of modes tried, with its cross-validation error and the
+time so far) goes to the ``"gapfill"`` logger at INFO level
+(``logging.basicConfig(level="INFO")`` shows it).
+
 DINEOF's temporal filter (``alpha``, ``numit``) smooths the temporal EOFs,
 weighing neighbouring frames by their distance on the time coordinate.
 The SVD is exact and cheap through the ``T × T`` Gram matrix (a randomized SVD
@@ -27,6 +31,7 @@ error.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,6 +44,8 @@ from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, 
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube
+
+log = logging.getLogger("gapfill")
 
 #: Above this many time steps the SVD switches from an exact eigen-decomposition
 #: of the (time × time) Gram matrix to a warm-started randomized SVD.
@@ -413,6 +420,8 @@ def dineof(
             err = float(np.sqrt(np.mean((A[cv] - truth) ** 2)))
             cv_errors.append(err)
             iterations.append(n_iter)
+            log.info("eof: %d mode(s), cross-validation RMS %.4g, %d iterations, %.1f s",
+                     k, err, n_iter, time.perf_counter() - t0)
             if err < best_err:
                 best_k, best_err = k, err
             elif k - best_k >= opts.patience:
@@ -425,6 +434,7 @@ def dineof(
         V, n_iter, change = _iterate(A, ~observed, k, filt, opts, scale, rng, V)
         n_final += n_iter
     U, s, V = rank_k(A, best_k, filt, rng, V)
+    log.info("eof: %d mode(s) chosen, fitted in %.1f s", best_k, time.perf_counter() - t0)
     info = {
         "modes": best_k,
         "cv_rmse": cv_errors,

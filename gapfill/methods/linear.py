@@ -202,6 +202,7 @@ class Linear(Method):
 
     name = "linear"
     Options = LinearOptions
+    needs_time = False  # a single frame gets the spatial fill
 
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Nothing to learn."""
@@ -244,6 +245,8 @@ class Linear(Method):
         filled = filled.reshape(shape).transpose(1, 0, 2, 3)
         nearest = nearest.reshape(shape).transpose(1, 0, 2, 3)
         ever = np.isfinite(x).any(1, keepdims=True)
+        if n_time == 1 and edges is None:  # a single frame: every gap gets the spatial fill
+            ever = np.ones_like(ever)
         if edges is not None:
             outside = np.isfinite(edges.before_index) | np.isfinite(edges.after_index)
             ever = ever | outside[:, None]
