@@ -192,13 +192,12 @@ class Method(ABC):
         fields = {f.name for f in dataclasses.fields(self.Options)}
         unknown = sorted(set(options) - fields)
         if unknown:
-            hints = [
-                f"{u!r} (did you mean {close[0]!r}?)" if close else repr(u)
-                for u in unknown
-                for close in [difflib.get_close_matches(u, sorted(fields), n=1)]
-            ]
+            close = {u: difflib.get_close_matches(u, sorted(fields), n=1) for u in unknown}
+            hints = [f"{c[0]!r} for {u!r}" if len(unknown) > 1 else repr(c[0])
+                     for u, c in close.items() if c]
+            hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
             raise ValueError(
-                f"unknown option(s) {', '.join(hints)} for method {self.name!r}; "
+                f"unknown option(s) {unknown} for method {self.name!r}{hint}; "
                 f"valid options are {sorted(fields)}"
             )
         try:
