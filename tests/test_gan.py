@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")
 
 from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods import get  # noqa: E402
-from gapfill.methods.gan import GAN, eof_reconstruction, validation_mask  # noqa: E402
+from gapfill.methods.gan import GAN  # noqa: E402
+from gapfill.methods.gan_data import validation_mask, validation_regions  # noqa: E402
 from gapfill.models import (  # noqa: E402
     FrameDiscriminator,
     FrameDiscriminatorConfig,
@@ -311,17 +312,7 @@ def test_tiny_cube_with_eof_guide_and_empirical_masks():
     res = gan.fill(cube.values(), np.random.default_rng(0), coords=cube.coords())
     assert res.values.shape == (1, 4, 5, 6)
     assert np.isfinite(res.values).all()
-    assert gan.fit_info["guide_modes"] >= 1
-
-
-def test_eof_reconstruction_recovers_a_low_rank_field():
-    rng = np.random.default_rng(0)
-    t, p = 20, 300
-    field = (rng.standard_normal((t, 2)) @ rng.standard_normal((2, p))).reshape(1, t, 15, 20)
-    gappy = np.where(rng.random(field.shape) < 0.3, np.nan, field)
-    rec = eof_reconstruction(gappy, 2, max_iter=500, tol=1e-6)
-    gaps = np.isnan(gappy)
-    assert np.abs(rec - field)[gaps].mean() < 0.05 * np.abs(field).mean()
+    assert gan.fit_info["guide"]["modes"] >= 1
 
 
 def test_validation_mask_is_spread_over_all_frames():
@@ -335,12 +326,11 @@ def test_validation_mask_is_spread_over_all_frames():
     share = val.sum() / (~missing).sum()
     assert 0.015 < share < 0.15
     assert not (val & missing).any() and not (val & ~pattern).any()
-    assert val.any((1, 2)).mean() > 0.8  # nearly every frame holds some validation pixels
+    segments = val.reshape(5, 4, 32, 64).any((1, 2, 3))  # runs of frames
+    assert segments.mean() >= 0.5  # spread over time
 
 
 def test_validation_regions_bound_the_validation_fill():
-    from gapfill.methods.gan import validation_regions
-
     val = np.zeros((2, 1, 10, 20, 30), dtype=bool)
     assert validation_regions(val, (4, 8, 8), budget=10**6) == [
         (0, (slice(None),) * 3), (1, (slice(None),) * 3)]

@@ -367,6 +367,7 @@ def dineof(
     channel: np.ndarray | None = None,
     grid: np.ndarray | None = None,
     times: np.ndarray | None = None,
+    modes: int | None = None,
 ) -> DineofResult:
     """Run DINEOF on a ``(P, T)`` matrix with NaN where missing.
 
@@ -385,6 +386,9 @@ def dineof(
     times
         ``(T,)`` increasing time positions of the columns, for the temporal
         filter on an irregular axis (equal steps when ``None``).
+    modes
+        A fixed number of modes (capped like ``max_modes``): no cross-validation,
+        DINEOF runs on all observations at once.
 
     Returns
     -------
@@ -405,14 +409,17 @@ def dineof(
     filt = time_filter(n_time, opts.alpha, opts.numit, times)
     k_max = max(1, min(opts.max_modes, min(n_pix, n_time) - 1))
 
-    cv = cloud_cv_mask(observed, opts.cv_fraction, rng, grid)
+    if modes is None:
+        cv = cloud_cv_mask(observed, opts.cv_fraction, rng, grid)
+    else:
+        cv = np.zeros_like(observed)
     n_cv = int(cv.sum())
     truth = A[cv]
     A[cv] = 0
     miss = ~observed | cv
     cv_errors: list[float] = []
     iterations: list[int] = []
-    best_k, best_err = 1, np.inf
+    best_k, best_err = (1 if modes is None else max(1, min(int(modes), k_max))), np.inf
     V = None
     if n_cv:
         for k in range(1, k_max + 1):
@@ -490,11 +497,13 @@ class EOF(Method):
         fit_eof(self, cube, rng)
 
     def fit_array(
-        self, x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None
+        self, x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None = None,
+        modes: int | None = None,
     ) -> DineofResult:
         """Fit on a normalised ``(C, T, H, W)`` array; returns the full :class:`DineofResult`.
 
-        ``times`` are the frames' time positions (see :func:`time_filter`).
+        ``times`` are the frames' time positions (see :func:`time_filter`); ``modes``
+        fixes the number of modes instead of cross-validating it.
         """
         n_chan, n_time, height, width = x.shape
         X = _to_matrix(x)
@@ -503,7 +512,8 @@ class EOF(Method):
             raise ValueError("eof: no observed value to fit")
         channel = np.repeat(np.arange(n_chan), height * width)[fitted]
         grid = fitted.reshape(n_chan, height, width)
-        res = dineof(X[fitted], rng, self.options, channel=channel, grid=grid, times=times)
+        res = dineof(X[fitted], rng, self.options, channel=channel, grid=grid, times=times,
+                     modes=modes)
         k = res.U.shape[1]
         U = np.zeros((X.shape[0], k))
         U[fitted] = res.U

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapfill.guides import eof_guide, linear_guide
 from gapfill.methods.base import (
     Coords,
     FillResult,
@@ -163,41 +164,6 @@ class SelfSupervisedOptions(TrainingOptions):
             bad("val_share", "must be in [0, 0.5)")
         if not 0 <= self.overlap < 1:
             bad("overlap", "must be in [0, 1)")
-
-
-# ----------------------------------------------------------------------------- guide
-def linear_guide(x: np.ndarray) -> np.ndarray:
-    """Linear-in-time first guess of a gappy ``(C, T, H, W)`` array, 0 where unknown.
-
-    Linear interpolation between each pixel's observations, Gaussian spatial
-    fill at the ends of its series (:class:`gapfill.methods.linear.Linear`);
-    pixels never observed get 0 (the normalised mean).
-    """
-    from gapfill.methods.linear import Linear
-
-    out = Linear().fill(x, np.random.default_rng(0)).values
-    return np.nan_to_num(out, nan=0.0).astype(np.float32)
-
-
-def eof_guide(x: np.ndarray, modes: int | None) -> tuple[np.ndarray, int]:
-    """DINEOF reconstruction of a gappy ``(C, T, H, W)`` array and its number of modes.
-
-    Runs :class:`gapfill.methods.eof.EOF` (at most ``modes`` modes, chosen by
-    its cross-validation; ``None``: up to its default) and fills every pixel
-    by projecting each frame on the EOFs. Deterministic (fixed seed); 0 where
-    nothing is known.
-    """
-    from gapfill.methods.eof import EOF
-
-    if np.isfinite(x).sum() < 2 or x.shape[1] < 2:
-        return np.zeros_like(x, dtype=np.float32), int(modes or 1)
-    eof = EOF(**({} if modes is None else {"max_modes": int(modes)}))
-    try:
-        eof.fit_array(x, np.random.default_rng(0))
-        out = eof.fill(x, np.random.default_rng(0)).values
-    except (ValueError, np.linalg.LinAlgError):  # degenerate tiny inputs: fall back to linear
-        return linear_guide(x), int(modes or 1)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32), int(eof.fit_info.get("modes", 1))
 
 
 # ----------------------------------------------------------------------------- data

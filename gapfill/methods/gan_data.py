@@ -1,0 +1,321 @@
+"""Training data and validation pixels of the ``gan`` method.
+
+:class:`TrainingData` holds everything ``fit`` draws training windows from, in
+normalised units: the input with its validation pixels hidden, the guides
+(:mod:`gapfill.guides`) computed without the pixels each window hides for the
+L1 term, the conditioning channels and the occlusion processes.
+
+Validation pixels (early stopping, the guide's choice) are hidden in the
+shapes of the cube's own gaps (:func:`validation_pattern`: the data's missing
+pattern at other times, :class:`gapfill.masks.Empirical`) when the cube has
+enough gaps, so that large drifting gaps are represented as they are in the
+data; otherwise in the shapes of the occlusion process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gapfill.guides import choose_guide
+
+if TYPE_CHECKING:
+    from gapfill.cube import Cube
+    from gapfill.masks import OcclusionProcess
+    from gapfill.methods.gan import GAN
+
+#: The data's own gaps give the validation shapes when they cover at least this share of
+#: the pixels observed at least once (below it, the occlusion process's shapes are used).
+MIN_GAP_SHARE = 0.05
+
+
+def validation_pattern(
+    missing: np.ndarray, never: np.ndarray, share: float, rng: np.random.Generator,
+    fallback: OcclusionProcess,
+) -> tuple[np.ndarray, str]:
+    """Gap shapes to draw validation pixels from, ``(T, H, W)``, and where they came from.
+
+    The data's own missing pattern at other times (:class:`gapfill.masks.Empirical`,
+    a random time shift of the whole sequence, so gaps keep their sizes, shapes
+    and drift) when the data has at least :data:`MIN_GAP_SHARE` gaps and the
+    shifted pattern covers at least ``share`` of the observed pixels; otherwise
+    a sample of ``fallback`` (the occlusion process).
+    """
+    from gapfill import masks
+
+    t, h, w = missing.shape
+    valid = ~never
+    gaps = float(missing[:, valid].mean()) if valid.any() else 0.0
+    if t > 1 and gaps >= MIN_GAP_SHARE:
+        process = masks.Empirical(missing, exclude=never, seed=int(rng.integers(2**31 - 1)))
+        pattern = np.array(process.sample((t, h, w), rng, start=0), dtype=bool)
+        observed = ~missing & valid[None]
+        if (pattern & observed).sum() >= share * observed.sum():
+            return pattern, "empirical"
+    return np.array(fallback.sample((t, h, w), rng), dtype=bool), fallback.name
+
+
+def validation_mask(
+    pattern: np.ndarray, missing: np.ndarray, share: float, rng: np.random.Generator,
+    tile: int | None = None, segments: int = 6,
+) -> np.ndarray:
+    """Hold out about ``share`` of the observed pixels: ``pattern`` inside random blocks.
+
+    The candidates (``pattern`` on observed pixels) are cut into blocks of a
+    spatial tile by a run of ``T // segments`` frames, and blocks are kept at
+    random with the probability that holds out ``share`` of the observations:
+    inside a block the gaps keep their real shapes and persistence in time,
+    and blocks spread the validation over the whole cube. Tiles are large
+    (``tile``; default: a sixteenth of the frame area, 8 to 32 pixels) so that
+    held-out gaps are as large as real ones.
+    """
+    t, h, w = pattern.shape
+    if tile is None:
+        tile = int(np.clip(np.sqrt(h * w / 16), 8, 32))
+    cand = pattern & ~missing
+    hidden = cand.sum() / max(1, (~missing).sum())
+    q = min(1.0, share / max(float(hidden), 1e-6))
+    run = max(1, t // segments)
+    blocks = rng.random((-(-t // run), -(-h // tile), -(-w // tile))) < q
+    if not blocks.any():
+        blocks[tuple(rng.integers(n) for n in blocks.shape)] = True
+    keep = blocks.repeat(run, 0).repeat(tile, 1).repeat(tile, 2)[:t, :h, :w]
+    return cand & keep
+
+
+def missing_share(missing: np.ndarray, never: np.ndarray) -> float:
+    """Missing fraction over the pixels observed at least once, clipped to [0.02, 0.9]."""
+    valid = ~never
+    share = float(missing[:, valid].mean()) if valid.any() else 0.3
+    return float(np.clip(share, 0.02, 0.9))
+
+
+# ----------------------------------------------------------------------------- data
+#: Pixels filled at each validation: a cube (or the blocks of a streaming fit) up to this
+#: size is validated whole; a larger one on the regions richest in validation pixels, since
+#: filling everything at every evaluation would cost more than the steps in between.
+VALIDATION_PIXELS = 2**21
+
+
+def validation_regions(
+    val: np.ndarray, window: tuple[int, int, int], budget: int = VALIDATION_PIXELS
+) -> list[tuple[int, tuple[slice, slice, slice]]]:
+    """``(block, (t, y, x) slices)`` to validate on, at most ``budget`` pixels in all.
+
+    ``val`` is ``(N, C, T, H, W)``. Blocks are taken whole while they fit; the rest are
+    cut into regions of two windows per axis, taken by decreasing number of
+    validation pixels.
+    """
+    n, _, t, h, w = val.shape
+    if n * t * h * w <= budget:
+        return [(b, (slice(None),) * 3) for b in range(n)]
+    size = [min(2 * s, m) for s, m in zip(window, (t, h, w))]
+    starts = itertools.product(range(n), *(range(0, m, s) for m, s in zip((t, h, w), size)))
+    candidates = []
+    for b, *corner in starts:
+        sl = tuple(slice(a, a + s) for a, s in zip(corner, size))
+        count = int(val[b][(slice(None), *sl)].sum())
+        if count:
+            candidates.append((count, b, sl))
+    candidates.sort(key=lambda c: -c[0])
+    chosen, used = [], 0
+    for _, b, sl in candidates:
+        volume = np.prod([s.stop - s.start for s in sl])
+        if chosen and used + volume > budget:
+            break
+        chosen.append((b, sl))
+        used += volume
+    return chosen
+
+
+@dataclass
+class TrainingData:
+    """Everything fit() draws windows from (numpy, normalised units).
+
+    The arrays have a leading *block* axis: one block, the whole cube, for a cube
+    in memory; for a streaming fit (:meth:`GAN.fit_streaming`), ``fit_blocks``
+    sub-cubes read from a dask-backed cube (:meth:`~gapfill.cube.Cube.sample_windows`).
+    """
+
+    x: np.ndarray  # (N, C, T, H, W) training input, validation pixels hidden
+    truth: np.ndarray  # (N, C, T, H, W) all observed values (for the validation MAE)
+    val: np.ndarray  # (N, C, T, H, W) validation pixels
+    never: np.ndarray  # (N, H, W) never observed in any channel
+    extras: np.ndarray  # (N, E, T, H, W)
+    guides: list[np.ndarray | None]  # [0]: guide of x; [1:]: guides without hides[i]
+    hides: list[np.ndarray | None]  # (N, T, H, W) extra-hidden pixels per guide
+    process: Any
+    recon_process: Any
+    clean: np.ndarray | None  # (N, C, T, H, W)
+    window: tuple[int, int, int]
+    setup_seconds: float
+
+    @property
+    def channels(self) -> int:
+        return self.x.shape[1]
+
+    @classmethod
+    def build(
+        cls, method: GAN, cube: Cube, rng: np.random.Generator, clean: Any,
+        blocks: int | None = None, deadline: float | None = None,
+    ) -> TrainingData:
+        """Read the cube (or ``blocks`` sampled sub-cubes), hide validation pixels, build
+        the occlusion processes and the guides; the guide pool stops growing once
+        ``deadline`` (a :func:`time.monotonic` time) is passed (at least one is built)."""
+        t0 = time.monotonic()
+        o = method.options
+        coords = cube.coords()
+        if blocks:
+            if o.supervision != "unsupervised" or o.occlusion == "empirical":
+                raise ValueError(
+                    "a streaming gan fit (sampled blocks of a large dask-backed cube) is "
+                    "unsupervised with a synthetic occlusion process: use "
+                    "occlusion='cloud' (or another process), or load the cube into memory"
+                )
+            # Blocks of one window in time (the guide of a long block is costly) and two in
+            # space, so the training windows vary inside them.
+            size = tuple(min(k * s, n) for k, s, n in zip((1, 2, 2), o.window, cube.shape[1:]))
+            truth, offsets = cube.sample_windows(blocks, size, rng)
+        else:
+            truth = cube.values()[None]
+            offsets = np.zeros((1, 3), dtype=np.int64)
+        n, c, t, h, w = truth.shape
+        observed = np.isfinite(truth)
+        never = ~observed.any((1, 2))
+        missing = ~observed.any(1)
+        seeds = rng.integers(2**31 - 1, size=3)
+        coverage = o.coverage
+        if n > 1 and coverage is None:  # the blocks' own share of gaps
+            coverage = float(np.clip(missing[np.broadcast_to(~never[:, None], missing.shape)]
+                                     .mean(), 0.02, 0.9))
+        process = method._process(missing[0], never[0], coverage, int(seeds[0]))
+        val = np.zeros_like(observed)
+        sources = []
+        if o.val_share > 0:
+            for b in range(n):
+                pattern, source = validation_pattern(missing[b], never[b], o.val_share, rng,
+                                                     process)
+                sources.append(source)
+                val[b] = validation_mask(pattern, missing[b], o.val_share, rng) & observed[b]
+            if val.sum() == 0 or (observed & ~val).sum() == 0:
+                val = np.zeros_like(observed)
+        method._meta["validation_shapes"] = sorted(set(sources)) if val.any() else None
+        x = np.where(val, np.nan, truth).astype(np.float32)
+
+        if o.recon_weight > 0 or o.guide != "none":
+            recon_cov = o.recon_coverage if o.recon_coverage is not None else coverage
+            recon_process = method._process(missing[0], never[0], recon_cov, int(seeds[1]))
+        else:
+            recon_process = None
+
+        meta = method._meta
+        meta["window"] = [min(a, b) for a, b in zip(o.window, (t, h, w))]
+        meta["use_time"] = bool(o.time_channels and coords.time_of_year is not None)
+        meta["use_coords"] = bool(o.coord_channels)
+        meta["coord_stats"] = [
+            float(np.mean(coords.y)), float(np.std(coords.y) or 1.0),
+            float(np.mean(coords.x)), float(np.std(coords.x) or 1.0),
+        ]
+        extras = np.stack([
+            method._extras(coords.isel(*(slice(a, a + s) for a, s in zip(off, (t, h, w)))),
+                           (t, h, w))
+            for off in offsets
+        ])
+
+        guides: list[np.ndarray | None] = [None]
+        hides: list[np.ndarray | None] = [None]
+        if o.guide != "none":
+            # The guide's kind and parameters are chosen on the block with most validation.
+            ref = int(np.argmax(val.reshape(n, -1).sum(1)))
+            guide, first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes)
+            meta["guide"] = guide.to_dict()
+            guides = [np.stack([first if b == ref else guide.make(x[b]) for b in range(n)])]
+            if val.any():
+                meta["guide_val_mae"] = float(np.abs(guides[0][val] - truth[val]).mean())
+            if o.recon_weight > 0 and o.supervision != "paired":
+                # Sampled blocks share the pool: about guide_pool variants in all, at least 1
+                # per block (each is a guide of every block).
+                for i in range(o.guide_pool if n == 1 else -(-o.guide_pool // n)):
+                    if i and deadline is not None and time.monotonic() > deadline:
+                        break
+                    hide = np.stack([recon_process.sample((t, h, w), rng) for _ in range(n)])
+                    guides.append(np.stack([
+                        guide.make(np.where(hide[b], np.nan, x[b])) for b in range(n)
+                    ]))
+                    hides.append(hide)
+        clean_arr = _as_clean(clean, cube) if o.supervision != "unsupervised" else None
+        if o.supervision != "unsupervised" and clean_arr is None:
+            raise ValueError(f"supervision={o.supervision!r} needs fit(..., clean=...)")
+        if clean_arr is not None and clean_arr.shape != truth.shape[1:]:
+            raise ValueError(f"clean has shape {clean_arr.shape}, expected {truth.shape[1:]}")
+        return cls(
+            x, truth, val, never, extras, guides, hides, process, recon_process,
+            None if clean_arr is None else clean_arr[None],
+            tuple(meta["window"]), time.monotonic() - t0,
+        )
+
+    def _offset(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """A random block and window start in it."""
+        b = int(rng.integers(0, len(self.x))) if len(self.x) > 1 else 0
+        limits = [n - s + 1 for n, s in zip(self.x.shape[2:], self.window)]
+        t0, y0, x0 = (int(rng.integers(0, lim)) for lim in limits)
+        return b, t0, y0, x0
+
+    def batch(self, n: int, rng: np.random.Generator, recon: bool) -> dict[str, np.ndarray]:
+        """Random training windows: input, target, masks, guide, extras, fake mask."""
+        wt, wh, ww = self.window
+        out: dict[str, list[np.ndarray]] = {k: [] for k in (
+            "y", "y_in", "hide", "guide", "extras", "fake_hidden", "valid", "clean", "real_clean")}
+        pool = len(self.guides) - 1
+        for _ in range(n):
+            for _try in range(100):
+                b, t0, y0, x0 = self._offset(rng)
+                sl = (slice(t0, t0 + wt), slice(y0, y0 + wh), slice(x0, x0 + ww))
+                y = self.x[b][(slice(None), *sl)]
+                if np.isfinite(y).mean() >= 0.05:
+                    break
+            p = int(rng.integers(1, pool + 1)) if (recon and pool > 0) else 0
+            if recon and pool == 0:
+                hide = self.recon_process.sample((wt, wh, ww), rng)
+            elif recon:
+                hide = self.hides[p][b][sl]
+            else:
+                hide = np.zeros((wt, wh, ww), dtype=bool)
+            never = self.never[b][sl[1:]]
+            out["y"].append(y)
+            out["y_in"].append(np.where(hide, np.nan, y))
+            out["hide"].append(np.broadcast_to(hide, y.shape) & np.isfinite(y))
+            g = self.guides[p]
+            if g is not None:
+                out["guide"].append(g[b][(slice(None), *sl)])
+            out["extras"].append(self.extras[b][(slice(None), *sl)])
+            kw = {"start": t0} if self.process.name == "empirical" else {}
+            fake = self.process.sample((wt, wh, ww), rng, **kw) | never[None]
+            out["valid"].append(np.broadcast_to(~never[None], y.shape))
+            out["fake_hidden"].append(np.broadcast_to(fake, y.shape))
+            if self.clean is not None:
+                out["clean"].append(self.clean[b][(slice(None), *sl)])
+                a, a0, b0, c0 = self._offset(rng)
+                out["real_clean"].append(
+                    self.clean[a][:, a0 : a0 + wt, b0 : b0 + wh, c0 : c0 + ww]
+                )
+        return {k: np.stack(v).astype(v[0].dtype) for k, v in out.items() if v}
+
+
+def _as_clean(clean: Any, cube: Cube) -> np.ndarray | None:
+    if clean is None:
+        return None
+    if isinstance(clean, np.ndarray):
+        return clean.astype(np.float32)
+    from gapfill.cube import Cube
+
+    if not isinstance(clean, Cube):
+        clean = Cube(clean, dims=cube.dims)
+    raw = np.asarray(clean.da.values)
+    raw = raw if raw.ndim == 4 else raw[None]
+    return cube.normaliser.normalise(raw)
+
