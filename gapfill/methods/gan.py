@@ -498,6 +498,8 @@ class GAN(Method):
 
         gen = self.generator
         device = next(gen.parameters()).device
+        if device.type == "cpu" and not gen.channels_last:
+            gen.use_channels_last()
         c = x.shape[0]
         parts = [x] + ([guide] if guide is not None else []) + [extras]
         stacked = np.concatenate(parts, 0).astype(np.float32)

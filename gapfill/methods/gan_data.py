@@ -265,8 +265,11 @@ class TrainingData:
         t0, y0, x0 = (int(rng.integers(0, lim)) for lim in limits)
         return b, t0, y0, x0
 
-    def batch(self, n: int, rng: np.random.Generator, recon: bool) -> dict[str, np.ndarray]:
-        """Random training windows: input, target, masks, guide, extras, fake mask."""
+    def batch(
+        self, n: int, rng: np.random.Generator, recon: bool, fake: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Random training windows: input, target, masks, guide, extras and (with ``fake``)
+        the re-occlusion masks the discriminators need."""
         wt, wh, ww = self.window
         out: dict[str, list[np.ndarray]] = {k: [] for k in (
             "y", "y_in", "hide", "guide", "extras", "fake_hidden", "valid", "clean", "real_clean")}
@@ -294,9 +297,10 @@ class TrainingData:
                 out["guide"].append(g[b][(slice(None), *sl)])
             out["extras"].append(self.extras[b][(slice(None), *sl)])
             kw = {"start": t0} if self.process.name == "empirical" else {}
-            fake = self.process.sample((wt, wh, ww), rng, **kw) | never[None]
+            if fake:
+                hidden = self.process.sample((wt, wh, ww), rng, **kw) | never[None]
+                out["fake_hidden"].append(np.broadcast_to(hidden, y.shape))
             out["valid"].append(np.broadcast_to(~never[None], y.shape))
-            out["fake_hidden"].append(np.broadcast_to(fake, y.shape))
             if self.clean is not None:
                 out["clean"].append(self.clean[b][(slice(None), *sl)])
                 a, a0, b0, c0 = self._offset(rng)

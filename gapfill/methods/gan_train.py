@@ -78,6 +78,8 @@ class Trainer:
         # The bare networks (G_net, Df_net, Ds_net) and what the steps call (G, Df,
         # Ds): the same modules, wrapped for gradient averaging when distributed.
         self.G_net = method.generator.to(self.device)
+        if self.device.type == "cpu":
+            self.G_net.use_channels_last()
         self.Df_net = FrameDiscriminator(
             FrameDiscriminatorConfig(2 * c, o.d_width, o.d_layers)
         ).to(self.device)
@@ -160,7 +162,7 @@ class Trainer:
     def tensors(self, recon: bool) -> dict[str, torch.Tensor]:
         import torch
 
-        b = self.data.batch(self.o.batch_size, self.rng, recon)
+        b = self.data.batch(self.o.batch_size, self.rng, recon, fake=self.o.adv_weight > 0)
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in b.items()}
 
     def generate(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -226,8 +228,8 @@ class Trainer:
             p.requires_grad_(False)
         with self.m._autocast(self.device):
             fill = self.generate(b).float()
-            real, fake = self.pairs(b, fill)
             if o.adv_weight > 0:  # the bare discriminators: they are not updated here
+                _, fake = self.pairs(b, fill)
                 adv = g_loss(o.loss, self.Df_net(fake)) + g_loss(o.loss, self.Ds_net(fake))
             else:
                 adv = fill.new_zeros(())
