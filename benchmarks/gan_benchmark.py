@@ -180,7 +180,7 @@ def run_case(name: str, rows: list[str], options: dict[str, Any], seed: int) -> 
     import gapfill  # noqa: F401  (the accessor)
 
     truth, gappy, hidden, video = load_case(name, seed)
-    share = hidden.sum() / np.isfinite(truth.values).sum()
+    share = hidden.mean() if video else hidden.sum() / np.isfinite(truth.values).sum()
     print(f"\n[{name}] {dict(truth.sizes)}, {share:.0%} hidden", flush=True)
     out: list[dict] = []
 

@@ -241,16 +241,20 @@ def choose_guide(
             if not has_val:  # nothing to choose on: middle parameters
                 g = Guide("eof_interp", modes=k, sigma=list(INTERP_SIGMAS[1]), shrink=0.1)
                 return g, g.make(x)
-            base, base_guide = eof, Guide("eof_interp", modes=k)
-            base_score = scores["eof"]
-            for sigma in INTERP_SIGMAS:
-                for shrink in INTERP_SHRINKS:
-                    field = interpolate_residuals(x, eof, sigma, shrink)
+            # widths at a middle shrinkage, then the shrinkage at the best width
+            base, base_guide, base_score = eof, Guide("eof_interp", modes=k), scores["eof"]
+            tried = [(sigma, INTERP_SHRINKS[1]) for sigma in INTERP_SIGMAS]
+            for i in range(2):
+                for sigma, shrink in tried:
+                    name = f"eof_interp sigma={list(sigma)} shrink={shrink}"
                     g = Guide("eof_interp", modes=k, sigma=list(sigma), shrink=shrink)
-                    consider(f"eof_interp sigma={list(sigma)} shrink={shrink}", g, field)
-                    if scores[f"eof_interp sigma={list(sigma)} shrink={shrink}"] < base_score:
-                        base, base_guide, base_score = field, g, scores[
-                            f"eof_interp sigma={list(sigma)} shrink={shrink}"]
+                    consider(name, g, field := interpolate_residuals(x, eof, sigma, shrink))
+                    if scores[name] < base_score:
+                        base, base_guide, base_score = field, g, scores[name]
+                if i == 0 and base_guide.sigma is not None:
+                    tried = [(base_guide.sigma, s) for s in INTERP_SHRINKS if s != INTERP_SHRINKS[1]]
+                else:
+                    break
             dist = time_distance(x)
             for tau in BLEND_TAUS:
                 g = dataclasses.replace(base_guide, tau=tau)

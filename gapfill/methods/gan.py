@@ -47,7 +47,7 @@ from gapfill.methods.base import (
     load_network,
     network_state,
 )
-from gapfill.methods.gan_data import TrainingData, missing_share
+from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData, missing_share
 from gapfill.methods.gan_train import Trainer
 
 if TYPE_CHECKING:
@@ -98,9 +98,11 @@ class GANOptions(Options):
         Guides precomputed with different extra-hidden pixels for the L1 term
         (fewer when building them takes a quarter of ``time_budget``).
     occlusion
-        Occlusion process re-occluding the fills: a :func:`gapfill.masks.make`
-        name (``"cloud"``, ``"raindrops"``, ``"moving_bar"``, ``"remove_pixels"``)
-        or ``"empirical"`` (the data's own gap patterns at other times).
+        Occlusion process of the pixels hidden for the L1 term and of the
+        re-occluded fills: a :func:`gapfill.masks.make` name (``"cloud"``,
+        ``"raindrops"``, ``"moving_bar"``, ``"remove_pixels"``), ``"empirical"``
+        (the data's own gap patterns at other times) or ``"auto"``: empirical
+        when the data has enough gaps, else cloud.
     coverage
         Coverage of that process; ``None`` takes the data's missing fraction
         over the pixels observed at least once.
@@ -186,7 +188,7 @@ class GANOptions(Options):
         ``"auto"`` (bar on a terminal, log lines otherwise), ``"bar"``, ``"log"`` or ``"off"``.
     """
 
-    window: tuple[int, int, int] = (24, 64, 64)
+    window: tuple[int, int, int] = (16, 32, 32)
     width: int = 16
     n_down: int = 2
     n_res_blocks: int = 2
@@ -200,7 +202,7 @@ class GANOptions(Options):
     guide_modes: int | None = None
     guide_pool: int = 8
     fit_blocks: int = 16
-    occlusion: str = "cloud"
+    occlusion: str = "auto"
     coverage: float | None = None
     occlusion_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     loss: str = "hinge"
@@ -213,7 +215,7 @@ class GANOptions(Options):
     d_steps: int = 2
     batch_size: int = 4
     steps: int = 5000
-    time_budget: float | None = 600.0
+    time_budget: float | None = 300.0
     supervision: str = "unsupervised"
     val_share: float = 0.05
     eval_every: int = 100
@@ -260,8 +262,8 @@ class GANOptions(Options):
             bad("guide_modes", "must be >= 1 or None")
         from gapfill.masks import PROCESSES
 
-        if self.occlusion not in PROCESSES:
-            bad("occlusion", f"must be one of {sorted(PROCESSES)}")
+        if self.occlusion not in PROCESSES and self.occlusion != "auto":
+            bad("occlusion", f"must be 'auto' or one of {sorted(PROCESSES)}")
         for name in ("coverage", "recon_coverage"):
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:
@@ -327,17 +329,24 @@ class GAN(Method):
         return torch.device("cpu")
 
     def _process(
-        self, missing: np.ndarray, never: np.ndarray, coverage: float | None, seed: int
+        self, missing: np.ndarray, never: np.ndarray, coverage: float | None, seed: int,
+        streaming: bool = False,
     ) -> OcclusionProcess:
+        """The occlusion process; ``"auto"`` is ``"empirical"`` when the data has enough
+        gaps (and is in memory), else ``"cloud"``."""
         from gapfill import masks
 
         o = self.options
-        if o.occlusion == "empirical":
+        name = o.occlusion
+        if name == "auto":
+            enough = missing.shape[0] > 1 and missing[:, ~never].mean() >= MIN_GAP_SHARE
+            name = "empirical" if enough and not streaming and (~never).any() else "cloud"
+        if name == "empirical":
             return masks.Empirical(
                 missing, coverage=coverage, seed=seed, exclude=never, **o.occlusion_options
             )
         cov = coverage if coverage is not None else missing_share(missing, never)
-        return masks.make(o.occlusion, coverage=cov, seed=seed, **o.occlusion_options)
+        return masks.make(name, coverage=cov, seed=seed, **o.occlusion_options)
 
     def _extras(self, coords: Coords | None, shape: tuple[int, int, int]) -> np.ndarray:
         """Conditioning channels ``(E, T, H, W)`` (time of year, coordinates)."""
@@ -434,9 +443,9 @@ class GAN(Method):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             self._build(data.channels, data.extras.shape[1])
-            # time_budget counts the whole fit: training gets what the set-up left
-            left = None if o.time_budget is None else o.time_budget - (time.monotonic() - t0)
-            trainer = Trainer(self, data, seed, manager, left)
+            # time_budget counts the whole fit: training gets what the set-up leaves
+            trainer = Trainer(self, data, seed, manager,
+                              None if o.time_budget is None else t0 + o.time_budget)
             if ckpt is not None:
                 trainer.restore(ckpt)
             if trainer.ddp.enabled:  # same initial weights everywhere, then per-rank noise

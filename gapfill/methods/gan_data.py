@@ -192,7 +192,7 @@ class TrainingData:
         if n > 1 and coverage is None:  # the blocks' own share of gaps
             coverage = float(np.clip(missing[np.broadcast_to(~never[:, None], missing.shape)]
                                      .mean(), 0.02, 0.9))
-        process = method._process(missing[0], never[0], coverage, int(seeds[0]))
+        process = method._process(missing[0], never[0], coverage, int(seeds[0]), n > 1)
         val = np.zeros_like(observed)
         sources = []
         if o.val_share > 0:
@@ -208,7 +208,8 @@ class TrainingData:
 
         if o.recon_weight > 0 or o.guide != "none":
             recon_cov = o.recon_coverage if o.recon_coverage is not None else coverage
-            recon_process = method._process(missing[0], never[0], recon_cov, int(seeds[1]))
+            recon_process = method._process(missing[0], never[0], recon_cov, int(seeds[1]),
+                                            n > 1)
         else:
             recon_process = None
 

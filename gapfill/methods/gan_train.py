@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,7 +53,7 @@ class Trainer:
 
     def __init__(
         self, method: GAN, data: TrainingData, seed: int, manager: Any,
-        time_budget: float | None = None,
+        deadline: float | None = None,
     ) -> None:
         import torch
 
@@ -67,6 +68,7 @@ class Trainer:
         from gapfill.training import TrainLoop
 
         self.m, self.data, self.seed, self.manager = method, data, seed, manager
+        self.deadline = deadline  # time.monotonic() time the whole fit must end by
         o = self.o = method.options
         # Under torchrun every process draws its own windows and masks; the networks
         # start identical (same seed) and DistributedDataParallel keeps them so.
@@ -103,7 +105,7 @@ class Trainer:
         # only rank 0 writes the log and shows progress; every rank takes part in the rest
         self.loop = TrainLoop(
             self.G_avg if self.G_avg is not None else self.G_net, self.validate,
-            steps=o.steps, time_budget=None if time_budget is None else max(time_budget, 0.0),
+            steps=o.steps, time_budget=None,
             eval_every=o.eval_every, checkpoint_every=o.checkpoint_every,
             patience=o.early_stopping_patience, metrics=("loss_d", "loss_g", "adv_g", "recon"),
             shown=("loss_d", "loss_g", "recon"), desc="gan", progress=o.progress,
@@ -296,6 +298,8 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         o, loop = self.o, self.loop
+        if self.deadline is not None:  # what the set-up left of the fit's time budget
+            loop.time_budget = max(self.deadline - time.monotonic(), 0.0)
         save = self._checkpoint if self.manager is not None else None
         reason = loop.run(self.train_step, save, first_eval=True)
         in_sync = self.ddp.weights_in_sync(self.G_net) if self.ddp.enabled else None

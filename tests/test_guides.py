@@ -1,0 +1,109 @@
+"""Tests of the guides (:mod:`gapfill.guides`) and of gan's validation pixels and budget."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from gapfill import masks
+from gapfill.guides import Guide, choose_guide, eof_guide, time_distance
+from gapfill.methods.gan_data import validation_mask, validation_pattern
+
+
+def _cube(t: int = 40, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    """Three smooth modes plus small, fast-moving blobs that no few EOFs represent."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
+    modes = np.stack([np.sin(np.pi * yy), np.cos(2 * np.pi * xx), yy * xx])
+    amps = rng.standard_normal((t, 3)) * [2.0, 1.0, 0.5]
+    field = np.einsum("tk,khw->thw", amps, modes)
+    y0, x0 = rng.uniform(0, h, 12), rng.uniform(0, w, 12)
+    for k in range(t):  # blobs advected one pixel per frame along x
+        d2 = (yy[None] * (h - 1) - y0[:, None, None]) ** 2 + (
+            (xx[None] * (w - 1) - (x0[:, None, None] + k) % w) ** 2)
+        field[k] += 0.5 * np.exp(-d2 / 4).sum(0)
+    return field[None].astype(np.float32)
+
+
+def test_guide_is_never_worse_than_eof_or_linear():
+    truth = _cube()
+    hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
+    x = np.where(hidden, np.nan, truth)
+    val = validation_mask(masks.Cloud(coverage=0.3, seed=2, length_scale=3).sample(
+        truth.shape[1:]), hidden[0], 0.1, np.random.default_rng(0))[None]
+    xv = np.where(val, np.nan, x)
+    guide, field = choose_guide(xv, val, x, "auto")
+    best = guide.scores[min(guide.scores, key=guide.scores.get)]
+    assert best <= min(guide.scores["eof"], guide.scores["linear"])
+    assert np.abs(field[val] - x[val]).mean() == pytest.approx(best, rel=1e-6)
+    # in the real gaps too (not the pixels it was chosen on), with the full input
+    eof = eof_guide(x)[0]
+    full = guide.make(x)
+    mae = lambda f: np.abs(f[hidden] - truth[hidden]).mean()  # noqa: E731
+    assert mae(full) <= 1.02 * mae(eof), (str(guide), mae(full), mae(eof))
+    # the recipe round-trips and rebuilds the same field
+    again = Guide.from_dict(guide.to_dict()).make(xv)
+    np.testing.assert_allclose(again, field, atol=5e-3)  # same modes, no CV pass
+
+
+def test_eof_guide_is_the_eof_method():
+    from gapfill.methods.eof import EOF
+
+    truth = _cube(t=20, h=12, w=16)
+    x = np.where(np.random.default_rng(0).random(truth.shape) < 0.3, np.nan, truth)
+    guide, k = eof_guide(x)
+    eof = EOF()
+    eof.fit_array(x, np.random.default_rng(0))
+    np.testing.assert_array_equal(guide, eof.fill(x, np.random.default_rng(0)).values)
+    assert k == eof.fit_info["modes"]
+
+
+def test_time_distance():
+    x = np.array([np.nan, 1.0, np.nan, np.nan, np.nan, 2.0, np.nan])[None, :, None, None]
+    np.testing.assert_array_equal(time_distance(x)[0, :, 0, 0], [1, 0, 1, 2, 1, 0, 1])
+    assert np.isinf(time_distance(np.full((1, 3, 1, 1), np.nan))).all()
+
+
+def test_validation_pixels_have_the_data_gap_shapes():
+    rng = np.random.default_rng(0)
+    t, h, w = 30, 32, 48
+    # the data's gaps: 8 x 8 squares drifting one pixel per frame, unlike any cloud
+    missing = np.zeros((t, h, w), dtype=bool)
+    for k in range(t):
+        for y0, x0 in ((2, 3), (14, 20), (22, 5)):
+            missing[k, y0 : y0 + 8, (x0 + k) % w : (x0 + k) % w + 8] = True
+    never = np.zeros((h, w), dtype=bool)
+    fallback = masks.Cloud(coverage=0.3, seed=0)
+    pattern, source = validation_pattern(missing, never, 0.05, rng, fallback)
+    assert source == "empirical"
+    val = validation_mask(pattern, missing, 0.05, rng)
+    assert val.any() and not (val & missing).any()
+    lags = [lag for lag in range(1, t) if not (val & ~np.roll(missing, -lag, 0)).any()]
+    assert lags, "validation pixels are not the data's own gaps at another time"
+    # nearly gap-free data: the occlusion process's shapes instead
+    _, source = validation_pattern(np.zeros_like(missing), never, 0.05, rng, fallback)
+    assert source == "cloud"
+
+
+def test_gan_validates_on_the_data_gap_shapes_and_keeps_the_time_budget():
+    torch = pytest.importorskip("torch")
+    from gapfill.cube import Cube
+    from gapfill.methods.gan import GAN
+
+    truth = _cube(t=24, h=16, w=24)[0]
+    hidden = masks.Cloud(coverage=0.35, seed=3, length_scale=3).sample(truth.shape)
+    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
+                      coords={"lat": np.arange(16.0), "lon": np.arange(24.0)})
+    gan = GAN(window=(8, 16, 16), width=8, n_res_blocks=1, batch_size=2, steps=10**6,
+              time_budget=4.0, eval_every=5, progress="off", seed=0, guide_pool=50)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports out of the timing
+    t0 = time.monotonic()
+    gan.fit(Cube(da), np.random.default_rng(0))
+    elapsed = time.monotonic() - t0
+    assert gan.fit_info["validation_shapes"] == ["empirical"]
+    # the guide pool, the steps and the last validation all fit in the budget (plus a step)
+    assert elapsed < 4.0 + 1.5, elapsed
+    assert gan.fit_info["seconds"] < 4.0 + 1.5
