@@ -28,12 +28,9 @@ _JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
 
 def _jobqueue_class(kind: str) -> Any:
-    try:
-        import dask_jobqueue
-    except ImportError:
-        raise ImportError(
-            f"compute.kind {kind!r} needs dask-jobqueue: pip install dask-jobqueue"
-        ) from None
+    from gapfill.extras import require
+
+    dask_jobqueue = require("dask_jobqueue", f"compute.kind {kind!r}")
     return getattr(dask_jobqueue, _JOBQUEUE[kind])
 
 

@@ -81,9 +81,11 @@ def diagnostics_figure(
     pathlib.Path
         The written file.
     """
-    from matplotlib.figure import Figure
-
     from gapfill.dims import find_dims
+    from gapfill.extras import require
+
+    require("matplotlib", "the diagnostics figure")
+    from matplotlib.figure import Figure
 
     da = out[variable]
     flag = out[f"{variable}_flag"] if f"{variable}_flag" in out else np.isnan(da).astype("uint8")
@@ -201,7 +203,8 @@ def _cartopy_ok() -> bool:
     try:
         import cartopy.crs  # noqa: F401
     except ImportError:
-        log.warning("cartopy is not installed (pip install cartopy): maps drawn unprojected")
+        log.warning("cartopy is not installed (pip install 'gapfill[plot]'): maps drawn "
+                    "unprojected")
         return False
     return True
 

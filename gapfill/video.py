@@ -129,11 +129,9 @@ def open(  # noqa: A001 - mirrors xr.open_dataset / PIL.Image.open
 
 
 def _import_av():
-    try:
-        import av
-    except ImportError:  # pragma: no cover - av is a hard dependency
-        raise ImportError("reading and writing video needs PyAV: pip install av") from None
-    return av
+    from gapfill.extras import require
+
+    return require("av", "reading and writing video")
 
 
 def _read_video(path, start, stride, max_frames, grayscale, crop, resize):

@@ -161,13 +161,9 @@ class FlowFillOptions(TrainingOptions):
 
 # ----------------------------------------------------------------------------- flows
 def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise ImportError(
-            "the flowfill method needs OpenCV: pip install opencv-python-headless"
-        ) from None
-    return cv2
+    from gapfill.extras import require
+
+    return require("cv2", "the flowfill method")
 
 
 def estimate_flows(
