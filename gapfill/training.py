@@ -133,7 +133,8 @@ class TrainingOptions(Options):
         Torch device; ``None`` picks CUDA when available (this process's GPU under
         ``torchrun``).
     threads
-        CPU threads torch uses during ``fit`` (restored after); ``None``: unchanged.
+        (From :class:`~gapfill.methods.base.Options`.) Also the CPU threads torch uses
+        during ``fit`` (restored after); ``None`` or 0: unchanged.
     amp
         Mixed precision on CUDA (bfloat16 where supported, else float16 with loss
         scaling); ignored on CPU.
@@ -155,7 +156,6 @@ class TrainingOptions(Options):
     lr: float = 1e-3
     batch_size: int = 4
     device: str | None = None
-    threads: int | None = None
     amp: bool = False
     ema: float | None = None
 
@@ -202,8 +202,6 @@ class TrainingOptions(Options):
             bad("lr", "must be > 0")
         if self.cpu_only and self.device not in (None, "cpu"):
             bad("device", "this method runs on the CPU only")
-        if self.threads is not None and self.threads < 1:
-            bad("threads", "must be >= 1 or None")
         if self.ema is not None and not 0 < self.ema < 1:
             bad("ema", "must be in (0, 1) or None")
         if self.resume and not self.checkpoint_dir:
@@ -230,11 +228,11 @@ def pick_device(name: str | None = None) -> torch.device:
 
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads (``None``: unchanged), restoring the setting after."""
+    """Run with ``n`` torch CPU threads (``None`` or 0: unchanged), restoring the setting after."""
     import torch
 
     before = torch.get_num_threads()
-    if n is not None:
+    if n:
         torch.set_num_threads(n)
     try:
         yield
