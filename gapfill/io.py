@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import builtins
 import glob
+import json
 import logging
 import os
+import re
 import shlex
-import shutil
 import sys
 import uuid
 import warnings
@@ -27,11 +28,14 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from gapfill.atomic import TMP_MARK, move_into_place, remove, replacing
+
 log = logging.getLogger("gapfill")
 
 __all__ = [
-    "CONVENTIONS", "format_from_path", "is_zarr_store", "open", "partial_path", "progress_path",
-    "write", "write_regions",
+    "CONVENTIONS", "ResumeMismatchError", "discard_partial", "format_from_path", "is_zarr_store",
+    "open", "partial_path", "progress_path", "stored_run", "write", "write_regions",
+    "written_regions",
 ]
 
 builtins_open = builtins.open  # ``open`` is this module's reader
@@ -253,12 +257,12 @@ def write(
         )
     out = prepare(ds, history_command=history_command, title=title, source=source)
     if region_dim is not None and any(v.chunks is not None for v in out.data_vars.values()):
-        return write_regions(out, path, fmt, region_dim, resume_key, finish)
+        return write_regions(out, path, fmt, region_dim, resume_key, finish, overwrite)
     if fmt == "zarr":
         out = _regular_chunks(out)
     encoding = _encoding(out, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
         if fmt == "netcdf":
             out.to_netcdf(tmp, encoding=encoding, engine="netcdf4")
@@ -267,9 +271,9 @@ def write(
                 # consolidated metadata: not in the Zarr 3 spec yet, but what xarray reads fast
                 warnings.filterwarnings("ignore", message="Consolidated metadata")
                 out.to_zarr(tmp, mode="w-", encoding=encoding, consolidated=True)
-        _move_into_place(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
     return path
 
@@ -278,8 +282,12 @@ def write(
 PARTIAL_SUFFIX = ".partial"
 #: Suffix of the directory, next to the partial store, holding one marker per finished region.
 PROGRESS_SUFFIX = ".progress"
-#: Attribute of the partial store identifying the run it belongs to.
-RESUME_ATTR = "gapfill_resume_key"
+#: File of the progress directory holding what identifies the run that writes the partial store.
+RUN_FILE = "run.json"
+
+
+class ResumeMismatchError(FileExistsError):
+    """A partial store left by an interrupted run that is not this one."""
 
 
 def partial_path(path: str | os.PathLike, fmt: Format) -> Path:
@@ -295,6 +303,29 @@ def progress_path(partial: Path) -> Path:
     return partial.with_name(partial.name + PROGRESS_SUFFIX)
 
 
+def written_regions(partial: Path) -> set[str]:
+    """The regions (``"<start>-<stop>"``) a partial store holds, from their markers."""
+    progress = progress_path(partial)
+    if not progress.is_dir():
+        return set()
+    return {p.name for p in progress.iterdir() if _REGION_NAME.fullmatch(p.name)}
+
+
+def stored_run(partial: Path) -> str | None:
+    """The ``resume_key`` of the run that wrote ``partial`` (``None``: no partial store, or
+    one whose identity is unknown)."""
+    if not partial.exists():
+        return None
+    doc = _read_identity(partial)
+    return None if doc is None else doc.get("run")
+
+
+def discard_partial(partial: Path) -> None:
+    """Remove a partial store and its region markers."""
+    remove(partial)
+    remove(progress_path(partial))
+
+
 def write_regions(
     out: xr.Dataset,
     path: Path,
@@ -302,44 +333,68 @@ def write_regions(
     dim: str,
     resume_key: str = "",
     finish: Callable[[xr.Dataset], Mapping[str, Any]] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a prepared, dask-backed product region by region along ``dim``, resumably.
 
-    1. The template (coordinates, attributes, empty arrays) is written to
-       :func:`partial_path` with ``compute=False``, with a key identifying the run
-       (``resume_key``, e.g. the recipe, plus the product's variables, shapes and
-       chunks).
-    2. Every region (one chunk along ``dim``) is written with ``to_zarr(region=...)``;
-       when it is on disk a marker file ``<partial>.progress/<start>-<stop>``
-       records it (outside the store, which stays a clean Zarr hierarchy). All missing regions go to dask in one ``compute``, so what the
-       regions share (e.g. a scan over time) is computed once.
+    1. What identifies the run (``resume_key``, e.g. the recipe and a fingerprint
+       of the input, plus the product's variables, shapes and chunks) is written
+       to ``<partial>.progress/run.json``; then the template goes to
+       :func:`partial_path`: every coordinate and every variable that does not
+       run along ``dim`` with its values, the others empty (``compute=False``).
+    2. Every region (one chunk along ``dim``) of every variable along ``dim``
+       (coordinates included) is written with ``to_zarr(region=...)``; when it is
+       on disk a marker file ``<partial>.progress/<start>-<stop>`` records it
+       (outside the store, which stays a clean Zarr hierarchy). All missing
+       regions go to dask in one ``compute``, so what the regions share (e.g. a
+       scan over time) is computed once.
     3. When all regions are there, ``finish`` (if given) gets the written data
        (lazily, from the store) and returns attributes to add (e.g. scores of
-       the written values); the attributes are refreshed, the metadata
-       consolidated and the store renamed to ``path`` (a NetCDF product is
-       converted from the store, into a temporary file renamed into place).
+       the written values); the attributes are set, the metadata consolidated
+       and the store put at ``path`` (a NetCDF product is converted from the
+       store into a temporary file renamed into place; the partial store is
+       removed only then).
 
-    Started again after an interruption with the same key, it finds the partial
-    store and writes only the regions without a marker; a partial store with
-    another key (another recipe or data) is discarded and started afresh.
+    Started again after an interruption with the same identity, it writes only
+    the regions without a marker; a kill at any step loses no written region.
+    A partial store of another run (recipe, input or product changed) is
+    refused, or discarded when ``overwrite`` is true.
+
+    Raises
+    ------
+    ResumeMismatchError
+        If a partial store of another run is there and ``overwrite`` is false.
     """
     import zarr
 
     out = _regular_chunks(out)
     encoding = _encoding(out, "zarr")
-    key = _resume_key(out, resume_key)
+    identity = {"run": resume_key, "product": _product_key(out)}
     partial = partial_path(path, fmt)
     progress = progress_path(partial)
-    if partial.exists() and _stored_key(partial) != key:
-        log.warning("%s belongs to another run (recipe or data changed): starting afresh", partial)
-        _remove(partial)
+    if partial.exists() and _read_identity(partial) != identity:
+        why = _mismatch(_read_identity(partial), identity)
+        if not overwrite:
+            raise ResumeMismatchError(
+                f"{str(partial)!r} holds regions of an interrupted run, but {why}; resuming "
+                "would mix them. Start over with overwrite (command line: --overwrite), or "
+                "undo the change to resume"
+            )
+        log.warning("%s: %s; starting over", partial, why)
+        discard_partial(partial)
     if not partial.exists():
-        _remove(progress)
+        remove(progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not partial.exists():  # the template, complete or not at all
+    regional = [str(n) for n, v in out.variables.items() if dim in v.dims]
+    fixed = [str(n) for n in out.variables if n not in regional]
+    if not partial.exists():  # the identity, then the template, complete or not at all
+        progress.mkdir()
+        with replacing(progress / RUN_FILE) as tmp:
+            tmp.write_text(json.dumps(identity, sort_keys=True))
         template = out.copy()
-        template.attrs[RESUME_ATTR] = key
-        tmp = partial.with_name(f"{partial.name}.tmp-{uuid.uuid4().hex[:12]}")
+        for name in fixed:  # written with the template (only dask arrays are deferred)
+            template.variables[name].load()
+        tmp = partial.with_name(f"{partial.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Consolidated metadata")
@@ -347,16 +402,14 @@ def write_regions(
                                  consolidated=False)
             os.replace(tmp, partial)
         finally:
-            _remove(tmp)
-    progress.mkdir(exist_ok=True)
+            remove(tmp)
     bounds = _regions(out, dim)
-    done = {p.name for p in progress.iterdir()}
+    done = written_regions(partial)
     todo = [(a, b) for a, b in bounds if f"{a}-{b}" not in done]
     if len(todo) < len(bounds):
         log.info("resuming %s: %d of %d regions already written", partial,
                  len(bounds) - len(todo), len(bounds))
-    regional = [n for n, v in out.data_vars.items() if dim in v.dims]
-    parts = out[regional].drop_vars(list(out.coords))
+    parts = out.drop_vars(fixed)  # every variable along ``dim``, coordinates included
     tasks = []
     import dask
 
@@ -370,28 +423,46 @@ def write_regions(
     if finish is not None:
         with xr.open_zarr(partial, chunks={}, consolidated=False) as written:
             attrs.update(finish(written))
-    group = zarr.open_group(str(partial), mode="r+")
-    group.attrs.clear()
-    group.attrs.update(_json_attrs(attrs))
+    # The identity lives outside the store: setting the final attributes (in one write)
+    # and consolidating never make the written regions unrecognisable.
+    zarr.open_group(str(partial), mode="r+").attrs.put(_json_attrs(attrs))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata")
         zarr.consolidate_metadata(str(partial))
     if fmt == "zarr":
-        _move_into_place(partial, path)
-        _remove(progress)
+        move_into_place(partial, path)
+        remove(progress)
         return path
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:12]}")
     try:
         with xr.open_zarr(partial, chunks={}) as ds:
             ds = _drop_encodings(ds)
             ds.to_netcdf(tmp, encoding=_encoding(ds, "netcdf"), engine="netcdf4")
-        _move_into_place(tmp, path)
+        move_into_place(tmp, path)
     except BaseException:
-        _remove(tmp)
+        remove(tmp)
         raise
-    _remove(partial)
-    _remove(progress)
+    discard_partial(partial)
     return path
+
+
+_REGION_NAME = re.compile(r"\d+-\d+")
+
+
+def _read_identity(partial: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((progress_path(partial) / RUN_FILE).read_text())
+    except (OSError, ValueError):  # none (an older or half-created partial store)
+        return None
+
+
+def _mismatch(stored: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    """Why a partial store is not this run's, in words."""
+    if stored is None:
+        return "it does not say which run wrote it"
+    if stored.get("product") != new.get("product"):
+        return "the product's variables, shapes or chunks differ"
+    return "the recipe or the input changed"
 
 
 def _regions(ds: xr.Dataset, dim: str) -> list[tuple[int, int]]:
@@ -418,25 +489,15 @@ def _after_region(name: str) -> None:
     """Hook called before each region's marker is written (tests inject failures here)."""
 
 
-def _resume_key(ds: xr.Dataset, extra: str) -> str:
+def _product_key(ds: xr.Dataset) -> str:
+    """A hash of the product's variables, dims, shapes, dtypes and chunks."""
     import hashlib
-    import json
 
     shape = {
         str(n): [list(v.dims), list(v.shape), str(v.dtype), [list(c) for c in (v.chunks or ())]]
-        for n, v in ds.data_vars.items()
+        for n, v in ds.variables.items()
     }
-    text = json.dumps({"vars": shape, "extra": extra}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _stored_key(store: Path) -> str | None:
-    try:
-        import zarr
-
-        return zarr.open_group(str(store), mode="r").attrs.get(RESUME_ATTR)
-    except Exception:  # unreadable or half-written template: start afresh
-        return None
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _json_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -603,28 +664,3 @@ def _refuse_input(ds: xr.Dataset, path: Path) -> None:
                 f"output {str(path)!r} is the input file; gapfill never modifies its input. "
                 "Choose another output path."
             )
-
-
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is replaced (restored on failure)."""
-    if not (path.exists() or path.is_symlink()):
-        os.replace(tmp, path)
-        return
-    if tmp.is_file() and path.is_file():
-        os.replace(tmp, path)  # atomic on POSIX
-        return
-    old = path.with_name(f"{path.name}.old-{uuid.uuid4().hex[:12]}")
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)

@@ -249,10 +249,16 @@ def run(
     """
     from contextlib import ExitStack
 
-    from gapfill import compute
+    from gapfill import compute, guard, io, preflight
 
     with ExitStack() as stack:
         ds = open_input(recipe)
+        preflight.check(recipe, ds)
+        stack.enter_context(guard.exclusive(recipe.output.path))
+        leftovers = list(side_outputs(recipe).values())
+        if recipe.output.format != "video":
+            leftovers.append(io.partial_path(recipe.output.path, recipe.output.format))
+        guard.clean_leftovers(leftovers)
         lazy = ds[recipe.input.variable].chunks is not None
         if start_cluster and lazy:
             stack.enter_context(compute.session(recipe.compute))
@@ -262,11 +268,70 @@ def run(
 
 
 def resume_key(recipe: Recipe) -> str:
-    """What identifies a run for resuming: the recipe without ``output.overwrite`` and ``compute``."""
+    """What identifies a run for resuming: the recipe (without ``output.overwrite`` and
+    ``compute``, method options included) and a fingerprint of its input files and of its
+    ``method.model`` (:func:`gapfill.fingerprint.fingerprint`), as JSON text."""
+    import glob
+    import json
+
+    from gapfill.fingerprint import fingerprint
+
     data = recipe.model_dump(mode="json")
     data.pop("compute", None)
     data["output"].pop("overwrite", None)
-    return yaml.safe_dump(data, sort_keys=True)
+    given = [recipe.input.path] if isinstance(recipe.input.path, str) else recipe.input.path
+    inputs = [m for item in given for m in (sorted(glob.glob(item)) or [item])]
+    identity = {
+        "recipe": yaml.safe_dump(data, sort_keys=True),
+        "input": fingerprint(inputs),
+        "model": fingerprint([recipe.method.model]) if recipe.method.model else None,
+    }
+    return json.dumps(identity, sort_keys=True)
+
+
+def _check_resume(recipe: Recipe, key: str) -> None:
+    """Refuse to resume a partial product of another run (or discard it with overwrite)."""
+    from gapfill import io
+    from gapfill.recipe import RecipeError
+    from gapfill.resume import RunCache
+
+    partial = io.partial_path(recipe.output.path, recipe.output.format)
+    if not partial.exists():
+        return
+    stored = io.stored_run(partial)
+    if stored == key:
+        return
+    why = _what_changed(stored, key)
+    if recipe.output.overwrite:
+        log.warning("%s: %s; starting over (output.overwrite is true)", partial, why)
+        io.discard_partial(partial)
+        RunCache(partial, key).clear()
+        return
+    n = len(io.written_regions(partial))
+    raise RecipeError(
+        f"output.path: {str(partial)!r} holds {n} region(s) of an interrupted run, but {why}; "
+        "resuming would mix the two. Start over with --overwrite (output.overwrite: true), "
+        "or undo the change to resume"
+    )
+
+
+def _what_changed(stored: str | None, key: str) -> str:
+    """The difference between two :func:`resume_key` values, in words."""
+    import json
+
+    from gapfill.fingerprint import changes
+
+    try:
+        old = json.loads(stored) if stored else None
+    except ValueError:
+        old = None
+    if not isinstance(old, dict) or set(old) != {"recipe", "input", "model"}:
+        return "it does not say which recipe and input it was written from"
+    new = json.loads(key)
+    what = changes(old["input"], new["input"]) + changes(old["model"] or {}, new["model"] or {})
+    if old["recipe"] != new["recipe"]:
+        what.insert(0, "the recipe changed")
+    return "; ".join(what) or "the run changed"
 
 
 def _run(
@@ -315,7 +380,10 @@ def _run(
             bar.update()
 
         # A resumable (region-by-region) run keeps its fit and scores until it is complete.
-        cache = _run_cache(recipe, da) if lazy else None
+        key = resume_key(recipe) if lazy else ""
+        if lazy:
+            _check_resume(recipe, key)
+        cache = _run_cache(recipe, da, key) if lazy else None
         cached = None
         if cache is not None and recipe.method.model is None:
             cached = cache.load_model()
@@ -389,7 +457,7 @@ def _run(
         io.write(
             out, path, format=recipe.output.format,
             overwrite=recipe.output.overwrite, history_command=command, title=recipe.output.title,
-            region_dim=time_dim if lazy else None, resume_key=resume_key(recipe),
+            region_dim=time_dim if lazy else None, resume_key=key,
             finish=punched if lazy else None,
         )
         log.info("wrote %s in %.1f s", path, time.perf_counter() - t0)
@@ -419,13 +487,14 @@ def _run(
     return result
 
 
-def _run_cache(recipe: Recipe, da: xr.DataArray) -> Any:
-    """The fit/score cache of a resumable run of ``recipe`` on ``da``."""
+def _run_cache(recipe: Recipe, da: xr.DataArray, key: str) -> Any:
+    """The fit/score cache of a resumable run of ``recipe`` (:func:`resume_key` ``key``)
+    on ``da``."""
     from gapfill import io
     from gapfill.resume import RunCache
 
     partial = io.partial_path(recipe.output.path, recipe.output.format)
-    key = resume_key(recipe) + f"\ninput: {dict(da.sizes)} {da.dtype} {da.chunks}\n"
+    key = key + f"\ninput: {dict(da.sizes)} {da.dtype} {da.chunks}\n"
     return RunCache(partial, key)
 
 

@@ -413,7 +413,7 @@ def test_interrupted_run_resumes_only_missing_regions(zarr_project, monkeypatch,
     output = Path(recipe.output.path)
     partial = io.partial_path(output, recipe.output.format)
     assert not output.exists() and partial.exists()
-    first = sorted(p.name for p in io.progress_path(partial).iterdir())
+    first = sorted(io.written_regions(partial))
     assert first == sorted(regions) and len(first) == 2
 
     fit_dir = partial.with_name(partial.name + ".fit")  # the fit and scores are kept
@@ -473,7 +473,7 @@ def test_region_writes_compute_each_chunk_once(tmp_path, monkeypatch):
     assert_same_product(written.compute()[["sst", "sst_flag"]], da.gapfill.fill(model))
 
 
-def test_partial_store_of_another_recipe_is_discarded(zarr_project, monkeypatch):
+def test_partial_store_of_another_recipe_is_refused_or_discarded(zarr_project, monkeypatch):
     recipe = load(zarr_project)
     regions: list[str] = []
 
@@ -487,7 +487,12 @@ def test_partial_store_of_another_recipe_is_discarded(zarr_project, monkeypatch)
         pipeline.run(recipe, progress=False, start_cluster=False)
     regions.clear()
     monkeypatch.setattr(io, "_after_region", regions.append)
-    other = rc.load(zarr_project / "recipe.yaml", overrides={"method.options": {"sigma": 2.0}})
+    options = {"method.options": {"sigma": 2.0}}
+    other = rc.load(zarr_project / "recipe.yaml", overrides=options)
+    with pytest.raises(rc.RecipeError, match="1 region.*the recipe changed.*--overwrite"):
+        pipeline.run(other, progress=False)
+    assert regions == []  # refused before fitting
+    other = rc.load(zarr_project / "recipe.yaml", overrides={**options, "output.overwrite": True})
     pipeline.run(other, progress=False)
     assert len(regions) == 6  # nothing reused from the other recipe's partial store
 
@@ -500,7 +505,6 @@ def test_killed_cli_run_resumes(zarr_project):
     import time
 
     partial = zarr_project / "out" / "filled.zarr.partial"
-    marks = io.progress_path(partial)
     slow = (  # the CLI, with each region taking a while so that the kill lands midway
         "import sys, time; from gapfill import cli, io; "
         "io._after_region = lambda name: time.sleep(0.3); "
@@ -508,12 +512,12 @@ def test_killed_cli_run_resumes(zarr_project):
     )
     proc = subprocess.Popen([sys.executable, "-c", slow], cwd=zarr_project)
     deadline = time.monotonic() + 60
-    while not (marks.is_dir() and any(marks.iterdir())) and time.monotonic() < deadline:
+    while not io.written_regions(partial) and time.monotonic() < deadline:
         time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = {p.name for p in marks.iterdir()}
+    done = io.written_regions(partial)
     assert 1 <= len(done) < 6
     res = subprocess.run([sys.executable, "-m", "gapfill", "run", "recipe.yaml"],
                          cwd=zarr_project, capture_output=True, text=True, timeout=120)
