@@ -130,7 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recipe = _load(args)
         if args.command == "validate":
+            from gapfill import preflight
+
             ds = open_input(recipe)
+            preflight.check(recipe, ds)
             da = ds[recipe.input.variable]
             sizes = ", ".join(f"{k}: {v}" for k, v in da.sizes.items())
             print(f"{args.recipe}: OK ({recipe.input.variable} [{sizes}], method "
@@ -156,9 +159,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("failed")
         print(f"gapfill: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception:  # a bug: show everything
-        log.exception("unexpected error (please report it)")
-        return EXIT_ERROR
+    except Exception as err:
+        expected = _storage_error(err, args)
+        if expected is None:  # a bug: show everything
+            log.exception("unexpected error (please report it)")
+            return EXIT_ERROR
+        if args.debug:
+            log.exception("failed")
+        print(f"gapfill: error: {expected}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _train(recipe) -> int:  # noqa: ANN001
@@ -179,7 +188,10 @@ def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
     from gapfill import compute, io
     from gapfill.recipe import open_input
 
+    from gapfill import preflight
+
     ds = open_input(recipe)
+    preflight.check(recipe, ds)
     da = ds[recipe.input.variable]
     sizes = ", ".join(f"{k}: {v}" for k, v in da.sizes.items())
     lazy = da.chunks is not None
@@ -189,9 +201,8 @@ def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
         chunks = ", ".join(f"{d}: {max(c)}" for d, c in zip(da.dims, da.chunks))
         print(f"dask chunks: {chunks}; compute: {compute.describe(recipe.compute)}")
         partial = io.partial_path(recipe.output.path, recipe.output.format)
-        marks = io.progress_path(partial)
-        if marks.is_dir():
-            n = sum(1 for _ in marks.iterdir())
+        n = len(io.written_regions(partial)) if partial.exists() else 0
+        if n:
             print(f"resume: {n} region(s) already written in {partial} (kept if the recipe "
                   "is unchanged)")
     else:
@@ -214,6 +225,42 @@ def _leftover(args: argparse.Namespace) -> str:
     if partial.exists():
         return f"the regions written so far are in {partial}; run the same command to resume"
     return "no partial output was left behind"
+
+
+#: errno values of failures that are the machine's, not gapfill's: disk full, quota, file too
+#: large, I/O error, permission, read-only filesystem, stale network handle.
+STORAGE_ERRNOS = {"ENOSPC", "EDQUOT", "EFBIG", "EIO", "EACCES", "EPERM", "EROFS", "ESTALE",
+                  "ENOTDIR", "EISDIR"}
+#: Packages whose errors mean a file or store could not be read or written.
+STORAGE_PACKAGES = ("numcodecs", "zarr", "netCDF4", "h5py", "h5netcdf", "blosc")
+
+
+def _storage_error(err: BaseException, args: argparse.Namespace) -> str | None:
+    """A one-line message for a failure of the storage (disk full, unreadable or corrupt
+    data), naming the file; ``None`` for anything else (a bug)."""
+    import errno
+    import traceback
+
+    if isinstance(err, OSError) and errno.errorcode.get(err.errno or -1) in STORAGE_ERRNOS:
+        where = f" ({err.filename})" if err.filename else ""
+        hint = ""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            hint = "; free some space (or choose another output.path) and run the same " \
+                   "command again: a region-by-region run resumes where it stopped"
+        return f"{err.strerror or err}{where}{hint}"
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames or not any(p in frames[-1].filename for p in STORAGE_PACKAGES):
+        return None
+    reading = any(w in f.name.lower() for f in frames for w in ("decode", "decompress", "getitem"))
+    try:
+        recipe = _load(args)
+        source = recipe.input.path if reading else recipe.output.path
+    except Exception:  # noqa: BLE001 - the recipe was fine a moment ago; name nothing then
+        source = "the input" if reading else "the output"
+    what, why = ("reading the input", "a chunk or file may be corrupt or truncated") if reading \
+        else ("writing the output", "is the disk full or the quota used up?")
+    return (f"{what} {source!r} failed: {_one_line(err)} ({type(err).__name__} in "
+            f"{Path(frames[-1].filename).name}); {why}")
 
 
 def _one_line(err: BaseException) -> str:

@@ -688,6 +688,12 @@ class Recipe(_Section):
                     f"{key}: {str(path)!r} already exists; set output.overwrite: true "
                     "(command line: --overwrite) or choose another path"
                 )
+            if key == "output.diagnostics_csv" and path.exists() and not _is_diagnostics_csv(path):
+                raise ValueError(
+                    f"{key}: {str(path)!r} exists and is not a diagnostics table gapfill wrote "
+                    "(its header is not time,holdout_*/punched_*); overwrite replaces only "
+                    "those. Choose another path, or remove the file yourself"
+                )
         return self
 
     @model_validator(mode="after")
@@ -722,6 +728,21 @@ class Recipe(_Section):
         data = self.model_dump(mode="json")
         data["compute"] = self.compute.model_dump(mode="json", exclude_defaults=True)
         return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
+def _is_diagnostics_csv(path: Path) -> bool:
+    """Whether ``path`` is a diagnostics CSV as gapfill writes it: a regular file whose header
+    is ``time`` and then only ``holdout_*``/``punched_*`` columns."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        with path.open("rb") as f:
+            head = f.readline(4096).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    names = head.split(",")
+    return len(names) > 1 and names[0] == "time" and all(
+        n.startswith(("holdout_", "punched_")) for n in names[1:])
 
 
 def _same_file(a: Path, b: str) -> bool:
@@ -790,7 +811,7 @@ def load(
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {str(path)!r}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -807,6 +828,21 @@ def load(
         data, recipe_dir=path.resolve().parent, output_dir=output_dir, label=str(path),
         command=command,
     )
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases: ``*name`` could expand a few lines into
+    gigabytes (the "billion laughs"), and a recipe has no use for them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None,
+                f"aliases (*{event.anchor}) are not allowed in recipes; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 def from_dict(
