@@ -24,7 +24,7 @@ import xarray as xr
 import yaml
 
 import gapfill
-from gapfill import cli, io, pipeline, preflight
+from gapfill import cli, io, pipeline
 from gapfill import recipe as rc
 
 from conftest import synthetic_sst
@@ -429,7 +429,7 @@ def test_validate_checks_the_saved_model(project):
 @pytest.mark.parametrize("option", [{"width": 10**9}, {"batch_size": 10**9},
                                     {"guide_pool": 10**9}, {"window": [10**9] * 3}])
 def test_validate_refuses_what_memory_cannot_hold(project, monkeypatch, option):
-    monkeypatch.setattr(preflight, "machine_memory", lambda: 2 * 2**30)  # a 2 GiB machine
+    monkeypatch.setattr("gapfill.preflight.machine_memory", lambda: 2 * 2**30)  # 2 GiB machine
     big = synthetic_sst(t=64, h=64, w=256)  # a 64 x 64 x 256 cube: windows are clipped to it
     big.to_dataset(name="sst").to_netcdf(project / "big.nc")
     set_recipe(project, input__path="big.nc", method__name="gan", method__options=option)
