@@ -260,6 +260,11 @@ def run(
             leftovers.append(io.partial_path(recipe.output.path, recipe.output.format))
         guard.clean_leftovers(leftovers)
         lazy = ds[recipe.input.variable].chunks is not None
+        from gapfill.timeaxis import TimeOrderWarning
+
+        # preflight said it once: not again from every step that reads the cube
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", TimeOrderWarning)
         if start_cluster and lazy:
             stack.enter_context(compute.session(recipe.compute))
         elif start_cluster and recipe.compute.kind not in ("threads", "none"):

@@ -6,7 +6,9 @@ or hours later). Each problem names its recipe key:
 
 - ``output.path`` (and the side outputs): their directory can be written;
 - ``output.format``: NetCDF stores every variable's dtype (not ``float16``);
-- ``input``: the time, y and x coordinates are finite (no NaN/NaT);
+- ``input``: the time, y and x coordinates are finite (no NaN/NaT); no time
+  occurs twice, and times out of order are reported (the fill sorts them, see
+  :mod:`gapfill.timeaxis`);
 - ``method.model``: the saved model loads and matches the recipe and input;
 - ``method.options``: a rough estimate of the memory the deep methods take
   (windows, batches, widths, guide pools) fits in this machine's memory.
@@ -14,6 +16,7 @@ or hours later). Each problem names its recipe key:
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any
@@ -21,6 +24,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["check", "machine_memory", "memory_estimate"]
+
+log = logging.getLogger("gapfill")
 
 #: Dtypes a NetCDF-4 file stores (``float16`` and complex numbers are not among them).
 NETCDF_KINDS = {"f": (4, 8), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "b": (1,), "M": (8,),
@@ -44,7 +49,7 @@ def check(recipe: Any, ds: Any) -> None:
     from gapfill.recipe import RecipeError
 
     problems: list[str] = []
-    for fn in (_writable, _dtypes, _coords, _model, _memory):
+    for fn in (_writable, _dtypes, _coords, _time, _model, _memory):
         try:
             problem = fn(recipe, ds)
         except RecipeError as err:
@@ -98,6 +103,26 @@ def _coords(recipe: Any, ds: Any) -> str | None:
         check_coords(da, find_dims(da, _dims(recipe)))
     except ValueError as err:
         return f"input.path: {err}"
+    return None
+
+
+def _time(recipe: Any, ds: Any) -> str | None:
+    from gapfill import timeaxis
+    from gapfill.dims import find_dims
+
+    if recipe.input.is_video:
+        return None
+    da = ds[recipe.input.variable]
+    name = find_dims(da, _dims(recipe)).time
+    if name not in da.coords:
+        return None
+    try:
+        order = timeaxis.check_order(da[name].values, name)
+    except ValueError as err:
+        return f"input.path: {err}"
+    if order is not None:
+        log.warning("input: the %r coordinate is not in increasing order; the fill sorts it "
+                    "and writes the product in the input's order", name)
     return None
 
 

@@ -47,7 +47,7 @@ class RunCache:
         if self.directory.exists() and (
             not stored.is_file() or stored.read_text() != key
         ):
-            log.info("%s belongs to another run: fitting afresh", self.directory)
+            log.info("%s holds the fit of another recipe or input: fitting afresh", self.directory)
             self.clear()
 
     # -- model ----------------------------------------------------------------------

@@ -415,6 +415,26 @@ def test_validate_refuses_nan_coordinates(project):
     assert code == 2 and "coordinate 'x' holds NaN" in err
 
 
+def test_time_order_checked_by_validate_and_run(project):
+    with xr.open_dataset(project / "in.nc") as ds:
+        ds = ds.load()
+    ds.isel(time=np.r_[0:6, 5, 6:12]).to_netcdf(project / "dup.nc")
+    ds.isel(time=np.r_[0:4, 8:12, 4:8]).to_netcdf(project / "unsorted.nc")
+    set_recipe(project, input__path="dup.nc")
+    code, err = validate(project)
+    assert code == 2 and "1 duplicate time(s) (2020-06-01" in err
+    set_recipe(project, input__path="in.nc")
+    ref = reference(project)
+    set_recipe(project, input__path="unsorted.nc")
+    code, err = validate(project)
+    assert code == 0 and "not in increasing order" in err
+    code, err = run(project)  # region by region, out of order
+    assert code == 0 and "not in increasing order" in err
+    with gapfill.open(project / "out" / "p.nc") as out, gapfill.open(ref) as whole:
+        np.testing.assert_array_equal(out.time, ds.time[np.r_[0:4, 8:12, 4:8]])
+        xr.testing.assert_identical(out.sst.sortby("time").load(), whole.sst.load())
+
+
 def test_validate_checks_the_saved_model(project):
     set_recipe(project, method__model="model.pt")
     (project / "model.pt").write_bytes(b"not a model")
@@ -461,3 +481,53 @@ def test_overwrite_replaces_only_diagnostics_csv_gapfill_wrote(project):
     set_recipe(project, output__diagnostics_csv="out/p_diagnostics.csv")
     assert run(project, "-q")[0] == 0  # a table gapfill wrote ...
     assert run(project, "-q")[0] == 0  # ... is replaced
+
+
+# -- 5. replacing a Zarr product ---------------------------------------------------------------
+SWAP = """
+import os, sys
+import numpy as np, xarray as xr
+from gapfill import atomic, io
+target = sys.argv[1]
+if sys.argv[2] == "fallback":
+    atomic.exchange = lambda a, b: False  # a system without renameat2
+ds = xr.Dataset({"v": ("x", np.arange(3.0))})
+io.write(ds, target)
+moves = []
+real = os.replace
+def replace(a, b):
+    if target in (os.fspath(a), os.fspath(b)):
+        moves.append(b)
+        if len(moves) == 2:
+            os._exit(9)  # killed between renaming the old product away and the new one in
+    real(a, b)
+os.replace = replace
+io.write(ds + 1, target, overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("system", ["renameat2", "fallback"])
+def test_killed_zarr_overwrite_never_loses_the_product(tmp_path, system):
+    """Replacing a Zarr store: one atomic exchange where the system has it; elsewhere a kill
+    between the fallback's two renames leaves the old store aside, and the next run puts it
+    back before anything else."""
+    from gapfill import guard
+    from gapfill.atomic import exchange
+
+    target = tmp_path / "p.zarr"
+    if system == "renameat2":
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        assert exchange(tmp_path / "a", tmp_path / "b"), "no renameat2 on this system"
+    proc = subprocess.run([sys.executable, "-c", SWAP, str(target), system],
+                          capture_output=True, text=True, timeout=60)
+    if system == "renameat2":
+        assert proc.returncode == 0, proc.stderr
+        with xr.open_zarr(target) as out:
+            np.testing.assert_array_equal(out.v.values, [1.0, 2.0, 3.0])  # the new product
+    else:
+        assert proc.returncode == 9 and not target.exists()
+        guard.clean_leftovers([target])
+        with xr.open_zarr(target) as out:
+            np.testing.assert_array_equal(out.v.values, [0.0, 1.0, 2.0])  # the old one, back
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in "ab") == ["p.zarr"]
