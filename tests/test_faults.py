@@ -26,8 +26,7 @@ import yaml
 import gapfill
 from gapfill import cli, io, pipeline
 from gapfill import recipe as rc
-
-from conftest import synthetic_sst
+from gapfill.testing import synthetic_sst
 
 #: Global attributes that differ between two runs of one recipe (when and how each ran).
 RUN_ATTRS = {"history", "date_created"}
