@@ -128,7 +128,7 @@ def scores(truth: xr.DataArray, filled: Any, hidden: np.ndarray, video: bool) ->
 
     t, f = _as_thw(truth, truth), _as_thw(filled, truth)
     if video:
-        from issue6_methods import patch_unfilled
+        from method_scores import patch_unfilled
 
         if not np.isfinite(f).all():
             f = _as_thw(patch_unfilled(truth, xr.DataArray(f, dims=truth.dims,

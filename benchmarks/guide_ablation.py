@@ -1,14 +1,14 @@
 """``combcn`` and ``tgfnet`` with each guide: the plain methods of the papers and the guided ones.
 
-Runs the ``ostia`` and ``video`` benchmarks of :mod:`issue6_methods` (same data,
+Runs the ``ostia`` and ``video`` benchmarks of :mod:`method_scores` (same data,
 gaps, scores and per-method options) once per ``guide`` value, so the
 contribution of the network can be told from that of its first guess.
 ``guide="none"`` is the plain architecture of each paper.
 
 Usage::
 
-    python benchmarks/issue6_guides.py                                   # ~25 min on 2 cores
-    python benchmarks/issue6_guides.py --guides none --benchmarks video --methods tgfnet
+    python benchmarks/guide_ablation.py                                   # ~25 min on 2 cores
+    python benchmarks/guide_ablation.py --guides none --benchmarks video --methods tgfnet
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import issue6_methods as i6  # noqa: E402
+import method_scores as i6  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Benchmarks of the issue-6 methods beside the classical baselines.
+"""Scores of the learned methods beside the classical baselines on three benchmarks.
 
 Three benchmarks, each a markdown table (run any subset with ``--benchmarks``):
 
@@ -27,10 +27,10 @@ same pixels.
 Adding a method: add an entry to :data:`METHODS` (options per benchmark, and
 ``quick`` overrides for ``--quick``). Usage::
 
-    python benchmarks/issue6_methods.py                      # everything (~30 min on 2 cores)
-    python benchmarks/issue6_methods.py --quick              # short training, smoke run
-    python benchmarks/issue6_methods.py --methods stgconvnet,linear,eof --benchmarks recovery
-    python benchmarks/issue6_methods.py --json /tmp/issue6.json
+    python benchmarks/method_scores.py                      # everything (~30 min on 2 cores)
+    python benchmarks/method_scores.py --quick              # short training, smoke run
+    python benchmarks/method_scores.py --methods stgconvnet,linear,eof --benchmarks recovery
+    python benchmarks/method_scores.py --json /tmp/method_scores.json
 """
 
 from __future__ import annotations
