@@ -272,6 +272,7 @@ class Trainer:
         if not d.val.any():
             return None
         mae = None
+        start = time.monotonic()
         if self.ddp.is_main:
             raw = self.m.generator
             self.m.generator = self.G_avg if self.G_avg is not None else raw  # what is kept
@@ -286,6 +287,11 @@ class Trainer:
             finally:
                 self.m.generator = raw
             mae = float(np.concatenate(errors).mean())
+        budget = self.loop.budget
+        if self.deadline is not None and budget is not None:
+            # keep the time of one more validation (the one after the last step) in budget
+            spent = time.monotonic() - start
+            budget.seconds = max(self.deadline - spent - budget.start, 0.0)
         return self.ddp.from_main(mae)
 
     # -- loop -----------------------------------------------------------------------
