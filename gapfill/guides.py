@@ -252,7 +252,8 @@ def choose_guide(
                     if scores[name] < base_score:
                         base, base_guide, base_score = field, g, scores[name]
                 if i == 0 and base_guide.sigma is not None:
-                    tried = [(base_guide.sigma, s) for s in INTERP_SHRINKS if s != INTERP_SHRINKS[1]]
+                    tried = [(base_guide.sigma, s) for s in INTERP_SHRINKS
+                             if s != INTERP_SHRINKS[1]]
                 else:
                     break
             dist = time_distance(x)

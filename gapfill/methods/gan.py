@@ -28,12 +28,9 @@ a moving average of the generator's weights. Options are in :class:`GANOptions`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import time
 from dataclasses import dataclass
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -43,12 +40,12 @@ from gapfill.methods.base import (
     Coords,
     FillResult,
     Method,
-    Options,
     load_network,
     network_state,
 )
 from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData, missing_share
-from gapfill.methods.gan_train import Trainer
+from gapfill.methods.gan_train import GANTrainer
+from gapfill.training import TrainingOptions, pick_device, start_run, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +61,7 @@ GUIDE_POOL_SHARE = 0.25
 
 
 @dataclass
-class GANOptions(Options):
+class GANOptions(TrainingOptions):
     """Options of the ``gan`` method.
 
     Attributes
@@ -234,22 +231,20 @@ class GANOptions(Options):
     seed: int | None = None
     progress: str = "auto"
 
+    _method: ClassVar[str] = "gan"
+
     def __post_init__(self) -> None:
         # Options may come back from JSON, where tuples are lists.
-        self.window = tuple(int(v) for v in self.window)  # type: ignore[assignment]
+        super().__post_init__()
         self.betas = tuple(float(v) for v in self.betas)  # type: ignore[assignment]
         self.occlusion_options = dict(self.occlusion_options or {})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad option."""
 
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"gan option {name}={getattr(self, name)!r}: {why}")
-
-        if len(self.window) != 3 or min(self.window) < 1:
-            bad("window", "must be three positive integers (T, H, W)")
-        for name in ("width", "d_width", "d_layers", "batch_size", "steps", "d_steps",
-                     "eval_every", "checkpoint_every", "fill_batch_size", "guide_pool",
+        super().validate()
+        bad = self._bad
+        for name in ("width", "d_width", "d_layers", "d_steps", "fill_batch_size", "guide_pool",
                      "fit_blocks"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
@@ -282,24 +277,10 @@ class GANOptions(Options):
             bad("time_halo", "must be >= 0 or None")
         if not 0 <= self.val_share < 0.5:
             bad("val_share", "must be in [0, 0.5)")
-        if self.threads is not None and self.threads < 1:
-            bad("threads", "must be >= 1 or None")
-        if self.lr <= 0:
-            bad("lr", "must be > 0")
-        if self.ema is not None and not 0 < self.ema < 1:
-            bad("ema", "must be in (0, 1) or None")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             bad("betas", "must be two numbers in [0, 1)")
         if self.adv_weight < 0 or self.recon_weight < 0:
             bad("recon_weight" if self.recon_weight < 0 else "adv_weight", "must be >= 0")
-        if self.time_budget is not None and self.time_budget <= 0:
-            bad("time_budget", "must be > 0 or None")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            bad("early_stopping_patience", "must be >= 1 or None")
-        if self.resume and not self.checkpoint_dir:
-            bad("resume", "needs checkpoint_dir")
-        if self.progress not in ("auto", "bar", "log", "off"):
-            bad("progress", "must be auto, bar, log or off")
 
 
 class GAN(Method):
@@ -316,18 +297,6 @@ class GAN(Method):
         self._meta: dict[str, Any] = {}
 
     # -- setup helpers --------------------------------------------------------------
-    def _device(self) -> torch.device:
-        import torch
-
-        if self.options.device:
-            return torch.device(self.options.device)
-        if torch.cuda.is_available():
-            from gapfill.distributed import context
-
-            ctx = context()  # under torchrun: this process's GPU
-            return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device("cuda")
-        return torch.device("cpu")
-
     def _process(
         self, missing: np.ndarray, never: np.ndarray, coverage: float | None, seed: int,
         streaming: bool = False,
@@ -401,13 +370,11 @@ class GAN(Method):
 
     # -- fit ------------------------------------------------------------------------
     def fit(self, cube: Cube, rng: np.random.Generator, clean: Any = None) -> None:
-        with _threads(self.options.threads):
-            self._fit(cube, rng, clean)
+        self._fit(cube, rng, clean)
 
     def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
         """Train on ``fit_blocks`` sub-cubes sampled from a dask-backed ``cube``."""
-        with _threads(self.options.threads):
-            self._fit(cube, rng, blocks=self.options.fit_blocks)
+        self._fit(cube, rng, blocks=self.options.fit_blocks)
 
     def _fit(
         self, cube: Cube, rng: np.random.Generator, clean: Any = None, blocks: int | None = None
@@ -429,30 +396,25 @@ class GAN(Method):
         """
         import torch
 
-        from gapfill.training import open_run
-
         o = self.options
-        t0 = time.monotonic()
-        manager, ckpt, seed = open_run(o.checkpoint_dir, o.resume, o.seed, rng)
-        setup = np.random.default_rng([seed, 0])
+        run = start_run(self, cube, rng, None if blocks else cube.values())
+        t0 = run.started
+        setup = np.random.default_rng([run.seed, 0])
         deadline = None if o.time_budget is None else t0 + GUIDE_POOL_SHARE * o.time_budget
         data = TrainingData.build(self, cube, setup, clean, blocks, deadline)
-        device = self._device()
+        device = pick_device(o.device)
         devices = [device.index or 0] if device.type == "cuda" else []
         # Seeded torch RNG for initialisation and dropout, without disturbing the caller's.
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+            torch.manual_seed(run.seed)
             self._build(data.channels, data.extras.shape[1])
             # time_budget counts the whole fit: training gets what the set-up leaves
-            trainer = Trainer(self, data, seed, manager,
-                              None if o.time_budget is None else t0 + o.time_budget)
-            if ckpt is not None:
-                trainer.restore(ckpt)
+            trainer = GANTrainer(self, run, data,
+                                 None if o.time_budget is None else t0 + o.time_budget)
             if trainer.ddp.enabled:  # same initial weights everywhere, then per-rank noise
-                torch.manual_seed(seed + 7919 * (trainer.ddp.rank + 1))
-            info = trainer.run()
+                torch.manual_seed(run.seed + 7919 * (trainer.ddp.rank + 1))
+            info = trainer.fit()
         info["setup_seconds"] = round(data.setup_seconds, 2)
-        info["seconds"] = round(time.monotonic() - t0, 2)
         self.fit_info.update(info)
 
     # -- fill -----------------------------------------------------------------------
@@ -475,7 +437,7 @@ class GAN(Method):
         guide = self._guide(x)
         extras = self._extras(coords, x.shape[1:])
         seed = int(rng.integers(2**31 - 1))
-        with _threads(self.options.threads):
+        with torch_threads(self.options.threads):
             out = self._fill(x, guide, extras, samples, seed)
         c = x.shape[0]
         runs = out.reshape(samples, c, *x.shape[1:])
@@ -568,18 +530,4 @@ class GAN(Method):
         self._meta, gen = load_network(
             state, "generator", lambda meta: Generator(GeneratorConfig(**meta["generator"]))
         )
-        self.generator = gen.to(self._device())
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch CPU threads (``None``: unchanged), restoring the setting after."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+        self.generator = gen.to(pick_device(self.options.device))
