@@ -241,10 +241,21 @@ def _storage_error(err: BaseException, args: argparse.Namespace) -> str | None:
     import errno
     import traceback
 
+    try:
+        recipe = _load(args)
+        source, target = recipe.input.path, recipe.output.path
+    except Exception:  # noqa: BLE001 - the recipe was fine a moment ago; name nothing then
+        source, target = "the input", "the output"
+    full = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
     if isinstance(err, OSError) and errno.errorcode.get(err.errno or -1) in STORAGE_ERRNOS:
-        where = f" ({err.filename})" if err.filename else ""
+        if err.filename:
+            where = f" ({err.filename})"
+        elif err.errno in full:
+            where = f" writing {target!r}"
+        else:
+            where = f" (input {source!r}, output {target!r})"
         hint = ""
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        if err.errno in full:
             hint = "; free some space (or choose another output.path) and run the same " \
                    "command again: a region-by-region run resumes where it stopped"
         return f"{err.strerror or err}{where}{hint}"
@@ -252,14 +263,10 @@ def _storage_error(err: BaseException, args: argparse.Namespace) -> str | None:
     if not frames or not any(p in frames[-1].filename for p in STORAGE_PACKAGES):
         return None
     reading = any(w in f.name.lower() for f in frames for w in ("decode", "decompress", "getitem"))
-    try:
-        recipe = _load(args)
-        source = recipe.input.path if reading else recipe.output.path
-    except Exception:  # noqa: BLE001 - the recipe was fine a moment ago; name nothing then
-        source = "the input" if reading else "the output"
-    what, why = ("reading the input", "a chunk or file may be corrupt or truncated") if reading \
-        else ("writing the output", "is the disk full or the quota used up?")
-    return (f"{what} {source!r} failed: {_one_line(err)} ({type(err).__name__} in "
+    what, name, why = (
+        ("reading the input", source, "a chunk or file may be corrupt or truncated") if reading
+        else ("writing the output", target, "is the disk full or the quota used up?"))
+    return (f"{what} {name!r} failed: {_one_line(err)} ({type(err).__name__} in "
             f"{Path(frames[-1].filename).name}); {why}")
 
 

@@ -349,6 +349,7 @@ def test_disk_full(project, suffix, chunks):
     rc_line, *names = proc.stdout.split()
     assert rc_line == "rc=2", proc.stderr
     assert proc.stderr.startswith("gapfill: error: ") and "space left" in proc.stderr
+    assert f"p{suffix}" in proc.stderr  # names the output
     assert len(proc.stderr.strip().splitlines()) == 1
     assert f"p{suffix}" not in names
     assert not [n for n in names if ".tmp-" in n], names
