@@ -188,7 +188,7 @@ def test_registered_and_options_validated():
     with pytest.raises(ValueError, match="resume"):
         GAN(resume=True)
     with pytest.raises(ValueError, match="threads"):
-        GAN(threads=0)
+        GAN(threads=-1)
     gan = GAN(window=[4, 8, 8], betas=[0.5, 0.9])  # JSON gives lists back
     assert gan.options.window == (4, 8, 8) and gan.options.betas == (0.5, 0.9)
     assert GAN(**json.loads(json.dumps(gan.options_dict()))).options == gan.options
