@@ -5,7 +5,7 @@ the extra that installs them.
 extra         packages                                     for
 ============  ==========================================  ===============================
 ``plot``      matplotlib, cartopy                          diagnostics figures (maps)
-``video``     av (PyAV), scikit-video, opencv              video in and out, ``flowfill``
+``video``     av (PyAV), scikit-video, opencv, pillow      video in and out, ``flowfill``
 ``hpc``       dask-jobqueue                                SLURM/PBS clusters (``compute:``)
 ``samples``   iris-sample-data                             ``sample:ostia``
 ``all``       every one of the above
@@ -26,6 +26,7 @@ EXTRAS = {
     "av": ("av", "video"),
     "skvideo": ("scikit-video", "video"),
     "cv2": ("opencv-python-headless", "video"),
+    "PIL": ("pillow", "video"),
     "dask_jobqueue": ("dask-jobqueue", "hpc"),
     "iris_sample_data": ("iris-sample-data", "samples"),
 }
@@ -33,13 +34,13 @@ EXTRAS = {
 
 def missing_message(module: str, feature: str) -> str:
     """What to install for ``feature``, which needs the module ``module``."""
-    package, extra = EXTRAS[module]
+    package, extra = EXTRAS[module.split(".")[0]]
     return (f"{feature} needs {package}, an optional dependency: "
             f"pip install 'gapfill[{extra}]' (or pip install {package})")
 
 
 def require(module: str, feature: str) -> ModuleType:
-    """Import ``module`` (a key of :data:`EXTRAS`) for ``feature``.
+    """Import ``module`` (a key of :data:`EXTRAS`, or one of its submodules) for ``feature``.
 
     Raises
     ------

@@ -38,7 +38,7 @@ def error_summary(errors: np.ndarray) -> dict[str, float]:
 # =============================================================================== pixel scores
 def _video_values(x: ArrayLike, what: str) -> np.ndarray:
     """``x`` as an ``(T, H, W, C)`` array (no copy for float numpy input)."""
-    from gapfill.video import _video_array
+    from gapfill.video.base import _video_array
 
     if isinstance(x, (xr.DataArray, xr.Dataset)):
         da = _video_array(x)

@@ -1,44 +1,26 @@
-"""Natural video in and out of xarray: read, occlude, write and preview.
-
-Videos are DataArrays with dims ``(time, y, x, channel)`` and float32 values
-in ``[0, 1]``, so they go through :class:`gapfill.cube.Cube` like any other
-cube with a channel dim. Decoding and encoding use PyAV (its wheel carries
-FFmpeg); image frames are read and written with Pillow (a matplotlib
-dependency). Every writer writes to a temporary file next to the target and
-renames it into place, so an interrupted write leaves no half file.
-
->>> import gapfill.video as gv
->>> clip = gv.open("bikes.mp4", resize=(68, 160), max_frames=24)  # doctest: +SKIP
->>> occluded, mask = gv.occlude(clip, "raindrops", seed=0)  # doctest: +SKIP
->>> gv.preview(occluded, filled, clip, "check.mp4")  # doctest: +SKIP
-"""
+"""Read videos (files or frame folders) and masks into DataArrays; occlude them."""
 
 from __future__ import annotations
 
 import os
 import re
-import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from gapfill.atomic import replacing
-
 from gapfill.dims import find_dims
+from gapfill.extras import require
+from gapfill.video.base import (
+    IMAGE_SUFFIXES,
+    _check_crop,
+    _check_int,
+    _check_size,
+    _import_av,
+)
 
-__all__ = ["open", "open_masks", "occlude", "preview", "write_frames", "write_mp4"]
-
-#: Suffixes read as image frames in a folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-#: Suffixes written as videos by :func:`preview` (anything else is an image strip).
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi", ".webm")
-#: Colour drawn where a value is missing (magenta: rare in natural video).
-NAN_COLOR = (1.0, 0.0, 1.0)
 
 # ----------------------------------------------------------------------------- reading
 def open(  # noqa: A001 - mirrors xr.open_dataset / PIL.Image.open
@@ -128,12 +110,6 @@ def open(  # noqa: A001 - mirrors xr.open_dataset / PIL.Image.open
                         name="video", attrs=attrs)
 
 
-def _import_av():
-    from gapfill.extras import require
-
-    return require("av", "reading and writing video")
-
-
 def _read_video(path, start, stride, max_frames, grayscale, crop, resize):
     av = _import_av()
     try:
@@ -191,7 +167,7 @@ def _read_folder(path, start, stride, max_frames, grayscale, crop, resize):
 
 def _read_image(path: Path, grayscale: bool) -> np.ndarray:
     """One image as uint8 or uint16 ``(H, W, C)``."""
-    from PIL import Image
+    Image = require("PIL.Image", "reading image frames")
 
     with Image.open(path) as im:
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -229,7 +205,7 @@ def _crop_resize(arr, crop, resize, what: str) -> np.ndarray:
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of an ``(H, W, C)`` array (uint8 stays uint8; else float32)."""
-    from PIL import Image
+    Image = require("PIL.Image", "reading image frames")
 
     h, w = size
     if arr.dtype == np.uint8 and arr.shape[-1] in (1, 3):
@@ -361,301 +337,3 @@ def occlude(
     return occluded, mask
 
 
-# ----------------------------------------------------------------------------- writing
-def write_mp4(
-    da: xr.DataArray,
-    path: str | os.PathLike,
-    fps: float | None = None,
-    *,
-    crf: int = 18,
-    codec: str = "libx264",
-    value_range: tuple[float, float] = (0.0, 1.0),
-    nan_color: tuple[float, float, float] = NAN_COLOR,
-) -> Path:
-    """Encode a video DataArray as an mp4 (or any container PyAV knows by suffix).
-
-    Parameters
-    ----------
-    da
-        ``(time, y, x[, channel])`` with 1 or 3 channels; may be dask-backed
-        (frames are loaded one at a time).
-    path
-        Output file; written to a temporary file, then renamed.
-    fps
-        Frame rate; default ``da.attrs["fps"]`` or 25.
-    crf
-        x264 quality (0 = lossless, 18 = visually lossless, 23 = default).
-    codec
-        FFmpeg encoder; ``"mpeg4"`` is used when libx264 is unavailable.
-    value_range
-        Values mapped to black and white.
-    nan_color
-        RGB in ``[0, 1]`` drawn where any channel is NaN.
-
-    Returns
-    -------
-    pathlib.Path
-        The written file. Frames with an odd height or width are encoded as
-        yuv444p (fewer players support it); even sizes use yuv420p.
-    """
-    av = _import_av()
-    frames = _rgb_frames(da, value_range, nan_color)
-    fps = float(fps or da.attrs.get("fps") or 25.0)
-    if not fps > 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    first = next(frames)
-    h, w = first.shape[:2]
-    try:
-        av.codec.Codec(codec, "w")
-    except Exception:  # codec missing from this FFmpeg build
-        warnings.warn(f"encoder {codec!r} is not available; using 'mpeg4'", stacklevel=2)
-        codec = "mpeg4"
-    with replacing(path) as tmp:
-        container = av.open(str(tmp), mode="w")
-        try:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.width, stream.height = w, h
-            stream.pix_fmt = "yuv420p" if (h % 2 == 0 and w % 2 == 0) else "yuv444p"
-            if codec == "mpeg4":
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"qscale": "2"}
-            elif codec.startswith("libx26"):
-                stream.options = {"crf": str(int(crf))}
-            for i, frame in enumerate(_chain(first, frames)):
-                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                video_frame.pts = i
-                for packet in stream.encode(video_frame):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        finally:
-            container.close()
-    return Path(path)
-
-
-def write_frames(
-    da: xr.DataArray,
-    folder: str | os.PathLike,
-    *,
-    prefix: str = "frame_",
-    value_range: tuple[float, float] = (0.0, 1.0),
-    nan_color: tuple[float, float, float] = NAN_COLOR,
-) -> Path:
-    """Write each frame as an 8-bit PNG ``<prefix>000000.png`` in ``folder``.
-
-    The frames are written to a temporary sibling folder first; a new
-    ``folder`` is created by renaming it, an existing one gets each file
-    replaced atomically (other files in it are left alone).
-
-    Parameters
-    ----------
-    da
-        ``(time, y, x[, channel])`` with 1 or 3 channels.
-    folder
-        Output folder.
-    prefix
-        File name prefix.
-    value_range
-        Values mapped to black and white.
-    nan_color
-        RGB in ``[0, 1]`` drawn where any channel is NaN.
-
-    Returns
-    -------
-    pathlib.Path
-        ``folder``.
-    """
-    from PIL import Image
-
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{str(folder)!r} exists and is not a folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    n_t = da.sizes[find_dims(da).time]
-    digits = max(6, len(str(n_t - 1)))
-    tmp = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        names = []
-        for i, frame in enumerate(_rgb_frames(da, value_range, nan_color, keep_gray=True)):
-            name = f"{prefix}{i:0{digits}d}.png"
-            Image.fromarray(frame[..., 0] if frame.shape[-1] == 1 else frame).save(tmp / name)
-            names.append(name)
-        if not folder.exists():
-            os.replace(tmp, folder)
-        else:
-            for name in names:
-                os.replace(tmp / name, folder / name)
-    finally:
-        if tmp.exists():
-            for p in tmp.iterdir():
-                p.unlink()
-            tmp.rmdir()
-    return folder
-
-
-def preview(
-    occluded: xr.DataArray | xr.Dataset,
-    filled: xr.DataArray | xr.Dataset,
-    original: xr.DataArray | xr.Dataset | None,
-    path: str | os.PathLike,
-    *,
-    fps: float | None = None,
-    n_frames: int = 6,
-    gap: int = 4,
-    value_range: tuple[float, float] = (0.0, 1.0),
-    nan_color: tuple[float, float, float] = NAN_COLOR,
-) -> Path:
-    """Write a side-by-side ``occluded | filled | original`` comparison.
-
-    Parameters
-    ----------
-    occluded, filled, original
-        Videos of the same ``(time, y, x)`` size; ``original`` may be ``None``
-        (two panels). A Dataset (the output of ``da.gapfill.fill``) contributes
-        its filled variable. Gray videos are shown as gray.
-    path
-        ``.mp4`` (or another video suffix): a video of all frames. Anything
-        else (``.png``): one image with ``n_frames`` evenly spaced frames as rows.
-    fps
-        Video frame rate; default the ``fps`` attribute of one input, or 25.
-    n_frames
-        Rows of an image strip.
-    gap
-        White pixels between panels (and rows).
-    value_range
-        Values mapped to black and white.
-    nan_color
-        RGB drawn at missing values (visible in the occluded panel).
-
-    Returns
-    -------
-    pathlib.Path
-        The written file.
-    """
-    from PIL import Image
-
-    panels = [_video_array(v) for v in (occluded, filled, original) if v is not None]
-    shapes = {tuple(p.sizes[d] for d in find_dims(p).core) for p in panels}
-    if len(shapes) != 1:
-        raise ValueError(f"preview needs videos of one (time, y, x) size, got {sorted(shapes)}")
-    n_t, h, w = shapes.pop()
-    path = Path(path)
-    fps = fps or next((p.attrs["fps"] for p in panels if p.attrs.get("fps")), None)
-    if path.suffix.lower() in VIDEO_SUFFIXES:
-        width = len(panels) * w + (len(panels) - 1) * gap
-        pad_w, pad_h = width % 2, h % 2  # keep yuv420p (plays everywhere)
-        canvas = np.full((n_t, h + pad_h, width + pad_w, 3), 255, dtype=np.uint8)
-        for k, frames in enumerate(_rgb_frames(p, value_range, nan_color) for p in panels):
-            x0 = k * (w + gap)
-            for t, frame in enumerate(frames):
-                canvas[t, :h, x0 : x0 + w] = frame
-        video = xr.DataArray(canvas.astype(np.float32) / 255, dims=("time", "y", "x", "channel"))
-        return write_mp4(video, path, fps=fps)
-    rows = np.unique(np.linspace(0, n_t - 1, min(n_frames, n_t)).round().astype(int))
-    width = len(panels) * w + (len(panels) - 1) * gap
-    height = len(rows) * h + (len(rows) - 1) * gap
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    for k, p in enumerate(panels):
-        tname = find_dims(p).time
-        sub = p.isel({tname: rows})
-        for r, frame in enumerate(_rgb_frames(sub, value_range, nan_color)):
-            canvas[r * (h + gap) : r * (h + gap) + h, k * (w + gap) : k * (w + gap) + w] = frame
-    with replacing(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format=_pil_format(path))
-    return path
-
-
-# ----------------------------------------------------------------------------- helpers
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_size(value: Sequence[int], name: str, n: int) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in value)
-    except TypeError:
-        raise ValueError(f"{name} must be {n} positive integers, got {value!r}") from None
-    if len(out) != n or min(out) < 1 or out != tuple(value):
-        raise ValueError(f"{name} must be {n} positive integers, got {value!r}")
-    return out
-
-
-def _check_crop(crop: Sequence[int]) -> tuple[int, int, int, int]:
-    try:
-        y0, x0, h, w = (int(v) for v in crop)
-    except (TypeError, ValueError):
-        raise ValueError(f"crop must be (y0, x0, H, W), got {crop!r}") from None
-    if min(y0, x0) < 0 or min(h, w) < 1:
-        raise ValueError(
-            f"crop must be (y0, x0, H, W) with y0, x0 >= 0 and H, W >= 1, got {crop!r}"
-        )
-    return y0, x0, h, w
-
-
-def _video_array(v: xr.DataArray | xr.Dataset) -> xr.DataArray:
-    """The video in ``v``; for a Dataset, its one variable that is not a flag or error."""
-    if isinstance(v, xr.DataArray):
-        return v
-    if not isinstance(v, xr.Dataset):
-        raise TypeError(f"expected an xarray DataArray or Dataset, got {type(v).__name__}")
-    names = [
-        n for n, var in v.data_vars.items()
-        if var.attrs.get("standard_name") != "status_flag"
-        and "standard_error" not in str(var.attrs.get("standard_name", ""))
-        and not str(n).endswith(("_flag", "_error"))
-    ]
-    if len(names) != 1:
-        raise ValueError(f"cannot tell which variable of the Dataset is the video among "
-                         f"{list(v.data_vars)}; pass a DataArray, e.g. ds[{names[0]!r}]"
-                         if names else f"no video variable in the Dataset {list(v.data_vars)}")
-    return v[names[0]]
-
-
-def _rgb_frames(
-    da: xr.DataArray | xr.Dataset,
-    value_range: tuple[float, float],
-    nan_color: tuple[float, float, float],
-    keep_gray: bool = False,
-) -> Iterator[np.ndarray]:
-    """Yield ``(H, W, 3)`` (or ``(H, W, 1)`` with ``keep_gray``) uint8 frames."""
-    da = _video_array(da)
-    dims = find_dims(da)
-    order = dims.core + ((dims.channel,) if dims.channel else ())
-    da = da.transpose(*order)
-    n_c = da.sizes[dims.channel] if dims.channel else 1
-    if n_c not in (1, 3):
-        raise ValueError(f"a video needs 1 or 3 channels, got {n_c} along {dims.channel!r}")
-    lo, hi = (float(v) for v in value_range)
-    if not hi > lo:
-        raise ValueError(f"value_range must be (low, high) with high > low, got {value_range}")
-    if da.sizes[dims.time] == 0:
-        raise ValueError("the video has no frame to write")
-    colour = np.clip(np.round(np.asarray(nan_color, dtype=np.float64) * 255), 0, 255)
-    for t in range(da.sizes[dims.time]):
-        x = np.asarray(da.isel({dims.time: t}).values, dtype=np.float32)
-        x = x[..., None] if x.ndim == 2 else x
-        missing = ~np.isfinite(x).all(-1)
-        scaled = np.clip(np.round((np.nan_to_num(x) - lo) / (hi - lo) * 255), 0, 255)
-        scaled = scaled.astype(np.uint8)
-        if n_c == 1 and not (keep_gray and not missing.any()):
-            scaled = np.repeat(scaled, 3, axis=-1)
-        if missing.any():
-            scaled[missing] = colour.astype(np.uint8)
-        yield scaled
-
-
-def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    yield first
-    yield from rest
-
-
-def _pil_format(path: Path) -> str:
-    from PIL import Image
-
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"unknown output format {path.suffix!r}; use .mp4 or .png")
-    return fmt
