@@ -185,10 +185,8 @@ def _train(recipe) -> int:  # noqa: ANN001
 
 def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
     """Print what ``gapfill run`` would do; run nothing."""
-    from gapfill import compute, io
+    from gapfill import compute, io, preflight
     from gapfill.recipe import open_input
-
-    from gapfill import preflight
 
     ds = open_input(recipe)
     preflight.check(recipe, ds)

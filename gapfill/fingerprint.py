@@ -80,7 +80,9 @@ def _directory(path: str) -> dict[str, Any]:
     return {"files": n, "size": total, "keys": h.hexdigest()}
 
 
-def changes(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def changes(
+    old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
     """What differs between two fingerprints, one line per path (empty: nothing)."""
     lines = []
     for path in sorted(set(old) | set(new)):

@@ -250,6 +250,7 @@ def run(
     from contextlib import ExitStack
 
     from gapfill import compute, guard, io, preflight
+    from gapfill.timeaxis import TimeOrderWarning
 
     with ExitStack() as stack:
         ds = open_input(recipe)
@@ -259,12 +260,10 @@ def run(
         if recipe.output.format != "video":
             leftovers.append(io.partial_path(recipe.output.path, recipe.output.format))
         guard.clean_leftovers(leftovers)
-        lazy = ds[recipe.input.variable].chunks is not None
-        from gapfill.timeaxis import TimeOrderWarning
-
         # preflight said it once: not again from every step that reads the cube
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", TimeOrderWarning)
+        lazy = ds[recipe.input.variable].chunks is not None
         if start_cluster and lazy:
             stack.enter_context(compute.session(recipe.compute))
         elif start_cluster and recipe.compute.kind not in ("threads", "none"):

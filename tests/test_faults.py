@@ -66,8 +66,10 @@ def make_cube(path: Path, offset: float = 0.0) -> None:
     ds = da.rename({"lat": "y", "lon": "x"}).drop_vars(["y", "x"]).to_dataset(name="sst")
     ds["sst"].attrs = {"units": "K", "standard_name": "sea_surface_temperature"}
     ds = ds.assign_coords(
-        nav_lat=(("y", "x"), lat.astype("f4"), {"standard_name": "latitude", "units": "degrees_north"}),
-        nav_lon=(("y", "x"), lon.astype("f4"), {"standard_name": "longitude", "units": "degrees_east"}),
+        nav_lat=(("y", "x"), lat.astype("f4"),
+                 {"standard_name": "latitude", "units": "degrees_north"}),
+        nav_lon=(("y", "x"), lon.astype("f4"),
+                 {"standard_name": "longitude", "units": "degrees_east"}),
         forecast_reference_time=np.datetime64("2019-12-01T00:00", "ns"),
     )
     t = ds.time.values
@@ -179,7 +181,8 @@ def test_chunked_run_equals_in_memory_run(project, suffix):
     assert run(project, "-q")[0] == 0
     set_recipe(project, input__chunks=None, output__path=f"out/m{suffix}")
     assert run(project, "-q")[0] == 0
-    with gapfill.open(project / f"out/p{suffix}") as a, gapfill.open(project / f"out/m{suffix}") as b:
+    out = project / "out"
+    with gapfill.open(out / f"p{suffix}") as a, gapfill.open(out / f"m{suffix}") as b:
         a, b = a.load(), b.load()
     assert a.forecast_reference_time.values == np.datetime64("2019-12-01", "ns")
     assert np.isfinite(a.nav_lat).all() and np.isfinite(a.nav_lon).all()
@@ -464,7 +467,8 @@ def test_billion_laughs_recipe_is_refused_fast(project):
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip("abcdefgh", "bcdefghi"):
         lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
-    (project / "recipe.yaml").write_text("\n".join(lines) + "\n" + (project / "recipe.yaml").read_text())
+    recipe = project / "recipe.yaml"
+    recipe.write_text("\n".join(lines) + "\n" + recipe.read_text())
     t0 = time.perf_counter()
     code, err = validate(project)
     assert code == 2 and "aliases (*a) are not allowed" in err
