@@ -86,7 +86,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Budget", "CSVLogger", "CheckpointManager", "EarlyStopping", "Progress", "Run",
-    "TrainLoop", "Trainer", "TrainingOptions", "load_checkpoint", "load_weights", "open_run",
+    "TrainLoop", "Trainer", "TrainingOptions", "load_checkpoint", "load_weights",
     "pick_device", "rng_state", "save_checkpoint", "set_rng_state", "start_run", "torch_threads",
 ]
 
@@ -317,29 +317,6 @@ def _is_main() -> bool:
 def checkpoint_format(method: Method) -> str:
     """The ``format`` tag of ``method``'s checkpoints."""
     return f"gapfill-{method.name}-checkpoint"
-
-
-def open_run(
-    checkpoint_dir: str | None, resume: bool, seed: int | None, rng: np.random.Generator
-) -> tuple[CheckpointManager | None, dict[str, Any] | None, int]:
-    """The checkpoints of a training run, the one to resume from, and the run's seed.
-
-    A lower-level form of :func:`start_run` that checks no identity.
-
-    Returns
-    -------
-    manager
-        A :class:`CheckpointManager` of ``checkpoint_dir`` (``None`` without one).
-    checkpoint
-        The newest checkpoint when ``resume`` and there is one, else ``None``.
-    seed
-        The checkpoint's seed when resuming, else ``seed``, else one drawn from ``rng``.
-    """
-    manager = CheckpointManager(checkpoint_dir) if checkpoint_dir else None
-    ckpt = manager.load_latest() if (manager is not None and resume) else None
-    if ckpt is not None:
-        return manager, ckpt, int(ckpt["seed"])
-    return manager, None, seed if seed is not None else int(rng.integers(2**31 - 1))
 
 
 # -- the trainer -----------------------------------------------------------------------
