@@ -10,16 +10,10 @@ The public API is small: the accessors, :func:`open`, :func:`load`,
 :mod:`gapfill.methods` (the registry) and :mod:`gapfill.masks`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("gapfill")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0+unknown"
-
-from gapfill import accessor as _accessor  # noqa: E402,F401  (registers .gapfill)
-from gapfill import methods  # noqa: E402
-from gapfill.model import FittedModel, load  # noqa: E402
+from gapfill import accessor as _accessor  # noqa: F401  (registers .gapfill)
+from gapfill import methods
+from gapfill.model import FittedModel, load
+from gapfill.version import __version__
 
 
 def open(*args, **kwargs):  # noqa: A001 - mirrors xarray.open_dataset

@@ -36,7 +36,7 @@ def fit_dataarray(
     **more_options: Any,
 ) -> FittedModel:
     """Fit ``method`` to the gappy DataArray ``da``; see :meth:`GapfillAccessor.fit`."""
-    from gapfill import __version__
+    from gapfill.version import __version__
 
     clash = sorted(set(options or {}) & set(more_options))
     if clash:

@@ -30,7 +30,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    from gapfill import __version__
+    from gapfill.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="gapfill",

@@ -267,7 +267,7 @@ def _cf_name(name: str) -> str:
 
 def product_attrs(model: FittedModel, diagnostics: Diagnostics | None) -> dict:
     """Global attributes describing the fill (method, options, hold-out scores)."""
-    from gapfill import __version__
+    from gapfill.version import __version__
 
     attrs = {
         "gapfill_version": __version__,
