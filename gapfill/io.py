@@ -571,13 +571,20 @@ def cf_global_attrs(
 
 
 def _drop_encodings(ds: xr.Dataset) -> xr.Dataset:
-    """A shallow copy without the encodings read from a file, except CF time units/calendars."""
+    """A shallow copy without the encodings read from a file, except CF time units/calendars
+    and the packing ``fill(keep_packing=True)`` gave a product variable (no ``source``)."""
     out = ds.copy(deep=False)
     for var in out.variables.values():
+        asked = "source" not in var.encoding and "dtype" in var.encoding
         var.encoding = {
-            k: v for k, v in var.encoding.items() if k in _TIME_ENCODING and _is_time(var)
+            k: v for k, v in var.encoding.items()
+            if (k in _TIME_ENCODING and _is_time(var)) or (asked and k in _PACKING_ENCODING)
         }
     return out
+
+
+#: Encoding keys of a packed variable (see :mod:`gapfill.packing`).
+_PACKING_ENCODING = ("dtype", "scale_factor", "add_offset", "_FillValue")
 
 
 def _is_time(var: xr.Variable) -> bool:
@@ -624,8 +631,11 @@ def _encoding(ds: xr.Dataset, fmt: Format) -> dict[str, dict[str, Any]]:
     for name, var in ds.variables.items():
         e: dict[str, Any] = dict(var.encoding)  # CF time units/calendar kept by prepare()
         kind = var.dtype.kind
+        packed = np.dtype(e.get("dtype", var.dtype)).kind in "iu" and kind == "f"
         if name in ds.coords or name in bounds:
             e["_FillValue"] = None
+        elif packed:  # stored as scaled integers: the packing's own fill value
+            pass
         elif kind == "f":
             e["_FillValue"] = np.nan
         elif kind in "iub":

@@ -376,6 +376,7 @@ def _run(
                  f"punching {recipe.punch.process} gaps (coverage {recipe.punch.coverage:.0%})")
             truth = da
             gappy, hidden = punch(da, recipe.punch, dims)
+            gappy.encoding = dict(da.encoding)  # the input's storage, for output.packing
             ds = ds.assign({name: gappy})
             n_hidden = int(hidden.sum())
             n_valid = int(np.isfinite(truth).sum())
@@ -426,6 +427,7 @@ def _run(
         out = ds.gapfill.fill(
             model, samples=recipe.fill.samples, diagnostics=diag if diag is not None else False,
             fill_never_observed=recipe.fill.fill_never_observed, seed=recipe.fill.seed,
+            keep_packing=recipe.output.packing == "input",
         )
         if recipe.output.format == "video":
             bar.update()

@@ -366,9 +366,9 @@ class MethodConfig(_Section):
     def _known(cls, value: str) -> str:
         from gapfill import methods
 
-        if value not in methods.available():
-            raise ValueError(f"unknown method {value!r}; choose one of {methods.available()}")
-        return value
+        if value.lower() not in methods.available():  # names are case-insensitive
+            methods.get(value)  # raises, with a suggestion when one is close
+        return value.lower()
 
     @field_validator("options")
     @classmethod
@@ -450,6 +450,10 @@ class OutputConfig(_Section):
     suffix, or ``.png`` for an image strip)."""
     title: str | None = None
     """The product's ``title`` attribute (default: "Gap-filled <variable> (<method> method)")."""
+    packing: Literal["float", "input"] = "float"
+    """How the filled variable is stored: ``float`` (the input's float type), or ``input``:
+    packed like the input (its integer dtype, ``scale_factor``, ``add_offset`` and
+    ``_FillValue``), for products the size of packed inputs."""
     model: bool | str = False
     """Save the fitted model (weights only, for ``method.model`` or ``gapfill.load``):
     ``true`` for ``<name>_model.pt`` next to the product, or a path. ``gapfill train``

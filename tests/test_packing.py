@@ -70,3 +70,18 @@ def test_valid_range_and_missing_value_are_applied() -> None:
     out = packing.unpack(raw)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out.values[0], [[5.0, np.nan, 15.0], [np.nan, 10.0, np.nan]])
+
+
+def test_written_product_keeps_the_packing_it_was_asked_for(tmp_path: Path) -> None:
+    """``gapfill.io.write`` (what ``gapfill run`` uses, ``output.packing: input``) keeps it."""
+    from gapfill import io
+
+    path = packed_file(tmp_path)
+    with xr.open_dataset(path) as ds:  # decoded: the packing is in the encoding
+        decoded = ds["sst"].load()
+    model = decoded.gapfill.fit("linear", holdout=0)
+    for keep, dtype in ((True, np.int16), (False, decoded.dtype)):
+        out = io.write(decoded.gapfill.fill(model, keep_packing=keep), tmp_path / f"{keep}.nc")
+        with xr.open_dataset(out, mask_and_scale=False) as back:
+            assert back["sst"].dtype == dtype
+            assert ("scale_factor" in back["sst"].attrs) == keep

@@ -114,3 +114,17 @@ def test_readme_lists_every_method() -> None:
     readme = (ROOT / "README.md").read_text()
     listed = set(re.findall(r"^\| `(\w+)` \|", readme, flags=re.M))
     assert set(methods._BUILTIN) <= listed  # the shipped methods (tests register others)
+
+
+def test_recipe_method_names_any_case_and_packing_key(tmp_path, monkeypatch) -> None:
+    import yaml
+
+    from gapfill import recipe as rc
+
+    monkeypatch.chdir(tmp_path)
+    data = {"input": {"path": "sample:ostia", "variable": "surface_temperature"},
+            "method": {"name": "EOF", "options": {"max_modes": 3}},
+            "output": {"path": "out.nc", "packing": "input"}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(data))
+    r = rc.load(tmp_path / "r.yaml")
+    assert r.method.name == "eof" and r.output.packing == "input"
