@@ -27,6 +27,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
+from gapfill import preflight
 from gapfill.metrics import error_summary
 from gapfill.recipe import PunchConfig, Recipe, open_input, side_outputs
 
@@ -249,7 +250,7 @@ def run(
     """
     from contextlib import ExitStack
 
-    from gapfill import compute, guard, io, preflight
+    from gapfill import compute, guard, io
     from gapfill.timeaxis import TimeOrderWarning
 
     with ExitStack() as stack:
@@ -394,7 +395,7 @@ def _run(
             cached = cache.load_model()
         if recipe.method.model is not None:
             step(f"loading {recipe.method.model}")
-            model = load_model(recipe, name)
+            model = preflight.load_model(recipe, name)
         elif cached is not None:
             step(f"reusing the {recipe.method.name} fit of the interrupted run")
             model = cached
@@ -557,31 +558,6 @@ def _fit(recipe: Recipe, ds: xr.Dataset, name: str, dims: dict | None) -> Any:
     )
     log.info("fitted %s in %.1f s", m.name, time.perf_counter() - t0)
     log.debug("%r", model)
-    return model
-
-
-def load_model(recipe: Recipe, name: str) -> Any:
-    """The saved model of ``method.model``, checked against the recipe."""
-    from gapfill.model import load
-
-    path = recipe.method.model
-    model = load(path)
-    if model.name != recipe.method.name:
-        raise ValueError(
-            f"method.model: {path!r} holds a {model.name!r} model but method.name is "
-            f"{recipe.method.name!r}; make them agree"
-        )
-    if model.variable != name:
-        raise ValueError(
-            f"method.model: {path!r} was fitted on {model.variable!r}, not on input.variable "
-            f"{name!r}"
-        )
-    h = recipe.holdout
-    if (h.fraction, h.process, h.seed) != (
-        model.holdout.fraction, model.holdout.process, model.holdout.seed
-    ):
-        log.warning("the saved model's hold-out (%s) replaces the recipe's holdout section",
-                    model.holdout)
     return model
 
 

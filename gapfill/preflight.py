@@ -131,7 +131,6 @@ def _model(recipe: Any, ds: Any) -> str | None:
     if recipe.method.model is None:
         return None
     from gapfill.dims import find_dims
-    from gapfill.pipeline import load_model
 
     try:
         model = load_model(recipe, recipe.input.variable)
@@ -255,3 +254,26 @@ def _dims(recipe: Any) -> dict | None:
     return recipe.input.dims.model_dump(exclude_none=True) if recipe.input.dims else None
 
 
+def load_model(recipe: Any, name: str) -> Any:
+    """The saved model of ``method.model``, checked against the recipe."""
+    from gapfill.model import load
+
+    path = recipe.method.model
+    model = load(path)
+    if model.name != recipe.method.name:
+        raise ValueError(
+            f"method.model: {path!r} holds a {model.name!r} model but method.name is "
+            f"{recipe.method.name!r}; make them agree"
+        )
+    if model.variable != name:
+        raise ValueError(
+            f"method.model: {path!r} was fitted on {model.variable!r}, not on input.variable "
+            f"{name!r}"
+        )
+    h = recipe.holdout
+    if (h.fraction, h.process, h.seed) != (
+        model.holdout.fraction, model.holdout.process, model.holdout.seed
+    ):
+        log.warning("the saved model's hold-out (%s) replaces the recipe's holdout section",
+                    model.holdout)
+    return model
