@@ -37,6 +37,7 @@ import gapfill
 from gapfill import masks
 
 plt.rcParams.update({"figure.dpi": 72, "figure.figsize": (10, 2.2)})
+xr.set_options(display_expand_data=False)
 FAST = os.environ.get("GAPFILL_DOCS_FAST") == "1"  # reduced mode used by the test suite
 
 # %% [markdown]

@@ -67,7 +67,7 @@ gappy.sel(time=train).sizes
 # %%
 options = dict(
     window=(24, 18, 64),    # time × lat × lon training windows: full latitude, 53° of longitude
-    time_budget=180,        # seconds of training
+    time_budget=150,        # seconds of training
     eval_every=10,
     guide_pool=4,           # guides precomputed with different extra-hidden pixels
     threads=1,              # one torch thread: fastest on a small shared CPU

@@ -40,12 +40,14 @@ workdir = Path(tempfile.mkdtemp())
 # %% [markdown]
 # ## The clip and an occlusion
 #
-# `video.open` decodes frames into float32 values in [0, 1], resized here to 64 × 128.
+# `video.open` decodes frames into float32 values in [0, 1], resized here to 64 × 128
+# pixels.
 # `video.occlude` hides pixels with a `gapfill.masks` process, one mask for all colour
 # channels.
 
 # %%
-clip = video.open(sample_path("bikes"), resize=(64, 128), max_frames=16 if FAST else 48)
+clip = video.open(sample_path("bikes"), resize=(32, 64) if FAST else (64, 128),
+                  max_frames=8 if FAST else 48)
 gappy, mask = video.occlude(clip, "moving_bar", seed=0)
 print(f"{clip.sizes['time']} frames at {clip.attrs['fps']:.0f} fps, "
       f"{float(mask.mean()):.0%} of the pixels hidden ({mask.attrs['process']})")

@@ -19,7 +19,7 @@
 # it. One figure per method: the truth, the gappy month, the fill and its error under the
 # clouds, with the mean absolute error in the punched gaps.
 #
-# The learned methods get the same short CPU budget here (30 s of training), far from
+# The learned methods get the same short CPU budget here (20 s of training), far from
 # what they get in a real run; `docs/methods.md` has the figures of full runs.
 
 # %%
@@ -42,14 +42,14 @@ FAST = os.environ.get("GAPFILL_DOCS_FAST") == "1"  # reduced mode used by the te
 sst = gapfill.open(Path(iris_sample_data.path) / "ostia_monthly.nc")["surface_temperature"]
 sst = sst.sel(time=slice("2008-01", "2009-12"), longitude=slice(120, 280)).load()
 if FAST:
-    sst = sst.isel(time=slice(0, 8))
+    sst = sst.isel(time=slice(0, 8), longitude=slice(0, 64))
 clouds = masks.make("cloud", coverage=0.4, seed=3).sample(sst.shape)
 gappy = sst.where(~clouds)
 hidden = (sst.notnull() & gappy.isnull() & gappy.notnull().any("time")).values
 sst.sizes
 
-# %%
-BUDGET = dict(time_budget=30, progress="off")
+# %% tags=["hide-input"]
+BUDGET = dict(time_budget=20, progress="off")
 if FAST:
     BUDGET = dict(steps=2, time_budget=None, eval_every=1, progress="off")
 
