@@ -53,17 +53,21 @@ def execute(source: Path, timeout: int = CELL_TIMEOUT):
 
     nb = as_notebook(source)
     repo = str(HERE.parents[1])
-    env_path = os.environ.get("PYTHONPATH", "")
-    # The kernel imports gapfill from this checkout, whatever is installed.
-    os.environ["PYTHONPATH"] = repo + (os.pathsep + env_path if env_path else "")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TMPDIR")}
     try:
         with tempfile.TemporaryDirectory(prefix="gapfill-nb-") as work:
+            # The kernel imports gapfill from this checkout, whatever is installed, and
+            # its temporary files (tempfile.mkdtemp in the notebooks) go away with `work`.
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, saved["PYTHONPATH"]]))
+            os.environ["TMPDIR"] = work
             NotebookClient(nb, timeout=timeout, kernel_name="python3",
                            resources={"metadata": {"path": work}}).execute()
     finally:
-        os.environ["PYTHONPATH"] = env_path
-        if not env_path:
-            del os.environ["PYTHONPATH"]
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     for cell in nb.cells:  # keep committed notebooks free of run-specific metadata
         cell.metadata.pop("execution", None)
     return nb
