@@ -74,6 +74,7 @@ from gapfill.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
+from gapfill.distributed import context
 from gapfill.methods.base import Options
 from gapfill.trainloop import Budget, CSVLogger, EarlyStopping, Progress, TrainLoop
 
@@ -219,8 +220,6 @@ def pick_device(name: str | None = None) -> torch.device:
     if name:
         return torch.device(name)
     if torch.cuda.is_available():
-        from gapfill.distributed import context
-
         ctx = context()
         return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device("cuda")
     return torch.device("cpu")
@@ -309,8 +308,6 @@ def start_run(
 
 
 def _is_main() -> bool:
-    from gapfill.distributed import context
-
     return context().is_main
 
 
@@ -370,8 +367,6 @@ class Trainer:
     averaged_key: ClassVar[str] = "averaged"
 
     def __init__(self, method: Method, run: Run) -> None:
-        from gapfill.distributed import context
-
         self.method, self.options, self.run_info = method, method.options, run
         self.seed, self.manager = run.seed, run.manager
         self.ddp: Context = context()

@@ -45,8 +45,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapfill import masks
+from gapfill.extras import require
 from gapfill.methods.base import Coords, FillResult, NetworkMethod
+from gapfill.methods.linear import spatial_fill
+from gapfill.methods.stgconvnet import initial_guess
 from gapfill.training import Run, Trainer, TrainingOptions, start_run
+from gapfill.windows import fill_windows
 
 if TYPE_CHECKING:
     import torch
@@ -140,10 +145,8 @@ class FlowFillOptions(TrainingOptions):
                 bad(name, "must be a positive integer")
         if self.winsize < 3:
             bad("winsize", "must be >= 3")
-        from gapfill.masks import PROCESSES
-
-        if self.occlusion not in PROCESSES:
-            bad("occlusion", f"must be one of {sorted(PROCESSES)}")
+        if self.occlusion not in masks.PROCESSES:
+            bad("occlusion", f"must be one of {sorted(masks.PROCESSES)}")
         if not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1)")
         for name in ("l1_weight", "tv_weight", "consistency_weight"):
@@ -161,8 +164,6 @@ class FlowFillOptions(TrainingOptions):
 
 # ----------------------------------------------------------------------------- flows
 def _cv2() -> Any:
-    from gapfill.extras import require
-
     return require("cv2", "the flowfill method")
 
 
@@ -347,8 +348,6 @@ class FlowFill(NetworkMethod):
 
     def _flows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pre-fill, estimated flows and their trust for a ``(C, T, H, W)`` array."""
-        from gapfill.methods.stgconvnet import initial_guess
-
         o = self.options
         pre = initial_guess(x, "linear")
         observed = np.isfinite(x).all(0)
@@ -407,8 +406,6 @@ class FlowFill(NetworkMethod):
 
     def _fill(self, x: np.ndarray, fallbacks: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The fill of ``x`` with each of ``fallbacks`` (flows computed once)."""
-        from gapfill.methods.linear import spatial_fill
-
         o = self.options
         pre, flows, trust = self._flows(x)
         flows, conf = self.complete_flows(flows, trust)
@@ -431,8 +428,6 @@ class FlowFill(NetworkMethod):
 
     def _process(self, name: str, coverage: float | None, x: np.ndarray, seed: int) -> Any:
         """An occlusion process; ``"empirical"`` cuts the data's own gap pattern at other times."""
-        from gapfill import masks
-
         extra = self.options.occlusion_options if name == self.options.occlusion else {}
         missing = ~np.isfinite(x).all(0)
         never = missing.all(0)
@@ -468,8 +463,6 @@ class FlowFill(NetworkMethod):
             both flows of the pixel were trusted).
         """
         import torch
-
-        from gapfill.windows import fill_windows
 
         scale = float(self._meta["net"]["flow_scale"])
         t = flows.shape[0]

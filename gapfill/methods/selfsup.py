@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapfill import masks
 from gapfill.guides import eof_guide, linear_guide
 from gapfill.methods.base import (
     Coords,
@@ -47,6 +48,7 @@ from gapfill.methods.base import (
     as_numpy,
 )
 from gapfill.training import Run, Trainer, TrainingOptions, pick_device, start_run
+from gapfill.windows import fill_windows
 
 if TYPE_CHECKING:
     import torch
@@ -147,10 +149,8 @@ class SelfSupervisedOptions(TrainingOptions):
             bad("guide_refresh", "must be >= 0")
         if self.guide_modes is not None and int(self.guide_modes) < 1:
             bad("guide_modes", "must be >= 1 or None")
-        from gapfill.masks import PROCESSES
-
-        if self.occlusion not in PROCESSES:
-            bad("occlusion", f"must be one of {sorted(PROCESSES)}")
+        if self.occlusion not in masks.PROCESSES:
+            bad("occlusion", f"must be one of {sorted(masks.PROCESSES)}")
         if self.coverage is not None and not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1) or None")
         for name in ("hole_weight", "valid_weight"):
@@ -191,8 +191,6 @@ class TrainingData:
     ) -> TrainingData:
         """Draw the validation pixels of the cube's normalised values ``truth``
         (``(C, T, H, W)``), build the occlusion process and the guides."""
-        from gapfill import masks
-
         c, t, h, w = truth.shape
         observed = np.isfinite(truth)
         missing = ~observed.all(0)
@@ -391,8 +389,6 @@ class SelfSupervisedMethod(NetworkMethod):
         ``guide`` is computed from ``x`` when not given.
         """
         import torch
-
-        from gapfill.windows import fill_windows
 
         net = self.net
         was_training = net.training

@@ -47,7 +47,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gapfill.methods.base import Coords, FillResult, NetworkMethod
+from gapfill.methods.linear import Linear, spatial_fill
 from gapfill.training import Run, Trainer, TrainingOptions, start_run
+from gapfill.windows import fill_windows
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube
@@ -192,8 +194,6 @@ def initial_guess(x: np.ndarray, kind: str = "linear") -> np.ndarray:
     (0 in normalised units). ``"mean"``: each frame's mean of its observations
     (the channel mean for empty frames).
     """
-    from gapfill.methods.linear import Linear, spatial_fill
-
     obs = np.isfinite(x)
     if kind == "linear":
         out = Linear().fill(x, np.random.default_rng(0)).values
@@ -275,8 +275,6 @@ class STGConvNet(NetworkMethod):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mean and std of the last iterates of ``samples`` recovery chains (``(C, T, H, W)``)."""
         import torch
-
-        from gapfill.windows import fill_windows
 
         o = self.options
         if steps is None:
