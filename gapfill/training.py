@@ -172,7 +172,7 @@ class TrainingOptions(Options):
     cpu_only: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        self._as_windows("window")
+        self._as_windows(*(n for n in ("window", "fill_window") if hasattr(self, n)))
 
     def _as_windows(self, *names: str) -> None:
         """Make the ``(T, H, W)`` options ``names`` tuples of ints (JSON gives lists)."""
@@ -181,6 +181,12 @@ class TrainingOptions(Options):
 
     def _bad(self, name: str, why: str) -> None:
         raise ValueError(f"{self._method} option {name}={getattr(self, name)!r}: {why}")
+
+    def _check_choices(self, **choices: Any) -> None:
+        """Refuse an option whose value is not among its ``choices`` (name=allowed values)."""
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                self._bad(name, f"must be one of {sorted(allowed)}")
 
     def _check_windows(self, *names: str) -> None:
         for name in names:
@@ -207,8 +213,7 @@ class TrainingOptions(Options):
             bad("ema", "must be in (0, 1) or None")
         if self.resume and not self.checkpoint_dir:
             bad("resume", "needs checkpoint_dir")
-        if self.progress not in PROGRESS_MODES:
-            bad("progress", "must be auto, bar, log or off")
+        self._check_choices(progress=PROGRESS_MODES)
 
 
 # -- device and threads ----------------------------------------------------------------

@@ -117,6 +117,7 @@ class FlowFillOptions(TrainingOptions):
     steps: int = 1000
     time_budget: float | None = 60.0
     eval_every: int = 50
+    checkpoint_every: int = 200
     fb_threshold: float | None = 1.0
     winsize: int = 9
     levels: int = 3
@@ -125,14 +126,12 @@ class FlowFillOptions(TrainingOptions):
     sigma: float = 1.0
     fill_window: tuple[int, int, int] = (32, 128, 128)
     overlap: float = 0.25
-    checkpoint_every: int = 200
 
     _method = "flowfill"
     cpu_only = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._as_windows("fill_window")
         self.occlusion_options = dict(self.occlusion_options or {})
 
     def validate(self) -> None:
@@ -145,8 +144,7 @@ class FlowFillOptions(TrainingOptions):
                 bad(name, "must be a positive integer")
         if self.winsize < 3:
             bad("winsize", "must be >= 3")
-        if self.occlusion not in masks.PROCESSES:
-            bad("occlusion", f"must be one of {sorted(masks.PROCESSES)}")
+        self._check_choices(occlusion=masks.PROCESSES, fallback=FALLBACKS)
         if not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1)")
         for name in ("l1_weight", "tv_weight", "consistency_weight"):
@@ -154,8 +152,6 @@ class FlowFillOptions(TrainingOptions):
                 bad(name, "must be >= 0")
         if self.fb_threshold is not None and not self.fb_threshold > 0:
             bad("fb_threshold", "must be > 0 or None")
-        if self.fallback not in FALLBACKS:
-            bad("fallback", f"must be one of {FALLBACKS}")
         if not self.sigma > 0:
             bad("sigma", "must be > 0")
         if not 0 <= self.overlap < 1:

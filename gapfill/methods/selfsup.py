@@ -143,14 +143,11 @@ class SelfSupervisedOptions(TrainingOptions):
         for name in ("fill_batch_size", "guide_pool"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
-        if self.guide not in GUIDES:
-            bad("guide", f"must be one of {GUIDES}")
         if int(self.guide_refresh) < 0:
             bad("guide_refresh", "must be >= 0")
         if self.guide_modes is not None and int(self.guide_modes) < 1:
             bad("guide_modes", "must be >= 1 or None")
-        if self.occlusion not in masks.PROCESSES:
-            bad("occlusion", f"must be one of {sorted(masks.PROCESSES)}")
+        self._check_choices(guide=GUIDES, occlusion=masks.PROCESSES)
         if self.coverage is not None and not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1) or None")
         for name in ("hole_weight", "valid_weight"):

@@ -144,7 +144,6 @@ class STGConvNetOptions(TrainingOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._as_windows("fill_window")
         self.widths = tuple(int(v) for v in self.widths)
         self.kernels = tuple(tuple(int(k) for k in ks) for ks in self.kernels)  # type: ignore[misc]
         self.strides = tuple(tuple(int(s) for s in ss) for ss in self.strides)  # type: ignore[misc]
@@ -176,10 +175,7 @@ class STGConvNetOptions(TrainingOptions):
             bad("fill_noise", "must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             bad("betas", "must be two numbers in [0, 1)")
-        if self.synth_init not in SYNTH_INITS:
-            bad("synth_init", f"must be one of {SYNTH_INITS}")
-        if self.init not in INITS:
-            bad("init", f"must be one of {INITS}")
+        self._check_choices(synth_init=SYNTH_INITS, init=INITS)
         if not 0 <= self.overlap < 1:
             bad("overlap", "must be in [0, 1)")
         if not 0 <= self.val_share < 0.5:
