@@ -67,7 +67,7 @@ gappy.sel(time=train).sizes
 # %%
 options = dict(
     window=(24, 18, 64),    # time × lat × lon training windows: full latitude, 53° of longitude
-    time_budget=150,        # seconds of training
+    time_budget=120,        # seconds of training
     eval_every=10,
     guide_pool=4,           # guides precomputed with different extra-hidden pixels
     threads=1,              # one torch thread: fastest on a small shared CPU
@@ -96,16 +96,19 @@ axes[0].set(xlabel="generator step", title="losses")
 axes[0].legend()
 axes[1].plot(log["step"], log["val_mae"], "o-", label="generator")
 axes[1].axhline(info["guide_val_mae"], color="0.5", ls="--", label="the guide alone")
+if "eof_val_mae" in info:
+    axes[1].axhline(info["eof_val_mae"], color="0.5", ls=":", label="its EOF part alone")
 axes[1].set(xlabel="generator step", ylabel="MAE (normalised units)", title="validation error")
 axes[1].legend();
 
 # %% [markdown]
 # `fit_info` says how the training went: steps run, why it stopped, the validation error
-# of the guide alone and of the best generator.
+# of the EOF reconstruction alone, of the guide (EOF plus interpolated residuals) alone,
+# and of the best generator, which corrects the guide.
 
 # %%
-{k: info[k] for k in ("steps", "stopped_by", "guide_val_mae", "best_val_mae", "best_step",
-                      "train_seconds", "setup_seconds") if k in info}
+{k: info[k] for k in ("steps", "stopped_by", "eof_val_mae", "guide_val_mae", "best_val_mae",
+                      "best_step", "train_seconds", "setup_seconds") if k in info}
 
 # %% [markdown]
 # ## The trained fill against the EOF fill

@@ -94,7 +94,7 @@ ax.legend();
 best = scores["psnr"].idxmax()
 strip = video.preview(gappy, filled[best], clip, workdir / "preview.png", n_frames=4)
 print(f"the best fill here: {best}")
-Image(filename=str(strip))
+Image(filename=str(strip), width=600)
 
 # %%
 movie = video.preview(gappy, filled[best], clip, workdir / "preview.mp4")
