@@ -17,10 +17,20 @@ import xarray as xr
 from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.dims import find_dims, is_single_frame
-from gapfill.diagnostics import Diagnostics, holdout_mask, score
-from gapfill.filling import ONE_FRAME, cf_product, check_model, fill_dataarray
+from gapfill.diagnostics import (
+    VALIDATION_STREAM, Diagnostics, holdout_mask, resolve_process, score,
+)
+from gapfill.errors import ErrorModel
+from gapfill.filling import ONE_FRAME, calibrate, cf_product, check_model, fill_dataarray
 from gapfill.model import FittedModel, Holdout
 from gapfill.packing import is_undecoded
+
+
+#: Share of the observed pixels (after the hold-out) hidden from every fit as validation
+#: pixels for the error model.
+VALIDATION_FRACTION = 0.1
+#: The error model is calibrated on a fill of at most this many pixels (whole frames).
+VALIDATION_PIXELS = 2**22
 
 
 def fit_dataarray(
@@ -29,7 +39,7 @@ def fit_dataarray(
     *,
     dims: Mapping[str, str] | None = None,
     holdout: float = 0.1,
-    holdout_process: str = "cloud",
+    holdout_process: str = "auto",
     seed: int = 0,
     streaming_fit: bool | None = None,
     options: Mapping[str, Any] | None = None,
@@ -45,7 +55,6 @@ def fit_dataarray(
     # the method; a method option of the same name goes in ``options=``.
     # Bad names and options fail here, before any work.
     method_obj = methods.get(method)(**{**(options or {}), **more_options})
-    spec = Holdout(holdout, holdout_process, seed)
     if is_single_frame(da, dims) and not method_obj.needs_time:
         da = da.expand_dims(ONE_FRAME)  # filled spatially, as a one-frame cube
     cube = Cube(da, dims)
@@ -56,32 +65,63 @@ def fit_dataarray(
             "with method='linear'."
         )
     stream = streaming.use_streaming(method_obj, cube, streaming_fit)
-    if spec.fraction > 0:
-        if cube.is_lazy:  # drawn block by block, never the whole cube at once
-            data = cube.da.data
-            observed = np.isfinite(data if data.ndim == 4 else data[None])
-            # A streaming fit reads the cube more than once: draw the hold-out once, in bits.
-            hide = holdout_mask(observed, spec, persist=stream)
-        else:
-            raw = np.asarray(cube.da.values)
-            observed = np.isfinite(raw if raw.ndim == 4 else raw[None])
-            hide = holdout_mask(observed, spec, cube.missing_pattern())
-        cube = cube.with_hide(hide)
+    data = cube.da.data if cube.is_lazy else np.asarray(cube.da.values)
+    observed = np.isfinite(data if data.ndim == 4 else data[None])
+    spec = Holdout(holdout, resolve_process(holdout_process, observed), seed)
+    # Observed pixels hidden from the fit: the hold-out (scored by ``score``) and the
+    # validation pixels (they calibrate the error model), each from its own random stream.
+    missing = None if cube.is_lazy else cube.missing_pattern()
+    # A streaming fit reads the cube more than once: draw the masks once, in bits.
+    hide = holdout_mask(observed, spec, missing, persist=stream)
+    validation_spec = Holdout(VALIDATION_FRACTION, spec.process, seed)
+    validation = holdout_mask(observed & ~hide, validation_spec, persist=stream,
+                              stream=VALIDATION_STREAM)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
+    fit_cube = cube.with_hide(hide | validation)
     with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
         if stream:
-            streaming.fit(method_obj, cube, rng)
+            streaming.fit(method_obj, fit_cube, rng)
         else:
-            method_obj.fit(cube, rng)
+            method_obj.fit(fit_cube, rng)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    fitted = FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec)
+    with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
+        error_model = _calibrate(fitted, cube, data, hide, validation, seed)
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
-        "fit_seconds": round(time.perf_counter() - start, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "calibration_seconds": round(time.perf_counter() - start, 3),
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "gapfill_version": __version__,
     }
-    return FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec, info)
+    return FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec, info, error_model)
+
+
+def _calibrate(
+    model: FittedModel, cube: Cube, data: Any, hide: Any, validation: Any, seed: int
+) -> ErrorModel:
+    """The error model, from a fill of the first frames of the cube (at most
+    :data:`VALIDATION_PIXELS`; at most one time chunk of a dask-backed cube) with the
+    hold-out and the validation pixels hidden."""
+    n_chan, n_time, height, width = cube.shape
+    data = data if data.ndim == 4 else data[None]
+    n_frames = max(2, VALIDATION_PIXELS // (n_chan * height * width))
+    if cube.is_lazy:  # memory stays bounded by the input's time chunks
+        n_frames = min(n_frames, max(2, data.chunks[1][0]))
+    frames = slice(0, min(n_time, n_frames))
+    parts = [a[:, frames] for a in (data, hide, validation)]
+    if cube.is_lazy:
+        import dask
+
+        parts = dask.compute(*parts)  # one pass
+    raw, hidden, val = (np.asarray(a) for a in parts)
+    raw = np.where(hidden, np.nan, raw.astype(np.float64))
+    coords = cube.coords()
+    coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
+    return calibrate(model, raw, val, coords, seed=seed)
 
 
 @xr.register_dataarray_accessor("gapfill")
@@ -97,7 +137,7 @@ class GapfillAccessor:
         *,
         dims: Mapping[str, str] | None = None,
         holdout: float = 0.1,
-        holdout_process: str = "cloud",
+        holdout_process: str = "auto",
         seed: int = 0,
         streaming_fit: bool | None = None,
         options: Mapping[str, Any] | None = None,
@@ -117,7 +157,9 @@ class GapfillAccessor:
             ``holdout_process``, and used by :meth:`score` and :meth:`fill` for
             MAE/RMSE/bias. 0 disables it.
         holdout_process
-            ``"cloud"`` or ``"empirical"`` (the data's own gap shapes).
+            ``"auto"`` (the default: ``"empirical"``, the cube's own gap shapes, when it
+            has enough gaps, else ``"cloud"``), ``"empirical"``, ``"cloud"`` or any
+            process of :mod:`gapfill.masks`.
         seed
             Seed of the hold-out draw and of the method (a method's own ``seed``
             option, given in ``options``, takes precedence for the method).

@@ -1,9 +1,18 @@
 """Honest error figures from held-out observed pixels.
 
 No ground truth exists under real clouds, so the only honest check is to hide
-some observed pixels in cloud-shaped patches, fill without them and compare.
+some observed pixels in gap-shaped patches, fill without them and compare.
 The hold-out is drawn from a seeded occlusion process, so the same pixels are
 held out when the model is fitted (it never sees them) and when it is scored.
+
+By default (``process="auto"``) the patches are the cube's own gap shapes
+(:func:`borrowed_gaps`: whole gaps of other frames) when the cube has enough
+gaps, and drifting clouds (:class:`gapfill.masks.Cloud`) otherwise, so the
+held-out pixels are as far from the observations as the real gap pixels are.
+The draws come from their own random streams (:func:`stream_rng`): a hold-out
+drawn with seed 0 is independent of a :mod:`gapfill.masks` draw with seed 0
+(which a benchmark may have used to punch the gaps), and of the validation
+pixels that calibrate the error model (:mod:`gapfill.errors`).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from gapfill.errors import within_shares
 from gapfill.metrics import error_summary
 
 if TYPE_CHECKING:
@@ -26,6 +36,17 @@ if TYPE_CHECKING:
 #: holding about this many pixels: a cube up to this size is one block (one draw).
 BLOCK_PIXELS = 2**24
 
+#: Random streams of the draws made from one seed (see :func:`stream_rng`).
+HOLDOUT_STREAM, VALIDATION_STREAM = 1, 2
+
+#: ``process="auto"`` borrows the cube's own gap shapes when at least this share of the
+#: pixels observed at some time are missing; clouds otherwise.
+MIN_GAP_SHARE = 0.05
+
+#: Draws tried before a block's hold-out is given up as empty (the last two as clouds,
+#: then single pixels).
+ATTEMPTS = 6
+
 
 def time_blocks(n_time: int, height: int, width: int) -> list[slice]:
     """The time blocks masks are drawn in: ``BLOCK_PIXELS // (H·W)`` frames each (at least 1)."""
@@ -34,8 +55,108 @@ def time_blocks(n_time: int, height: int, width: int) -> list[slice]:
 
 
 def block_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator of mask block ``index``: ``seed`` itself for the first block."""
+    """The generator of punched-gap block ``index``: ``seed`` itself for the first block,
+    so a one-block punch equals the :mod:`gapfill.masks` draw with that seed."""
     return np.random.default_rng(seed if index == 0 else [seed, index])
+
+
+def stream_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The generator of block ``index`` of a draw ``stream`` (:data:`HOLDOUT_STREAM`, ...).
+
+    Spawned from ``SeedSequence(seed)`` with the key ``(stream, index)``, so it is
+    independent of ``default_rng(seed)`` (the :mod:`gapfill.masks` and punch draws)
+    and of the other streams.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
+
+
+def resolve_process(process: str, observed: Any) -> str:
+    """The hold-out process to use: ``process``, or for ``"auto"`` ``"empirical"`` when
+    at least :data:`MIN_GAP_SHARE` of the ever-observed pixels are missing, else ``"cloud"``.
+
+    ``observed`` is the ``(C, T, H, W)`` boolean observed mask (numpy or dask).
+    """
+    if process != "auto":
+        return process
+    seen = observed.any(0)  # (T, H, W)
+    ever = seen.any(0)
+    n_missing = (~seen & ever[None]).sum()
+    n_ever = ever.sum() * seen.shape[0]
+    if hasattr(n_missing, "dask"):
+        import dask
+
+        n_missing, n_ever = dask.compute(n_missing, n_ever)
+    share = float(n_missing) / max(float(n_ever), 1.0)
+    return "empirical" if share >= MIN_GAP_SHARE else "cloud"
+
+
+def borrowed_gaps(
+    missing: np.ndarray,
+    observed: np.ndarray,
+    fraction: float,
+    rng: np.random.Generator,
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
+    """Hide whole gaps of other frames until about ``fraction`` of ``observed`` is hidden.
+
+    The cube's missing pattern is shifted in time (:class:`gapfill.masks.Empirical`:
+    ``T`` consecutive frames from a random other start); its gaps (regions connected in
+    space and time, cut into time slabs of the mean gap duration) are taken in random
+    order, slab by slab, until they cover ``fraction`` of each slab's observed pixels, so
+    the hidden patches keep the real gaps' sizes, shapes and durations.
+
+    Parameters
+    ----------
+    missing
+        ``(T, H, W)`` missing pattern of the data.
+    observed
+        ``(T, H, W)`` pixels that may be hidden.
+    fraction
+        Target share of ``observed`` to hide.
+    rng
+        The generator.
+    exclude
+        ``(H, W)`` pixels never observed (never part of a gap).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(T, H, W)`` boolean, True where hidden (always within ``observed``).
+    """
+    from scipy import ndimage
+
+    from gapfill import masks
+
+    shape = missing.shape
+    if exclude is not None and exclude.all():
+        return np.zeros(shape, dtype=bool)
+    source = masks.Empirical(missing, exclude=exclude)
+    gaps = source.sample(shape, rng)
+    # Gaps are regions connected in space and time, cut into time slabs of about the mean
+    # gap duration (so that one drifting gap spanning the whole cube is still many gaps)
+    # and chosen slab by slab (so that every stretch of time gets its share).
+    ever = ~exclude if exclude is not None else np.ones(shape[1:], dtype=bool)
+    starts = (missing[1:] & ~missing[:-1] & ever).sum() + (missing[0] & ever).sum()
+    duration = float((missing & ever).sum()) / max(float(starts), 1.0)
+    slab = int(np.clip(round(duration), 1, shape[0]))
+    chosen = np.zeros(shape, dtype=bool)
+    for t0 in range(0, shape[0], slab):
+        sl = slice(t0, t0 + slab)
+        piece, n = ndimage.label(gaps[sl])
+        if n == 0:
+            continue
+        counts = np.bincount(piece[observed[sl]], minlength=n + 1)[1:].astype(np.float64)
+        target = fraction * float(observed[sl].sum())
+        order = rng.permutation(n)
+        total = np.cumsum(counts[order])
+        k = int(np.searchsorted(total, target))  # the first k + 1 gaps reach the target
+        if k < n and (k == 0 and rng.random() < target / max(total[0], 1.0)
+                      or k > 0 and abs(total[k] - target) <= abs(total[k - 1] - target)):
+            k += 1
+        take = np.zeros(n + 1, dtype=bool)
+        take[1 + order[:k]] = True
+        chosen[sl] = take[piece]
+    return chosen & observed
 
 
 def holdout_mask(
@@ -43,21 +164,24 @@ def holdout_mask(
     holdout: Holdout,
     missing: np.ndarray | None = None,
     persist: bool = False,
+    stream: int = HOLDOUT_STREAM,
 ) -> np.ndarray:
-    """Draw the hold-out: observed pixels hidden in cloud-shaped patches.
+    """Draw the hold-out: observed pixels hidden in gap-shaped patches.
 
     The draw is made per time block (:func:`time_blocks`; block ``b`` uses the
-    generator :func:`block_rng` ``(seed, b)``), so a dask-backed cube gets the
-    same hold-out, lazily, block by block, whatever its chunks. A cube of up to
+    generator :func:`stream_rng` ``(seed, stream, b)``), so a dask-backed cube gets
+    the same hold-out, lazily, block by block, whatever its chunks. A cube of up to
     ``BLOCK_PIXELS`` pixels is one block. The ``"empirical"`` process borrows
-    the gap shapes of the block's own frames.
+    the gap shapes of the block's own frames (:func:`borrowed_gaps`). A block whose
+    draw hides nothing is drawn again (clouds at the last attempts).
 
     Parameters
     ----------
     observed
         ``(C, T, H, W)`` boolean array of observed pixels (numpy or dask).
     holdout
-        The hold-out specification (share, process, seed).
+        The hold-out specification (share, process, seed); ``process`` must be
+        resolved (:func:`resolve_process`).
     missing
         ``(T, H, W)`` missing pattern of the data, for the ``"empirical"``
         process (default: pixels missing in any channel).
@@ -65,42 +189,72 @@ def holdout_mask(
         For dask input: draw the blocks now and keep them packed in bits (``T·H·W/8``
         bytes), so that passes over the data that use the hold-out do not draw it again.
         The ``"empirical"`` process, which looks at the data, stays lazy.
+    stream
+        The random stream (:data:`HOLDOUT_STREAM`, :data:`VALIDATION_STREAM`).
 
     Returns
     -------
     numpy.ndarray or dask.array.Array
         ``(C, T, H, W)`` boolean, True where an observed pixel is held out;
         dask-backed (nothing computed) when ``observed`` is.
+
+    Raises
+    ------
+    ValueError
+        When an in-memory draw would hold out nothing although observed pixels exist.
     """
     if hasattr(observed, "dask"):
-        return _holdout_lazy(observed, holdout, persist)
+        return _holdout_lazy(observed, holdout, persist, stream)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
     _, t, h, w = observed.shape
     out = np.empty(observed.shape, dtype=bool)
     for b, sl in enumerate(time_blocks(t, h, w)):
         miss = None if missing is None else missing[sl]
-        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss)
+        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream)
+    if observed.any() and not out.any():
+        raise ValueError(
+            f"the hold-out ({holdout.fraction:g} of the observed pixels, {holdout.process} "
+            f"patches) would hide no observed pixel: the cube has only {int(observed.sum())} "
+            "observed values. Raise holdout, use holdout_process='remove_pixels', or pass "
+            "holdout=0 to fit without diagnostics."
+        )
     return out
 
 
 def _holdout_block(
-    observed: np.ndarray, holdout: Holdout, index: int, missing: np.ndarray | None = None
+    observed: np.ndarray,
+    holdout: Holdout,
+    index: int,
+    missing: np.ndarray | None = None,
+    stream: int = HOLDOUT_STREAM,
 ) -> np.ndarray:
     from gapfill import masks
 
     _, t, h, w = observed.shape
-    if holdout.process == "empirical":
-        if missing is None:
-            missing = ~observed.all(0)
-        never = ~observed.any((0, 1))
-        process = masks.Empirical(missing, coverage=holdout.fraction, seed=holdout.seed, exclude=never)
-    else:
-        process = masks.make(holdout.process, coverage=holdout.fraction, seed=holdout.seed)
-    return process.sample((t, h, w), block_rng(holdout.seed, index))[None] & observed
+    rng = stream_rng(holdout.seed, stream, index)
+    seen = observed.any(0)
+    if not seen.any():
+        return np.zeros(observed.shape, dtype=bool)
+    never = ~seen.any(0)
+    if missing is None:
+        missing = ~observed.all(0)
+    hidden = np.zeros((t, h, w), dtype=bool)
+    for attempt in range(ATTEMPTS):
+        # the last attempts: clouds, then single pixels (a tiny cube may hold no cloud)
+        process = (holdout.process, "cloud", "remove_pixels")[max(0, attempt - ATTEMPTS + 3)]
+        if process == "empirical":
+            hidden = borrowed_gaps(missing, seen, holdout.fraction, rng, exclude=never)
+        else:
+            draw = masks.make(process, coverage=holdout.fraction, seed=holdout.seed)
+            hidden = draw.sample((t, h, w), rng) & seen
+        if hidden.any():
+            break
+    return hidden[None] & observed
 
 
-def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False) -> Any:
+def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False,
+                  stream: int = HOLDOUT_STREAM) -> Any:
     import dask
     import dask.array as dsa
 
@@ -114,13 +268,13 @@ def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False) -> Any
 
         def draw_empirical(obs: np.ndarray, block_info: dict | None = None) -> np.ndarray:
             index = block_info[0]["chunk-location"][1] if block_info else 0
-            return _holdout_block(obs, holdout, index)
+            return _holdout_block(obs, holdout, index, stream=stream)
 
         hidden = by_block.map_blocks(draw_empirical, dtype=bool, meta=np.array((), dtype=bool))
         return hidden.rechunk(observed.chunks)
     # Other processes do not look at the data: each block is drawn on its own (the draw
     # holds no data) and intersected with the observed pixels chunk by chunk.
-    draws = [dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w)
+    draws = [dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w, stream)
              for b, sl in enumerate(blocks)]
     if persist:
         packed = dask.compute(*[dask.delayed(np.packbits)(d) for d in draws])
@@ -138,11 +292,12 @@ def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
 
 
-def _draw_block(holdout: Holdout, index: int, n_time: int, h: int, w: int) -> np.ndarray:
+def _draw_block(holdout: Holdout, index: int, n_time: int, h: int, w: int,
+                stream: int = HOLDOUT_STREAM) -> np.ndarray:
     from gapfill import masks
 
     process = masks.make(holdout.process, coverage=holdout.fraction, seed=holdout.seed)
-    return process.sample((n_time, h, w), block_rng(holdout.seed, index))[None]
+    return process.sample((n_time, h, w), stream_rng(holdout.seed, stream, index))[None]
 
 
 @dataclass
@@ -185,10 +340,28 @@ class Diagnostics:
         if self.predicted_error is not None and e.size:
             sigma = self.predicted_error
             out["mean_predicted_error"] = float(np.sqrt((sigma**2).mean()))
-            # Share of errors within one predicted sigma: ~0.68 if the error is calibrated.
-            out["within_1sigma"] = float((np.abs(e) <= sigma).mean())
+            # Shares of errors within one and two predicted sigma: 0.683 and 0.954 if the
+            # error is calibrated (and Gaussian).
+            out["within_1sigma"], out["within_2sigma"] = within_shares(np.abs(e), sigma)
         out.update(self.extra)
         return out
+
+    def reliability(self, ks: np.ndarray | None = None) -> pd.DataFrame:
+        """Expected (Gaussian) and observed share of held-out errors within ``k`` sigma.
+
+        Raises
+        ------
+        ValueError
+            If the fill gave no error estimate.
+        """
+        from math import erf, sqrt
+
+        if self.predicted_error is None:
+            raise ValueError(f"the {self.method} fill gave no error estimate")
+        ks = np.linspace(0.25, 3.0, 12) if ks is None else np.asarray(ks, dtype=float)
+        observed = within_shares(np.abs(self.errors), self.predicted_error, tuple(ks))
+        expected = [erf(k / sqrt(2.0)) for k in ks]
+        return pd.DataFrame({"k": ks, "expected": expected, "observed": observed})
 
     def to_dataframe(self) -> pd.DataFrame:
         """Per-time-step MAE, RMSE, bias and count, with an ``all`` row last."""
@@ -276,7 +449,7 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
     data = data if data.ndim == 4 else data[None]
     hide = holdout_mask(dsa.isfinite(data), model.holdout, persist=True)  # drawn once
     gappy = dsa.where(hide, np.nan, data)
-    with_error = model.method.gives_error(1)
+    with_error = model.gives_error(1)
     filled, error, _ = fill_lazy(
         gappy, model, coords=cube.coords(), seed=seed, fill_never_observed=True,
         with_error=with_error, dtype=data.dtype, flags=False,

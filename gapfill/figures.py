@@ -2,7 +2,9 @@
 
 One PNG: a map of one filled time step with the filled areas hatched, a map of
 the status flags (observed / filled / never observed), a histogram of the
-held-out errors with MAE, RMSE and bias, and a summary of the run. Maps use
+held-out errors with MAE, RMSE and bias, a summary of the run, and, when the
+product has an error variable, its map and a reliability diagram (the share of
+held-out errors within k sigma, expected against observed). Maps use
 cartopy (PlateCarree) when the grid is longitude/latitude; land is drawn from
 the product's never-observed flag, and coastlines are added only when Natural
 Earth files are already on disk (this never downloads anything). Drawing uses
@@ -20,7 +22,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-__all__ = ["central_longitude", "coastline_file", "diagnostics_figure", "unwrap_longitudes"]
+__all__ = [
+    "central_longitude", "coastline_file", "diagnostics_figure", "error_map", "reliability_panel",
+    "unwrap_longitudes",
+]
 
 log = logging.getLogger("gapfill")
 
@@ -55,6 +60,7 @@ def diagnostics_figure(
     time_index: int | None = None,
     *,
     punched_errors: np.ndarray | None = None,
+    predicted_error: np.ndarray | None = None,
     dpi: int = 150,
 ) -> Path:
     """Draw the diagnostics figure of a filled product and write it as PNG.
@@ -73,6 +79,9 @@ def diagnostics_figure(
         Time step shown on the maps; default: the one with the most filled pixels.
     punched_errors
         Optional filled minus true values at punched pixels, overlaid on the histogram.
+    predicted_error
+        The one-sigma error at the held-out pixels (``Diagnostics.predicted_error``),
+        for the reliability diagram.
     dpi
         Resolution of the PNG.
 
@@ -108,8 +117,10 @@ def diagnostics_figure(
     natural = (WIDTH - 1.6) / aspect
     map_h = float(np.clip(natural, MIN_MAP_HEIGHT, MAX_MAP_HEIGHT))
     stretch = map_h / natural
-    fig = Figure(figsize=(WIDTH, 2 * map_h + 3.9), layout="constrained")
-    grid = fig.add_gridspec(3, 2, height_ratios=[map_h, map_h, 3.0], width_ratios=[1.9, 1])
+    with_error = f"{variable}_error" in out
+    fig = Figure(figsize=(WIDTH, 2 * map_h + 3.9 + with_error * 3.2), layout="constrained")
+    grid = fig.add_gridspec(3 + with_error, 2, height_ratios=[map_h, map_h, 3.0] + [3.0] * with_error,
+                            width_ratios=[1.9, 1])
     axes = [_map_axes(fig, grid[i, :], x, geographic) for i in range(2)]
 
     units = da.attrs.get("units", "")
@@ -151,8 +162,71 @@ def diagnostics_figure(
     # (c) histogram of held-out errors, (d) summary
     _histogram(fig.add_subplot(grid[2, 0]), np.asarray(errors, dtype=float), punched_errors, units)
     _summary(fig.add_subplot(grid[2, 1]), out, variable, units)
+    if with_error:  # (e) the error variable, (f) its reliability on the hold-out
+        error_map(fig, grid[3, 0], out[f"{variable}_error"], time_index, status)
+        reliability_panel(fig.add_subplot(grid[3, 1]), errors, predicted_error)
     fig.suptitle(_suptitle(out, label), fontsize=12, fontweight="bold")
     return _save(fig, Path(path), dpi)
+
+
+def error_map(fig: Any, spec: Any, error: xr.DataArray, time_index: int, status: np.ndarray) -> Any:
+    """Map the error variable at ``time_index`` in the figure cell ``spec``; returns the axes."""
+    from gapfill.dims import find_dims
+
+    dims = find_dims(error)
+    if dims.channel:
+        error = error.isel({dims.channel: 0})
+    error = error.transpose(*dims.core)
+    field = np.asarray(error.isel({dims.time: time_index}).values, dtype=float)
+    x, y = _coord(error, dims.x), _coord(error, dims.y)
+    geographic = _is_lonlat(error, dims)
+    if geographic:
+        x = unwrap_longitudes(x)
+    ax = _map_axes(fig, spec, x, geographic)
+    _land(ax, x, y, status, geographic)
+    shown = np.ma.masked_invalid(np.where(status == 1, field, np.nan))
+    top = float(np.nanpercentile(field[status == 1], 99)) if (status == 1).any() else 1.0
+    mesh = ax.pcolormesh(x, y, shown, cmap="viridis", vmin=0.0, vmax=top or 1.0,
+                         shading="nearest", rasterized=True, **_tf(geographic))
+    cbar = fig.colorbar(mesh, ax=ax, orientation="vertical", fraction=0.04, pad=0.01,
+                        extend="max")
+    cbar.set_label(error.attrs.get("units", ""))
+    ax._gapfill_dims = (dims.y, dims.x)
+    _decorate(ax, x, y, geographic)
+    ax.set_title(f"(e) One-sigma error ({error.name}), filled pixels, "
+                 f"{_time_label(error, dims.time, time_index)}", loc="left", fontsize=10)
+    return ax
+
+
+def reliability_panel(ax: Any, errors: np.ndarray, sigma: np.ndarray | None) -> None:
+    """Share of held-out ``errors`` within k·``sigma`` against a Gaussian's, k in 0.25–3."""
+    from math import erf, sqrt
+
+    ax.set_title("(f) Reliability of the error (held-out)", loc="left", fontsize=10)
+    errors = np.asarray(errors, dtype=float)
+    if sigma is None or not np.size(errors):
+        ax.text(0.5, 0.5, "no held-out pixels", ha="center", va="center",
+                transform=ax.transAxes, color="0.4")
+        ax.set_axis_off()
+        return
+    from gapfill.errors import within_shares
+
+    ks = np.linspace(0.25, 3.0, 12)
+    expected = [erf(k / sqrt(2.0)) for k in ks]
+    observed = within_shares(np.abs(errors), np.asarray(sigma, dtype=float), tuple(ks))
+    ax.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--", label="calibrated")
+    ax.plot(expected, observed, marker="o", markersize=3, color="#3182bd", label="observed")
+    for k, offset in ((1, (-40, 6)), (2, (-50, -14))):
+        e, o = erf(k / sqrt(2.0)), within_shares(np.abs(errors), sigma, (k,))[0]
+        ax.annotate(f"{k}σ: {o:.0%}", (e, o), textcoords="offset points", xytext=offset,
+                    fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("expected share within kσ (Gaussian)")
+    ax.set_ylabel("observed share")
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    ax.grid(alpha=0.3, linewidth=0.5)
+    ax.tick_params(labelsize=8)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -363,7 +437,9 @@ def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
             rows.append((f"{title} bias, n", f"{_num(a[prefix + 'bias'], sign=True)}{u}, "
                                              f"{int(a[prefix + 'n']):,}"))
     if "gapfill_holdout_within_1sigma" in a:
-        rows.append(("within 1σ (held-out)", f"{float(a['gapfill_holdout_within_1sigma']):.0%}"))
+        rows.append(("held-out in 1σ / 2σ",
+                     f"{float(a['gapfill_holdout_within_1sigma']):.0%} / "
+                     f"{float(a.get('gapfill_holdout_within_2sigma', np.nan)):.0%}"))
     ax.set_axis_off()
     ax.set_title("(d) Run", loc="left", fontsize=10)
     for i, (k, v) in enumerate(rows[:13]):

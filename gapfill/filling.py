@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xarray as xr
 
-from gapfill import timeaxis
+from gapfill import errors, timeaxis
 from gapfill.cube import Cube
 from gapfill.methods.base import Coords, TimeEdges, limit_threads
 from gapfill.packing import packing_of
 
 if TYPE_CHECKING:
     from gapfill.diagnostics import Diagnostics
+    from gapfill.errors import ErrorModel
     from gapfill.model import FittedModel
 
 OBSERVED, FILLED, NEVER_OBSERVED = 0, 1, 2
@@ -54,7 +55,9 @@ def run_method(
         values where missing, NaN at never-observed pixels (unless
         ``fill_never_observed``).
     error
-        One-sigma error in data units (0 at observed pixels), or ``None``.
+        One-sigma error in data units (0 at observed pixels): the model's calibrated
+        :class:`~gapfill.errors.ErrorModel` where it has one, else the method's own
+        error, else ``None``.
     """
     observed = np.isfinite(raw)
     if never is None:
@@ -68,14 +71,63 @@ def run_method(
             result = model.method.fill_chunk(z, rng, samples=samples, coords=coords, edges=edges)
     filled = model.normaliser.denormalise(result.values)
     filled = np.where(observed, raw, filled)
+    sigma = result.error
+    if model.error_model is not None:
+        sigma = predict_error(model.error_model, observed, result.error, edges)
     error = None
-    if result.error is not None:
-        error = np.where(observed, 0.0, model.normaliser.scale_error(result.error))
+    if sigma is not None:
+        error = np.where(observed, 0.0, model.normaliser.scale_error(sigma))
     if not fill_never_observed:
         filled = np.where(never, np.nan, filled)
         if error is not None:
             error = np.where(never, np.nan, error)
     return filled, error
+
+
+def predict_error(
+    error_model: ErrorModel,
+    observed: np.ndarray,
+    native: np.ndarray | None,
+    edges: TimeEdges | None = None,
+) -> np.ndarray:
+    """The calibrated one-sigma error (normalised units) of a fill given ``observed``."""
+    before = after = None
+    if edges is not None:  # a time chunk: the observations just outside it count too
+        n_time = observed.shape[1]
+        far = float(errors.MAX_DISTANCE)
+        before = np.nan_to_num(edges.start - np.asarray(edges.before_index, np.float64), nan=far)
+        after = np.nan_to_num(
+            np.asarray(edges.after_index, np.float64) - (edges.start + n_time - 1), nan=far
+        )
+    use_native = native if error_model.uses_native else None
+    features = errors.gap_features(observed, use_native, before, after)
+    sigma = np.zeros(observed.shape, dtype=np.float32)
+    gap = ~observed
+    sigma[gap] = error_model.predict(features[:, gap])
+    return sigma
+
+
+def calibrate(
+    model: FittedModel,
+    raw: np.ndarray,
+    validation: np.ndarray,
+    coords: Coords | None = None,
+    seed: int | Sequence[int] = 0,
+) -> ErrorModel:
+    """Learn the error model of a fitted method from its validation pixels.
+
+    ``raw`` (``(C, T, H, W)``, data units, NaN = missing) is filled once with the
+    ``validation`` pixels hidden (they must have been hidden from the fit too); the
+    fill's errors there, against what was observed, train an
+    :class:`~gapfill.errors.ErrorModel` on what each pixel could see.
+    """
+    z_true = model.normaliser.normalise(raw)
+    z = np.where(validation, np.nan, z_true).astype(np.float32)
+    result = model.method.fill(z, np.random.default_rng(seed), samples=1, coords=coords)
+    native = result.error if model.method.provides_error else None
+    features = errors.gap_features(np.isfinite(z), native)
+    abs_error = np.abs(result.values[validation].astype(np.float64) - z_true[validation])
+    return errors.ErrorModel.fit(abs_error, features[:, validation], uses_native=native is not None)
 
 
 def flags(raw: np.ndarray, time_axis: int, never: np.ndarray | None = None) -> np.ndarray:
@@ -169,7 +221,7 @@ def fill_dataarray(
     lazy = da.chunks is not None
     cube = Cube(da, model.dims, normaliser=model.normaliser, check_values=not lazy)
     name = cube.name
-    with_error = model.method.gives_error(samples)
+    with_error = model.gives_error(samples)
     coords = cube.coords()
     if diagnostics is None:
         diagnostics = not lazy and model.holdout.fraction > 0

@@ -22,6 +22,7 @@ from gapfill import methods
 from gapfill.cube import Normaliser
 from gapfill.dims import Dims
 from gapfill.atomic import replacing
+from gapfill.errors import ErrorModel
 from gapfill.methods.base import Method
 
 FORMAT = "gapfill-model"
@@ -38,8 +39,9 @@ class Holdout:
         Share of the observed pixels hidden from fitting and used for scoring
         (0 disables the hold-out).
     process
-        Occlusion process that shapes the hidden patches (``"cloud"`` or
-        ``"empirical"``; any name of :func:`gapfill.masks.make`).
+        Occlusion process that shapes the hidden patches (``"empirical"``: the
+        cube's own gap shapes, ``"cloud"``, or any name of :func:`gapfill.masks.make`;
+        ``"auto"`` is resolved at fit time by :func:`gapfill.diagnostics.resolve_process`).
     seed
         Seed of the draw, so the same pixels are held out again at fill time.
     """
@@ -68,6 +70,7 @@ class FittedModel:
         variable: str,
         holdout: Holdout,
         info: dict[str, Any] | None = None,
+        error_model: ErrorModel | None = None,
     ) -> None:
         self.method = method
         self.normaliser = normaliser
@@ -75,6 +78,8 @@ class FittedModel:
         self.variable = variable
         self.holdout = holdout
         self._run = dict(info or {})
+        #: The calibrated error model (:mod:`gapfill.errors`), learned after the fit.
+        self.error_model = error_model
 
     @property
     def info(self) -> dict[str, Any]:
@@ -86,6 +91,10 @@ class FittedModel:
         ``gapfill_version``. A copy: changing it changes nothing.
         """
         return copy.deepcopy({**self.method.fit_info, **self._run})
+
+    def gives_error(self, samples: int = 1) -> bool:
+        """Whether a fill with this many samples gives an error variable."""
+        return self.error_model is not None or self.method.gives_error(samples)
 
     @property
     def name(self) -> str:
@@ -103,6 +112,7 @@ class FittedModel:
             f"<gapfill.FittedModel method={self.name!r} variable={self.variable!r} "
             f"dims={self.dims.core} fitted_on={shape} holdout={self.holdout.fraction:g} "
             f"({self.holdout.process})>\n  options: {opts}"
+            + (f"\n  error: {self.error_model!r}" if self.error_model is not None else "")
             + (f"\n  fit: {json.dumps(self.method.fit_info)}" if self.method.fit_info else "")
         )
 
@@ -133,6 +143,8 @@ class FittedModel:
             "std": torch.as_tensor(self.normaliser.std, dtype=torch.float64),
             "state": state,
         }
+        if self.error_model is not None:
+            payload["error_model"] = _to_tensor(self.error_model.state_dict())
         with replacing(path) as tmp:
             torch.save(payload, tmp)
         return path
@@ -186,6 +198,7 @@ def load(path: str | os.PathLike) -> FittedModel:
     method.load_state_dict(payload["state"])
     dims = Dims(**json.loads(payload["dims"]))
     normaliser = Normaliser(payload["mean"].numpy(), payload["std"].numpy())
+    error_model = payload.get("error_model")
     return FittedModel(
         method,
         normaliser,
@@ -193,4 +206,5 @@ def load(path: str | os.PathLike) -> FittedModel:
         payload["variable"],
         Holdout(**json.loads(payload["holdout"])),
         json.loads(payload["info"]),
+        None if error_model is None else ErrorModel.from_state(error_model),
     )

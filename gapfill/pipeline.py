@@ -481,7 +481,9 @@ def _run(
             path = targets["output.figures"]
             step(f"drawing {path}")
             errors = diag.errors if diag is not None else np.array([])
-            diagnostics_figure(out, name, errors, path, punched_errors=punched_errors)
+            sigma = diag.predicted_error if diag is not None else None
+            diagnostics_figure(out, name, errors, path, punched_errors=punched_errors,
+                               predicted_error=sigma)
             result.figure = path
             bar.update()
         if lazy:

@@ -392,9 +392,9 @@ class HoldoutConfig(_Section):
 
     fraction: float = Field(0.1, ge=0, lt=1)
     """Share of the observed pixels held out, in [0, 1); 0 disables the diagnostics."""
-    process: str = "cloud"
-    """Shape of the held-out patches: ``cloud`` or ``empirical`` (the data's own gap shapes),
-    or any other process of :mod:`gapfill.masks`."""
+    process: str = "auto"
+    """Shape of the held-out patches: ``auto`` (the data's own gap shapes when it has enough
+    gaps, else clouds), ``empirical``, ``cloud``, or any other process of :mod:`gapfill.masks`."""
     seed: int = 0
     """Seed of the held-out draw and of the method's fit."""
 
@@ -403,8 +403,9 @@ class HoldoutConfig(_Section):
     def _known(cls, value: str) -> str:
         from gapfill import masks
 
-        if value not in masks.PROCESSES:
-            raise ValueError(f"unknown process {value!r}; use one of {sorted(masks.PROCESSES)}")
+        if value != "auto" and value not in masks.PROCESSES:
+            names = ["auto", *sorted(masks.PROCESSES)]
+            raise ValueError(f"unknown process {value!r}; use one of {names}")
         return value
 
 

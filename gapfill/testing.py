@@ -16,6 +16,8 @@ synthetic SST cube (:func:`synthetic_sst`: land, random gaps), in memory
 - observed values come back unchanged, bit for bit;
 - pixels never observed (land) stay NaN, and no NaN is left in a filled pixel;
 - the flag variable says which is which;
+- the error variable is positive and finite at every filled pixel, 0 where observed
+  and NaN where never observed;
 - the input is not modified;
 - dask-backed input gives dask-backed output (nothing computed until asked).
 
@@ -143,6 +145,12 @@ def check_fill(da: xr.DataArray, out: xr.Dataset, before: xr.DataArray | None = 
     flag = out[f"{name}_flag"].transpose(*da.dims).values
     assert (flag[observed] == 0).all() and (flag[gaps] == 1).all() and (flag[:, never] == 2).all(), \
         "the flag does not say observed (0), filled (1) and never observed (2)"
+    assert f"{name}_error" in out, "no error variable"
+    error = out[f"{name}_error"].transpose(*da.dims).values
+    assert (error[gaps] > 0).all() and np.isfinite(error[gaps]).all(), \
+        "the error is not positive and finite at every filled pixel"
+    assert (error[observed] == 0).all() and np.isnan(error[:, never]).all(), \
+        "the error is not 0 where observed and NaN where never observed"
     if before is not None:
         xr.testing.assert_identical(da, before)
 

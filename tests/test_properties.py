@@ -3,6 +3,8 @@
 - observed values are unchanged, bit for bit;
 - never-observed pixels (land) stay NaN;
 - no NaN is left in the filled pixels;
+- every method writes a one-sigma error: positive and finite in the gaps, 0 where
+  observed, NaN where never observed;
 - the input is not modified.
 
 The checks are :func:`gapfill.testing.check_fill` / :func:`~gapfill.testing.check_method`,
@@ -66,7 +68,12 @@ def make_cube(seed: int, t: int, h: int, w: int, missing: float, dtype: str) -> 
 def test_fill_properties(method, seed, t, h, w, missing, dtype, holdout):
     da = make_cube(seed, t, h, w, missing, dtype)
     before = da.copy(deep=True)
-    model = da.gapfill.fit(method, holdout=holdout, seed=seed, **FAST_OPTIONS.get(method, {}))
+    try:
+        model = da.gapfill.fit(method, holdout=holdout, seed=seed, **FAST_OPTIONS.get(method, {}))
+    except ValueError as err:  # a cube too small to hold anything out says so
+        assert holdout > 0 and "hold-out" in str(err), err
+        assert np.isfinite(da.values).sum() < 20
+        return
     out = da.gapfill.fill(model)
     check_fill(da, out, before)
 
@@ -96,8 +103,9 @@ def test_check_method_catches_a_broken_method():
 
 
 @pytest.mark.parametrize("method", ["linear", "combcn"])
-def test_deterministic_methods_write_no_error_for_samples(sst, method):
-    """``samples > 1`` gives no (all-NaN) error variable for a deterministic method."""
+def test_deterministic_methods_error_ignores_samples(sst, method):
+    """A deterministic method's calibrated error is the same for any ``samples``."""
     model = sst.gapfill.fit(method, holdout=0.0, **FAST_OPTIONS.get(method, {}))
-    out = sst.gapfill.fill(model, samples=3)
-    assert f"{sst.name}_error" not in out
+    one = sst.gapfill.fill(model)[f"{sst.name}_error"]
+    three = sst.gapfill.fill(model, samples=3)[f"{sst.name}_error"]
+    xr.testing.assert_identical(one, three)

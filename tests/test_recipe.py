@@ -45,7 +45,7 @@ def test_minimal_recipe_defaults_and_paths(base, tmp_path, ostia_path):
     assert r.output.path == str(tmp_path / "work" / "outputs" / "out.nc")  # relative to cwd
     assert r.output.format == "netcdf"
     assert (r.method.name, r.method.options) == ("eof", {})
-    assert (r.holdout.fraction, r.holdout.process, r.holdout.seed) == (0.1, "cloud", 0)
+    assert (r.holdout.fraction, r.holdout.process, r.holdout.seed) == (0.1, "auto", 0)
     assert r.fill.samples == 1 and r.punch is None
     assert set(rc.side_outputs(r)) == {"output.path", "output.diagnostics_csv", "output.figures"}
     assert rc.side_outputs(r)["output.figures"].name == "out_diagnostics.png"

@@ -1,0 +1,281 @@
+"""A calibrated one-sigma error for the fill of every method.
+
+A filled value is as good as what its gap pixel can see: how far it is, in
+space and in time, from the nearest observation, and, for methods that have
+one, the method's own spread (the EOF posterior, a per-pixel standard
+deviation). An :class:`ErrorModel` learns that relation from *validation
+pixels*: observed pixels hidden from the fit in gap-shaped patches, filled
+after the fit and compared with their observations (never the diagnostics
+hold-out, which stays an independent check).
+
+It has two parts:
+
+1. a log-linear regression of ``|error|`` on the features (see
+   :func:`gap_features`) whose slopes are kept non-negative, so the error never
+   shrinks as a pixel gets further from the observations or as the method's own
+   spread grows;
+2. a binned split-conformal calibration: within each bin of the regression's
+   prediction ``s``, the factor ``c`` that puts 68.3 % of ``|error| / s`` within
+   1 and 95.4 % within 2 as nearly as the error distribution allows (the geometric
+   mean of the two quantile factors, leaning to the 2σ one); ``c`` is interpolated
+   between bins. With few validation errors the regression is replaced by the
+   method's own spread (slope 1) or a constant.
+
+Only numpy arrays below this line: the fill that produces the validation errors
+is :func:`gapfill.filling.calibrate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Distances (pixels in space, steps in time) are capped here: beyond it, a pixel is
+#: "far from everything" and one more step changes nothing the model can learn.
+MAX_DISTANCE = 32
+
+#: Shares of a Gaussian within one and two sigma.
+ONE_SIGMA, TWO_SIGMA = 0.6827, 0.9545
+
+#: Errors have heavier tails than a Gaussian's, so no one factor puts 68.3 % within 1σ
+#: and 95.4 % within 2σ: the calibration leans this much (0 to 1) towards the 2σ share.
+TWO_SIGMA_WEIGHT = 0.6
+
+#: With fewer validation errors than this, the error is a constant: their root mean
+#: square shrunk towards the data's standard deviation.
+MIN_ERRORS = 10
+
+#: Fewest validation errors per calibration bin, and most bins.
+MIN_PER_BIN, MAX_BINS = 1000, 4
+
+#: Largest slope of ``log |error|`` on a feature: keeps a nearly constant feature from
+#: taking a wild slope that would explode where it strays.
+MAX_SLOPE = 1.5
+
+FEATURES = ("space_distance", "time_distance", "time_gap", "frame_missing", "native_sigma")
+#: Index of the method's own spread in :data:`FEATURES`.
+NATIVE = FEATURES.index("native_sigma")
+
+
+def _distance_1d(observed: np.ndarray, axis: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps back and forward along ``axis`` to the nearest ``observed`` (capped at ``cap``)."""
+    obs = np.moveaxis(observed, axis, -1)
+    n = obs.shape[-1]
+    idx = np.arange(n)
+    big = n + cap + 1
+    last = np.maximum.accumulate(np.where(obs, idx, -big), axis=-1)
+    nxt = np.minimum.accumulate(np.where(obs, idx, 2 * big)[..., ::-1], axis=-1)[..., ::-1]
+    back = np.minimum(idx - last, cap)
+    ahead = np.minimum(nxt - idx, cap)
+    return np.moveaxis(back, -1, axis), np.moveaxis(ahead, -1, axis)
+
+
+def space_distance(observed: np.ndarray, cap: int = MAX_DISTANCE) -> np.ndarray:
+    """Euclidean distance (pixels) to the nearest observed pixel of the same frame.
+
+    Exact up to ``cap``, ``cap`` beyond. ``observed`` is boolean ``(..., H, W)``.
+    """
+    back, ahead = _distance_1d(observed, -1, cap)
+    dx2 = np.minimum(back, ahead).astype(np.float32) ** 2
+    best = dx2.copy()
+    height = observed.shape[-2]
+    for dy in range(1, min(cap, height - 1) + 1):
+        shifted = dx2[..., :-dy, :] + dy * dy
+        np.minimum(best[..., dy:, :], shifted, out=best[..., dy:, :])
+        shifted = dx2[..., dy:, :] + dy * dy
+        np.minimum(best[..., :-dy, :], shifted, out=best[..., :-dy, :])
+    return np.sqrt(np.minimum(best, float(cap * cap)))
+
+
+def gap_features(
+    observed: np.ndarray,
+    native: np.ndarray | None = None,
+    before: np.ndarray | None = None,
+    after: np.ndarray | None = None,
+) -> np.ndarray:
+    """What each pixel of a ``(C, T, H, W)`` array can see of the observations.
+
+    Parameters
+    ----------
+    observed
+        Boolean ``(C, T, H, W)``: the pixels the fill was given.
+    native
+        The method's own one-sigma spread (normalised units), or ``None``.
+    before, after
+        Optional ``(C, H, W)`` steps from the array's first frame back to the last
+        observation before it, and from its last frame on to the first observation
+        after it (for a time chunk of a longer cube).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(5, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
+        distance (to the nearer observation of the pixel) and of the time gap (steps
+        between the observations around it), ``-log`` of the observed share of the
+        frame (of its pixels observed at some time), and the log of ``native`` (0
+        when ``None``). See :data:`FEATURES`.
+    """
+    cap = MAX_DISTANCE
+    back, ahead = _distance_1d(observed, 1, cap)
+    n_time = observed.shape[1]
+    t = np.arange(n_time)[None, :, None, None]
+    if before is not None:  # no observation back inside the array: use the one before it
+        back = np.where(back >= t + 1, np.minimum(t + np.asarray(before)[:, None], cap), back)
+    if after is not None:
+        ahead = np.where(ahead >= n_time - t, np.minimum(n_time - 1 - t + np.asarray(after)[:, None], cap), ahead)
+    out = np.empty((len(FEATURES), *observed.shape), dtype=np.float32)
+    out[0] = np.log1p(space_distance(observed, cap))
+    out[1] = np.log1p(np.minimum(back, ahead))
+    out[2] = np.log1p(np.minimum(back + ahead, 2 * cap))
+    ever = observed.any(1, keepdims=True)
+    share = observed.sum((2, 3), keepdims=True) / np.maximum(ever.sum((2, 3), keepdims=True), 1)
+    out[3] = -np.log(np.maximum(share, 1.0 / max(observed.shape[2] * observed.shape[3], 1)))
+    if native is None:
+        out[NATIVE] = 0.0
+    else:
+        out[NATIVE] = np.log(np.maximum(np.nan_to_num(np.asarray(native, np.float32), nan=1.0), 1e-6))
+    return out
+
+
+@dataclass
+class ErrorModel:
+    """A fitted map from :func:`gap_features` to a calibrated one-sigma error.
+
+    Attributes
+    ----------
+    coef
+        ``(1 + len(FEATURES),)`` intercept and slopes of ``log |error|`` (unused
+        features have slope 0).
+    log_scale, factor
+        The calibration: bin centres of ``log s`` and the factor ``c`` of each bin;
+        the error is ``c(log s) · s``, ``c`` interpolated linearly (flat outside).
+    uses_native
+        Whether the method's own spread is an input.
+    """
+
+    coef: np.ndarray
+    log_scale: np.ndarray
+    factor: np.ndarray
+    uses_native: bool = False
+
+    # -- fitting ------------------------------------------------------------------
+    @classmethod
+    def fit(cls, abs_error: np.ndarray, features: np.ndarray, uses_native: bool = False) -> ErrorModel:
+        """Learn the model from validation pixels.
+
+        Parameters
+        ----------
+        abs_error
+            ``(n,)`` absolute errors of the fill at the validation pixels.
+        features
+            ``(len(FEATURES), n)`` their features.
+        uses_native
+            Whether the fourth feature (the method's own spread) is informative.
+
+        With fewer than :data:`MIN_ERRORS` finite errors the model is a constant.
+        """
+        abs_error = np.asarray(abs_error, dtype=np.float64)
+        features = np.asarray(features, dtype=np.float64)
+        ok = np.isfinite(abs_error) & np.isfinite(features).all(0)
+        abs_error, features = abs_error[ok], features[:, ok]
+        if abs_error.size < MIN_ERRORS:  # shrink towards 1 (the data's standard deviation)
+            n = abs_error.size
+            sigma = np.sqrt(((abs_error**2).sum() + (MIN_ERRORS - n)) / MIN_ERRORS)
+            coef = np.zeros(1 + len(FEATURES))
+            coef[0] = np.log(sigma)
+            return cls(coef, np.zeros(1), np.ones(1), False)
+        floor = max(float(np.median(abs_error)) * 1e-2, 1e-12)
+        y = np.log(abs_error + floor)
+        free = [i for i in range(len(FEATURES)) if (uses_native or i != NATIVE)
+                and np.ptp(features[i]) > 0]
+        if abs_error.size < MIN_PER_BIN:  # too few to learn slopes: the method's own
+            coef = np.zeros(1 + len(FEATURES))  # spread (slope 1) where it has one, else a constant
+            coef[1 + NATIVE] = 1.0 if uses_native else 0.0
+            coef[0] = float(np.mean(y - coef[1 + NATIVE] * features[NATIVE]))
+        else:
+            coef = _bounded_fit(y, features, free)
+        log_s = coef[0] + coef[1:] @ features
+        ratio = abs_error / np.exp(log_s)
+        n_bins = int(np.clip(abs_error.size // MIN_PER_BIN, 1, MAX_BINS))
+        edges = np.quantile(log_s, np.linspace(0, 1, n_bins + 1))
+        which = np.clip(np.searchsorted(edges, log_s, side="right") - 1, 0, n_bins - 1)
+        centres, factors = [], []
+        for b in range(n_bins):
+            r = ratio[which == b]
+            if r.size == 0:
+                continue
+            centres.append(float(np.median(log_s[which == b])))
+            factors.append(_factor(r))
+        return cls(np.asarray(coef), np.asarray(centres), np.asarray(factors), bool(uses_native))
+
+    # -- applying -----------------------------------------------------------------
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """One-sigma error (normalised units) for features ``(len(FEATURES), ...)``."""
+        f = np.asarray(features, dtype=np.float64)
+        log_s = self.coef[0] + np.tensordot(self.coef[1:], f, axes=1)
+        c = np.interp(log_s, self.log_scale, self.factor)
+        return (c * np.exp(log_s)).astype(np.float32)
+
+    # -- persistence (arrays only) ------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays that rebuild the model (see :meth:`from_state`)."""
+        return {
+            "coef": np.asarray(self.coef, np.float64),
+            "log_scale": np.asarray(self.log_scale, np.float64),
+            "factor": np.asarray(self.factor, np.float64),
+            "uses_native": np.asarray([int(self.uses_native)], np.int64),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ErrorModel:
+        """Rebuild from :meth:`state_dict` output (numpy arrays or torch tensors)."""
+        def arr(key: str) -> np.ndarray:
+            v = state[key]
+            return np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+
+        return cls(arr("coef"), arr("log_scale"), arr("factor"),
+                   bool(arr("uses_native").reshape(-1)[0]))
+
+    def __repr__(self) -> str:
+        slopes = ", ".join(f"{n}={c:.2f}" for n, c in zip(FEATURES, self.coef[1:]) if c)
+        return f"ErrorModel({slopes or 'constant'}; {len(self.factor)} calibration bins)"
+
+
+def _bounded_fit(y: np.ndarray, features: np.ndarray, free: list[int]) -> np.ndarray:
+    """Least squares of ``y`` on an intercept and ``features[free]`` with slopes in
+    ``[0, MAX_SLOPE]``: a slope out of bounds is fixed at the bound and the rest refitted."""
+    fixed: dict[int, float] = {}
+    while True:
+        offset = sum((b * features[i] for i, b in fixed.items()), np.zeros_like(y))
+        design = np.column_stack([np.ones_like(y)] + [features[i] for i in free])
+        beta = np.linalg.lstsq(design, y - offset, rcond=None)[0]
+        out = {i: b for i, b in zip(free, beta[1:]) if not 0.0 <= b <= MAX_SLOPE}
+        if not out:
+            break
+        for i, b in out.items():
+            fixed[i] = float(np.clip(b, 0.0, MAX_SLOPE))
+        free = [i for i in free if i not in out]
+    coef = np.zeros(1 + len(FEATURES))
+    coef[0] = beta[0]
+    for i, b in [*zip(free, beta[1:]), *fixed.items()]:
+        coef[1 + i] = b
+    return coef
+
+
+def _factor(ratio: np.ndarray) -> float:
+    """The calibration factor of one bin: a weighted geometric mean of the factors that
+    put exactly 68.3 % within 1σ and 95.4 % within 2σ (:data:`TWO_SIGMA_WEIGHT`)."""
+    c1 = max(float(np.quantile(ratio, ONE_SIGMA)), 1e-12)
+    c2 = max(float(np.quantile(ratio, TWO_SIGMA)) / 2.0, 1e-12)
+    return float(c1 ** (1 - TWO_SIGMA_WEIGHT) * c2**TWO_SIGMA_WEIGHT)
+
+
+def within_shares(abs_error: np.ndarray, sigma: np.ndarray, ks: tuple[float, ...] = (1.0, 2.0)) -> list[float]:
+    """Share of ``abs_error`` within ``k · sigma`` for each ``k`` (NaN when empty)."""
+    abs_error, sigma = np.asarray(abs_error), np.asarray(sigma)
+    if abs_error.size == 0:
+        return [float("nan")] * len(ks)
+    return [float((abs_error <= k * sigma).mean()) for k in ks]
+

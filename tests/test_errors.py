@@ -1,0 +1,180 @@
+"""The calibrated error model and the gap-shaped hold-out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import gapfill
+from gapfill import errors, masks
+from gapfill.diagnostics import (
+    HOLDOUT_STREAM, VALIDATION_STREAM, borrowed_gaps, holdout_mask, resolve_process,
+)
+from gapfill.model import Holdout
+
+
+def noisy_cube(noise: float = 0.3, t: int = 48, h: int = 24, w: int = 32, seed: int = 0):
+    """A smooth travelling field plus white noise of known ``noise`` std, and cloud gaps.
+
+    Returns ``(truth, gappy)``; the noise is part of the truth, so no method can
+    predict it and the fill's error in the gaps is at least ``noise``.
+    """
+    rng = np.random.default_rng(seed)
+    tt, yy, xx = np.meshgrid(np.arange(t), np.linspace(-1, 1, h), np.linspace(0, 2 * np.pi, w),
+                             indexing="ij")
+    field = 290 + 2 * np.cos(1.5 * yy) + np.sin(xx - 0.4 * tt) + 0.5 * np.cos(2 * np.pi * tt / 12)
+    truth = (field + noise * rng.standard_normal(field.shape)).astype(np.float64)
+    coords = {"time": pd.date_range("2001-01-01", periods=t, freq="MS"),
+              "lat": np.linspace(-5, 5, h), "lon": np.linspace(100, 130, w)}
+    truth = xr.DataArray(truth, dims=("time", "lat", "lon"), coords=coords, name="sst")
+    hidden = masks.Cloud(coverage=0.4, seed=seed).sample((t, h, w))
+    return truth, truth.where(~hidden)
+
+
+# -- features -------------------------------------------------------------------------
+def test_space_distance_is_the_exact_euclidean_distance():
+    rng = np.random.default_rng(1)
+    observed = rng.random((3, 9, 11)) < 0.1
+    observed[:, 0, 0] = True
+    got = errors.space_distance(observed, cap=50)
+    for f in range(3):
+        ys, xs = np.nonzero(observed[f])
+        yy, xx = np.mgrid[:9, :11]
+        brute = np.sqrt((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(-1)
+        np.testing.assert_allclose(got[f], brute, rtol=1e-6)
+
+
+def test_time_features_use_the_observations_outside_a_chunk():
+    observed = np.zeros((1, 4, 1, 1), dtype=bool)
+    inside = errors.gap_features(observed)
+    edged = errors.gap_features(observed, before=np.ones((1, 1, 1)), after=np.full((1, 1, 1), 2))
+    # distances to the nearer observation: 1, 2, 3 (before) and 2 (after the last frame)
+    np.testing.assert_allclose(np.expm1(edged[1, 0, :, 0, 0]), [1, 2, 3, 2])
+    assert (inside[1] >= edged[1]).all()
+
+
+def test_error_model_recovers_a_known_error_law():
+    """|error| ~ N(0, 0.1·(1 + d)): slopes positive, shares within 1σ / 2σ as a Gaussian's."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    d = rng.integers(0, 20, n).astype(float)
+    feats = np.zeros((len(errors.FEATURES), n))
+    feats[0] = np.log1p(d)
+    sigma = 0.1 * (1 + d)
+    e = np.abs(sigma * rng.standard_normal(n))
+    model = errors.ErrorModel.fit(e, feats)
+    assert model.coef[1] > 0.5
+    fresh = np.abs(sigma * rng.standard_normal(n))
+    one, two = errors.within_shares(fresh, model.predict(feats))
+    assert 0.65 < one < 0.71 and 0.93 < two < 0.97
+    again = errors.ErrorModel.from_state(model.state_dict())
+    np.testing.assert_array_equal(again.predict(feats), model.predict(feats))
+
+
+def test_error_model_slopes_never_negative():
+    rng = np.random.default_rng(0)
+    feats = rng.random((len(errors.FEATURES), 5000))
+    e = np.exp(-2 * feats[0] + 0.3 * rng.standard_normal(5000))  # error shrinking with distance
+    model = errors.ErrorModel.fit(e, feats)
+    assert (model.coef[1:] >= 0).all() and (model.coef[1:] <= errors.MAX_SLOPE).all()
+
+
+# -- calibration end to end --------------------------------------------------------------
+def test_error_is_calibrated_on_a_cube_with_known_noise():
+    """In the punched gaps of a noisy cube, the true errors fall within 1σ and 2σ of the
+    error variable about as often as a Gaussian's: 63–73 % and 92–98 % on average over
+    the classical methods, and no method far off."""
+    truth, gappy = noisy_cube(noise=0.5)
+    hidden = (gappy.isnull() & truth.notnull()).values
+    shares = []
+    for method, options in [("linear", {}), ("climatology", {}), ("eof", {"max_modes": 6})]:
+        out = gappy.gapfill.fill(gappy.gapfill.fit(method, seed=1, **options))
+        err = np.abs(out["sst"].values - truth.values)[hidden]
+        shares.append(errors.within_shares(err, out["sst_error"].values[hidden]))
+        assert 0.5 < out.attrs["gapfill_holdout_within_1sigma"] < 0.85
+        assert 0.85 < out.attrs["gapfill_holdout_within_2sigma"] <= 1.0
+    one, two = np.mean(shares, axis=0)
+    assert 0.63 <= one <= 0.73 and 0.92 <= two <= 0.98, shares
+    assert all(0.55 <= a <= 0.8 and 0.88 <= b <= 0.99 for a, b in shares), shares
+
+
+def test_error_model_survives_save_and_load(tmp_path):
+    _, gappy = noisy_cube(t=24, h=12, w=16)
+    model = gappy.gapfill.fit("linear")
+    assert model.error_model is not None and "calibration_seconds" in model.info
+    again = gapfill.load(model.save(tmp_path / "m.pt"))
+    xr.testing.assert_identical(gappy.gapfill.fill(model, diagnostics=False),
+                                gappy.gapfill.fill(again, diagnostics=False))
+
+
+def test_reliability_table_compares_expected_and_observed_shares():
+    _, gappy = noisy_cube(t=24, h=12, w=16)
+    diag = gappy.gapfill.score(gappy.gapfill.fit("climatology"))
+    table = diag.reliability()
+    assert list(table.columns) == ["k", "expected", "observed"]
+    assert table["expected"].is_monotonic_increasing and table["observed"].is_monotonic_increasing
+    assert table.loc[table["k"] == 1.0, "expected"].item() == pytest.approx(0.6827, abs=1e-3)
+
+
+# -- the hold-out ------------------------------------------------------------------------
+def test_holdout_is_never_inside_gaps_punched_with_the_same_seed():
+    """Gaps punched with gapfill.masks seed 0, then a seed-0 fit: the hold-out is not empty."""
+    truth, _ = noisy_cube(t=24, h=16, w=24)
+    hidden = masks.Cloud(coverage=0.4, seed=0).sample(truth.shape)
+    gappy = truth.where(~hidden)
+    model = gappy.gapfill.fit("linear", seed=0, holdout_process="cloud")
+    out = gappy.gapfill.fill(model)
+    assert out.attrs["gapfill_holdout_n"] > 0.05 * np.isfinite(gappy.values).sum()
+    assert np.isfinite(out.attrs["gapfill_holdout_mae"])
+
+
+def test_holdout_and_punch_draws_are_independent():
+    """On a gap-free cube, a seed-0 hold-out overlaps a seed-0 punch as chance would."""
+    shape = (24, 32, 48)
+    punch = masks.Cloud(coverage=0.4, seed=0).sample(shape)
+    observed = np.ones((1, *shape), dtype=bool)
+    held = holdout_mask(observed, Holdout(0.1, "cloud", 0))[0]
+    share_inside = (held & punch).sum() / held.sum()
+    assert 0.25 < share_inside < 0.55  # 0.4 by chance; 1.0 when the streams coincide
+    validation = holdout_mask(observed, Holdout(0.1, "cloud", 0), stream=VALIDATION_STREAM)[0]
+    assert 0.02 < (held & validation).sum() / held.sum() < 0.25
+    assert HOLDOUT_STREAM != VALIDATION_STREAM
+
+
+def test_holdout_too_small_to_hide_anything_is_an_error():
+    observed = np.zeros((1, 2, 3, 3), dtype=bool)
+    observed[0, 0, 1, 1] = True
+    with pytest.raises(ValueError, match="hold-out"):
+        holdout_mask(observed, Holdout(0.1, "cloud", 0))
+    assert not holdout_mask(observed, Holdout(0.0, "cloud", 0)).any()  # holdout=0 is fine
+
+
+def test_auto_holdout_borrows_the_cubes_gap_shapes():
+    _, gappy = noisy_cube(t=24, h=16, w=24)
+    observed = np.isfinite(gappy.values)[None]
+    assert resolve_process("auto", observed) == "empirical"
+    assert resolve_process("auto", np.ones_like(observed)) == "cloud"
+    model = gappy.gapfill.fit("linear", holdout=0.1)
+    assert model.holdout.process == "empirical"
+    held = borrowed_gaps(~observed[0], observed[0], 0.1, np.random.default_rng(0))
+    assert not (held & ~observed[0]).any()
+    assert 0.03 < held.sum() / observed.sum() < 0.25
+
+
+def test_diagnostics_figure_maps_the_error_and_draws_its_reliability(tmp_path):
+    from gapfill.figures import diagnostics_figure
+
+    _, gappy = noisy_cube(t=12, h=12, w=16)
+    model = gappy.gapfill.fit("linear")
+    diag = gappy.gapfill.score(model)
+    out = gappy.gapfill.fill(model, diagnostics=diag)
+    path = diagnostics_figure(out, "sst", diag.errors, tmp_path / "d.png",
+                              predicted_error=diag.predicted_error)
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    without = diagnostics_figure(out.drop_vars("sst_error"), "sst", diag.errors,
+                                 tmp_path / "e.png")
+    assert image.shape[0] > matplotlib.image.imread(without).shape[0]  # the extra row
