@@ -61,7 +61,7 @@ def test_map_is_centred_on_the_data_in_one_piece(case, tmp_path, monkeypatch) ->
         da = to_pm180(da)
     assert figures.central_longitude(da["longitude"].values) == pytest.approx(centre)
     axes = draw(da, tmp_path, monkeypatch)
-    assert len(axes) == 2
+    assert len(axes) == 3  # the field, the flags and the error
     for ax in axes:
         lo, hi = ax.get_xlim()
         assert hi - lo == pytest.approx(width)  # the data's span (+ half a cell each side)
