@@ -75,7 +75,7 @@ def fit_dataarray(
     hide = holdout_mask(observed, spec, missing, persist=stream)
     validation_spec = Holdout(VALIDATION_FRACTION, spec.process, seed)
     validation = holdout_mask(observed & ~hide, validation_spec, persist=stream,
-                              stream=VALIDATION_STREAM)
+                              stream=VALIDATION_STREAM, required=False)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     fit_cube = cube.with_hide(hide | validation)

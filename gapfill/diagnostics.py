@@ -165,6 +165,7 @@ def holdout_mask(
     missing: np.ndarray | None = None,
     persist: bool = False,
     stream: int = HOLDOUT_STREAM,
+    required: bool = True,
 ) -> np.ndarray:
     """Draw the hold-out: observed pixels hidden in gap-shaped patches.
 
@@ -191,6 +192,8 @@ def holdout_mask(
         The ``"empirical"`` process, which looks at the data, stays lazy.
     stream
         The random stream (:data:`HOLDOUT_STREAM`, :data:`VALIDATION_STREAM`).
+    required
+        Raise when an in-memory draw hides nothing (else return the empty mask).
 
     Returns
     -------
@@ -212,7 +215,7 @@ def holdout_mask(
     for b, sl in enumerate(time_blocks(t, h, w)):
         miss = None if missing is None else missing[sl]
         out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream)
-    if observed.any() and not out.any():
+    if required and observed.any() and not out.any():
         raise ValueError(
             f"the hold-out ({holdout.fraction:g} of the observed pixels, {holdout.process} "
             f"patches) would hide no observed pixel: the cube has only {int(observed.sum())} "
