@@ -29,7 +29,8 @@ from gapfill.packing import is_undecoded
 #: Share of the observed pixels (after the hold-out) hidden from every fit as validation
 #: pixels for the error model.
 VALIDATION_FRACTION = 0.1
-#: The error model is calibrated on a fill of at most this many pixels (whole frames).
+#: The error model is calibrated on a fill of at most this many pixels (whole frames;
+#: a dask-backed cube's are read time chunk by time chunk).
 VALIDATION_PIXELS = 2**22
 
 
@@ -104,19 +105,17 @@ def _calibrate(
     model: FittedModel, cube: Cube, data: Any, hide: Any, validation: Any, seed: int
 ) -> ErrorModel:
     """The error model, from a fill of the first frames of the cube (at most
-    :data:`VALIDATION_PIXELS`; at most one time chunk of a dask-backed cube) with the
-    hold-out and the validation pixels hidden."""
+    :data:`VALIDATION_PIXELS`, whatever its chunks) with the hold-out and the validation
+    pixels hidden."""
     n_chan, n_time, height, width = cube.shape
     data = data if data.ndim == 4 else data[None]
-    n_frames = max(2, VALIDATION_PIXELS // (n_chan * height * width))
-    if cube.is_lazy:  # memory stays bounded by the input's time chunks
-        n_frames = min(n_frames, max(2, data.chunks[1][0]))
-    frames = slice(0, min(n_time, n_frames))
+    frames = slice(0, min(n_time, max(2, VALIDATION_PIXELS // (n_chan * height * width))))
     parts = [a[:, frames] for a in (data, hide, validation)]
-    if cube.is_lazy:
+    if cube.is_lazy:  # chunk by chunk in one pass (no task holds the window), joined here
         import dask
 
-        parts = dask.compute(*parts)  # one pass
+        slabs = [[p.blocks[:, i] for i in range(p.numblocks[1])] for p in parts]
+        parts = [np.concatenate(blocks, axis=1) for blocks in dask.compute(*slabs)]
     raw, hidden, val = (np.asarray(a) for a in parts)
     raw = np.where(hidden, np.nan, raw.astype(np.float64))
     coords = cube.coords()
