@@ -29,6 +29,9 @@ from gapfill.packing import is_undecoded
 #: Share of the observed pixels (after the hold-out) hidden from every fit as validation
 #: pixels for the error model.
 VALIDATION_FRACTION = 0.1
+#: Fewer observed pixels than this (after the hold-out): no validation pixels are hidden,
+#: and the error model is the data's spread.
+MIN_VALIDATION_SOURCE = 200
 #: The error model is calibrated on a fill of at most this many pixels (whole frames;
 #: a dask-backed cube's are read time chunk by time chunk).
 VALIDATION_PIXELS = 2**22
@@ -75,8 +78,12 @@ def fit_dataarray(
     # A streaming fit reads the cube more than once: draw the masks once, in bits.
     hide = holdout_mask(observed, spec, missing, persist=stream)
     validation_spec = Holdout(VALIDATION_FRACTION, spec.process, seed)
-    validation = holdout_mask(observed & ~hide, validation_spec, persist=stream,
-                              stream=VALIDATION_STREAM, required=False)
+    left = observed & ~hide
+    if cube.is_lazy or left.sum() >= MIN_VALIDATION_SOURCE:
+        validation = holdout_mask(left, validation_spec, persist=stream,
+                                  stream=VALIDATION_STREAM, required=False)
+    else:  # a tiny cube keeps every observation for the fit
+        validation = np.zeros_like(left)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     fit_cube = cube.with_hide(hide | validation)

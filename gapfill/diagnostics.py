@@ -43,6 +43,9 @@ HOLDOUT_STREAM, VALIDATION_STREAM = 1, 2
 #: pixels observed at some time are missing; clouds otherwise.
 MIN_GAP_SHARE = 0.05
 
+#: A hold-out needs at least this many observed values (in memory).
+MIN_HOLDOUT_SOURCE = 20
+
 #: Draws tried before a block's hold-out is given up as empty (the last two as clouds,
 #: then single pixels).
 ATTEMPTS = 6
@@ -204,12 +207,20 @@ def holdout_mask(
     Raises
     ------
     ValueError
-        When an in-memory draw would hold out nothing although observed pixels exist.
+        When an in-memory cube has fewer than :data:`MIN_HOLDOUT_SOURCE` observed
+        values, or its draw would hold out nothing.
     """
     if hasattr(observed, "dask"):
         return _holdout_lazy(observed, holdout, persist, stream)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
+    n_observed = int(observed.sum())
+    if required and n_observed < MIN_HOLDOUT_SOURCE:
+        raise ValueError(
+            f"the cube has only {n_observed} observed values: too few to hold out "
+            f"{holdout.fraction:g} of them and fit on the rest. Pass holdout=0 to fit "
+            "without diagnostics."
+        )
     _, t, h, w = observed.shape
     out = np.empty(observed.shape, dtype=bool)
     for b, sl in enumerate(time_blocks(t, h, w)):
@@ -218,7 +229,7 @@ def holdout_mask(
     if required and observed.any() and not out.any():
         raise ValueError(
             f"the hold-out ({holdout.fraction:g} of the observed pixels, {holdout.process} "
-            f"patches) would hide no observed pixel: the cube has only {int(observed.sum())} "
+            f"patches) would hide no observed pixel: the cube has only {n_observed} "
             "observed values. Raise holdout, use holdout_process='remove_pixels', or pass "
             "holdout=0 to fit without diagnostics."
         )

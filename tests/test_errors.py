@@ -146,9 +146,11 @@ def test_holdout_and_punch_draws_are_independent():
 def test_holdout_too_small_to_hide_anything_is_an_error():
     observed = np.zeros((1, 2, 3, 3), dtype=bool)
     observed[0, 0, 1, 1] = True
-    with pytest.raises(ValueError, match="hold-out"):
+    with pytest.raises(ValueError, match="too few to hold out"):
         holdout_mask(observed, Holdout(0.1, "cloud", 0))
     assert not holdout_mask(observed, Holdout(0.0, "cloud", 0)).any()  # holdout=0 is fine
+    many = np.ones((1, 4, 8, 8), dtype=bool)  # a tiny fraction: redrawn until not empty
+    assert holdout_mask(many, Holdout(0.001, "cloud", 0)).any()
 
 
 def test_auto_holdout_borrows_the_cubes_gap_shapes():

@@ -71,7 +71,7 @@ def test_fill_properties(method, seed, t, h, w, missing, dtype, holdout):
     try:
         model = da.gapfill.fit(method, holdout=holdout, seed=seed, **FAST_OPTIONS.get(method, {}))
     except ValueError as err:  # a cube too small to hold anything out says so
-        assert holdout > 0 and "hold-out" in str(err), err
+        assert holdout > 0 and ("hold out" in str(err) or "hold-out" in str(err)), err
         assert np.isfinite(da.values).sum() < 20
         return
     out = da.gapfill.fill(model)
