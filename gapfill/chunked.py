@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapfill import core
 from gapfill.methods.base import Chunking, Coords, TimeEdges
 
 if TYPE_CHECKING:
@@ -267,8 +268,6 @@ def _fill_block(
     time chunks), so the method's temporaries stay small; the never-observed mask and
     the time edges of each piece come from the whole block.
     """
-    from gapfill.filling import run_method
-
     loc = block_info[0]["chunk-location"] if block_info else (0, 0, 0, 0)
     # Where the block starts in the whole cube (a halo reaches back except at the first block).
     first = [
@@ -307,7 +306,7 @@ def _fill_block(
                 times=None if coords is None else coords.time,
             )
         raw = block[:, a:b].astype(np.float64)
-        filled, error = run_method(
+        filled, error = core.run_method(
             model, raw, rng_seed, sub, samples, fill_never_observed, never=never, edges=te
         )
         out[0, :, a:b] = filled
@@ -334,15 +333,13 @@ def _piece_edges(
 
 def _flag_block(block: np.ndarray, extra: np.ndarray | None = None, edges: bool = False
                 ) -> np.ndarray:
-    from gapfill.filling import flags
-
     if extra is None:
         never = None
     elif edges:
         never = _never_from_edges(block, extra)
     else:
         never = ~extra.astype(bool)
-    return flags(block, time_axis=1, never=never)
+    return core.flags(block, time_axis=1, never=never)
 
 
 def _never_from_edges(block: np.ndarray, edges: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from gapfill import core
 from gapfill.errors import within_shares
 from gapfill.metrics import error_summary
 
@@ -417,8 +418,6 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
         If the model was fitted with ``holdout=0``.
     """
     from gapfill.cube import Cube
-    from gapfill.filling import run_method
-
     if model.holdout.fraction == 0:
         raise ValueError("the model was fitted with holdout=0: there is nothing to score")
     lazy = da.chunks is not None
@@ -435,7 +434,7 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
     hide = holdout_mask(observed, model.holdout, cube.missing_pattern())
     gappy = np.where(hide, np.nan, raw)
     # Pixels whose every observation is held out are still ocean: ask for a value there too.
-    filled, error = run_method(
+    filled, error = core.run_method(
         model, gappy, seed=seed, coords=cube.coords(), fill_never_observed=True
     )
     predicted = filled[hide]

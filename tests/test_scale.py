@@ -94,17 +94,17 @@ def test_linear_time_chunks_are_exact_across_long_gaps():
 
 @pytest.mark.parametrize("method", ["linear", "eof"])
 def test_big_blocks_are_filled_a_few_frames_at_a_time(monkeypatch, method):
-    from gapfill import chunked, filling
+    from gapfill import chunked, core
 
     monkeypatch.setattr(chunked, "FILL_BLOCK_BYTES", 12 * 20 * 8 * 2)  # two frames at a time
     sizes = []
-    run = filling.run_method
+    run = core.run_method
 
     def recording(model, raw, *args, **kwargs):
         sizes.append(raw.shape[1])
         return run(model, raw, *args, **kwargs)
 
-    monkeypatch.setattr(filling, "run_method", recording)
+    monkeypatch.setattr(core, "run_method", recording)
     da = gappy_cube()
     model = da.gapfill.fit(method, holdout=0, **({"max_modes": 3} if method == "eof" else {}))
     eager = da.gapfill.fill(model, diagnostics=False)
