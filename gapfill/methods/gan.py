@@ -212,7 +212,7 @@ class GANOptions(TrainingOptions):
     d_steps: int = 2
     batch_size: int = 4
     steps: int = 5000
-    time_budget: float | None = 300.0
+    time_budget: float | None = 570.0
     supervision: str = "unsupervised"
     val_share: float = 0.05
     eval_every: int = 100
