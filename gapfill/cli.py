@@ -185,7 +185,7 @@ def _train(recipe) -> int:  # noqa: ANN001
 
 def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
     """Print what ``gapfill run`` would do; run nothing."""
-    from gapfill import compute, io, preflight
+    from gapfill import compute, preflight, zarr_regions
     from gapfill.recipe import open_input
 
     ds = open_input(recipe)
@@ -198,8 +198,8 @@ def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
     if lazy:
         chunks = ", ".join(f"{d}: {max(c)}" for d, c in zip(da.dims, da.chunks))
         print(f"dask chunks: {chunks}; compute: {compute.describe(recipe.compute)}")
-        partial = io.partial_path(recipe.output.path, recipe.output.format)
-        n = len(io.written_regions(partial)) if partial.exists() else 0
+        partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
+        n = len(zarr_regions.written_regions(partial)) if partial.exists() else 0
         if n:
             print(f"resume: {n} region(s) already written in {partial} (kept if the recipe "
                   "is unchanged)")
@@ -214,10 +214,10 @@ def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
 def _leftover(args: argparse.Namespace) -> str:
     """What an interrupted run left: nothing, or a partial store to resume from."""
     try:
-        from gapfill import io
+        from gapfill import zarr_regions
 
         recipe = _load(args)
-        partial = io.partial_path(recipe.output.path, recipe.output.format)
+        partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
     except Exception:  # the recipe itself was the problem
         return "no partial output was left behind"
     if partial.exists():

@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from gapfill import errors, timeaxis
+from gapfill.cf import API_HISTORY, cf_global_attrs
 from gapfill.core import FILLED, NEVER_OBSERVED, OBSERVED, flags, run_method
 from gapfill.cube import Cube
 from gapfill.diagnostics import Diagnostics, score
@@ -198,10 +199,8 @@ def cf_product(ds: xr.Dataset, action: str) -> xr.Dataset:
     of a DataArray whose dataset stayed behind) are dropped, attribute names
     CF does not allow (``"Model scenario"``) get underscores, coordinates and
     bounds are encoded without ``_FillValue``, and the global
-    attrs are :func:`gapfill.io.cf_global_attrs` with ``action`` in ``history``.
+    attrs are :func:`gapfill.cf.cf_global_attrs` with ``action`` in ``history``.
     """
-    from gapfill import io
-
     out = ds.copy(deep=False)
     bounds = {str(v.attrs.get("bounds")) for v in out.variables.values()}
     for key, var in out.variables.items():
@@ -210,7 +209,7 @@ def cf_product(ds: xr.Dataset, action: str) -> xr.Dataset:
         if key in out.coords or key in bounds:  # CF: no fill value on coordinates and bounds
             var.encoding = {**var.encoding, "_FillValue": None}
     out.attrs = {_cf_name(k): v for k, v in out.attrs.items()}
-    out.attrs = io.cf_global_attrs(out, history_command=f"{action} {io.API_HISTORY}")
+    out.attrs = cf_global_attrs(out, history_command=f"{action} {API_HISTORY}")
     return out
 
 

@@ -225,7 +225,7 @@ def run(
     (started here and closed at the end unless ``start_cluster`` is false) and
     written region by region along time, resumably: run the same recipe again
     after an interruption and only the missing regions are written (see
-    :func:`gapfill.io.write_regions`).
+    :func:`gapfill.zarr_regions.write_regions`).
 
     Parameters
     ----------
@@ -250,7 +250,7 @@ def run(
     """
     from contextlib import ExitStack
 
-    from gapfill import compute, guard, io
+    from gapfill import compute, guard, zarr_regions
     from gapfill.timeaxis import TimeOrderWarning
 
     with ExitStack() as stack:
@@ -259,7 +259,7 @@ def run(
         stack.enter_context(guard.exclusive(recipe.output.path))
         leftovers = list(side_outputs(recipe).values())
         if recipe.output.format != "video":
-            leftovers.append(io.partial_path(recipe.output.path, recipe.output.format))
+            leftovers.append(zarr_regions.partial_path(recipe.output.path, recipe.output.format))
         guard.clean_leftovers(leftovers)
         # preflight said it once: not again from every step that reads the cube
         stack.enter_context(warnings.catch_warnings())
@@ -296,23 +296,23 @@ def resume_key(recipe: Recipe) -> str:
 
 def _check_resume(recipe: Recipe, key: str) -> None:
     """Refuse to resume a partial product of another run (or discard it with overwrite)."""
-    from gapfill import io
+    from gapfill import zarr_regions
     from gapfill.recipe import RecipeError
     from gapfill.resume import RunCache
 
-    partial = io.partial_path(recipe.output.path, recipe.output.format)
+    partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
     if not partial.exists():
         return
-    stored = io.stored_run(partial)
+    stored = zarr_regions.stored_run(partial)
     if stored == key:
         return
     why = _what_changed(stored, key)
     if recipe.output.overwrite:
         log.warning("%s: %s; starting over (output.overwrite is true)", partial, why)
-        io.discard_partial(partial)
+        zarr_regions.discard_partial(partial)
         RunCache(partial, key).clear()
         return
-    n = len(io.written_regions(partial))
+    n = len(zarr_regions.written_regions(partial))
     raise RecipeError(
         f"output.path: {str(partial)!r} holds {n} region(s) of an interrupted run, but {why}; "
         "resuming would mix the two. Start over with --overwrite (output.overwrite: true), "
@@ -499,10 +499,10 @@ def _run(
 def _run_cache(recipe: Recipe, da: xr.DataArray, key: str) -> Any:
     """The fit/score cache of a resumable run of ``recipe`` (:func:`resume_key` ``key``)
     on ``da``."""
-    from gapfill import io
+    from gapfill import zarr_regions
     from gapfill.resume import RunCache
 
-    partial = io.partial_path(recipe.output.path, recipe.output.format)
+    partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
     key = key + f"\ninput: {dict(da.sizes)} {da.dtype} {da.chunks}\n"
     return RunCache(partial, key)
 

@@ -1,7 +1,7 @@
 """What an interrupted ``gapfill run`` keeps besides the written regions: the fit and its scores.
 
 A resumable run (a dask-backed input, written region by region into
-``<output>.partial``, see :func:`gapfill.io.write_regions`) saves the fitted
+``<output>.partial``, see :func:`gapfill.zarr_regions.write_regions`) saves the fitted
 model and the hold-out diagnostics in ``<partial>.fit/`` before it starts
 writing. Started again with the same recipe, it reads them back instead of
 fitting and scoring again, which for a trained network is most of the run.
@@ -34,7 +34,7 @@ class RunCache:
     Parameters
     ----------
     partial
-        The run's partial store (:func:`gapfill.io.partial_path`).
+        The run's partial store (:func:`gapfill.zarr_regions.partial_path`).
     key
         What identifies the run (:func:`gapfill.pipeline.resume_key` of the recipe,
         plus anything about the input that must match).

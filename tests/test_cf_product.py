@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 import gapfill  # noqa: F401
-from gapfill import io
+from gapfill import cf, io
 
 A1B = Path(__import__("iris_sample_data").__file__).parent / "sample_data" / "A1B_north_america.nc"
 TABLES = Path(__file__).parent / "data" / "cf"
@@ -66,7 +66,7 @@ def test_dataset_product_replaces_conventions_and_passes(tmp_path: Path) -> None
     ds = gappy_a1b()
     assert ds.attrs["Conventions"] == "CF-1.5"
     out = ds.gapfill.fill(ds.gapfill.fit("linear"))
-    assert out.attrs["Conventions"] == io.CONVENTIONS
+    assert out.attrs["Conventions"] == cf.CONVENTIONS
     assert out["air_temperature"].attrs["grid_mapping"] == "latitude_longitude"
     out.to_netcdf(tmp_path / "ds.nc")
     assert cf_errors(tmp_path / "ds.nc") == []
@@ -77,7 +77,7 @@ def test_api_and_cli_products_have_the_same_global_attrs(tmp_path: Path) -> None
     api = da.gapfill.fill(da.gapfill.fit("linear"))
     for key in ("Conventions", "title", "source", "history", "date_created"):
         assert key in api.attrs
-    assert api.attrs["history"].endswith(io.API_HISTORY)
+    assert api.attrs["history"].endswith(cf.API_HISTORY)
     written = tmp_path / "cli.nc"
     io.write(api, written, history_command="gapfill run recipe.yaml")
     with xr.open_dataset(written) as back:

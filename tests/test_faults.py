@@ -24,7 +24,7 @@ import xarray as xr
 import yaml
 
 import gapfill
-from gapfill import cli, io, pipeline
+from gapfill import cli, pipeline, zarr_regions
 from gapfill import recipe as rc
 from gapfill.testing import synthetic_sst
 
@@ -36,7 +36,7 @@ LEFTOVERS = ("*.tmp-*", ".*.tmp-*", "*.partial*", "*.lock", "*.old-*")
 #: as first argument and sleeps (for the kill); the rest of ``sys.argv`` is the command.
 HOOKED = """
 import os, sys, time
-from gapfill import cli, io, pipeline
+from gapfill import cli, io, pipeline, zarr_regions
 MARK, NAP = sys.argv[1], float(sys.argv[2])
 def pause(*args, **kwargs):
     open(MARK, "w").close()
@@ -50,12 +50,12 @@ PATCHES = {
                 "def after(name):\n"
                 "    calls.append(name)\n"
                 "    if len(calls) > 1: pause()\n"
-                "io._after_region = after"),
+                "zarr_regions._after_region = after"),
     "conversion": ("real_move = io.move_into_place\n"
                    "def move(tmp, path):\n"
                    "    if str(path).endswith('.nc'): pause()\n"
                    "    real_move(tmp, path)\n"
-                   "io.move_into_place = move"),
+                   "io.move_into_place = zarr_regions.move_into_place = move"),
 }
 
 
@@ -221,17 +221,17 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_product(project, moment):
     (same shape, +5 K) before the rerun: refused, nothing lost, and resumed once the
     original file is back."""
     ref = reference(project)
-    partial = io.partial_path(project / "out" / "p.nc", "netcdf")
-    kill_at(project, moment, "-q", then=lambda: moment != "regions" or io.written_regions(partial))
+    partial = zarr_regions.partial_path(project / "out" / "p.nc", "netcdf")
+    kill_at(project, moment, "-q", then=lambda: moment != "regions" or zarr_regions.written_regions(partial))
     assert not (project / "out" / "p.nc").exists()  # nothing, never a part
-    written = io.written_regions(partial)
+    written = zarr_regions.written_regions(partial)
     if moment == "regions":
         shutil.copy2(project / "in.nc", project / "original.nc")  # keeps the mtime
         make_cube(project / "in.nc", offset=5.0)
         code, err = run(project, "-q")
         assert code == 2 and len(err.strip().splitlines()) == 1
         assert "in.nc changed" in err and "--overwrite" in err
-        assert io.written_regions(partial) == written and not (project / "out" / "p.nc").exists()
+        assert zarr_regions.written_regions(partial) == written and not (project / "out" / "p.nc").exists()
         os.replace(project / "original.nc", project / "in.nc")
     code, err = run(project)
     assert code == 0, err
@@ -262,18 +262,18 @@ class Interrupt(Exception):
 
 
 def test_changed_input_starts_over_with_overwrite(project, monkeypatch):
-    partial = io.partial_path(project / "out" / "p.nc", "netcdf")
+    partial = zarr_regions.partial_path(project / "out" / "p.nc", "netcdf")
 
     def stop(name):
-        if io.written_regions(partial):
+        if zarr_regions.written_regions(partial):
             raise Interrupt
 
     with monkeypatch.context() as m:
-        m.setattr(io, "_after_region", stop)
+        m.setattr(zarr_regions, "_after_region", stop)
         with pytest.raises(Interrupt):
             pipeline.run(rc.load(project / "recipe.yaml", output_dir=project),
                          progress=False)
-    assert len(io.written_regions(partial)) == 1
+    assert len(zarr_regions.written_regions(partial)) == 1
     time.sleep(0.01)
     make_cube(project / "in.nc", offset=5.0)
     code, err = run(project, "--overwrite")
@@ -288,7 +288,7 @@ def test_changed_input_starts_over_with_overwrite(project, monkeypatch):
 
 def test_two_concurrent_runs_on_one_output(project):
     ref = reference(project)
-    partial = io.partial_path(project / "out" / "p.nc", "netcdf")
+    partial = zarr_regions.partial_path(project / "out" / "p.nc", "netcdf")
     first, mark = start(project, "regions", 1.0, "-q")  # pauses 1 s in its regions
     wait_for(first, mark.exists)
     code, err = run(project, "-q")
@@ -321,8 +321,8 @@ def test_write_failure_at_conversion_keeps_regions_and_resumes(project):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (project / "out" / "p.nc").exists()
     assert not list((project / "out").glob("p.nc.tmp-*"))
-    partial = io.partial_path(project / "out" / "p.nc", "netcdf")
-    assert len(io.written_regions(partial)) == 3
+    partial = zarr_regions.partial_path(project / "out" / "p.nc", "netcdf")
+    assert len(zarr_regions.written_regions(partial)) == 3
     code, err = run(project)
     assert code == 0 and "3 of 3 regions already written" in err
     assert_same_product(project / "out" / "p.nc", ref)

@@ -14,7 +14,7 @@ import yaml
 from dask.callbacks import Callback
 
 import gapfill
-from gapfill import cli, io, methods, pipeline, streaming
+from gapfill import cli, io, methods, pipeline, streaming, zarr_regions
 from gapfill import recipe as rc
 from gapfill.diagnostics import holdout_mask
 from gapfill.model import Holdout
@@ -409,27 +409,27 @@ def test_interrupted_run_resumes_only_missing_regions(zarr_project, monkeypatch,
             raise Interrupt
         regions.append(name)
 
-    monkeypatch.setattr(io, "_after_region", fail_after_two)
+    monkeypatch.setattr(zarr_regions, "_after_region", fail_after_two)
     with dask.config.set(scheduler="sync"), pytest.raises(Interrupt):
         pipeline.run(recipe, progress=False, start_cluster=False)  # one region at a time
     output = Path(recipe.output.path)
-    partial = io.partial_path(output, recipe.output.format)
+    partial = zarr_regions.partial_path(output, recipe.output.format)
     assert not output.exists() and partial.exists()
-    first = sorted(io.written_regions(partial))
+    first = sorted(zarr_regions.written_regions(partial))
     assert first == sorted(regions) and len(first) == 2
 
     fit_dir = partial.with_name(partial.name + ".fit")  # the fit and scores are kept
     assert {p.name for p in fit_dir.iterdir()} == {"key.txt", "model.pt", "diagnostics.npz"}
 
     regions.clear()
-    monkeypatch.setattr(io, "_after_region", regions.append)
+    monkeypatch.setattr(zarr_regions, "_after_region", regions.append)
     fits: list[str] = []
     real_fit = pipeline._fit
     monkeypatch.setattr(pipeline, "_fit", lambda *a: fits.append("fit") or real_fit(*a))
     pipeline.run(recipe, progress=False)  # the same recipe again
     assert len(regions) == 6 - 2 and not set(regions) & set(first)
     assert fits == []  # neither fitted nor scored again
-    assert output.exists() and not partial.exists() and not io.progress_path(partial).exists()
+    assert output.exists() and not partial.exists() and not zarr_regions.progress_path(partial).exists()
     assert not fit_dir.exists()
     resumed = gapfill.open(output).compute()
 
@@ -484,11 +484,11 @@ def test_partial_store_of_another_recipe_is_refused_or_discarded(zarr_project, m
             raise Interrupt
         regions.append(name)
 
-    monkeypatch.setattr(io, "_after_region", fail_after_one)
+    monkeypatch.setattr(zarr_regions, "_after_region", fail_after_one)
     with dask.config.set(scheduler="sync"), pytest.raises(Interrupt):
         pipeline.run(recipe, progress=False, start_cluster=False)
     regions.clear()
-    monkeypatch.setattr(io, "_after_region", regions.append)
+    monkeypatch.setattr(zarr_regions, "_after_region", regions.append)
     options = {"method.options": {"sigma": 2.0}}
     other = rc.load(zarr_project / "recipe.yaml", overrides=options)
     with pytest.raises(rc.RecipeError, match="1 region.*the recipe changed.*--overwrite"):
@@ -508,18 +508,18 @@ def test_killed_cli_run_resumes(zarr_project):
 
     partial = zarr_project / "out" / "filled.zarr.partial"
     slow = (  # the CLI, with each region taking a while so that the kill lands midway
-        "import sys, time; from gapfill import cli, io; "
-        "io._after_region = lambda name: time.sleep(0.3); "
+        "import sys, time; from gapfill import cli, zarr_regions; "
+        "zarr_regions._after_region = lambda name: time.sleep(0.3); "
         "sys.exit(cli.main(['run', 'recipe.yaml', '-q']))"
     )
     proc = subprocess.Popen([sys.executable, "-c", slow], cwd=zarr_project)
     deadline = time.monotonic() + 60
-    while not io.written_regions(partial) and time.monotonic() < deadline:
+    while not zarr_regions.written_regions(partial) and time.monotonic() < deadline:
         time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = io.written_regions(partial)
+    done = zarr_regions.written_regions(partial)
     assert 1 <= len(done) < 6
     res = subprocess.run([sys.executable, "-m", "gapfill", "run", "recipe.yaml"],
                          cwd=zarr_project, capture_output=True, text=True, timeout=120)
