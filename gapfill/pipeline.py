@@ -2,7 +2,9 @@
 
 A video recipe (a video input, see :mod:`gapfill.recipe`) takes the same path
 up to the fill; it then writes the filled video, its PNG frames, a side-by-side
-preview, an image strip and per-frame MAE/RMSE/PSNR/SSIM on the punched pixels.
+preview, an image strip and per-frame MAE/RMSE/PSNR/SSIM on the punched pixels
+(:mod:`gapfill.video_outputs`). Gaps are punched and scored by
+:mod:`gapfill.punching`; the product is written by :mod:`gapfill.io`.
 
 >>> from gapfill import recipe, pipeline
 >>> result = pipeline.run(recipe.load("recipes/ostia_sst.yaml"))   # doctest: +SKIP
@@ -10,28 +12,37 @@ preview, an image strip and per-frame MAE/RMSE/PSNR/SSIM on the punched pixels.
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
 import os
-import re
 import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 import yaml
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from gapfill import preflight
-from gapfill.metrics import error_summary
-from gapfill.recipe import PunchConfig, Recipe, open_input, side_outputs
+import gapfill  # noqa: F401  (registers the .gapfill accessors)
+from gapfill import compute, distributed, guard, io, methods, preflight, zarr_regions
+from gapfill.dims import find_dims
+from gapfill.figures import diagnostics_figure
+from gapfill.fingerprint import changes, fingerprint
+from gapfill.punching import punch, punched_scores, scores_table, write_scores_csv
+from gapfill.recipe import Recipe, RecipeError, open_input, side_outputs
+from gapfill.resume import RunCache
+from gapfill.timeaxis import TimeOrderWarning
+from gapfill.video_outputs import write_video_outputs
 
-__all__ = ["RunResult", "punch", "punched_scores", "run", "train", "video_scores"]
+__all__ = ["RunResult", "resume_key", "run", "train"]
 
 log = logging.getLogger("gapfill")
 
@@ -64,145 +75,9 @@ class RunResult:
     seconds: float = 0.0
 
 
-def punch(
-    da: xr.DataArray, cfg: PunchConfig, dims: dict[str, str] | None = None
-) -> tuple[xr.DataArray, xr.DataArray]:
-    """Hide synthetic gaps in ``da``.
-
-    With ``cfg.mask`` (video inputs) the gaps are the user's mask video or
-    folder (white = missing, see :func:`gapfill.video.open_masks`), shared by
-    all channels.
-
-    Returns
-    -------
-    gappy
-        ``da`` with NaN at the punched pixels.
-    hidden
-        Boolean DataArray, True at the punched pixels that held a value.
-    """
-    from gapfill import masks
-    from gapfill.diagnostics import block_rng, time_blocks
-    from gapfill.dims import find_dims
-
-    if cfg.mask is not None:
-        from gapfill.video import open_masks
-
-        user = open_masks(cfg.mask, like=da).variable  # dims and sizes of da's core
-        hidden = (user & np.isfinite(da)).transpose(*da.dims)
-        return da.where(~hidden), hidden
-    core = find_dims(da, dims).core
-    shape = tuple(da.sizes[d] for d in core)
-    process = masks.make(cfg.process, coverage=cfg.coverage, seed=cfg.seed, **cfg.options)
-    blocks = time_blocks(*shape)
-
-    def draw(index: int, n_time: int) -> np.ndarray:
-        return process.sample((n_time, *shape[1:]), block_rng(cfg.seed, index))
-
-    if da.chunks is None:
-        mask_data: Any = np.concatenate(
-            [draw(i, b.stop - b.start) for i, b in enumerate(blocks)], axis=0
-        )
-    else:  # one lazy draw per time block (the same draw as in memory)
-        import dask
-        import dask.array as dsa
-
-        mask_data = dsa.concatenate([
-            dsa.from_delayed(dask.delayed(draw)(i, b.stop - b.start),
-                             (b.stop - b.start, *shape[1:]), dtype=bool)
-            for i, b in enumerate(blocks)
-        ]).rechunk(da.transpose(*core).chunks)
-    mask = xr.DataArray(mask_data, dims=core)
-    hidden = (mask & np.isfinite(da)).transpose(*da.dims)
-    return da.where(~hidden), hidden
-
-
-def punched_scores(
-    filled: xr.DataArray, truth: xr.DataArray, hidden: xr.DataArray, time_dim: str
-) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
-    """MAE, RMSE, bias of ``filled`` against ``truth`` at the punched pixels.
-
-    Returns
-    -------
-    summary
-        ``n``, ``mae``, ``rmse``, ``bias`` and ``unfilled`` (punched pixels left NaN).
-    table
-        The same per time step (index: time as text), with an ``all`` row last.
-    errors
-        1-D array of filled − truth at every filled punched pixel.
-    """
-    if filled.chunks is not None or truth.chunks is not None or hidden.chunks is not None:
-        return _punched_scores_lazy(filled, truth, hidden, time_dim)
-    err = np.asarray((filled - truth).transpose(time_dim, ...).values, dtype=np.float64)
-    hid = np.asarray(hidden.transpose(time_dim, ...).values, dtype=bool)
-    ok = hid & np.isfinite(err)
-    errors = err[ok]
-    summary = error_summary(errors)
-    summary["unfilled"] = int((hid & ~np.isfinite(err)).sum())
-    rows = {}
-    times = filled[time_dim].values if time_dim in filled.coords else np.arange(err.shape[0])
-    for i, t in enumerate(times):
-        e = err[i][ok[i]]
-        if e.size:
-            rows[str(t)] = error_summary(e)
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "mae", "rmse", "bias"])
-    table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "bias")]
-    table.index.name = "time"
-    return summary, table, errors
-
-
-#: Most errors a dask-backed run keeps for the histogram (from evenly spaced frames).
-MAX_HISTOGRAM_ERRORS = 2_000_000
-
-
-def _punched_scores_lazy(
-    filled: xr.DataArray, truth: xr.DataArray, hidden: xr.DataArray, time_dim: str
-) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
-    """:func:`punched_scores` by per-time dask reductions; the error sample comes from
-    evenly spaced frames (at most ``MAX_HISTOGRAM_ERRORS`` values)."""
-    import dask
-
-    err = (filled - truth).astype(np.float64)
-    ok = hidden & np.isfinite(err)
-    other = [d for d in err.dims if d != time_dim]
-    e = err.where(ok)
-    parts = {
-        "n": ok.sum(other), "abs": abs(e).sum(other), "sq": (e**2).sum(other),
-        "sum": e.sum(other),
-    }
-    unfilled = (hidden & ~np.isfinite(err)).sum()
-    sums, unfilled = dask.compute({k: v.data for k, v in parts.items()}, unfilled.data)
-    n = np.asarray(sums["n"], dtype=np.int64)
-    total = int(n.sum())
-    nan = float("nan")
-    summary: dict[str, float] = {
-        "n": total,
-        "mae": float(sums["abs"].sum() / total) if total else nan,
-        "rmse": float(np.sqrt(sums["sq"].sum() / total)) if total else nan,
-        "bias": float(sums["sum"].sum() / total) if total else nan,
-        "unfilled": int(unfilled),
-    }
-    times = filled[time_dim].values if time_dim in filled.coords else np.arange(len(n))
-    rows = {
-        str(t): {"n": int(k), "mae": sums["abs"][i] / k, "rmse": np.sqrt(sums["sq"][i] / k),
-                 "bias": sums["sum"][i] / k}
-        for i, (t, k) in enumerate(zip(times, n)) if k
-    }
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "mae", "rmse", "bias"])
-    table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "bias")]
-    table.index.name = "time"
-    per_frame = max(1, total // max(1, len(n)))
-    n_frames = int(np.clip(MAX_HISTOGRAM_ERRORS // per_frame, 1, len(n)))
-    frames = np.unique(np.linspace(0, len(n) - 1, n_frames).round().astype(int))
-    sample = e.isel({time_dim: frames}).values
-    return summary, table, sample[np.isfinite(sample)]
-
-
 @contextmanager
 def _stages(n: int, progress: bool) -> Iterator[Any]:
     """A tqdm bar over the run's stages on a terminal; plain log lines otherwise."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     with tqdm(total=n, disable=not progress, unit="step", leave=False, file=sys.stderr) as bar:
         if progress:
             with logging_redirect_tqdm(loggers=[log]):
@@ -248,11 +123,6 @@ def run(
     gapfill.recipe.RecipeError
         If the input does not match the recipe (variable, dims, time range).
     """
-    from contextlib import ExitStack
-
-    from gapfill import compute, guard, zarr_regions
-    from gapfill.timeaxis import TimeOrderWarning
-
     with ExitStack() as stack:
         ds = open_input(recipe)
         preflight.check(recipe, ds)
@@ -276,11 +146,6 @@ def resume_key(recipe: Recipe) -> str:
     """What identifies a run for resuming: the recipe (without ``output.overwrite`` and
     ``compute``, method options included) and a fingerprint of its input files and of its
     ``method.model`` (:func:`gapfill.fingerprint.fingerprint`), as JSON text."""
-    import glob
-    import json
-
-    from gapfill.fingerprint import fingerprint
-
     data = recipe.model_dump(mode="json")
     data.pop("compute", None)
     data["output"].pop("overwrite", None)
@@ -296,10 +161,6 @@ def resume_key(recipe: Recipe) -> str:
 
 def _check_resume(recipe: Recipe, key: str) -> None:
     """Refuse to resume a partial product of another run (or discard it with overwrite)."""
-    from gapfill import zarr_regions
-    from gapfill.recipe import RecipeError
-    from gapfill.resume import RunCache
-
     partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
     if not partial.exists():
         return
@@ -322,10 +183,6 @@ def _check_resume(recipe: Recipe, key: str) -> None:
 
 def _what_changed(stored: str | None, key: str) -> str:
     """The difference between two :func:`resume_key` values, in words."""
-    import json
-
-    from gapfill.fingerprint import changes
-
     try:
         old = json.loads(stored) if stored else None
     except ValueError:
@@ -342,10 +199,6 @@ def _what_changed(stored: str | None, key: str) -> str:
 def _run(
     recipe: Recipe, ds: xr.Dataset, *, command: str | None, progress: bool | None
 ) -> RunResult:
-    import gapfill  # noqa: F401  (registers the .gapfill accessors)
-    from gapfill import io
-    from gapfill.dims import find_dims
-
     start = time.perf_counter()
     progress = sys.stderr.isatty() if progress is None else progress
     name = recipe.input.variable
@@ -432,7 +285,7 @@ def _run(
         )
         if recipe.output.format == "video":
             bar.update()
-            _write_video(recipe, ds[name], out[name], truth, hidden, diag, targets, result,
+            write_video_outputs(recipe, ds[name], out[name], truth, hidden, diag, targets, result,
                          step, bar)
             result.seconds = time.perf_counter() - start
             log.info("done in %.1f s: %s", result.seconds, result.output)
@@ -473,11 +326,9 @@ def _run(
             log.info("filled %d pixels", int((out[f"{name}_flag"] == 1).sum()))
         bar.update()
 
-        _diagnostics_csv(targets, _table(diag, punched_table), result, step, bar)
+        write_scores_csv(targets, scores_table(diag, punched_table), result, step, bar)
 
         if "output.figures" in targets:
-            from gapfill.figures import diagnostics_figure
-
             path = targets["output.figures"]
             step(f"drawing {path}")
             errors = diag.errors if diag is not None else np.array([])
@@ -499,9 +350,6 @@ def _run(
 def _run_cache(recipe: Recipe, da: xr.DataArray, key: str) -> Any:
     """The fit/score cache of a resumable run of ``recipe`` (:func:`resume_key` ``key``)
     on ``da``."""
-    from gapfill import zarr_regions
-    from gapfill.resume import RunCache
-
     partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
     key = key + f"\ninput: {dict(da.sizes)} {da.dtype} {da.chunks}\n"
     return RunCache(partial, key)
@@ -521,8 +369,6 @@ def train(recipe: Recipe) -> Path:
     Path
         The saved model (``output.model``, default ``<product>_model.pt``).
     """
-    from gapfill import distributed, methods
-
     method = methods.get(recipe.method.name)
     if distributed.world_size_from_env() > 1 and not method.distributed:
         supported = [n for n in methods.available() if methods.get(n).distributed]
@@ -550,8 +396,6 @@ def train(recipe: Recipe) -> Path:
 
 def _fit(recipe: Recipe, ds: xr.Dataset, name: str, dims: dict | None) -> Any:
     """The recipe's method fitted to ``ds[name]`` (with the recipe's hold-out)."""
-    import gapfill  # noqa: F401  (registers the .gapfill accessors)
-
     m, h = recipe.method, recipe.holdout
     t0 = time.perf_counter()
     model = ds.gapfill.fit(
@@ -561,144 +405,6 @@ def _fit(recipe: Recipe, ds: xr.Dataset, name: str, dims: dict | None) -> Any:
     log.info("fitted %s in %.1f s", m.name, time.perf_counter() - t0)
     log.debug("%r", model)
     return model
-
-
-def _write_video(
-    recipe: Recipe,
-    gappy: xr.DataArray,
-    filled: xr.DataArray,
-    truth: xr.DataArray | None,
-    hidden: xr.DataArray | None,
-    diag: Any,
-    targets: dict[str, Path],
-    result: RunResult,
-    step: Any,
-    bar: Any,
-) -> None:
-    """The outputs of a video recipe: mp4, PNG frames, preview, CSV of scores, image strip.
-
-    ``filled`` comes straight from ``fill`` (observed pixels are the input's, bit
-    for bit); values are clipped to [0, 1] only when encoded and when scored.
-    """
-    from gapfill import video
-    from gapfill.dims import find_dims
-
-    fps = gappy.attrs.get("fps") or (truth.attrs.get("fps") if truth is not None else None)
-    left = ~np.isfinite(filled)
-    if bool(left.any()):
-        log.warning("%d values are left unfilled (never observed, and %s); they are drawn "
-                    "magenta and left out of the scores", int(left.sum()),
-                    "the method does not fill those" if recipe.fill.fill_never_observed
-                    else "fill.fill_never_observed is false")
-    path = targets["output.path"]
-    step(f"writing {path}")
-    video.write_mp4(filled, path, fps=fps)
-    bar.update()
-
-    if "output.frames" in targets:
-        folder = targets["output.frames"]
-        step(f"writing PNG frames to {folder}/")
-        video.write_frames(filled, folder)
-        n_frames = filled.sizes[find_dims(filled).time]
-        for old in folder.glob("frame_*.png"):  # frames left from a longer earlier run
-            digits = old.stem[len("frame_"):]
-            if digits.isdigit() and int(digits) >= n_frames:
-                old.unlink()
-        result.frames = folder
-        bar.update()
-
-    if "output.preview" in targets:
-        path = targets["output.preview"]
-        step(f"writing the preview {path} (occluded | filled | original)")
-        video.preview(gappy, filled, truth, path, fps=fps)
-        result.preview = path
-        bar.update()
-
-    table = None
-    if truth is not None and hidden is not None:
-        result.punched, table = video_scores(truth, filled, hidden)
-        log.info("punched pixels vs original: MAE %.4f, RMSE %.4f, PSNR %.2f dB, SSIM %.3f "
-                 "(n=%d)", *(result.punched[k] for k in ("mae", "rmse", "psnr", "ssim", "n")))
-
-    _diagnostics_csv(targets, _table(diag, table), result, step, bar)
-
-    if "output.figures" in targets:
-        path = targets["output.figures"]
-        step(f"drawing {path}")
-        video.preview(gappy, filled, truth, path)
-        result.figure = path
-        bar.update()
-
-
-def video_scores(
-    truth: xr.DataArray, filled: xr.DataArray, hidden: xr.DataArray
-) -> tuple[dict[str, float], pd.DataFrame]:
-    """MAE, RMSE, PSNR and SSIM of a filled video on the punched pixels (values in [0, 1]).
-
-    Returns
-    -------
-    summary
-        ``n`` (scored values, channels included), ``mae``, ``rmse``, ``psnr``,
-        ``ssim``: averages over the frames with punched pixels
-        (:func:`gapfill.metrics.score`).
-    table
-        The same per frame (index: the frame's ``time`` label), an ``all`` row last.
-    """
-    from gapfill import metrics
-    from gapfill.dims import find_dims
-
-    tdim = find_dims(truth).time
-    shown = filled.clip(0.0, 1.0)
-    with warnings.catch_warnings():  # unfilled values are left out (and logged by the caller)
-        warnings.simplefilter("ignore", UserWarning)
-        summary = metrics.score(truth, shown, hidden)
-        per = {name: np.asarray(fn(truth, shown, hidden, per_frame=True))
-               for name, fn in (("mae", metrics.mae), ("rmse", metrics.rmse),
-                                ("psnr", metrics.psnr), ("ssim", metrics.ssim))}
-    summary = {"n": summary.pop("n_hidden"), **summary}
-    counts = hidden.sum([d for d in hidden.dims if d != tdim]).values
-    labels = truth[tdim].values if tdim in truth.coords else np.arange(len(counts))
-    table = pd.DataFrame({"n": counts.astype(int), **per},
-                         index=[str(t) for t in labels])
-    table = table[table["n"] > 0]
-    table.loc["all"] = [summary[k] for k in ("n", "mae", "rmse", "psnr", "ssim")]
-    table.index.name = "time"
-    return summary, table
-
-
-def _table(diag: Any, punched: pd.DataFrame | None) -> pd.DataFrame:
-    parts = []
-    if diag is not None:
-        parts.append(diag.to_dataframe()[["n", "mae", "rmse", "bias"]].add_prefix("holdout_"))
-    if punched is not None:
-        parts.append(punched.add_prefix("punched_"))
-    if not parts:
-        return pd.DataFrame(columns=["holdout_n", "holdout_mae", "holdout_rmse", "holdout_bias"])
-    table = pd.concat(parts, axis=1, join="outer")
-    rows = [i for i in table.index if i != "all"] + (["all"] if "all" in table.index else [])
-    table = table.loc[rows]
-    for col in table.columns:
-        if col.endswith("_n"):
-            table[col] = table[col].fillna(0).astype(int)
-    table.index = [re.sub(r"\.0+$", "", str(i)) for i in table.index]
-    table.index.name = "time"
-    return table
-
-
-def _diagnostics_csv(
-    targets: dict[str, Path], table: pd.DataFrame, result: RunResult, step: Any, bar: Any
-) -> None:
-    """Write ``table`` to ``output.diagnostics_csv`` when the recipe asks for it."""
-    from gapfill.atomic import replacing
-
-    if "output.diagnostics_csv" not in targets:
-        return
-    path = targets["output.diagnostics_csv"]
-    step(f"writing {path}")
-    with replacing(path) as tmp:
-        table.to_csv(tmp, float_format="%.6g")
-    result.csv = path
-    bar.update()
 
 
 def _input_dims(recipe: Recipe) -> dict | None:

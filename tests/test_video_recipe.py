@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import gapfill.video as gv
-from gapfill import cli, pipeline
+from gapfill import cli, pipeline, punching
 from gapfill import recipe as rc
 
 skvideo = pytest.importorskip("skvideo")
@@ -73,7 +73,7 @@ def test_video_recipe_runs_end_to_end(tmp_path, monkeypatch, capsys):
     # observed pixels are the input's, bit for bit, before encoding; no gap left
     recipe = rc.load(path, overrides={"output.overwrite": True})
     clip = rc.open_input(recipe)["video"]
-    _, hidden = pipeline.punch(clip, recipe.punch)
+    _, hidden = punching.punch(clip, recipe.punch)
     filled = encoded["clip.mp4"].transpose(*clip.dims).values
     observed = ~hidden.values
     assert np.array_equal(filled[observed], clip.values[observed])
