@@ -12,7 +12,7 @@ The public API is small: the accessors, :func:`open`, :func:`load`,
 
 from gapfill import accessor as _accessor  # noqa: F401  (registers .gapfill)
 from gapfill import methods
-from gapfill.model import FittedModel, load
+from gapfill.fitted import FittedModel, load
 from gapfill.version import __version__
 
 

@@ -1,6 +1,6 @@
 """The ``.gapfill`` accessors on xarray DataArray and Dataset.
 
-The accessors are thin: ``fit`` returns a :class:`~gapfill.model.FittedModel`
+The accessors are thin: ``fit`` returns a :class:`~gapfill.fitted.FittedModel`
 (state never lives on the accessor, which xarray recreates for every new
 object) and ``fill`` takes it.
 """
@@ -22,7 +22,7 @@ from gapfill.diagnostics import (
 )
 from gapfill.errors import ErrorModel
 from gapfill.filling import ONE_FRAME, calibrate, cf_product, check_model, fill_dataarray
-from gapfill.model import FittedModel, Holdout
+from gapfill.fitted import FittedModel, Holdout
 from gapfill.packing import is_undecoded
 
 

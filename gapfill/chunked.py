@@ -36,7 +36,7 @@ from gapfill.methods.base import Chunking, Coords, TimeEdges
 if TYPE_CHECKING:
     import dask.array as dsa
 
-    from gapfill.model import FittedModel
+    from gapfill.fitted import FittedModel
 
 #: Warn when a rechunked block is larger than this many times dask's ``array.chunk-size``.
 LARGE_BLOCK_FACTOR = 8

@@ -171,21 +171,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(recipe) -> int:  # noqa: ANN001
-    from gapfill import distributed
+    from gapfill import ddp
     from gapfill.pipeline import train
 
     try:
         path = train(recipe)
-        if distributed.context().is_main:
+        if ddp.context().is_main:
             print(path)
     finally:
-        distributed.shutdown()
+        ddp.shutdown()
     return EXIT_OK
 
 
 def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
     """Print what ``gapfill run`` would do; run nothing."""
-    from gapfill import compute, preflight, zarr_regions
+    from gapfill import cluster, preflight, zarr_regions
     from gapfill.recipe import open_input
 
     ds = open_input(recipe)
@@ -197,7 +197,7 @@ def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
           f"{recipe.method.name}, output {recipe.output.path})")
     if lazy:
         chunks = ", ".join(f"{d}: {max(c)}" for d, c in zip(da.dims, da.chunks))
-        print(f"dask chunks: {chunks}; compute: {compute.describe(recipe.compute)}")
+        print(f"dask chunks: {chunks}; compute: {cluster.describe(recipe.compute)}")
         partial = zarr_regions.partial_path(recipe.output.path, recipe.output.format)
         n = len(zarr_regions.written_regions(partial)) if partial.exists() else 0
         if n:
@@ -207,7 +207,7 @@ def _dry_run(args: argparse.Namespace, recipe) -> int:  # noqa: ANN001
         print("in-memory input (no dask chunks): runs in this process, no cluster")
     if recipe.compute.kind in ("slurm", "pbs"):
         print(f"# job script ({recipe.compute.kind}, {recipe.compute.n_jobs} job(s)):")
-        print(compute.job_script(recipe.compute))
+        print(cluster.job_script(recipe.compute))
     return EXIT_OK
 
 

@@ -19,7 +19,7 @@ from gapfill.methods.base import Coords, TimeEdges, limit_threads
 
 if TYPE_CHECKING:
     from gapfill.errors import ErrorModel
-    from gapfill.model import FittedModel
+    from gapfill.fitted import FittedModel
 
 __all__ = ["FILLED", "NEVER_OBSERVED", "OBSERVED", "flags", "predict_error", "run_method"]
 

@@ -30,7 +30,7 @@ from gapfill.metrics import error_summary
 if TYPE_CHECKING:
     import xarray as xr
 
-    from gapfill.model import FittedModel, Holdout
+    from gapfill.fitted import FittedModel, Holdout
 
 
 #: The hold-out (and a recipe's punched gaps) are drawn in time blocks of whole frames

@@ -25,7 +25,7 @@ from gapfill.packing import packing_of
 
 if TYPE_CHECKING:
     from gapfill.errors import ErrorModel
-    from gapfill.model import FittedModel
+    from gapfill.fitted import FittedModel
 
 #: The time dim given to a single 2-D frame (methods with ``needs_time = False``).
 ONE_FRAME = "frame"
@@ -84,8 +84,8 @@ def _error_attrs(attrs: dict) -> dict:
 
 
 def check_model(model: object) -> None:
-    """Raise ``TypeError`` with the fix unless ``model`` is a :class:`~gapfill.model.FittedModel`."""
-    from gapfill.model import FittedModel
+    """Raise ``TypeError`` with the fix unless ``model`` is a :class:`~gapfill.fitted.FittedModel`."""
+    from gapfill.fitted import FittedModel
 
     if isinstance(model, FittedModel):
         return

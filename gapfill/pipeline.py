@@ -32,7 +32,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import gapfill  # noqa: F401  (registers the .gapfill accessors)
-from gapfill import compute, distributed, guard, io, methods, preflight, zarr_regions
+from gapfill import cluster, ddp, guard, io, methods, preflight, zarr_regions
 from gapfill.dims import find_dims
 from gapfill.figures import diagnostics_figure
 from gapfill.fingerprint import changes, fingerprint
@@ -136,7 +136,7 @@ def run(
         warnings.simplefilter("ignore", TimeOrderWarning)
         lazy = ds[recipe.input.variable].chunks is not None
         if start_cluster and lazy:
-            stack.enter_context(compute.session(recipe.compute))
+            stack.enter_context(cluster.session(recipe.compute))
         elif start_cluster and recipe.compute.kind not in ("threads", "none"):
             log.info("input in memory (no dask chunks): no dask cluster started")
         return _run(recipe, ds, command=command, progress=progress)
@@ -360,7 +360,7 @@ def train(recipe: Recipe) -> Path:
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process runs this: methods that
     support it train data-parallel with DistributedDataParallel, and rank 0
-    alone writes the model (see :mod:`gapfill.distributed`). The input is read
+    alone writes the model (see :mod:`gapfill.ddp`). The input is read
     and punched exactly as ``gapfill run`` does, so a later run with
     ``method.model`` set fills the same cube with the same hold-out.
 
@@ -370,13 +370,13 @@ def train(recipe: Recipe) -> Path:
         The saved model (``output.model``, default ``<product>_model.pt``).
     """
     method = methods.get(recipe.method.name)
-    if distributed.world_size_from_env() > 1 and not method.distributed:
+    if ddp.world_size_from_env() > 1 and not method.distributed:
         supported = [n for n in methods.available() if methods.get(n).distributed]
         raise ValueError(
             f"method {recipe.method.name!r} does not train data-parallel; run `gapfill train` "
             f"without torchrun, or use one of {supported}"
         )
-    ctx = distributed.init_from_env()
+    ctx = ddp.init_from_env()
     path = side_outputs(recipe, "train")["output.model"]
     name = recipe.input.variable
     dims = _input_dims(recipe)

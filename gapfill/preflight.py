@@ -256,7 +256,7 @@ def _dims(recipe: Any) -> dict | None:
 
 def load_model(recipe: Any, name: str) -> Any:
     """The saved model of ``method.model``, checked against the recipe."""
-    from gapfill.model import load
+    from gapfill.fitted import load
 
     path = recipe.method.model
     model = load(path)

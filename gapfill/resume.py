@@ -53,7 +53,7 @@ class RunCache:
     # -- model ----------------------------------------------------------------------
     def load_model(self) -> Any | None:
         """The model saved by an interrupted run, or ``None``."""
-        from gapfill.model import load
+        from gapfill.fitted import load
 
         path = self.directory / MODEL_FILE
         if not path.is_file():

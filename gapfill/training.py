@@ -74,7 +74,7 @@ from gapfill.checkpoints import (
     save_checkpoint,
     set_rng_state,
 )
-from gapfill.distributed import context
+from gapfill.ddp import context
 from gapfill.methods.base import Options
 from gapfill.trainloop import Budget, CSVLogger, EarlyStopping, Progress, TrainLoop
 
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
     import torch
 
     from gapfill.cube import Cube
-    from gapfill.distributed import Context
+    from gapfill.ddp import Context
     from gapfill.methods.base import Method
 
 __all__ = [
@@ -345,7 +345,7 @@ class Trainer:
     options, seed, manager
         The method's options, the run's seed and checkpoints.
     ddp
-        The data-parallel context (:func:`gapfill.distributed.context`).
+        The data-parallel context (:func:`gapfill.ddp.context`).
     rng
         The run's numpy generator (offset by rank under ``torchrun``); saved in
         checkpoints.

@@ -27,7 +27,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from gapfill.distributed import Context
+    from gapfill.ddp import Context
 
 __all__ = ["Budget", "CSVLogger", "EarlyStopping", "Progress", "TrainLoop"]
 
@@ -238,7 +238,7 @@ class TrainLoop:
     desc, progress
         The :class:`Progress` label and mode.
     ddp
-        Under ``torchrun`` (:mod:`gapfill.distributed`): rank 0's budget decision
+        Under ``torchrun`` (:mod:`gapfill.ddp`): rank 0's budget decision
         is everyone's, and only rank 0 writes the log and shows progress.
 
     Attributes

@@ -12,7 +12,7 @@ from gapfill import errors, masks
 from gapfill.diagnostics import (
     HOLDOUT_STREAM, VALIDATION_STREAM, borrowed_gaps, holdout_mask, resolve_process,
 )
-from gapfill.model import Holdout
+from gapfill.fitted import Holdout
 
 
 def noisy_cube(noise: float = 0.3, t: int = 48, h: int = 24, w: int = 32, seed: int = 0):

@@ -49,7 +49,7 @@ def test_the_core_needs_no_extra():
 @pytest.mark.parametrize("code, extra", [
     ("import gapfill.video as v; v.open({clip!r})", "video"),
     ("from gapfill.methods.flowfill import _cv2; _cv2()", "video"),
-    ("from gapfill.compute import _jobqueue_class; _jobqueue_class('slurm')", "hpc"),
+    ("from gapfill.cluster import _jobqueue_class; _jobqueue_class('slurm')", "hpc"),
     ("from gapfill.recipe import sample_path; sample_path('ostia')", "samples"),
     ("from gapfill.figures import diagnostics_figure as f; f(None, 'x', None, 'y.png')", "plot"),
 ])

@@ -17,7 +17,7 @@ import gapfill
 from gapfill import cli, io, methods, pipeline, streaming, zarr_regions
 from gapfill import recipe as rc
 from gapfill.diagnostics import holdout_mask
-from gapfill.model import Holdout
+from gapfill.fitted import Holdout
 
 from gapfill.testing import synthetic_sst
 from test_accessor import CountingScheduler

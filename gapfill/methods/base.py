@@ -3,7 +3,7 @@
 A method sees only normalised numpy arrays laid out as ``(channel, time, y, x)``
 with NaN where a value is missing. Everything about xarray, dims, dask,
 normalisation, observed-value pass-through and the CF product is handled
-outside the method (see :mod:`gapfill.cube` and :mod:`gapfill.model`), so a
+outside the method (see :mod:`gapfill.cube` and :mod:`gapfill.fitted`), so a
 method is a small class with ``fit``, ``fill`` and a weights-only state.
 """
 
@@ -182,7 +182,7 @@ class Method(ABC):
     #: Whether ``fill(samples > 1)`` draws different fills (and so gives their spread as
     #: the error); deterministic methods ignore ``samples``.
     stochastic: ClassVar[bool] = False
-    #: Whether ``fit`` trains data-parallel under ``torchrun`` (see :mod:`gapfill.distributed`).
+    #: Whether ``fit`` trains data-parallel under ``torchrun`` (see :mod:`gapfill.ddp`).
     distributed: ClassVar[bool] = False
     #: Whether ``fit`` learns along time and so needs at least 2 frames; a method with
     #: ``False`` also fills a single 2-D frame (without a time dim).

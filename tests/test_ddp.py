@@ -46,9 +46,9 @@ def train_worker(rank: int, world: int, port: int, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import gapfill  # noqa: F401
-    from gapfill import distributed
+    from gapfill import ddp
 
-    ctx = distributed.init_from_env()
+    ctx = ddp.init_from_env()
     try:
         opts = dict(GAN_OPTIONS, checkpoint_dir=str(Path(out) / "ckpt"))
         model = small_cube().gapfill.fit("gan", holdout=0.0, options=opts)
@@ -57,7 +57,7 @@ def train_worker(rank: int, world: int, port: int, out: str) -> None:
                   "info": model.method.fit_info}
         Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     finally:
-        distributed.shutdown()
+        ddp.shutdown()
 
 
 def test_two_gloo_processes_keep_identical_weights(tmp_path):
