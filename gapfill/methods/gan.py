@@ -43,7 +43,7 @@ from gapfill.methods.base import (
     load_network,
     network_state,
 )
-from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData, missing_share
+from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData
 from gapfill.methods.gan_train import GANTrainer
 from gapfill.training import TrainingOptions, pick_device, start_run, torch_threads
 
@@ -314,7 +314,7 @@ class GAN(Method):
             return masks.Empirical(
                 missing, coverage=coverage, seed=seed, exclude=never, **o.occlusion_options
             )
-        cov = coverage if coverage is not None else missing_share(missing, never)
+        cov = coverage if coverage is not None else masks.missing_share(missing, never, 0.02, 0.9)
         return masks.make(name, coverage=cov, seed=seed, **o.occlusion_options)
 
     def _extras(self, coords: Coords | None, shape: tuple[int, int, int]) -> np.ndarray:

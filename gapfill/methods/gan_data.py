@@ -87,13 +87,6 @@ def validation_mask(
     return cand & keep
 
 
-def missing_share(missing: np.ndarray, never: np.ndarray) -> float:
-    """Missing fraction over the pixels observed at least once, clipped to [0.02, 0.9]."""
-    valid = ~never
-    share = float(missing[:, valid].mean()) if valid.any() else 0.3
-    return float(np.clip(share, 0.02, 0.9))
-
-
 # ----------------------------------------------------------------------------- data
 #: Pixels filled at each validation: a cube (or the blocks of a streaming fit) up to this
 #: size is validated whole; a larger one on the regions richest in validation pixels, since
