@@ -6,7 +6,7 @@ The hold-out is drawn from a seeded occlusion process, so the same pixels are
 held out when the model is fitted (it never sees them) and when it is scored.
 
 By default (``process="auto"``) the patches are the cube's own gap shapes
-(:func:`borrowed_gaps`: whole gaps of other frames) when the cube has enough
+(:func:`borrowed_gaps`: pieces of the gaps of other frames) when the cube has enough
 gaps, and drifting clouds (:class:`gapfill.masks.Cloud`) otherwise, so the
 held-out pixels are as far from the observations as the real gap pixels are.
 The draws come from their own random streams (:func:`stream_rng`): a hold-out
@@ -101,13 +101,15 @@ def borrowed_gaps(
     rng: np.random.Generator,
     exclude: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Hide whole gaps of other frames until about ``fraction`` of ``observed`` is hidden.
+    """Hide pieces of the gaps of other frames until about ``fraction`` of ``observed`` is hidden.
 
     The cube's missing pattern is shifted in time (:class:`gapfill.masks.Empirical`:
-    ``T`` consecutive frames from a random other start); its gaps (regions connected in
-    space and time, cut into time slabs of the mean gap duration) are taken in random
-    order, slab by slab, until they cover ``fraction`` of each slab's observed pixels, so
-    the hidden patches keep the real gaps' sizes, shapes and durations.
+    ``T`` consecutive frames from a random other start); the parts of its gaps that fall
+    on ``observed`` pixels (regions connected in space and time, cut into time slabs of
+    the mean gap duration) are taken in random order, slab by slab, until they cover
+    ``fraction`` of the observed pixels so far (a slab's shortfall or excess carries over
+    to the next), so the hidden patches have the real gaps' shapes and durations and the
+    hidden pixels are spread evenly over time.
 
     Parameters
     ----------
@@ -143,24 +145,31 @@ def borrowed_gaps(
     starts = (missing[1:] & ~missing[:-1] & ever).sum() + (missing[0] & ever).sum()
     duration = float((missing & ever).sum()) / max(float(starts), 1.0)
     slab = int(np.clip(round(duration), 1, shape[0]))
+    # The pieces are the parts of the borrowed gaps that fall on observed pixels: at high
+    # cloud cover a whole borrowed gap is one giant region, and a handful of them would
+    # make the whole hold-out. What a slab takes short of (or beyond) its share is carried
+    # over to the next slab, so the hidden share stays close to ``fraction`` throughout.
+    gaps = gaps & observed
     chosen = np.zeros(shape, dtype=bool)
+    debt = 0.0
     for t0 in range(0, shape[0], slab):
         sl = slice(t0, t0 + slab)
+        target = fraction * float(observed[sl].sum()) + debt
         piece, n = ndimage.label(gaps[sl])
         if n == 0:
+            debt = target
             continue
-        counts = np.bincount(piece[observed[sl]], minlength=n + 1)[1:].astype(np.float64)
-        target = fraction * float(observed[sl].sum())
+        counts = np.bincount(piece.ravel(), minlength=n + 1)[1:].astype(np.float64)
         order = rng.permutation(n)
-        total = np.cumsum(counts[order])
-        k = int(np.searchsorted(total, target))  # the first k + 1 gaps reach the target
-        if k < n and (k == 0 and rng.random() < target / max(total[0], 1.0)
-                      or k > 0 and abs(total[k] - target) <= abs(total[k - 1] - target)):
-            k += 1
+        total = np.concatenate([[0.0], np.cumsum(counts[order])])
+        k = int(np.searchsorted(total, target))  # the first k pieces reach the target
+        if k > n or k > 0 and target - total[k - 1] < total[k] - target:
+            k -= 1  # the nearer of the two sums around the target
+        debt = target - total[k]
         take = np.zeros(n + 1, dtype=bool)
         take[1 + order[:k]] = True
         chosen[sl] = take[piece]
-    return chosen & observed
+    return chosen
 
 
 def holdout_mask(
