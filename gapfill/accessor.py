@@ -17,21 +17,13 @@ import xarray as xr
 from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.dims import find_dims, is_single_frame
-from gapfill.diagnostics import (
-    VALIDATION_STREAM, Diagnostics, holdout_mask, resolve_process, score,
-)
+from gapfill.diagnostics import Diagnostics, fit_masks, resolve_process, score
 from gapfill.errors import ErrorModel
 from gapfill.filling import ONE_FRAME, calibrate, cf_product, check_model, fill_dataarray
 from gapfill.fitted import FittedModel, Holdout
 from gapfill.packing import is_undecoded
 
 
-#: Share of the observed pixels (after the hold-out) hidden from every fit as validation
-#: pixels for the error model.
-VALIDATION_FRACTION = 0.1
-#: Fewer observed pixels than this (after the hold-out): no validation pixels are hidden,
-#: and the error model is the data's spread.
-MIN_VALIDATION_SOURCE = 200
 #: The error model is calibrated on a fill of at most this many pixels (whole frames;
 #: a dask-backed cube's are read time chunk by time chunk).
 VALIDATION_PIXELS = 2**22
@@ -74,16 +66,9 @@ def fit_dataarray(
     spec = Holdout(holdout, resolve_process(holdout_process, observed), seed)
     # Observed pixels hidden from the fit: the hold-out (scored by ``score``) and the
     # validation pixels (they calibrate the error model), each from its own random stream.
-    missing = None if cube.is_lazy else cube.missing_pattern()
     # A streaming fit reads the cube more than once: draw the masks once, in bits.
-    hide = holdout_mask(observed, spec, missing, persist=stream)
-    validation_spec = Holdout(VALIDATION_FRACTION, spec.process, seed)
-    left = observed & ~hide
-    if cube.is_lazy or left.sum() >= MIN_VALIDATION_SOURCE:
-        validation = holdout_mask(left, validation_spec, persist=stream,
-                                  stream=VALIDATION_STREAM, required=False)
-    else:  # a tiny cube keeps every observation for the fit
-        validation = np.zeros_like(left)
+    missing = None if cube.is_lazy else cube.missing_pattern()
+    hide, validation = fit_masks(observed, spec, missing, persist=stream)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     fit_cube = cube.with_hide(hide | validation)

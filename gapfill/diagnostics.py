@@ -17,6 +17,7 @@ pixels that calibrate the error model (:mod:`gapfill.errors`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,13 @@ MIN_GAP_SHARE = 0.05
 #: A hold-out needs at least this many observed values (in memory).
 MIN_HOLDOUT_SOURCE = 20
 
+#: Share of the observed pixels (after the hold-out) hidden from every fit as validation
+#: pixels for the error model.
+VALIDATION_FRACTION = 0.1
+#: Fewer observed pixels than this (after the hold-out, in memory): no validation pixels
+#: are hidden, and the error model is the data's spread.
+MIN_VALIDATION_SOURCE = 200
+
 #: Draws tried before a block's hold-out is given up as empty (the last two as clouds,
 #: then single pixels).
 ATTEMPTS = 6
@@ -64,14 +72,16 @@ def block_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(seed if index == 0 else [seed, index])
 
 
-def stream_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+def stream_rng(seed: int, stream: int, index: int, draw: int = 0) -> np.random.Generator:
     """The generator of block ``index`` of a draw ``stream`` (:data:`HOLDOUT_STREAM`, ...).
 
-    Spawned from ``SeedSequence(seed)`` with the key ``(stream, index)``, so it is
-    independent of ``default_rng(seed)`` (the :mod:`gapfill.masks` and punch draws)
-    and of the other streams.
+    Spawned from ``SeedSequence(seed)`` with the key ``(stream, index)`` (``(stream,
+    index, draw)`` for the repeated hold-out draws ``draw > 0``), so it is independent
+    of ``default_rng(seed)`` (the :mod:`gapfill.masks` and punch draws), of the other
+    streams and of the other draws.
     """
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
+    key = (stream, index) if draw == 0 else (stream, index, draw)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
 def resolve_process(process: str, observed: Any) -> str:
@@ -179,6 +189,7 @@ def holdout_mask(
     persist: bool = False,
     stream: int = HOLDOUT_STREAM,
     required: bool = True,
+    draw: int = 0,
 ) -> np.ndarray:
     """Draw the hold-out: observed pixels hidden in gap-shaped patches.
 
@@ -207,6 +218,8 @@ def holdout_mask(
         The random stream (:data:`HOLDOUT_STREAM`, :data:`VALIDATION_STREAM`).
     required
         Raise when an in-memory draw hides nothing (else return the empty mask).
+    draw
+        Which of the repeated draws (:func:`fit_masks`); 0 is the model's hold-out.
 
     Returns
     -------
@@ -221,7 +234,7 @@ def holdout_mask(
         values, or its draw would hold out nothing.
     """
     if hasattr(observed, "dask"):
-        return _holdout_lazy(observed, holdout, persist, stream)
+        return _holdout_lazy(observed, holdout, persist, stream, draw)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
     n_observed = int(observed.sum())
@@ -235,7 +248,7 @@ def holdout_mask(
     out = np.empty(observed.shape, dtype=bool)
     for b, sl in enumerate(time_blocks(t, h, w)):
         miss = None if missing is None else missing[sl]
-        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream)
+        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream, draw)
     if required and observed.any() and not out.any():
         raise ValueError(
             f"the hold-out ({holdout.fraction:g} of the observed pixels, {holdout.process} "
@@ -252,11 +265,12 @@ def _holdout_block(
     index: int,
     missing: np.ndarray | None = None,
     stream: int = HOLDOUT_STREAM,
+    draw: int = 0,
 ) -> np.ndarray:
     from gapfill import masks
 
     _, t, h, w = observed.shape
-    rng = stream_rng(holdout.seed, stream, index)
+    rng = stream_rng(holdout.seed, stream, index, draw)
     seen = observed.any(0)
     if not seen.any():
         return np.zeros(observed.shape, dtype=bool)
@@ -278,7 +292,7 @@ def _holdout_block(
 
 
 def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False,
-                  stream: int = HOLDOUT_STREAM) -> Any:
+                  stream: int = HOLDOUT_STREAM, draw: int = 0) -> Any:
     import dask
     import dask.array as dsa
 
@@ -292,13 +306,13 @@ def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False,
 
         def draw_empirical(obs: np.ndarray, block_info: dict | None = None) -> np.ndarray:
             index = block_info[0]["chunk-location"][1] if block_info else 0
-            return _holdout_block(obs, holdout, index, stream=stream)
+            return _holdout_block(obs, holdout, index, stream=stream, draw=draw)
 
         hidden = by_block.map_blocks(draw_empirical, dtype=bool, meta=np.array((), dtype=bool))
         return hidden.rechunk(observed.chunks)
     # Other processes do not look at the data: each block is drawn on its own (the draw
     # holds no data) and intersected with the observed pixels chunk by chunk.
-    draws = [dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w, stream)
+    draws = [dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w, stream, draw)
              for b, sl in enumerate(blocks)]
     if persist:
         packed = dask.compute(*[dask.delayed(np.packbits)(d) for d in draws])
@@ -317,11 +331,72 @@ def _unpack(bits: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _draw_block(holdout: Holdout, index: int, n_time: int, h: int, w: int,
-                stream: int = HOLDOUT_STREAM) -> np.ndarray:
+                stream: int = HOLDOUT_STREAM, draw: int = 0) -> np.ndarray:
     from gapfill import masks
 
     process = masks.make(holdout.process, coverage=holdout.fraction, seed=holdout.seed)
-    return process.sample((n_time, h, w), stream_rng(holdout.seed, stream, index))[None]
+    return process.sample((n_time, h, w), stream_rng(holdout.seed, stream, index, draw))[None]
+
+
+def fit_masks(
+    observed: Any, holdout: Holdout, missing: np.ndarray | None = None,
+    persist: bool = False, draw: int = 0,
+) -> tuple[Any, Any]:
+    """The observed pixels a fit must not see: its hold-out and its validation pixels.
+
+    The hold-out (scored by :func:`score`) is :func:`holdout_mask`; the validation
+    pixels (they calibrate the error model) are :data:`VALIDATION_FRACTION` of the
+    rest, drawn the same way from their own stream. An in-memory cube with fewer than
+    :data:`MIN_VALIDATION_SOURCE` observed values left keeps them all for the fit.
+    ``draw > 0`` gives the independent repeated draws of :func:`score`; the other
+    arguments are :func:`holdout_mask`'s.
+
+    Returns
+    -------
+    tuple
+        ``(hold-out, validation)``, boolean like ``observed``.
+    """
+    from gapfill.fitted import Holdout
+
+    hide = holdout_mask(observed, holdout, missing, persist=persist, draw=draw)
+    left = observed & ~hide
+    if hasattr(left, "dask") or left.sum() >= MIN_VALIDATION_SOURCE:
+        spec = Holdout(VALIDATION_FRACTION, holdout.process, holdout.seed)
+        validation = holdout_mask(left, spec, persist=persist, stream=VALIDATION_STREAM,
+                                  required=False, draw=draw)
+    else:  # a tiny cube keeps every observation for the fit
+        validation = np.zeros_like(left)
+    return hide, validation
+
+
+def refit(model: FittedModel, cube: Any, hidden: Any, draw: int) -> FittedModel:
+    """``model`` with its method fitted again (same options) on ``cube`` without the
+    ``hidden`` pixels: the model of a repeated hold-out draw (its error model is
+    ``model``'s)."""
+    from gapfill import methods, streaming
+    from gapfill.fitted import FittedModel
+
+    method = methods.get(model.name)(**model.method.options_dict())
+    rng = np.random.default_rng([model.holdout.seed, draw])
+    fit_cube = cube.with_hide(hidden)
+    with methods.limit_threads(method.options.threads, int(np.prod(cube.shape))):
+        if streaming.use_streaming(method, cube):
+            streaming.fit(method, fit_cube, rng)
+        else:
+            method.fit(fit_cube, rng)
+    return FittedModel(method, model.normaliser, model.dims, model.variable, model.holdout,
+                       model.info, model.error_model)
+
+
+def _draws(model: FittedModel, cube: Any, observed: Any, missing: np.ndarray | None,
+           persist: bool = False) -> Iterator[tuple[FittedModel, Any]]:
+    """The repeated hold-out draws of :func:`score`: ``(model, hold-out)`` for each of the
+    method's :attr:`~gapfill.methods.Method.holdout_draws` (the first is the model's own
+    hold-out; the others refit the method without theirs and their validation pixels)."""
+    yield model, holdout_mask(observed, model.holdout, missing, persist=persist)
+    for draw in range(1, model.method.holdout_draws):
+        hide, validation = fit_masks(observed, model.holdout, missing, persist, draw)
+        yield refit(model, cube, hide | validation, draw), hide
 
 
 @dataclass
@@ -440,23 +515,33 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
     raw = np.asarray(cube.da.values, dtype=np.float64)
     raw = raw if raw.ndim == 4 else raw[None]
     observed = np.isfinite(raw)
-    hide = holdout_mask(observed, model.holdout, cube.missing_pattern())
-    gappy = np.where(hide, np.nan, raw)
-    # Pixels whose every observation is held out are still ocean: ask for a value there too.
-    filled, error = core.run_method(
-        model, gappy, seed=seed, coords=cube.coords(), fill_never_observed=True
-    )
-    predicted = filled[hide]
-    ok = np.isfinite(predicted)
-    t_index = np.nonzero(hide)[1]
+    parts = []
+    for fitted, hide in _draws(model, cube, observed, cube.missing_pattern()):
+        gappy = np.where(hide, np.nan, raw)
+        # Pixels whose every observation is held out are still ocean: ask for a value there too.
+        filled, error = core.run_method(
+            fitted, gappy, seed=seed, coords=cube.coords(), fill_never_observed=True
+        )
+        predicted = filled[hide]
+        ok = np.isfinite(predicted)
+        t_index = np.nonzero(hide)[1]
+        parts.append((raw[hide][ok], predicted[ok], None if error is None else error[hide][ok],
+                      t_index[ok], int((~ok).sum())))
+    return _joined(parts, times, model.name)
+
+
+def _joined(parts: list[tuple], times: np.ndarray, method: str) -> Diagnostics:
+    """One :class:`Diagnostics` from the ``(truth, predicted, error, time index,
+    unfilled)`` of each hold-out draw."""
+    error = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
     return Diagnostics(
-        truth=raw[hide][ok],
-        predicted=predicted[ok],
-        predicted_error=None if error is None else error[hide][ok],
-        time_index=t_index[ok],
+        truth=np.concatenate([p[0] for p in parts]),
+        predicted=np.concatenate([p[1] for p in parts]),
+        predicted_error=error,
+        time_index=np.concatenate([p[3] for p in parts]),
         times=times,
-        method=model.name,
-        unfilled=int((~ok).sum()),
+        method=method,
+        unfilled=sum(p[4] for p in parts),
     )
 
 
@@ -469,31 +554,30 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
 
     data = cube.da.data
     data = data if data.ndim == 4 else data[None]
-    hide = holdout_mask(dsa.isfinite(data), model.holdout, persist=True)  # drawn once
-    gappy = dsa.where(hide, np.nan, data)
     with_error = model.gives_error(1)
-    filled, error, _ = fill_lazy(
-        gappy, model, coords=cube.coords(), seed=seed, fill_never_observed=True,
-        with_error=with_error, dtype=data.dtype, flags=False,
-    )
-    arrays = [data, hide, filled] + ([error] if with_error else [])
     t0 = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
-    blocks = [a.to_delayed(optimize_graph=False) for a in arrays]
+    draws = []
+    # each hold-out drawn once (persisted in bits), all draws scored in one pass
+    for fitted, hide in _draws(model, cube, dsa.isfinite(data), None, persist=True):
+        gappy = dsa.where(hide, np.nan, data)
+        filled, error, _ = fill_lazy(
+            gappy, fitted, coords=cube.coords(), seed=seed, fill_never_observed=True,
+            with_error=with_error, dtype=data.dtype, flags=False,
+        )
+        arrays = [data, hide, filled] + ([error] if with_error else [])
+        blocks = [a.to_delayed(optimize_graph=False) for a in arrays]
+        draws.append([
+            dask.delayed(_held_out)(*(b[idx] for b in blocks), int(t0[idx[1]]))
+            for idx in np.ndindex(*data.numblocks)
+        ])
+    (results,) = dask.compute(draws)
     parts = [
-        dask.delayed(_held_out)(*(b[idx] for b in blocks), int(t0[idx[1]]))
-        for idx in np.ndindex(*data.numblocks)
+        (*(np.concatenate([r[i] for r in draw]) for i in range(4)), int(sum(r[4] for r in draw)))
+        for draw in results
     ]
-    (results,) = dask.compute(parts)
-    cat = [np.concatenate([r[i] for r in results]) for i in range(4)]
-    return Diagnostics(
-        truth=cat[0],
-        predicted=cat[1],
-        predicted_error=cat[2] if with_error else None,
-        time_index=cat[3],
-        times=times,
-        method=model.name,
-        unfilled=int(sum(r[4] for r in results)),
-    )
+    if not with_error:
+        parts = [(p[0], p[1], None, *p[3:]) for p in parts]
+    return _joined(parts, times, model.name)
 
 
 def _held_out(raw: np.ndarray, hide: np.ndarray, filled: np.ndarray, *rest: Any) -> tuple:

@@ -74,15 +74,19 @@ def test_fill_never_observed_on_request(sst):
 
 
 def test_holdout_pixels_are_hidden_from_fit(sst):
-    """The fitted climatology must not have seen held-out pixels."""
-    from gapfill.diagnostics import holdout_mask
+    """The fitted climatology must not have seen held-out pixels; the score pools the
+    method's repeated hold-out draws."""
+    from gapfill.diagnostics import fit_masks, holdout_mask
 
     model = sst.gapfill.fit("climatology", holdout=0.3, seed=3)
     observed = np.isfinite(sst.values)[None]
     hide = holdout_mask(observed, model.holdout)
     assert hide.any() and not (hide & ~observed).any()
+    draws = [hide] + [fit_masks(observed, model.holdout, draw=d)[0]
+                      for d in range(1, model.method.holdout_draws)]
+    assert len(draws) > 1 and not (draws[0] == draws[1]).all()
     diag = sst.gapfill.score(model)
-    assert diag.summary["n"] == hide.sum() and diag.summary["unfilled"] == 0
+    assert diag.summary["n"] == sum(d.sum() for d in draws) and diag.summary["unfilled"] == 0
 
 
 def test_dataset_accessor_keeps_other_variables(sst):

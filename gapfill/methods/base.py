@@ -187,6 +187,10 @@ class Method(ABC):
     #: Whether ``fit`` learns along time and so needs at least 2 frames; a method with
     #: ``False`` also fills a single 2-D frame (without a time dim).
     needs_time: ClassVar[bool] = True
+    #: Independent hold-out draws :func:`gapfill.diagnostics.score` pools: the model's
+    #: own, and for each other one the method fitted again without it. More than 1 only
+    #: for methods whose fit costs about as little as their fill.
+    holdout_draws: ClassVar[int] = 1
 
     def __init__(self, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Options)}

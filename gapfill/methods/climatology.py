@@ -30,6 +30,7 @@ class Climatology(Method):
     name = "climatology"
     Options = ClimatologyOptions
     provides_error = True
+    holdout_draws = 4  # a fit is one pass of sums
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -203,6 +203,7 @@ class Linear(Method):
     name = "linear"
     Options = LinearOptions
     needs_time = False  # a single frame gets the spatial fill
+    holdout_draws = 4  # nothing to fit: more draws cost only fills
 
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Nothing to learn."""
