@@ -81,6 +81,25 @@ def test_untrained_generator_returns_the_guide():
     assert torch.allclose(gen(y, m, None, guide), guide)
 
 
+def test_generator_works_in_units_of_the_guide_error():
+    """Same weights, inputs ``k`` times further from the guide and ``residual_scale`` k:
+    the network sees the same numbers and its correction is ``k`` times larger."""
+    torch.manual_seed(0)
+    k = 0.01
+    cfg = GeneratorConfig(guide=True, width=8, n_res_blocks=1)
+    one = Generator(cfg)
+    with torch.no_grad():
+        one.head.weight.normal_()
+    scaled = Generator(GeneratorConfig(**{**cfg.__dict__, "residual_scale": k}))
+    scaled.load_state_dict(one.state_dict())
+    one.eval(), scaled.eval()
+    base, anomaly = torch.randn(1, 1, 4, 8, 8), torch.randn(1, 1, 4, 8, 8)
+    m = (torch.rand_like(base) > 0.5).float()
+    out_one = one.raw(base + anomaly, m, None, base)
+    out_k = scaled.raw(base + k * anomaly, m, None, base)
+    torch.testing.assert_close(out_k - base, k * (out_one - base), rtol=1e-4, atol=1e-6)
+
+
 def test_discriminators_score_every_patch():
     x = torch.randn(3, 2, 6, 16, 24)
     df = FrameDiscriminator(FrameDiscriminatorConfig(in_channels=2, width=8, n_layers=2))

@@ -343,7 +343,7 @@ class GAN(Method):
             return np.zeros((0, t, h, w), dtype=np.float32)
         return np.stack(chans).astype(np.float32)
 
-    def _build(self, channels: int, extra: int) -> None:
+    def _build(self, channels: int, extra: int, residual_scale: float = 1.0) -> None:
         from gapfill.models import Generator, GeneratorConfig
 
         o = self.options
@@ -357,6 +357,7 @@ class GAN(Method):
             attention=o.attention,
             dropout=o.dropout if o.noise == "dropout" else 0.0,
             factorised=o.factorised,
+            residual_scale=float(residual_scale) if o.guide != "none" else 1.0,
         )
         self._meta["generator"] = dataclasses.asdict(cfg)
         self.generator = Generator(cfg)
@@ -407,7 +408,7 @@ class GAN(Method):
         # Seeded torch RNG for initialisation and dropout, without disturbing the caller's.
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(run.seed)
-            self._build(data.channels, data.extras.shape[1])
+            self._build(data.channels, data.extras.shape[1], data.guide_error())
             # time_budget counts the whole fit: training gets what the set-up leaves
             trainer = GANTrainer(self, run, data,
                                  None if o.time_budget is None else t0 + o.time_budget)

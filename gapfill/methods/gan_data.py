@@ -252,6 +252,24 @@ class TrainingData:
             tuple(meta["window"]), time.monotonic() - t0,
         )
 
+    def guide_error(self) -> float:
+        """Mean absolute error of the guide on pixels it did not see (1 without a guide).
+
+        Taken on the validation pixels, or, without them, on the pixels hidden
+        from the pool's guides for the L1 term: the size of the correction the
+        generator learns, which sets its :attr:`GeneratorConfig.residual_scale`.
+        """
+        err: list[np.ndarray] = []
+        if self.guides[0] is not None and self.val.any():
+            err.append(np.abs(self.guides[0][self.val] - self.truth[self.val]))
+        else:
+            for guide, hide in zip(self.guides[1:], self.hides[1:]):
+                sel = np.broadcast_to(hide[:, None], self.x.shape) & np.isfinite(self.x)
+                err.append(np.abs(guide[sel] - self.x[sel]))
+        flat = np.concatenate(err) if err else np.empty(0)
+        mae = float(flat.mean()) if flat.size else 1.0
+        return mae if np.isfinite(mae) and mae > 1e-6 else 1.0
+
     def _offset(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """A random block and window start in it."""
         b = int(rng.integers(0, len(self.x))) if len(self.x) > 1 else 0

@@ -14,6 +14,9 @@ Optional inputs: extra channels (coordinates, time of year, noise) and a
 ``guide`` field (e.g. an EOF reconstruction). With a guide the generator sees
 the observed anomaly ``(y - guide) m`` and the guide itself, and predicts a
 correction added to the guide, so an untrained generator returns the guide.
+The anomaly going in and the correction coming out are in units of
+``residual_scale`` (the typical size of the guide's error), so the network
+works on numbers of order 1 however good the guide is.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class GeneratorConfig:
         Dropout in the bottleneck and decoder blocks (kept on for stochastic fills).
     factorised
         Use (2+1)D factorised convolutions in the residual blocks.
+    residual_scale
+        Unit of the observed anomaly ``y - guide`` fed in and of the correction
+        returned (the typical error of the guide, in the data's units).
     """
 
     channels: int = 1
@@ -62,6 +68,7 @@ class GeneratorConfig:
     attention: bool = True
     dropout: float = 0.1
     factorised: bool = False
+    residual_scale: float = 1.0
 
     @property
     def in_channels(self) -> int:
@@ -164,7 +171,8 @@ class Generator(nn.Module):
             raise ValueError(f"this generator was built with guide={cfg.guide}")
         base = guide if guide is not None else torch.zeros_like(m)
         obs = m > 0
-        parts = [torch.where(obs, y - base, torch.zeros_like(y)), m.to(y.dtype)]
+        scale = cfg.residual_scale
+        parts = [torch.where(obs, (y - base) / scale, torch.zeros_like(y)), m.to(y.dtype)]
         if guide is not None:
             parts.append(guide)
         if cfg.extra_channels:
@@ -190,7 +198,7 @@ class Generator(nn.Module):
             x = F.interpolate(x, size=skip.shape[-3:], mode="nearest")
             x = stage["block"](stage["merge"](torch.cat([x, skip], 1)))
         out = self.head(F.silu(self.head_norm(x)))[..., :h, :w]
-        return out + base
+        return out * scale + base
 
     def forward(
         self,
