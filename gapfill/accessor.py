@@ -16,13 +16,12 @@ import xarray as xr
 
 from gapfill import methods, streaming
 from gapfill.cube import Cube
+from gapfill.diagnostics import Diagnostics, fit_masks, refit, resolve_process, score
 from gapfill.dims import find_dims, is_single_frame
-from gapfill.diagnostics import Diagnostics, fit_masks, resolve_process, score
 from gapfill.errors import ErrorModel
-from gapfill.filling import ONE_FRAME, calibrate, cf_product, check_model, fill_dataarray
+from gapfill.filling import ONE_FRAME, cf_product, check_model, fill_dataarray, validation_errors
 from gapfill.fitted import FittedModel, Holdout
 from gapfill.packing import is_undecoded
-
 
 #: The error model is calibrated on a fill of at most this many pixels (whole frames;
 #: a dask-backed cube's are read time chunk by time chunk).
@@ -80,8 +79,18 @@ def fit_dataarray(
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     fitted = FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec)
-    with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
-        error_model = _calibrate(fitted, cube, data, hide, validation, seed)
+    # The error model learns from the validation pixels; a method whose hold-out is drawn
+    # more than once (a cheap fit) pools those of every draw, each refitted without its own.
+    found = []
+    for draw in range(method_obj.holdout_draws):
+        model = fitted
+        if draw:
+            hide, validation = fit_masks(observed, spec, missing, persist=stream, draw=draw)
+            model = refit(fitted, cube, hide | validation, draw)
+        with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
+            found.append(_validation_errors(model, cube, data, hide, validation, seed))
+    abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
+    error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error)
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
@@ -93,12 +102,12 @@ def fit_dataarray(
     return FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec, info, error_model)
 
 
-def _calibrate(
+def _validation_errors(
     model: FittedModel, cube: Cube, data: Any, hide: Any, validation: Any, seed: int
-) -> ErrorModel:
-    """The error model, from a fill of the first frames of the cube (at most
-    :data:`VALIDATION_PIXELS`, whatever its chunks) with the hold-out and the validation
-    pixels hidden."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~gapfill.filling.validation_errors` of a fill of the first frames of the
+    cube (at most :data:`VALIDATION_PIXELS`, whatever its chunks) with the hold-out and
+    the validation pixels hidden."""
     n_chan, n_time, height, width = cube.shape
     data = data if data.ndim == 4 else data[None]
     frames = slice(0, min(n_time, max(2, VALIDATION_PIXELS // (n_chan * height * width))))
@@ -112,7 +121,7 @@ def _calibrate(
     raw = np.where(hidden, np.nan, raw.astype(np.float64))
     coords = cube.coords()
     coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
-    return calibrate(model, raw, val, coords, seed=seed)
+    return validation_errors(model, raw, val, coords, seed=seed)
 
 
 @xr.register_dataarray_accessor("gapfill")

@@ -312,8 +312,10 @@ def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False,
         return hidden.rechunk(observed.chunks)
     # Other processes do not look at the data: each block is drawn on its own (the draw
     # holds no data) and intersected with the observed pixels chunk by chunk.
-    draws = [dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w, stream, draw)
-             for b, sl in enumerate(blocks)]
+    draws = [
+        dask.delayed(_draw_block, pure=True)(holdout, b, sl.stop - sl.start, h, w, stream, draw)
+        for b, sl in enumerate(blocks)
+    ]
     if persist:
         packed = dask.compute(*[dask.delayed(np.packbits)(d) for d in draws])
         draws = [dask.delayed(_unpack, pure=True)(bits, (1, sl.stop - sl.start, h, w))

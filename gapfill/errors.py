@@ -22,7 +22,7 @@ It has two parts:
    the regression is replaced by the method's own spread (slope 1) or a constant.
 
 Only numpy arrays below this line: the fill that produces the validation errors
-is :func:`gapfill.filling.calibrate`.
+is :func:`gapfill.filling.validation_errors`.
 """
 
 from __future__ import annotations

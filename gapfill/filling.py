@@ -24,7 +24,6 @@ from gapfill.methods.base import Coords
 from gapfill.packing import packing_of
 
 if TYPE_CHECKING:
-    from gapfill.errors import ErrorModel
     from gapfill.fitted import FittedModel
 
 #: The time dim given to a single 2-D frame (methods with ``needs_time = False``).
@@ -32,19 +31,24 @@ ONE_FRAME = "frame"
 FLAG_MEANINGS = "observed filled never_observed"
 
 
-def calibrate(
+def validation_errors(
     model: FittedModel,
     raw: np.ndarray,
     validation: np.ndarray,
     coords: Coords | None = None,
     seed: int | Sequence[int] = 0,
-) -> ErrorModel:
-    """Learn the error model of a fitted method from its validation pixels.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The errors of a fitted method at its validation pixels, and what those pixels saw.
 
     ``raw`` (``(C, T, H, W)``, data units, NaN = missing) is filled once with the
-    ``validation`` pixels hidden (they must have been hidden from the fit too); the
-    fill's errors there, against what was observed, train an
-    :class:`~gapfill.errors.ErrorModel` on what each pixel could see.
+    ``validation`` pixels hidden (they must have been hidden from the fit too).
+
+    Returns
+    -------
+    tuple
+        The absolute errors (normalised units) at the validation pixels, against what
+        was observed, and their :func:`~gapfill.errors.gap_features`, the inputs of
+        :meth:`~gapfill.errors.ErrorModel.fit`.
     """
     z_true = model.normaliser.normalise(raw)
     z = np.where(validation, np.nan, z_true).astype(np.float32)
@@ -52,7 +56,7 @@ def calibrate(
     native = result.error if model.method.provides_error else None
     features = errors.gap_features(np.isfinite(z), native)
     abs_error = np.abs(result.values[validation].astype(np.float64) - z_true[validation])
-    return errors.ErrorModel.fit(abs_error, features[:, validation], uses_native=native is not None)
+    return abs_error, features[:, validation]
 
 
 def _fill_block(
