@@ -86,7 +86,7 @@ def fit_dataarray(
         model = fitted
         if draw:
             hide, validation = fit_masks(observed, spec, missing, persist=stream, draw=draw)
-            model = refit(fitted, cube, hide | validation, draw)
+            model = refit(fitted, cube, hide | validation, draw, stream)
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
             found.append(_validation_errors(model, cube, data, hide, validation, seed))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))

@@ -117,7 +117,9 @@ def fill_lazy(
 
     # Never-observed pixels need the whole time axis: a separate, independent pass (or the time
     # edges, which tell whether a pixel is observed before or after its chunk).
-    use_edges = rule.time_edges and n_t > 1
+    # The error model's time features look past the chunk too: they need the edges as well.
+    time_features = with_error and model.error_model is not None and model.error_model.sees_time
+    use_edges = (rule.time_edges or time_features) and n_t > 1
     obs_any = None
     if "time" not in whole and not use_edges and (flags or not fill_never_observed):
         obs_any = dsa.isfinite(prepare(independent(data))).any(axis=1, keepdims=True)

@@ -110,6 +110,7 @@ def borrowed_gaps(
     fraction: float,
     rng: np.random.Generator,
     exclude: np.ndarray | None = None,
+    tiled: bool = False,
 ) -> np.ndarray:
     """Hide pieces of the gaps of other frames until about ``fraction`` of ``observed`` is hidden.
 
@@ -133,6 +134,11 @@ def borrowed_gaps(
         The generator.
     exclude
         ``(H, W)`` pixels never observed (never part of a gap).
+    tiled
+        Also cut the pieces by square tiles as wide as the mean gap of a frame (the
+        square root of its mean area): many more, smaller pieces, for the validation
+        pixels of the error model, which learns how the error grows with the distance to
+        the observations and needs many independent gaps more than gaps of the true size.
 
     Returns
     -------
@@ -160,12 +166,17 @@ def borrowed_gaps(
     # make the whole hold-out. What a slab takes short of (or beyond) its share is carried
     # over to the next slab, so the hidden share stays close to ``fraction`` throughout.
     gaps = gaps & observed
+    tiles = _gap_tiles(missing & ever) if tiled else None
     chosen = np.zeros(shape, dtype=bool)
     debt = 0.0
     for t0 in range(0, shape[0], slab):
         sl = slice(t0, t0 + slab)
         target = fraction * float(observed[sl].sum()) + debt
         piece, n = ndimage.label(gaps[sl])
+        if tiles is not None and n:  # pieces cut by the tiles, numbered 1..n again
+            cut = np.where(piece > 0, piece * (int(tiles.max()) + 1) + tiles, 0)
+            piece = np.unique(cut, return_inverse=True)[1].reshape(cut.shape)
+            n = int(piece.max())
         if n == 0:
             debt = target
             continue
@@ -182,6 +193,20 @@ def borrowed_gaps(
     return chosen
 
 
+def _gap_tiles(missing: np.ndarray) -> np.ndarray:
+    """``(H, W)`` tile numbers of square tiles as wide as the mean gap (regions connected
+    in space) of a frame of ``missing`` ``(T, H, W)``."""
+    from scipy import ndimage
+
+    in_frame = np.zeros((3, 3, 3), dtype=bool)
+    in_frame[1] = ndimage.generate_binary_structure(2, 1)
+    n = ndimage.label(missing, structure=in_frame)[1]
+    side = max(2, int(round(np.sqrt(missing.sum() / max(n, 1)))))
+    _, height, width = missing.shape
+    rows, cols = np.meshgrid(np.arange(height) // side, np.arange(width) // side, indexing="ij")
+    return rows * (width // side + 1) + cols
+
+
 def holdout_mask(
     observed: np.ndarray,
     holdout: Holdout,
@@ -190,6 +215,7 @@ def holdout_mask(
     stream: int = HOLDOUT_STREAM,
     required: bool = True,
     draw: int = 0,
+    tiled: bool = False,
 ) -> np.ndarray:
     """Draw the hold-out: observed pixels hidden in gap-shaped patches.
 
@@ -220,6 +246,9 @@ def holdout_mask(
         Raise when an in-memory draw hides nothing (else return the empty mask).
     draw
         Which of the repeated draws (:func:`fit_masks`); 0 is the model's hold-out.
+    tiled
+        For the ``"empirical"`` process: cut the borrowed gaps into smaller pieces
+        (:func:`borrowed_gaps`), as for the validation pixels.
 
     Returns
     -------
@@ -234,7 +263,7 @@ def holdout_mask(
         values, or its draw would hold out nothing.
     """
     if hasattr(observed, "dask"):
-        return _holdout_lazy(observed, holdout, persist, stream, draw)
+        return _holdout_lazy(observed, holdout, persist, stream, draw, tiled)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
     n_observed = int(observed.sum())
@@ -248,7 +277,7 @@ def holdout_mask(
     out = np.empty(observed.shape, dtype=bool)
     for b, sl in enumerate(time_blocks(t, h, w)):
         miss = None if missing is None else missing[sl]
-        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream, draw)
+        out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream, draw, tiled)
     if required and observed.any() and not out.any():
         raise ValueError(
             f"the hold-out ({holdout.fraction:g} of the observed pixels, {holdout.process} "
@@ -266,6 +295,7 @@ def _holdout_block(
     missing: np.ndarray | None = None,
     stream: int = HOLDOUT_STREAM,
     draw: int = 0,
+    tiled: bool = False,
 ) -> np.ndarray:
     from gapfill import masks
 
@@ -282,7 +312,7 @@ def _holdout_block(
         # the last attempts: clouds, then single pixels (a tiny cube may hold no cloud)
         process = (holdout.process, "cloud", "remove_pixels")[max(0, attempt - ATTEMPTS + 3)]
         if process == "empirical":
-            hidden = borrowed_gaps(missing, seen, holdout.fraction, rng, exclude=never)
+            hidden = borrowed_gaps(missing, seen, holdout.fraction, rng, exclude=never, tiled=tiled)
         else:
             draw = masks.make(process, coverage=holdout.fraction, seed=holdout.seed)
             hidden = draw.sample((t, h, w), rng) & seen
@@ -292,7 +322,7 @@ def _holdout_block(
 
 
 def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False,
-                  stream: int = HOLDOUT_STREAM, draw: int = 0) -> Any:
+                  stream: int = HOLDOUT_STREAM, draw: int = 0, tiled: bool = False) -> Any:
     import dask
     import dask.array as dsa
 
@@ -306,7 +336,7 @@ def _holdout_lazy(observed: Any, holdout: Holdout, persist: bool = False,
 
         def draw_empirical(obs: np.ndarray, block_info: dict | None = None) -> np.ndarray:
             index = block_info[0]["chunk-location"][1] if block_info else 0
-            return _holdout_block(obs, holdout, index, stream=stream, draw=draw)
+            return _holdout_block(obs, holdout, index, stream=stream, draw=draw, tiled=tiled)
 
         hidden = by_block.map_blocks(draw_empirical, dtype=bool, meta=np.array((), dtype=bool))
         return hidden.rechunk(observed.chunks)
@@ -348,7 +378,7 @@ def fit_masks(
 
     The hold-out (scored by :func:`score`) is :func:`holdout_mask`; the validation
     pixels (they calibrate the error model) are :data:`VALIDATION_FRACTION` of the
-    rest, drawn the same way from their own stream. An in-memory cube with fewer than
+    rest, drawn the same way from their own stream, in smaller pieces (``tiled``). An in-memory cube with fewer than
     :data:`MIN_VALIDATION_SOURCE` observed values left keeps them all for the fit.
     ``draw > 0`` gives the independent repeated draws of :func:`score`; the other
     arguments are :func:`holdout_mask`'s.
@@ -365,16 +395,17 @@ def fit_masks(
     if hasattr(left, "dask") or left.sum() >= MIN_VALIDATION_SOURCE:
         spec = Holdout(VALIDATION_FRACTION, holdout.process, holdout.seed)
         validation = holdout_mask(left, spec, persist=persist, stream=VALIDATION_STREAM,
-                                  required=False, draw=draw)
+                                  required=False, draw=draw, tiled=True)
     else:  # a tiny cube keeps every observation for the fit
         validation = np.zeros_like(left)
     return hide, validation
 
 
-def refit(model: FittedModel, cube: Any, hidden: Any, draw: int) -> FittedModel:
+def refit(model: FittedModel, cube: Any, hidden: Any, draw: int,
+          stream: bool | None = None) -> FittedModel:
     """``model`` with its method fitted again (same options) on ``cube`` without the
     ``hidden`` pixels: the model of a repeated hold-out draw (its error model is
-    ``model``'s)."""
+    ``model``'s). ``stream`` is ``streaming_fit`` of :meth:`~gapfill.accessor.GapfillAccessor.fit`."""
     from gapfill import methods, streaming
     from gapfill.fitted import FittedModel
 
@@ -382,7 +413,7 @@ def refit(model: FittedModel, cube: Any, hidden: Any, draw: int) -> FittedModel:
     rng = np.random.default_rng([model.holdout.seed, draw])
     fit_cube = cube.with_hide(hidden)
     with methods.limit_threads(method.options.threads, int(np.prod(cube.shape))):
-        if streaming.use_streaming(method, cube):
+        if streaming.use_streaming(method, cube, stream):
             streaming.fit(method, fit_cube, rng)
         else:
             method.fit(fit_cube, rng)

@@ -56,8 +56,9 @@ MIN_PER_BIN, MAX_BINS = 1000, 4
 MAX_SLOPE = 1.5
 
 FEATURES = ("space_distance", "time_distance", "time_gap", "native_sigma")
-#: Index of the method's own spread in :data:`FEATURES`.
+#: Index of the method's own spread in :data:`FEATURES`, and of the time features.
 NATIVE = FEATURES.index("native_sigma")
+TIME_FEATURES = (FEATURES.index("time_distance"), FEATURES.index("time_gap"))
 
 
 def _distance_1d(observed: np.ndarray, axis: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +207,12 @@ class ErrorModel:
             centres.append(float(np.median(log_s[which == b])))
             factors.append(_factor(r))
         return cls(np.asarray(coef), np.asarray(centres), np.asarray(factors), bool(uses_native))
+
+    @property
+    def sees_time(self) -> bool:
+        """Whether the error depends on the time features (so that the fill of a time
+        chunk needs each pixel's nearest observations outside it)."""
+        return bool(np.any(self.coef[1 + np.array(TIME_FEATURES)] != 0))
 
     # -- applying -----------------------------------------------------------------
     def predict(self, features: np.ndarray) -> np.ndarray:

@@ -202,3 +202,35 @@ def test_diagnostics_figure_maps_the_error_and_draws_its_reliability(tmp_path):
     without = diagnostics_figure(out.drop_vars("sst_error"), "sst", diag.errors,
                                  tmp_path / "e.png")
     assert image.shape[0] > matplotlib.image.imread(without).shape[0]  # the extra row
+
+
+def test_borrowed_gaps_hide_their_share_at_high_cloud_cover():
+    """At 50 % cover of large drifting clouds a whole gap spans most of a time slab; the
+    hold-out still hides about its share (a slab's excess carries over), and the tiled
+    draw of the validation pixels hides it in every stretch of time, in many pieces."""
+    from scipy import ndimage
+
+    shape = (120, 37, 49)
+    missing = masks.Cloud(coverage=0.5, length_scale=12.0, velocity=(1.0, 2.0), seed=3).sample(shape)
+    observed = ~missing
+    for seed in range(4):
+        held = borrowed_gaps(missing, observed, 0.1, np.random.default_rng(seed))
+        assert not (held & missing).any()
+        assert 0.07 < held.sum() / observed.sum() < 0.13
+        tiled = borrowed_gaps(missing, observed, 0.1, np.random.default_rng(seed), tiled=True)
+        assert not (tiled & missing).any() and ndimage.label(tiled)[1] >= 10
+        assert 0.085 < tiled.sum() / observed.sum() < 0.115
+        for quarter in np.array_split(np.arange(shape[0]), 4):
+            assert 0.05 < tiled[quarter].sum() / observed[quarter].sum() < 0.2
+
+
+def test_chunked_error_sees_the_observations_outside_a_time_chunk():
+    """A method that needs no time edges (climatology) still gets them in a chunked fill
+    when its error grows with the time to the nearest observation."""
+    _, gappy = noisy_cube(t=24, h=12, w=16)
+    model = gappy.gapfill.fit("climatology")
+    model.error_model.coef[1 + errors.FEATURES.index("time_distance")] = 0.5
+    assert model.error_model.sees_time
+    eager = gappy.gapfill.fill(model, diagnostics=False)["sst_error"].values
+    lazy = gappy.chunk({"time": 5}).gapfill.fill(model)["sst_error"].values
+    np.testing.assert_allclose(lazy, eager, rtol=1e-6, atol=1e-6)
