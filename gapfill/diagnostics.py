@@ -174,7 +174,7 @@ def borrowed_gaps(
         target = fraction * float(observed[sl].sum()) + debt
         piece, n = ndimage.label(gaps[sl])
         if tiles is not None and n:  # pieces cut by the tiles, numbered 1..n again
-            cut = np.where(piece > 0, piece * (int(tiles.max()) + 1) + tiles, 0)
+            cut = np.where(piece > 0, piece.astype(np.int64) * (int(tiles.max()) + 1) + tiles, 0)
             piece = np.unique(cut, return_inverse=True)[1].reshape(cut.shape)
             n = int(piece.max())
         if n == 0:
@@ -314,8 +314,8 @@ def _holdout_block(
         if process == "empirical":
             hidden = borrowed_gaps(missing, seen, holdout.fraction, rng, exclude=never, tiled=tiled)
         else:
-            draw = masks.make(process, coverage=holdout.fraction, seed=holdout.seed)
-            hidden = draw.sample((t, h, w), rng) & seen
+            clouds = masks.make(process, coverage=holdout.fraction, seed=holdout.seed)
+            hidden = clouds.sample((t, h, w), rng) & seen
         if hidden.any():
             break
     return hidden[None] & observed
@@ -378,8 +378,9 @@ def fit_masks(
 
     The hold-out (scored by :func:`score`) is :func:`holdout_mask`; the validation
     pixels (they calibrate the error model) are :data:`VALIDATION_FRACTION` of the
-    rest, drawn the same way from their own stream, in smaller pieces (``tiled``). An in-memory cube with fewer than
-    :data:`MIN_VALIDATION_SOURCE` observed values left keeps them all for the fit.
+    rest, drawn the same way from their own stream, in smaller pieces (``tiled``). An
+    in-memory cube with fewer than :data:`MIN_VALIDATION_SOURCE` observed values left
+    keeps them all for the fit.
     ``draw > 0`` gives the independent repeated draws of :func:`score`; the other
     arguments are :func:`holdout_mask`'s.
 
@@ -405,7 +406,8 @@ def refit(model: FittedModel, cube: Any, hidden: Any, draw: int,
           stream: bool | None = None) -> FittedModel:
     """``model`` with its method fitted again (same options) on ``cube`` without the
     ``hidden`` pixels: the model of a repeated hold-out draw (its error model is
-    ``model``'s). ``stream`` is ``streaming_fit`` of :meth:`~gapfill.accessor.GapfillAccessor.fit`."""
+    ``model``'s). ``stream``: as ``streaming_fit`` of
+    :meth:`~gapfill.accessor.GapfillAccessor.fit`."""
     from gapfill import methods, streaming
     from gapfill.fitted import FittedModel
 
