@@ -83,12 +83,14 @@ def test_threads_limit_blas_around_fit_and_fill(sst, monkeypatch) -> None:
     assert sst.size < AUTO_THREADS_VALUES
     with threadpool_limits(limits=2, user_api="blas"):  # whatever the environment says
         sst.gapfill.fill(sst.gapfill.fit("probe_threads", holdout=0))  # small cube: 1 thread
-    # fit, the error model's calibration fill, fill
-    assert len(seen) == 3 and all(n and n == [1] * len(n) for n in seen)
+    # fit, the error model's validation fill, the refit and validation fill of every other
+    # hold-out draw, fill
+    calls = 2 * Probe.holdout_draws + 1
+    assert len(seen) == calls and all(n and n == [1] * len(n) for n in seen)
     seen.clear()
     with threadpool_limits(limits=1, user_api="blas"):
         sst.gapfill.fill(sst.gapfill.fit("probe_threads", holdout=0, threads=2))
-    assert len(seen) == 3 and all(n and n == [2] * len(n) for n in seen)
+    assert len(seen) == calls and all(n and n == [2] * len(n) for n in seen)
 
 
 def test_long_fits_report_progress(sst, caplog) -> None:
