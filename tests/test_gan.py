@@ -100,6 +100,16 @@ def test_generator_works_in_units_of_the_guide_error():
     torch.testing.assert_close(out_k - base, k * (out_one - base), rtol=1e-4, atol=1e-6)
 
 
+def test_time_distances_count_frames_to_the_nearest_observations():
+    from gapfill.models.generator import time_distances
+
+    seen = torch.tensor([0, 1, 0, 0, 0, 1, 0], dtype=torch.bool).view(1, 1, 7, 1, 1)
+    d = time_distances(seen, cap=4)[0, :, :, 0, 0] * 4
+    assert d[0].tolist() == [4, 0, 1, 2, 3, 0, 1]  # back to the previous observation
+    assert d[1].tolist() == [1, 0, 3, 2, 1, 0, 4]  # on to the next one (capped at the end)
+    assert time_distances(torch.zeros(1, 1, 3, 2, 2, dtype=torch.bool)).eq(1).all()
+
+
 def test_discriminators_score_every_patch():
     x = torch.randn(3, 2, 6, 16, 24)
     df = FrameDiscriminator(FrameDiscriminatorConfig(in_channels=2, width=8, n_layers=2))
@@ -334,25 +344,31 @@ def test_tiny_cube_with_eof_guide_and_empirical_masks():
     assert gan.fit_info["guide"]["modes"] >= 1
 
 
-def test_validation_mask_is_spread_over_all_frames():
+def test_validation_mask_holds_out_whole_gaps_in_runs_of_frames():
     from gapfill import masks
 
     rng = np.random.default_rng(0)
-    pattern = masks.Cloud(coverage=0.4, seed=0).sample((20, 32, 64))
+    pattern = masks.Cloud(coverage=0.4, seed=0).sample((48, 32, 64))
     missing = np.zeros_like(pattern)
     missing[:, :4] = True  # "land"
     val = validation_mask(pattern, missing, 0.05, rng)
     share = val.sum() / (~missing).sum()
-    assert 0.015 < share < 0.15
+    assert 0.01 < share < 0.15
     assert not (val & missing).any() and not (val & ~pattern).any()
-    segments = val.reshape(5, 4, 32, 64).any((1, 2, 3))  # runs of frames
-    assert segments.mean() >= 0.5  # spread over time
+    kept = val.any((1, 2))
+    # a kept frame holds out its whole gaps (not pieces of them)
+    np.testing.assert_array_equal(val[kept], (pattern & ~missing)[kept])
+    assert 1 <= kept.sum() < 48 and kept.reshape(24, 2).all(1).sum() == kept.sum() // 2
 
 
 def test_validation_regions_bound_the_validation_fill():
     val = np.zeros((2, 1, 10, 20, 30), dtype=bool)
+    assert validation_regions(val, (4, 8, 8), budget=10**6) == []
+    val[0, 0, 5, 3, 3] = val[1, 0, 0, 0, 0] = True  # frames a window either side
     assert validation_regions(val, (4, 8, 8), budget=10**6) == [
-        (0, (slice(None),) * 3), (1, (slice(None),) * 3)]
+        (0, (slice(1, 10), slice(None), slice(None))),
+        (1, (slice(0, 5), slice(None), slice(None)))]
+    val[:] = False
     val[1, 0, 0:8, 0:16, 0:16] = True  # all in one region of block 1
     val[0, 0, 9, 19, 29] = True
     regions = validation_regions(val, (4, 8, 8), budget=8 * 16 * 16)

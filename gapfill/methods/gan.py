@@ -357,6 +357,7 @@ class GAN(Method):
             attention=o.attention,
             dropout=o.dropout if o.noise == "dropout" else 0.0,
             factorised=o.factorised,
+            time_distances=True,
             residual_scale=float(residual_scale) if o.guide != "none" else 1.0,
         )
         self._meta["generator"] = dataclasses.asdict(cfg)

@@ -7,9 +7,10 @@ L1 term, the conditioning channels and the occlusion processes.
 
 Validation pixels (early stopping, the guide's choice) are hidden in the
 shapes of the cube's own gaps (:func:`validation_pattern`: the data's missing
-pattern at other times, :class:`gapfill.masks.Empirical`) when the cube has
-enough gaps, so that large drifting gaps are represented as they are in the
-data; otherwise in the shapes of the occlusion process.
+pattern at other times, :class:`gapfill.masks.Empirical`, whole gaps in runs of
+whole frames) when the cube has enough gaps, so that large drifting gaps are
+represented as they are in the data; otherwise in the shapes of the occlusion
+process.
 """
 
 from __future__ import annotations
@@ -61,30 +62,28 @@ def validation_pattern(
 
 def validation_mask(
     pattern: np.ndarray, missing: np.ndarray, share: float, rng: np.random.Generator,
-    tile: int | None = None, segments: int = 6,
+    segments: int = 6,
 ) -> np.ndarray:
-    """Hold out about ``share`` of the observed pixels: ``pattern`` inside random blocks.
+    """Hold out about ``share`` of the observed pixels: ``pattern`` in random runs of frames.
 
-    The candidates (``pattern`` on observed pixels) are cut into blocks of a
-    spatial tile by a run of ``T // segments`` frames, and blocks are kept at
-    random with the probability that holds out ``share`` of the observations:
-    inside a block the gaps keep their real shapes and persistence in time,
-    and blocks spread the validation over the whole cube. Tiles are large
-    (``tile``; default: a sixteenth of the frame area, 8 to 32 pixels) so that
-    held-out gaps are as large as real ones.
+    The candidates (``pattern`` on observed pixels) are cut in time into runs of
+    ``T // segments`` frames (at least 1), and runs are kept at random with the
+    probability that holds out ``share`` of the observations (at least one run).
+    A kept run holds out the pattern's whole gaps in whole frames: held-out gaps
+    are as large, as long and as far from the data as the real ones (a gap cut
+    into pieces is easier to fill than the whole gap: its pieces border observed
+    pixels of the same gap).
     """
-    t, h, w = pattern.shape
-    if tile is None:
-        tile = int(np.clip(np.sqrt(h * w / 16), 8, 32))
+    t = pattern.shape[0]
     cand = pattern & ~missing
     hidden = cand.sum() / max(1, (~missing).sum())
     q = min(1.0, share / max(float(hidden), 1e-6))
     run = max(1, t // segments)
-    blocks = rng.random((-(-t // run), -(-h // tile), -(-w // tile))) < q
-    if not blocks.any():
-        blocks[tuple(rng.integers(n) for n in blocks.shape)] = True
-    keep = blocks.repeat(run, 0).repeat(tile, 1).repeat(tile, 2)[:t, :h, :w]
-    return cand & keep
+    runs = rng.random(-(-t // run)) < q
+    if not runs.any():
+        runs[rng.integers(runs.size)] = True
+    keep = runs.repeat(run)[:t]
+    return cand & keep[:, None, None]
 
 
 # ----------------------------------------------------------------------------- data
@@ -99,13 +98,20 @@ def validation_regions(
 ) -> list[tuple[int, tuple[slice, slice, slice]]]:
     """``(block, (t, y, x) slices)`` to validate on, at most ``budget`` pixels in all.
 
-    ``val`` is ``(N, C, T, H, W)``. Blocks are taken whole while they fit; the rest are
-    cut into regions of two windows per axis, taken by decreasing number of
-    validation pixels.
+    ``val`` is ``(N, C, T, H, W)``. Each block's frames from a window before its first
+    validation frame to a window after its last are taken while they fit; otherwise
+    the blocks are cut into regions of two windows per axis, taken by decreasing
+    number of validation pixels.
     """
     n, _, t, h, w = val.shape
-    if n * t * h * w <= budget:
-        return [(b, (slice(None),) * 3) for b in range(n)]
+    spans = []
+    for b in range(n):
+        frames = np.flatnonzero(val[b].any((0, 2, 3)))
+        if frames.size:
+            first, last = max(0, frames[0] - window[0]), min(t, frames[-1] + 1 + window[0])
+            spans.append((b, (slice(int(first), int(last)), slice(None), slice(None))))
+    if sum((sl[0].stop - sl[0].start) * h * w for _, sl in spans) <= budget:
+        return spans
     size = [min(2 * s, m) for s, m in zip(window, (t, h, w))]
     starts = itertools.product(range(n), *(range(0, m, s) for m, s in zip((t, h, w), size)))
     candidates = []

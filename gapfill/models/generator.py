@@ -14,7 +14,10 @@ Optional inputs: extra channels (coordinates, time of year, noise) and a
 ``guide`` field (e.g. an EOF reconstruction). With a guide the generator sees
 the observed anomaly ``(y - guide) m`` and the guide itself, and predicts a
 correction added to the guide, so an untrained generator returns the guide.
-The anomaly going in and the correction coming out are in units of
+With ``time_distances`` the network also sees, at every pixel, how many frames
+separate it from the last and the next observation of that pixel in the
+window: how far in time a gap reaches, which decides how good a first guess
+can be there. The anomaly going in and the correction coming out are in units of
 ``residual_scale`` (the typical size of the guide's error), so the network
 works on numbers of order 1 however good the guide is.
 """
@@ -54,6 +57,9 @@ class GeneratorConfig:
         Dropout in the bottleneck and decoder blocks (kept on for stochastic fills).
     factorised
         Use (2+1)D factorised convolutions in the residual blocks.
+    time_distances
+        Add the frames to the previous and to the next observation of each pixel
+        (:func:`time_distances`) as two input channels.
     residual_scale
         Unit of the observed anomaly ``y - guide`` fed in and of the correction
         returned (the typical error of the guide, in the data's units).
@@ -68,12 +74,35 @@ class GeneratorConfig:
     attention: bool = True
     dropout: float = 0.1
     factorised: bool = False
+    time_distances: bool = False
     residual_scale: float = 1.0
 
     @property
     def in_channels(self) -> int:
         """Channels of the network's input tensor."""
-        return 2 * self.channels + (self.channels if self.guide else 0) + self.extra_channels
+        guide = self.channels if self.guide else 0
+        return 2 * self.channels + guide + self.extra_channels + 2 * self.time_distances
+
+
+#: Distances in time are capped at this many frames (and divided by it).
+TIME_DISTANCE_CAP = 8
+
+
+def time_distances(observed: torch.Tensor, cap: int = TIME_DISTANCE_CAP) -> torch.Tensor:
+    """Frames back to the previous and on to the next observation, ``(N, 2, T, H, W)``.
+
+    ``observed`` is a boolean ``(N, 1, T, H, W)`` mask. Each distance is 0 at an
+    observation, counts frames into a gap, is capped at ``cap`` (also where the
+    window holds no observation on that side) and divided by ``cap``.
+    """
+    t = observed.shape[2]
+    idx = torch.arange(t, device=observed.device, dtype=torch.float32).view(1, 1, t, 1, 1)
+    far = float(cap + t)
+    last = torch.where(observed, idx, idx.new_tensor(-far)).cummax(2).values
+    nxt = torch.where(observed, -idx, idx.new_tensor(-far)).flip(2).cummax(2).values.flip(2)
+    back = (idx - last).clamp(max=cap)
+    ahead = (-nxt - idx).clamp(max=cap)
+    return torch.cat([back, ahead], 1) / cap
 
 
 class Generator(nn.Module):
@@ -175,6 +204,8 @@ class Generator(nn.Module):
         parts = [torch.where(obs, (y - base) / scale, torch.zeros_like(y)), m.to(y.dtype)]
         if guide is not None:
             parts.append(guide)
+        if cfg.time_distances:
+            parts.append(time_distances(m.amax(1, keepdim=True) > 0).to(y.dtype))
         if cfg.extra_channels:
             if extra is None or extra.shape[1] != cfg.extra_channels:
                 raise ValueError(f"expected {cfg.extra_channels} extra channels")
