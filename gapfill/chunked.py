@@ -23,6 +23,7 @@ Nothing is computed when the graph is built.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import uuid
 import warnings
@@ -105,6 +106,9 @@ def fill_lazy(
     squeeze = data.ndim == 3
     x4 = data[None] if squeeze else data
     rule = model.method.chunking()
+    calibrated = with_error and model.error_model is not None
+    if calibrated and not {"y", "x"} <= set(rule.whole):  # distances to the data: whole frames
+        rule = dataclasses.replace(rule, whole=tuple(dict.fromkeys((*rule.whole, "y", "x"))))
     target = plan(x4, rule, model.name)
 
     def prepare(d: dsa.Array) -> dsa.Array:
@@ -118,7 +122,7 @@ def fill_lazy(
     # Never-observed pixels need the whole time axis: a separate, independent pass (or the time
     # edges, which tell whether a pixel is observed before or after its chunk).
     # The error model's time features look past the chunk too: they need the edges as well.
-    time_features = with_error and model.error_model is not None and model.error_model.sees_time
+    time_features = calibrated and model.error_model.sees_time
     use_edges = (rule.time_edges or time_features) and n_t > 1
     obs_any = None
     if "time" not in whole and not use_edges and (flags or not fill_never_observed):

@@ -234,3 +234,17 @@ def test_chunked_error_sees_the_observations_outside_a_time_chunk():
     eager = gappy.gapfill.fill(model, diagnostics=False)["sst_error"].values
     lazy = gappy.chunk({"time": 5}).gapfill.fill(model)["sst_error"].values
     np.testing.assert_allclose(lazy, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_climatology_fills_spatial_chunks_like_the_whole_cube():
+    """Every pixel has a fitted climatology: chunks in space get the whole frames (the fill
+    takes the fitted grid, and the error's distances to the observations look across
+    chunks)."""
+    truth, _ = noisy_cube(t=24, h=12, w=16)
+    gappy = truth.where(np.random.default_rng(0).random(truth.shape) > 0.3)
+    model = gappy.gapfill.fit("climatology")
+    model.error_model.coef[1 + errors.FEATURES.index("space_distance")] = 0.5
+    eager = gappy.gapfill.fill(model, diagnostics=False)
+    lazy = gappy.chunk({"lat": 5, "lon": 7}).gapfill.fill(model).compute()
+    for name in ("sst", "sst_error"):
+        np.testing.assert_allclose(lazy[name].values, eager[name].values, rtol=1e-6, atol=1e-6)

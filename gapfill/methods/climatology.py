@@ -67,10 +67,9 @@ class Climatology(Method):
         self.fit_info = {"observed_pixels": int((count > 0).sum())}
 
     def chunking(self) -> Chunking:
-        """Pointwise: any chunks. Pixels without a fitted climatology fall back to their
-        frame's mean, which needs whole frames."""
-        unknown = self._mean is not None and not np.isfinite(self._mean).all()
-        return Chunking(whole=("y", "x") if unknown else ())
+        """Any time chunks, whole frames: the fill takes the fitted per-pixel grid (and
+        pixels without a fitted climatology fall back to their frame's mean)."""
+        return Chunking(whole=("y", "x"))
 
     def fill(
         self,
