@@ -68,14 +68,9 @@ def fit_dataarray(
     # A streaming fit reads the cube more than once: draw the masks once, in bits.
     missing = None if cube.is_lazy else cube.missing_pattern()
     hide, validation = fit_masks(observed, spec, missing, persist=stream)
+    holdout_hide = hide
     start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    fit_cube = cube.with_hide(hide | validation)
-    with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
-        if stream:
-            streaming.fit(method_obj, fit_cube, rng)
-        else:
-            method_obj.fit(fit_cube, rng)
+    _fit_method(method_obj, cube.with_hide(hide | validation), seed, stream)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     fitted = FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec)
@@ -91,6 +86,13 @@ def fit_dataarray(
             found.append(_validation_errors(model, cube, data, hide, validation, seed))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error)
+    if method_obj.refit_with_validation:
+        # The validation pixels were kept from the fit only to learn the error model: a
+        # cheap method is fitted again with them (the hold-out stays hidden).
+        method_obj = methods.get(method_obj.name)(**method_obj.options_dict())
+        again = time.perf_counter()
+        _fit_method(method_obj, cube.with_hide(holdout_hide), seed, stream)
+        fit_seconds += time.perf_counter() - again
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
@@ -100,6 +102,16 @@ def fit_dataarray(
         "gapfill_version": __version__,
     }
     return FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec, info, error_model)
+
+
+def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
+    """Fit ``method`` on ``fit_cube`` (streamed when ``stream``), in its thread limit."""
+    rng = np.random.default_rng(seed)
+    with methods.limit_threads(method.options.threads, int(np.prod(fit_cube.shape))):
+        if stream:
+            streaming.fit(method, fit_cube, rng)
+        else:
+            method.fit(fit_cube, rng)
 
 
 def _validation_errors(

@@ -250,3 +250,21 @@ def test_climatology_fills_spatial_chunks_like_the_whole_cube():
     lazy = gappy.chunk({"lat": 5, "lon": 7}).gapfill.fill(model).compute()
     for name in ("sst", "sst_error"):
         np.testing.assert_allclose(lazy[name].values, eager[name].values, rtol=1e-6, atol=1e-6)
+
+
+def test_cheap_methods_fill_with_the_validation_pixels_of_their_error_model():
+    """The error model's validation pixels are hidden from a first fit only: eof is
+    fitted again with them, so with no hold-out its fill is a fit on every observation."""
+    from gapfill.cube import Cube
+    from gapfill.methods.eof import EOF
+
+    _, da = noisy_cube()
+    model = da.gapfill.fit("eof", holdout=0.0, seed=0)
+    filled = da.gapfill.fill(model)[da.name].values
+    cube = Cube(da)
+    direct = EOF()
+    direct.fit(cube, np.random.default_rng(0))
+    x = cube.values()
+    z = direct.fill(x, np.random.default_rng(0)).values
+    want = cube.normaliser.denormalise(np.where(np.isfinite(x), x, z))[0]
+    np.testing.assert_allclose(filled, want, rtol=1e-5, atol=1e-5)

@@ -191,6 +191,10 @@ class Method(ABC):
     #: own, and for each other one the method fitted again without it. More than 1 only
     #: for methods whose fit costs about as little as their fill.
     holdout_draws: ClassVar[int] = 1
+    #: Whether ``fit`` (the accessor's) fits the method a second time with the validation
+    #: pixels of the error model, once that model is learnt: for methods whose fit is
+    #: cheap, so their fill loses none of the observations (the hold-out stays hidden).
+    refit_with_validation: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         fields = {f.name for f in dataclasses.fields(self.Options)}

@@ -31,6 +31,7 @@ class Climatology(Method):
     Options = ClimatologyOptions
     provides_error = True
     holdout_draws = 4  # a fit is one pass of sums
+    refit_with_validation = True
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -480,6 +480,7 @@ class EOF(Method):
     name = "eof"
     Options = EOFOptions
     provides_error = True
+    refit_with_validation = True  # DINEOF takes seconds on a cube of 10^6 pixels
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

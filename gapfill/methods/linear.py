@@ -204,6 +204,7 @@ class Linear(Method):
     Options = LinearOptions
     needs_time = False  # a single frame gets the spatial fill
     holdout_draws = 4  # nothing to fit: more draws cost only fills
+    refit_with_validation = True
 
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Nothing to learn."""
