@@ -86,9 +86,10 @@ def fit_dataarray(
             found.append(_validation_errors(model, cube, data, hide, validation, seed))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error)
-    if method_obj.refit_with_validation:
+    if method_obj.refit_with_validation and not stream:
         # The validation pixels were kept from the fit only to learn the error model: a
-        # cheap method is fitted again with them (the hold-out stays hidden).
+        # cheap method is fitted again with them (the hold-out stays hidden); a streaming
+        # fit, which reads the cube from disk, is not repeated.
         method_obj = methods.get(method_obj.name)(**method_obj.options_dict())
         again = time.perf_counter()
         _fit_method(method_obj, cube.with_hide(holdout_hide), seed, stream)

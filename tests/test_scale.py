@@ -207,7 +207,7 @@ def test_lazy_holdout_equals_in_memory_per_time_block(monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["climatology", "eof"])
-def test_streaming_fit_never_loads_the_cube(method):
+def test_streaming_fit_never_loads_the_cube(method, monkeypatch):
     da = gappy_cube(t=64)
     chunked = da.chunk({"time": 4})
     options = {"max_modes": 3} if method == "eof" else {}
@@ -216,6 +216,9 @@ def test_streaming_fit_never_loads_the_cube(method):
     # Tasks see a time chunk (or the eof subsample), never the cube.
     assert rec.max < da.size * 8 / 3
     assert model.method.fit_info["streaming"]
+    # in memory, a cheap method is fitted again with its validation pixels; a streaming
+    # fit is not: compare with the in-memory fit before that
+    monkeypatch.setattr(type(model.method), "refit_with_validation", False)
     eager = da.gapfill.fit(method, **options)
     if method == "climatology":  # the same statistics, the same hold-out
         for key in ("mean", "std"):
@@ -236,8 +239,10 @@ def test_streaming_eof_agrees_with_in_memory_eof():
     mae_a = np.abs(a - truth.values)[hidden].mean()
     mae_b = np.abs(b - truth.values)[hidden].mean()
     assert abs(mae_b - mae_a) < 0.1 * mae_a  # as good as DINEOF itself
-    # and nearly the same fill (each fit sees 80% of the observations: hold-out, validation)
-    assert np.abs(a - b)[hidden].mean() < 0.2 * mae_a
+    # and nearly the same fill (the streaming fit sees 80% of the observations, without
+    # the hold-out and the validation pixels; the in-memory eof is fitted again with the
+    # validation pixels, 90%)
+    assert np.abs(a - b)[hidden].mean() < 0.35 * mae_a
 
 
 def test_streaming_eof_on_a_subsample(monkeypatch):

@@ -84,8 +84,8 @@ def test_threads_limit_blas_around_fit_and_fill(sst, monkeypatch) -> None:
     with threadpool_limits(limits=2, user_api="blas"):  # whatever the environment says
         sst.gapfill.fill(sst.gapfill.fit("probe_threads", holdout=0))  # small cube: 1 thread
     # fit, the error model's validation fill, the refit and validation fill of every other
-    # hold-out draw, fill
-    calls = 2 * Probe.holdout_draws + 1
+    # hold-out draw, the refit with the validation pixels, fill
+    calls = 2 * Probe.holdout_draws + 1 + Probe.refit_with_validation
     assert len(seen) == calls and all(n and n == [1] * len(n) for n in seen)
     seen.clear()
     with threadpool_limits(limits=1, user_api="blas"):

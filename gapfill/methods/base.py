@@ -193,7 +193,8 @@ class Method(ABC):
     holdout_draws: ClassVar[int] = 1
     #: Whether ``fit`` (the accessor's) fits the method a second time with the validation
     #: pixels of the error model, once that model is learnt: for methods whose fit is
-    #: cheap, so their fill loses none of the observations (the hold-out stays hidden).
+    #: cheap, so their fill loses none of the observations (the hold-out stays hidden);
+    #: never for a streaming fit.
     refit_with_validation: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
