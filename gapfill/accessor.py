@@ -68,7 +68,6 @@ def fit_dataarray(
     # A streaming fit reads the cube more than once: draw the masks once, in bits.
     missing = None if cube.is_lazy else cube.missing_pattern()
     hide, validation = fit_masks(observed, spec, missing, persist=stream)
-    holdout_hide = hide
     start = time.perf_counter()
     _fit_method(method_obj, cube.with_hide(hide | validation), seed, stream)
     fit_seconds = time.perf_counter() - start
@@ -78,12 +77,14 @@ def fit_dataarray(
     # more than once (a cheap fit) pools those of every draw, each refitted without its own.
     found = []
     for draw in range(method_obj.holdout_draws):
-        model = fitted
+        model, draw_hide, draw_validation = fitted, hide, validation
         if draw:
-            hide, validation = fit_masks(observed, spec, missing, persist=stream, draw=draw)
-            model = refit(fitted, cube, hide | validation, draw, stream)
+            draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
+                                                   draw=draw)
+            model = refit(fitted, cube, draw_hide | draw_validation, draw, stream)
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
-            found.append(_validation_errors(model, cube, data, hide, validation, seed))
+            found.append(_validation_errors(model, cube, data, draw_hide, draw_validation,
+                                            seed))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error)
     if method_obj.refit_with_validation and not stream:
@@ -92,7 +93,7 @@ def fit_dataarray(
         # fit, which reads the cube from disk, is not repeated.
         method_obj = methods.get(method_obj.name)(**method_obj.options_dict())
         again = time.perf_counter()
-        _fit_method(method_obj, cube.with_hide(holdout_hide), seed, stream)
+        _fit_method(method_obj, cube.with_hide(hide), seed, stream)
         fit_seconds += time.perf_counter() - again
     info = {
         "variable": cube.name,
