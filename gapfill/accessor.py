@@ -18,7 +18,7 @@ from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.diagnostics import Diagnostics, fit_masks, refit, resolve_process, score
 from gapfill.dims import find_dims, is_single_frame
-from gapfill.errors import ErrorModel
+from gapfill.errors import ErrorModel, time_variability
 from gapfill.filling import ONE_FRAME, cf_product, check_model, fill_dataarray, validation_errors
 from gapfill.fitted import FittedModel, Holdout
 from gapfill.packing import is_undecoded
@@ -75,18 +75,22 @@ def fit_dataarray(
     fitted = FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec)
     # The error model learns from the validation pixels; a method whose hold-out is drawn
     # more than once (a cheap fit) pools those of every draw, each refitted without its own.
-    found = []
+    found, variability = [], None
     for draw in range(method_obj.holdout_draws):
         model, draw_hide, draw_validation = fitted, hide, validation
         if draw:
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
             model = refit(fitted, cube, draw_hide | draw_validation, draw, stream)
+        raw, val, coords = _validation_window(cube, data, draw_hide, draw_validation)
+        if variability is None:  # how much each pixel changes, as the first fit saw it
+            variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
-            found.append(_validation_errors(model, cube, data, draw_hide, draw_validation,
-                                            seed))
+            found.append(validation_errors(model, raw, val, coords, seed=seed,
+                                           variability=variability))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
-    error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error)
+    error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error,
+                                 variability=variability)
     if method_obj.refit_with_validation and not stream:
         # The validation pixels were kept from the fit only to learn the error model: a
         # cheap method is fitted again with them (the hold-out stays hidden); a streaming
@@ -116,12 +120,12 @@ def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
             method.fit(fit_cube, rng)
 
 
-def _validation_errors(
-    model: FittedModel, cube: Cube, data: Any, hide: Any, validation: Any, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~gapfill.filling.validation_errors` of a fill of the first frames of the
-    cube (at most :data:`VALIDATION_PIXELS`, whatever its chunks) with the hold-out and
-    the validation pixels hidden."""
+def _validation_window(
+    cube: Cube, data: Any, hide: Any, validation: Any
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """The first frames of the cube (at most :data:`VALIDATION_PIXELS`, whatever its
+    chunks), where the error model learns: ``(C, T, H, W)`` data with the hold-out
+    hidden (NaN), the validation pixels and the frames' coordinates."""
     n_chan, n_time, height, width = cube.shape
     data = data if data.ndim == 4 else data[None]
     frames = slice(0, min(n_time, max(2, VALIDATION_PIXELS // (n_chan * height * width))))
@@ -135,7 +139,7 @@ def _validation_errors(
     raw = np.where(hidden, np.nan, raw.astype(np.float64))
     coords = cube.coords()
     coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
-    return validation_errors(model, raw, val, coords, seed=seed)
+    return raw, val, coords
 
 
 @xr.register_dataarray_accessor("gapfill")

@@ -96,7 +96,8 @@ def predict_error(
             np.asarray(edges.after_index, np.float64) - (edges.start + n_time - 1), nan=far
         )
     use_native = native if error_model.uses_native else None
-    features = errors.gap_features(observed, use_native, before, after)
+    variability = error_model.pixel_variability(observed.shape)
+    features = errors.gap_features(observed, use_native, before, after, variability)
     sigma = np.zeros(observed.shape, dtype=np.float32)
     gap = ~observed
     sigma[gap] = error_model.predict(features[:, gap])

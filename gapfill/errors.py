@@ -1,8 +1,10 @@
 """A calibrated one-sigma error for the fill of every method.
 
 A filled value is as good as what its gap pixel can see: how far it is, in
-space and in time, from the nearest observation, and, for methods that have
-one, the method's own spread (the EOF posterior, a per-pixel standard
+space and in time, from the nearest observation, how much the pixel's value
+changes from one time step to the next (:func:`time_variability`: a gap in a
+quiet pixel is easier to fill than one in a restless pixel), and, for methods
+that have one, the method's own spread (the EOF posterior, a per-pixel standard
 deviation). An :class:`ErrorModel` learns that relation from *validation
 pixels*: observed pixels hidden from the fit in gap-shaped patches, filled
 after the fit and compared with their observations (never the diagnostics
@@ -55,9 +57,11 @@ MIN_PER_BIN, MAX_BINS = 1000, 4
 #: taking a wild slope that would explode where it strays.
 MAX_SLOPE = 1.5
 
-FEATURES = ("space_distance", "time_distance", "time_gap", "native_sigma")
-#: Index of the method's own spread in :data:`FEATURES`, and of the time features.
+FEATURES = ("space_distance", "time_distance", "time_gap", "native_sigma", "time_variability")
+#: Index of the method's own spread in :data:`FEATURES`, of the pixel's variability, and
+#: of the time features.
 NATIVE = FEATURES.index("native_sigma")
+VARIABILITY = FEATURES.index("time_variability")
 TIME_FEATURES = (FEATURES.index("time_distance"), FEATURES.index("time_gap"))
 
 
@@ -91,11 +95,40 @@ def space_distance(observed: np.ndarray, cap: int = MAX_DISTANCE) -> np.ndarray:
     return np.sqrt(np.minimum(best, float(cap * cap)))
 
 
+def time_variability(z: np.ndarray) -> np.ndarray:
+    """How much each pixel changes from one time step to the next.
+
+    The root mean square of the change between consecutive frames where both are
+    observed, per channel and pixel. A pixel with no such pair gets the median of the
+    others (1 when there is none at all).
+
+    Parameters
+    ----------
+    z
+        ``(C, T, H, W)`` values (normalised units), NaN where missing.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(C, H, W)``, positive.
+    """
+    step = np.asarray(z[:, 1:], np.float64) - z[:, :-1]
+    ok = np.isfinite(step)
+    count = ok.sum(axis=1)
+    rms = np.sqrt((np.where(ok, step, 0.0) ** 2).sum(axis=1) / np.maximum(count, 1))
+    rms[count == 0] = np.nan
+    for channel in rms:
+        known = np.isfinite(channel) & (channel > 0)
+        channel[~known] = np.median(channel[known]) if known.any() else 1.0
+    return rms.astype(np.float32)
+
+
 def gap_features(
     observed: np.ndarray,
     native: np.ndarray | None = None,
     before: np.ndarray | None = None,
     after: np.ndarray | None = None,
+    variability: np.ndarray | None = None,
 ) -> np.ndarray:
     """What each pixel of a ``(C, T, H, W)`` array can see of the observations.
 
@@ -109,14 +142,16 @@ def gap_features(
         Optional ``(C, H, W)`` steps from the array's first frame back to the last
         observation before it, and from its last frame on to the first observation
         after it (for a time chunk of a longer cube).
+    variability
+        ``(C, H, W)`` :func:`time_variability` of the pixels, or ``None``.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``(4, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
+        float32 ``(5, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
         distance (to the nearer observation of the pixel) and of the time gap (steps
-        between the observations around it), and the log of ``native`` (0 when
-        ``None``). See :data:`FEATURES`.
+        between the observations around it), the log of ``native`` and the log of
+        ``variability`` (0 when ``None``). See :data:`FEATURES`.
     """
     cap = MAX_DISTANCE
     back, ahead = _distance_1d(observed, 1, cap)
@@ -134,6 +169,10 @@ def gap_features(
         out[NATIVE] = 0.0
     else:
         out[NATIVE] = np.log(np.maximum(np.nan_to_num(np.asarray(native, np.float32), nan=1.0), 1e-6))
+    if variability is None:
+        out[VARIABILITY] = 0.0
+    else:
+        out[VARIABILITY] = np.log(np.maximum(np.asarray(variability, np.float32), 1e-6))[:, None]
     return out
 
 
@@ -151,16 +190,25 @@ class ErrorModel:
         the error is ``c(log s) · s``, ``c`` interpolated linearly (flat outside).
     uses_native
         Whether the method's own spread is an input.
+    variability
+        ``(C, H, W)`` :func:`time_variability` of the fitted cube, or ``None``.
     """
 
     coef: np.ndarray
     log_scale: np.ndarray
     factor: np.ndarray
     uses_native: bool = False
+    variability: np.ndarray | None = None
 
     # -- fitting ------------------------------------------------------------------
     @classmethod
-    def fit(cls, abs_error: np.ndarray, features: np.ndarray, uses_native: bool = False) -> ErrorModel:
+    def fit(
+        cls,
+        abs_error: np.ndarray,
+        features: np.ndarray,
+        uses_native: bool = False,
+        variability: np.ndarray | None = None,
+    ) -> ErrorModel:
         """Learn the model from validation pixels.
 
         Parameters
@@ -170,7 +218,10 @@ class ErrorModel:
         features
             ``(len(FEATURES), n)`` their features.
         uses_native
-            Whether the last feature (the method's own spread) is informative.
+            Whether the feature ``native_sigma`` (the method's own spread) is informative.
+        variability
+            The :func:`time_variability` the features were computed with, kept for the
+            fills (:meth:`pixel_variability`).
 
         With fewer than :data:`MIN_ERRORS` finite errors the model is a constant.
         """
@@ -183,7 +234,7 @@ class ErrorModel:
             sigma = np.sqrt(((abs_error**2).sum() + (MIN_ERRORS - n)) / MIN_ERRORS)
             coef = np.zeros(1 + len(FEATURES))
             coef[0] = np.log(sigma)
-            return cls(coef, np.zeros(1), np.ones(1), False)
+            return cls(coef, np.zeros(1), np.ones(1), False, variability)
         floor = max(float(np.median(abs_error)) * 1e-2, 1e-12)
         y = np.log(abs_error + floor)
         free = [i for i in range(len(FEATURES)) if (uses_native or i != NATIVE)
@@ -206,7 +257,8 @@ class ErrorModel:
                 continue
             centres.append(float(np.median(log_s[which == b])))
             factors.append(_factor(r))
-        return cls(np.asarray(coef), np.asarray(centres), np.asarray(factors), bool(uses_native))
+        return cls(np.asarray(coef), np.asarray(centres), np.asarray(factors), bool(uses_native),
+                   variability)
 
     @property
     def sees_time(self) -> bool:
@@ -215,6 +267,17 @@ class ErrorModel:
         return bool(np.any(self.coef[1 + np.array(TIME_FEATURES)] != 0))
 
     # -- applying -----------------------------------------------------------------
+    def pixel_variability(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The :func:`time_variability` for a fill of a ``(C, T, H, W)`` array of ``shape``:
+        the fitted cube's, or its median everywhere when the frames are not the fitted
+        cube's (another grid); ``None`` without one."""
+        v = self.variability
+        if v is None:
+            return None
+        if v.shape == (shape[0], *shape[2:]):
+            return v
+        return np.full((shape[0], *shape[2:]), np.median(v), dtype=np.float32)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """One-sigma error (normalised units) for features ``(len(FEATURES), ...)``."""
         f = np.asarray(features, dtype=np.float64)
@@ -230,6 +293,8 @@ class ErrorModel:
             "log_scale": np.asarray(self.log_scale, np.float64),
             "factor": np.asarray(self.factor, np.float64),
             "uses_native": np.asarray([int(self.uses_native)], np.int64),
+            "variability": np.asarray(np.zeros(0) if self.variability is None
+                                      else self.variability, np.float32),
         }
 
     @classmethod
@@ -245,7 +310,9 @@ class ErrorModel:
                 f"the error model has {coef.size - 1} features, this gapfill uses "
                 f"{len(FEATURES)} ({', '.join(FEATURES)}): fit the model again"
             )
-        return cls(coef, arr("log_scale"), arr("factor"), bool(arr("uses_native").reshape(-1)[0]))
+        variability = arr("variability")
+        return cls(coef, arr("log_scale"), arr("factor"), bool(arr("uses_native").reshape(-1)[0]),
+                   variability if variability.size else None)
 
     def __repr__(self) -> str:
         slopes = ", ".join(f"{n}={c:.2f}" for n, c in zip(FEATURES, self.coef[1:]) if c)

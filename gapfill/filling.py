@@ -37,11 +37,14 @@ def validation_errors(
     validation: np.ndarray,
     coords: Coords | None = None,
     seed: int | Sequence[int] = 0,
+    variability: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The errors of a fitted method at its validation pixels, and what those pixels saw.
 
     ``raw`` (``(C, T, H, W)``, data units, NaN = missing) is filled once with the
     ``validation`` pixels hidden (they must have been hidden from the fit too).
+    ``variability`` is the pixels' :func:`~gapfill.errors.time_variability`, for the
+    features.
 
     Returns
     -------
@@ -54,7 +57,7 @@ def validation_errors(
     z = np.where(validation, np.nan, z_true).astype(np.float32)
     result = model.method.fill(z, np.random.default_rng(seed), samples=1, coords=coords)
     native = result.error if model.method.provides_error else None
-    features = errors.gap_features(np.isfinite(z), native)
+    features = errors.gap_features(np.isfinite(z), native, variability=variability)
     abs_error = np.abs(result.values[validation].astype(np.float64) - z_true[validation])
     return abs_error, features[:, validation]
 

@@ -55,6 +55,34 @@ def test_time_features_use_the_observations_outside_a_chunk():
     assert (inside[1] >= edged[1]).all()
 
 
+def test_time_variability_is_the_rms_step_of_each_pixel():
+    z = np.full((1, 5, 1, 3), np.nan, np.float32)
+    z[0, :, 0, 0] = [0, 1, 0, 1, 0]  # steps of 1
+    z[0, :, 0, 1] = [0, 2, np.nan, 2, 0]  # two observed pairs, steps of 2
+    z[0, :, 0, 2] = [0, np.nan, 1, np.nan, 0]  # no observed pair: the median of the others
+    np.testing.assert_allclose(errors.time_variability(z)[0, 0], [1, 2, 1.5])
+
+
+def test_error_follows_how_much_each_pixel_changes():
+    """Half the cube changes ten times as much from one step to the next as the other:
+    the error of a time interpolation does too, and each half gets its own calibrated
+    error (a model that sees only the distances to the observations gives both halves
+    the same error: the quiet half ends near 100% within 1σ, the restless one far below)."""
+    rng = np.random.default_rng(0)
+    t, h, w = 96, 16, 32
+    spread = np.where(np.arange(w) < w // 2, 0.05, 0.5)
+    truth = xr.DataArray(290 + spread * rng.standard_normal((t, h, w)), dims=("time", "y", "x"),
+                         name="sst")
+    gappy = truth.where(~masks.Cloud(coverage=0.4, seed=0).sample((t, h, w)))
+    out = gappy.gapfill.fill(gappy.gapfill.fit("linear", seed=0), diagnostics=False)
+    gap = (gappy.isnull() & truth.notnull()).values
+    err, sigma = np.abs(out["sst"].values - truth.values), out["sst_error"].values
+    for half in (np.arange(w) < w // 2, np.arange(w) >= w // 2):
+        inside = gap & half
+        one, two = errors.within_shares(err[inside], sigma[inside])
+        assert 0.58 <= one <= 0.78 and 0.9 <= two <= 0.99, (one, two)
+
+
 def test_error_model_recovers_a_known_error_law():
     """|error| ~ N(0, 0.1·(1 + d)): slopes positive, shares within 1σ / 2σ as a Gaussian's."""
     rng = np.random.default_rng(0)
