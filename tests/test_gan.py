@@ -16,7 +16,13 @@ torch = pytest.importorskip("torch")
 from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods import get  # noqa: E402
 from gapfill.methods.gan import GAN  # noqa: E402
-from gapfill.methods.gan_data import validation_mask, validation_regions  # noqa: E402
+from gapfill.methods.gan_data import (  # noqa: E402
+    mismatch,
+    pool_hides,
+    gaps_in_runs,
+    validation_pixels,
+    validation_regions,
+)
 from gapfill.models import (  # noqa: E402
     FrameDiscriminator,
     FrameDiscriminatorConfig,
@@ -344,14 +350,14 @@ def test_tiny_cube_with_eof_guide_and_empirical_masks():
     assert gan.fit_info["guide"]["modes"] >= 1
 
 
-def test_validation_mask_holds_out_whole_gaps_in_runs_of_frames():
+def test_gaps_in_runs_hide_whole_gaps_in_runs_of_frames():
     from gapfill import masks
 
     rng = np.random.default_rng(0)
     pattern = masks.Cloud(coverage=0.4, seed=0).sample((48, 32, 64))
     missing = np.zeros_like(pattern)
     missing[:, :4] = True  # "land"
-    val = validation_mask(pattern, missing, 0.05, rng)
+    val = gaps_in_runs(pattern, missing, 0.05, rng, missing.shape[0] // 6)
     share = val.sum() / (~missing).sum()
     assert 0.01 < share < 0.15
     assert not (val & missing).any() and not (val & ~pattern).any()
@@ -359,6 +365,71 @@ def test_validation_mask_holds_out_whole_gaps_in_runs_of_frames():
     # a kept frame holds out its whole gaps (not pieces of them)
     np.testing.assert_array_equal(val[kept], (pattern & ~missing)[kept])
     assert 1 <= kept.sum() < 48 and kept.reshape(24, 2).all(1).sum() == kept.sum() // 2
+
+
+def _drifting_gaps(t=40, h=24, w=48):
+    """Gaps of a moving bar: a borrowed bar next to the real one makes a wider, longer gap."""
+    missing = np.zeros((t, h, w), dtype=bool)
+    for k in range(t):
+        x0 = (2 * k) % w
+        missing[k, :, x0 : x0 + 6] = True
+    return missing
+
+
+def test_l1_hides_and_validation_pixels_are_as_far_from_the_data_as_the_real_gaps():
+    from gapfill import masks
+    from gapfill.methods.gan_data import gap_distances
+
+    missing = _drifting_gaps()
+    never = np.zeros(missing.shape[1:], dtype=bool)
+    seen = ~missing
+    real = gap_distances(seen, missing)
+    process = masks.Empirical(missing, seed=0)
+    x = np.where(missing, np.nan, 1.0)[None, None]
+    kept = pool_hides(process, x, seen[None, None], never[None], 3, 0.1, 4,
+                      np.random.default_rng(0))
+    assert len(kept) == 3 and all(h.shape == (1, *missing.shape) for h in kept)
+    assert len({h.tobytes() for h in kept}) == 3  # distinct hides
+    for h in kept:  # about a tenth of the observations, in runs of 4 frames
+        assert not (h[0] & missing).any() and 0.03 < h.sum() / seen.sum() < 0.3
+        hidden_frames = np.flatnonzero(h[0].any((1, 2)))
+        assert set(hidden_frames // 4 * 4) <= set(hidden_frames)
+    rng = np.random.default_rng(1)
+    drawn = [mismatch(seen, gaps_in_runs(np.asarray(process.sample(missing.shape, rng), bool),
+                                         missing, 0.1, rng, 4), real)
+             for _ in range(12)]
+    worst_kept = max(mismatch(seen, h[0], real) for h in kept)
+    assert worst_kept <= np.median(drawn)
+    assert worst_kept < max(drawn)
+    # the validation pixels: the draw nearest the real gaps, at about the share asked
+    fallback = masks.Cloud(coverage=0.3, seed=0)
+    val, source = validation_pixels(missing, never, 0.05, np.random.default_rng(2), fallback)
+    assert source == "empirical" and val.any() and not (val & missing).any()
+    assert 0.02 < val.sum() / seen.sum() < 0.12
+    plain = []
+    for _ in range(12):
+        pattern = np.asarray(masks.Empirical(missing, seed=int(rng.integers(99))).sample(
+            missing.shape, rng, start=0), bool)
+        plain.append(mismatch(seen, gaps_in_runs(pattern, missing, 0.05, rng, missing.shape[0] // 6), real))
+    assert mismatch(seen, val, real) <= np.median(plain)
+
+
+def test_fill_keeps_the_share_of_the_correction_validation_chose():
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    gan = GAN(**{**TINY, "steps": 20, "lr": 2e-3, "guide": "eof", "val_share": 0.1})
+    gan.fit(cube, np.random.default_rng(0))
+    assert gan.fit_info["correction_gain"] in (1.0, 0.75, 0.5, 0.25)
+    x, coords = cube.values(), cube.coords()
+    gan._meta["correction_gain"] = 1.0
+    whole = gan.fill(x, np.random.default_rng(0), coords=coords).values
+    gan._meta["correction_gain"] = 0.5
+    half = gan.fill(x, np.random.default_rng(0), coords=coords).values
+    guide = gan._guide(x)
+    gaps = ~np.isfinite(x)
+    np.testing.assert_allclose(half[gaps], guide[gaps] + 0.5 * (whole - guide)[gaps], atol=1e-5)
+    np.testing.assert_array_equal(half[~gaps], x[~gaps])
+    assert np.abs(whole - guide)[gaps].max() > 1e-3  # the network did correct the guide
 
 
 def test_validation_regions_bound_the_validation_fill():

@@ -10,7 +10,7 @@ import xarray as xr
 
 from gapfill import masks
 from gapfill.guides import Guide, choose_guide, eof_guide, time_distance
-from gapfill.methods.gan_data import validation_mask, validation_pattern
+from gapfill.methods.gan_data import gaps_in_runs, validation_pattern
 
 
 def _cube(t: int = 40, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
@@ -32,8 +32,8 @@ def test_guide_is_never_worse_than_eof_or_linear():
     truth = _cube()
     hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
     x = np.where(hidden, np.nan, truth)
-    val = validation_mask(masks.Cloud(coverage=0.3, seed=2, length_scale=3).sample(
-        truth.shape[1:]), hidden[0], 0.1, np.random.default_rng(0))[None]
+    val = gaps_in_runs(masks.Cloud(coverage=0.3, seed=2, length_scale=3).sample(
+        truth.shape[1:]), hidden[0], 0.1, np.random.default_rng(0), truth.shape[1] // 6)[None]
     xv = np.where(val, np.nan, x)
     guide, field = choose_guide(xv, val, x, "auto")
     best = guide.scores[min(guide.scores, key=guide.scores.get)]
@@ -79,7 +79,7 @@ def test_validation_pixels_have_the_data_gap_shapes():
     fallback = masks.Cloud(coverage=0.3, seed=0)
     pattern, source = validation_pattern(missing, never, 0.05, rng, fallback)
     assert source == "empirical"
-    val = validation_mask(pattern, missing, 0.05, rng)
+    val = gaps_in_runs(pattern, missing, 0.05, rng, missing.shape[0] // 6)
     assert val.any() and not (val & missing).any()
     lags = [lag for lag in range(1, t) if not (val & ~np.roll(missing, -lag, 0)).any()]
     assert lags, "validation pixels are not the data's own gaps at another time"

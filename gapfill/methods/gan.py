@@ -113,7 +113,11 @@ class GANOptions(TrainingOptions):
         Weight of the self-supervised L1 loss on extra-hidden observed pixels
         (0 turns it off). In ``"paired"`` mode, the weight of the L1 to the clean target.
     recon_coverage
-        Coverage of the extra hiding; ``None`` uses ``coverage``.
+        Coverage of the process drawing the extra hiding; ``None`` uses ``coverage``.
+    recon_share
+        Share of the observed pixels each extra hiding takes: the process's pattern
+        in random runs of half a window of frames (the guide computed without them
+        is then about as good as the guide of the whole data).
     lr, betas
         Adam settings of all three networks.
     ema
@@ -206,6 +210,7 @@ class GANOptions(TrainingOptions):
     adv_weight: float = 0.0
     recon_weight: float = 10.0
     recon_coverage: float | None = None
+    recon_share: float = 0.1
     lr: float = 3e-4
     betas: tuple[float, float] = (0.0, 0.999)
     ema: float | None = 0.99
@@ -263,6 +268,8 @@ class GANOptions(TrainingOptions):
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:
                 bad(name, "must be in (0, 1) or None")
+        if not 0 < self.recon_share <= 1:
+            bad("recon_share", "must be in (0, 1]")
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {LOSSES}")
         if self.supervision not in SUPERVISION:
@@ -477,6 +484,7 @@ class GAN(Method):
         parts = [x] + ([guide] if guide is not None else []) + [extras]
         stacked = np.concatenate(parts, 0).astype(np.float32)
         noise_channel = self.options.noise == "channel"
+        gain = float(self._meta.get("correction_gain", 1.0)) if guide is not None else 1.0
         was_training = gen.training
         gen.eval()
         gen.set_sampling(samples > 1)
@@ -495,7 +503,10 @@ class GAN(Method):
                     z = torch.randn_like(y[:, :1]) if samples > 1 else torch.zeros_like(y[:, :1])
                     ex = torch.cat([e, z], 1)
                 with self._autocast(device):
-                    outs.append(gen(y, m, ex if ex.shape[1] else None, g).float())
+                    out = gen(y, m, ex if ex.shape[1] else None, g).float()
+                if gain != 1.0:  # the share of its correction of the guide validation chose
+                    out = torch.where(m > 0, out, g + gain * (out - g))
+                outs.append(out)
             return torch.cat(outs, 1).cpu().numpy()
 
         try:

@@ -60,16 +60,16 @@ def validation_pattern(
     return np.array(fallback.sample((t, h, w), rng), dtype=bool), fallback.name
 
 
-def validation_mask(
+def gaps_in_runs(
     pattern: np.ndarray, missing: np.ndarray, share: float, rng: np.random.Generator,
-    segments: int = 6,
+    run: int,
 ) -> np.ndarray:
-    """Hold out about ``share`` of the observed pixels: ``pattern`` in random runs of frames.
+    """Hide about ``share`` of the observed pixels: ``pattern`` in random runs of frames.
 
     The candidates (``pattern`` on observed pixels) are cut in time into runs of
-    ``T // segments`` frames (at least 1), and runs are kept at random with the
-    probability that holds out ``share`` of the observations (at least one run).
-    A kept run holds out the pattern's whole gaps in whole frames: held-out gaps
+    ``run`` frames, and runs are kept at random with the probability that hides
+    ``share`` of the observations (at least one run).
+    A kept run hides the pattern's whole gaps in whole frames: hidden gaps
     are as large, as long and as far from the data as the real ones (a gap cut
     into pieces is easier to fill than the whole gap: its pieces border observed
     pixels of the same gap).
@@ -78,12 +78,107 @@ def validation_mask(
     cand = pattern & ~missing
     hidden = cand.sum() / max(1, (~missing).sum())
     q = min(1.0, share / max(float(hidden), 1e-6))
-    run = max(1, t // segments)
+    run = max(1, run)
     runs = rng.random(-(-t // run)) < q
     if not runs.any():
         runs[rng.integers(runs.size)] = True
     keep = runs.repeat(run)[:t]
     return cand & keep[:, None, None]
+
+
+# ----------------------------------------------------------------------------- gap likeness
+#: Masks drawn per hide kept for the L1 term, and for the validation pixels.
+CANDIDATES, VALIDATION_CANDIDATES = 4, 16
+
+#: Weight of ``|log(share / val_share)|`` in the choice of the validation mask.
+SHARE_WEIGHT = 0.25
+
+
+def gap_distances(observed: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Mean ``log1p`` distance in space and in time from ``pixels`` to ``observed``.
+
+    Both are boolean ``(T, H, W)``; the distances are those of the error model
+    (:func:`gapfill.errors.gap_features`): to the nearest observed pixel of the same
+    frame, and to the nearest observation of the same pixel in time.
+    """
+    from gapfill.errors import gap_features
+
+    features = gap_features(observed[None])[:2, 0]
+    return features[:, pixels].mean(1) if pixels.any() else np.full(2, np.inf)
+
+
+def mismatch(seen: np.ndarray, hide: np.ndarray, real: np.ndarray) -> float:
+    """How much farther from the data (or nearer) the pixels ``hide`` takes from ``seen``
+    are than the real gaps' pixels, whose :func:`gap_distances` are ``real``.
+
+    Hiding a pattern on top of the real gaps can lengthen and widen them (a hidden
+    gap next to a real one makes one larger gap), and cutting it into runs of frames
+    shortens it: the pixels would be harder or easier to fill than those of the
+    real gaps. The sum of the differences of the two mean distances (log units).
+    """
+    return float(np.abs(gap_distances(seen & ~hide, seen & hide) - real).sum())
+
+
+def pool_hides(
+    process: OcclusionProcess, x: np.ndarray, observed: np.ndarray, never: np.ndarray,
+    count: int, share: float, run: int, rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """``count`` hides ``(N, T, H, W)`` for the L1 term, as far from the data as the real gaps.
+
+    A hide is ``process``'s pattern in runs of ``run`` frames taking about ``share``
+    of the training input's observations (:func:`gaps_in_runs`): hiding the whole
+    pattern would remove as many observations as the data's gaps and leave a guide
+    much poorer than the one the generator corrects when it fills.
+    :data:`CANDIDATES` distinct hides are drawn per hide kept, and those kept have
+    the smallest :func:`mismatch` (summed over the blocks). ``x`` is the training
+    input (validation pixels hidden), ``observed`` the data's observed pixels and
+    ``never`` the never-observed ones, all with a leading block axis.
+    """
+    n, _, t, h, w = x.shape
+    given = np.isfinite(x).any(1)  # pixels with an observation in some channel
+    seen = observed.any(1)
+    real = [gap_distances(seen[b], ~seen[b] & ~never[b][None]) for b in range(n)]
+    scored: dict[bytes, tuple[float, int, np.ndarray]] = {}  # one entry per distinct hide
+    for i in range(CANDIDATES * count):
+        hide = np.stack([
+            gaps_in_runs(np.asarray(process.sample((t, h, w), rng), dtype=bool), ~given[b],
+                         share, rng, run)
+            for b in range(n)])
+        key = np.packbits(hide).tobytes()
+        if not (given & hide).any() or key in scored:
+            continue
+        score = sum(mismatch(given[b], hide[b], real[b]) for b in range(n) if hide[b].any())
+        scored[key] = (score, i, hide)
+    ranked = sorted(scored.values(), key=lambda item: item[:2])
+    return [hide for _, _, hide in ranked[:count]]
+
+
+def validation_pixels(
+    missing: np.ndarray, never: np.ndarray, share: float, rng: np.random.Generator,
+    fallback: OcclusionProcess,
+) -> tuple[np.ndarray, str]:
+    """Validation pixels ``(T, H, W)`` of one block, and the source of their shapes.
+
+    Of :data:`VALIDATION_CANDIDATES` draws of :func:`validation_pattern` in runs of
+    a sixth of the frames (:func:`gaps_in_runs`), the one whose pixels are as far from the data as the
+    real gaps' (:func:`mismatch`) and hold out about ``share`` of the observations
+    (:data:`SHARE_WEIGHT`).
+    """
+    seen = ~missing
+    real = gap_distances(seen, missing & ~never[None])
+    best: tuple[float, np.ndarray, str] | None = None
+    for _ in range(VALIDATION_CANDIDATES):
+        pattern, source = validation_pattern(missing, never, share, rng, fallback)
+        val = gaps_in_runs(pattern, missing, share, rng, missing.shape[0] // 6)
+        if not val.any():
+            continue
+        score = mismatch(seen, val, real) + SHARE_WEIGHT * abs(
+            np.log(val.sum() / (share * seen.sum())))
+        if best is None or score < best[0]:
+            best = (score, val, source)
+    if best is None:
+        return np.zeros_like(missing), fallback.name
+    return best[1], best[2]
 
 
 # ----------------------------------------------------------------------------- data
@@ -196,10 +291,10 @@ class TrainingData:
         sources = []
         if o.val_share > 0:
             for b in range(n):
-                pattern, source = validation_pattern(missing[b], never[b], o.val_share, rng,
-                                                     process)
+                pixels, source = validation_pixels(missing[b], never[b], o.val_share, rng,
+                                                   process)
                 sources.append(source)
-                val[b] = validation_mask(pattern, missing[b], o.val_share, rng) & observed[b]
+                val[b] = pixels & observed[b]
             if val.sum() == 0 or (observed & ~val).sum() == 0:
                 val = np.zeros_like(observed)
         method._meta["validation_shapes"] = sorted(set(sources)) if val.any() else None
@@ -239,10 +334,12 @@ class TrainingData:
             if o.recon_weight > 0 and o.supervision != "paired":
                 # Sampled blocks share the pool: about guide_pool variants in all, at least 1
                 # per block (each is a guide of every block).
-                for i in range(o.guide_pool if n == 1 else -(-o.guide_pool // n)):
+                pool = o.guide_pool if n == 1 else -(-o.guide_pool // n)
+                run = max(1, o.window[0] // 2)
+                for i, hide in enumerate(pool_hides(recon_process, x, observed, never, pool,
+                                                    o.recon_share, run, rng)):
                     if i and deadline is not None and time.monotonic() > deadline:
                         break
-                    hide = np.stack([recon_process.sample((t, h, w), rng) for _ in range(n)])
                     guides.append(np.stack([
                         guide.make(np.where(hide[b], np.nan, x[b])) for b in range(n)
                     ]))
@@ -293,13 +390,14 @@ class TrainingData:
             "y", "y_in", "hide", "guide", "extras", "fake_hidden", "valid", "clean", "real_clean")}
         pool = len(self.guides) - 1
         for _ in range(n):
-            for _try in range(100):
+            p = int(rng.integers(1, pool + 1)) if (recon and pool > 0) else 0
+            for _try in range(100):  # a window with data (and, for the L1 term, hidden pixels)
                 b, t0, y0, x0 = self._offset(rng)
                 sl = (slice(t0, t0 + wt), slice(y0, y0 + wh), slice(x0, x0 + ww))
                 y = self.x[b][(slice(None), *sl)]
-                if np.isfinite(y).mean() >= 0.05:
+                finite = np.isfinite(y)
+                if finite.mean() >= 0.05 and (p == 0 or (finite & self.hides[p][b][sl]).any()):
                     break
-            p = int(rng.integers(1, pool + 1)) if (recon and pool > 0) else 0
             if recon and pool == 0:
                 hide = self.recon_process.sample((wt, wh, ww), rng)
             elif recon:

@@ -7,6 +7,12 @@ held-out pixels (:mod:`gapfill.methods.gan_data`) driving early stopping, and
 checkpoints with resume. The untrained generator returns its guide, and the
 generator kept is the one with the best validation MAE, step 0 included: the
 fitted model is never worse than its guide on the validation pixels.
+
+Each validation also scores the generator's correction of the guide scaled by
+each of :data:`CORRECTION_GAINS`; the gain of the best validation is kept
+(``correction_gain`` in the model). A network trained on hidden pixels a
+little harder to fill than the real gaps learns corrections a little too large
+for them, and the validation pixels, in the shapes of the real gaps, measure by how much.
 """
 
 from __future__ import annotations
@@ -23,6 +29,11 @@ if TYPE_CHECKING:
 
     from gapfill.methods.gan import GAN
     from gapfill.methods.gan_data import TrainingData
+
+
+#: The shares of the generator's correction of its guide each validation scores (ties
+#: keep the first).
+CORRECTION_GAINS = (1.0, 0.75, 0.5, 0.25)
 
 
 # ----------------------------------------------------------------------------- losses
@@ -97,6 +108,9 @@ class GANTrainer(Trainer):
         self.opt_d = torch.optim.Adam(d_params, lr=o.lr, betas=o.betas)
         self.recon = o.recon_weight > 0 and o.supervision != "paired"
         self.val_regions = validation_regions(data.val, data.window)  # where validate() fills
+        # Training and validation use the whole correction; the best gain is kept at the end.
+        method._meta["correction_gain"] = 1.0
+        self.best_gain = 1.0
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """The generator (first: kept at its best and averaged) and the discriminators."""
@@ -204,23 +218,40 @@ class GANTrainer(Trainer):
         d = self.data
         if not d.val.any():
             return None
-        mae = None
+        mae, gain = None, 1.0
         start = time.monotonic()
         if self.ddp.is_main:
-            errors = []
+            fills, guides, truths = [], [], []
             for b, sl in self.val_regions:
                 part = (slice(None), *sl)
                 guide = d.guides[0][b][part] if d.guides[0] is not None else None
                 out = self.m._fill(d.x[b][part], guide, d.extras[b][part], 1, 0)
                 val = d.val[b][part]
-                errors.append(np.abs(out[val] - d.truth[b][part][val]))
-            mae = float(np.concatenate(errors).mean())
+                fills.append(out[val])
+                guides.append(guide[val] if guide is not None else out[val])
+                truths.append(d.truth[b][part][val])
+            fill, guide, truth = map(np.concatenate, (fills, guides, truths))
+            gains = CORRECTION_GAINS if d.guides[0] is not None else (1.0,)
+            scores = [float(np.abs(guide + g * (fill - guide) - truth).mean()) for g in gains]
+            mae = min(scores)
+            gain = gains[scores.index(mae)]
+        mae, gain = self.ddp.from_main((mae, gain))
+        best = self.loop.best
+        if mae is not None and (best is None or mae < best):  # the step the loop will keep
+            self.best_gain = gain
         budget = self.loop.budget
         if self.deadline is not None and budget is not None:
             # keep the time of one more validation (the one after the last step) in budget
             spent = time.monotonic() - start
             budget.seconds = max(self.deadline - spent - budget.start, 0.0)
-        return self.ddp.from_main(mae)
+        return mae
+
+    def state(self) -> dict[str, Any]:
+        """The correction gain of the best validation so far."""
+        return {"correction_gain": self.best_gain}
+
+    def load_state(self, ckpt: Any) -> None:
+        self.best_gain = float(ckpt.get("correction_gain", 1.0))
 
     # -- loop -----------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, float, float]:
@@ -232,8 +263,9 @@ class GANTrainer(Trainer):
 
     def after_loop(self) -> dict[str, Any]:
         """The guide chosen, and the replicas' agreement under ``torchrun``."""
-        info = {key: self.m._meta.get(key)
-                for key in ("guide", "guide_val_mae", "validation_shapes")}
+        self.m._meta["correction_gain"] = self.best_gain
+        info = {key: self.m._meta.get(key) for key in (
+            "guide", "guide_val_mae", "validation_shapes", "correction_gain")}
         if self.ddp.enabled:
             in_sync = self.ddp.weights_in_sync(self.G_net)
             if in_sync is False:
