@@ -115,9 +115,10 @@ class GANOptions(TrainingOptions):
     recon_coverage
         Coverage of the process drawing the extra hiding; ``None`` uses ``coverage``.
     recon_share
-        Share of the observed pixels each extra hiding takes: the process's pattern
-        in random runs of half a window of frames (the guide computed without them
-        is then about as good as the guide of the whole data).
+        ``None``: each extra hiding is the process's whole pattern. A share: it takes
+        about this share of the observed pixels, the pattern in random runs of half
+        a window of frames (fewer hidden pixels per step, but guides computed
+        without them about as good as the guide of the whole data).
     lr, betas
         Adam settings of all three networks.
     ema
@@ -210,7 +211,7 @@ class GANOptions(TrainingOptions):
     adv_weight: float = 0.0
     recon_weight: float = 10.0
     recon_coverage: float | None = None
-    recon_share: float = 0.1
+    recon_share: float | None = None
     lr: float = 3e-4
     betas: tuple[float, float] = (0.0, 0.999)
     ema: float | None = 0.99
@@ -268,8 +269,8 @@ class GANOptions(TrainingOptions):
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:
                 bad(name, "must be in (0, 1) or None")
-        if not 0 < self.recon_share <= 1:
-            bad("recon_share", "must be in (0, 1]")
+        if self.recon_share is not None and not 0 < self.recon_share <= 1:
+            bad("recon_share", "must be in (0, 1] or None")
         if self.loss not in LOSSES:
             bad("loss", f"must be one of {LOSSES}")
         if self.supervision not in SUPERVISION:

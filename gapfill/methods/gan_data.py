@@ -121,15 +121,14 @@ def mismatch(seen: np.ndarray, hide: np.ndarray, real: np.ndarray) -> float:
 
 def pool_hides(
     process: OcclusionProcess, x: np.ndarray, observed: np.ndarray, never: np.ndarray,
-    count: int, share: float, run: int, rng: np.random.Generator,
+    count: int, share: float | None, run: int, rng: np.random.Generator,
 ) -> list[np.ndarray]:
     """``count`` hides ``(N, T, H, W)`` for the L1 term, as far from the data as the real gaps.
 
-    A hide is ``process``'s pattern in runs of ``run`` frames taking about ``share``
-    of the training input's observations (:func:`gaps_in_runs`): hiding the whole
-    pattern would remove as many observations as the data's gaps and leave a guide
-    much poorer than the one the generator corrects when it fills.
-    :data:`CANDIDATES` distinct hides are drawn per hide kept, and those kept have
+    A hide is ``process``'s pattern, or with a ``share`` the pattern in runs of
+    ``run`` frames taking about that share of the training input's observations
+    (:func:`gaps_in_runs`). :data:`CANDIDATES` distinct hides are drawn per hide
+    kept, and those kept have
     the smallest :func:`mismatch` (summed over the blocks). ``x`` is the training
     input (validation pixels hidden), ``observed`` the data's observed pixels and
     ``never`` the never-observed ones, all with a leading block axis.
@@ -140,10 +139,11 @@ def pool_hides(
     real = [gap_distances(seen[b], ~seen[b] & ~never[b][None]) for b in range(n)]
     scored: dict[bytes, tuple[float, int, np.ndarray]] = {}  # one entry per distinct hide
     for i in range(CANDIDATES * count):
-        hide = np.stack([
-            gaps_in_runs(np.asarray(process.sample((t, h, w), rng), dtype=bool), ~given[b],
-                         share, rng, run)
-            for b in range(n)])
+        hide = np.stack([np.asarray(process.sample((t, h, w), rng), dtype=bool)
+                         for _ in range(n)])
+        if share is not None:
+            hide = np.stack([gaps_in_runs(hide[b], ~given[b], share, rng, run)
+                             for b in range(n)])
         key = np.packbits(hide).tobytes()
         if not (given & hide).any() or key in scored:
             continue
