@@ -128,10 +128,10 @@ def pool_hides(
     A hide is ``process``'s pattern, or with a ``share`` the pattern in runs of
     ``run`` frames taking about that share of the training input's observations
     (:func:`gaps_in_runs`). :data:`CANDIDATES` distinct hides are drawn per hide
-    kept, and those kept have
-    the smallest :func:`mismatch` (summed over the blocks). ``x`` is the training
-    input (validation pixels hidden), ``observed`` the data's observed pixels and
-    ``never`` the never-observed ones, all with a leading block axis.
+    kept, and those kept have the smallest :func:`mismatch` (summed over the
+    blocks). ``x`` is the training input (validation pixels hidden), ``observed``
+    the data's observed pixels and ``never`` the never-observed ones, all with a
+    leading block axis.
     """
     n, _, t, h, w = x.shape
     given = np.isfinite(x).any(1)  # pixels with an observation in some channel
@@ -160,9 +160,9 @@ def validation_pixels(
     """Validation pixels ``(T, H, W)`` of one block, and the source of their shapes.
 
     Of :data:`VALIDATION_CANDIDATES` draws of :func:`validation_pattern` in runs of
-    a sixth of the frames (:func:`gaps_in_runs`), the one whose pixels are as far from the data as the
-    real gaps' (:func:`mismatch`) and hold out about ``share`` of the observations
-    (:data:`SHARE_WEIGHT`).
+    a sixth of the frames (:func:`gaps_in_runs`), the one whose pixels are as far
+    from the data as the real gaps' (:func:`mismatch`) and hold out about ``share``
+    of the observations (:data:`SHARE_WEIGHT`).
     """
     seen = ~missing
     real = gap_distances(seen, missing & ~never[None])

@@ -12,7 +12,7 @@ Each validation also scores the generator's correction of the guide scaled by
 each of :data:`CORRECTION_GAINS`; the gain of the best validation is kept
 (``correction_gain`` in the model). A network trained on hidden pixels a
 little harder to fill than the real gaps learns corrections a little too large
-for them, and the validation pixels, in the shapes of the real gaps, measure by how much.
+for them; the validation pixels, like the real gaps, measure by how much.
 """
 
 from __future__ import annotations
