@@ -335,7 +335,7 @@ class TrainingData:
                 # Sampled blocks share the pool: about guide_pool variants in all, at least 1
                 # per block (each is a guide of every block).
                 pool = o.guide_pool if n == 1 else -(-o.guide_pool // n)
-                run = max(1, o.window[0] // 2)
+                run = max(1, meta["window"][0] // 2)  # half the (clipped) window
                 for i, hide in enumerate(pool_hides(recon_process, x, observed, never, pool,
                                                     o.recon_share, run, rng)):
                     if i and deadline is not None and time.monotonic() > deadline:
