@@ -17,6 +17,7 @@ from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods import get  # noqa: E402
 from gapfill.methods.gan import GAN  # noqa: E402
 from gapfill.methods.gan_data import (  # noqa: E402
+    TrainingData,
     mismatch,
     pool_hides,
     gaps_in_runs,
@@ -444,3 +445,23 @@ def test_validation_regions_bound_the_validation_fill():
     val[0, 0, 9, 19, 29] = True
     regions = validation_regions(val, (4, 8, 8), budget=8 * 16 * 16)
     assert regions == [(1, (slice(0, 8), slice(0, 16), slice(0, 16)))]
+
+
+def test_flipped_training_windows_are_the_same_windows_reversed_alike():
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    gan = GAN(**{**TINY, "guide": "eof", "val_share": 0.1, "adv_weight": 0.1})
+    data = TrainingData.build(gan, cube, np.random.default_rng(0), None)
+    seen = set()
+    for seed in range(12):
+        plain = data.batch(1, np.random.default_rng(seed), recon=True)
+        flipped = data.batch(1, np.random.default_rng(seed), recon=True, flips=True)
+        assert plain.keys() == flipped.keys() and "guide" in plain and "fake_hidden" in plain
+        # one set of axes reverses every array of the window (NaNs compared as equal)
+        matches = [axes for axes in ((), (-3,), (-2,), (-1,), (-3, -2), (-3, -1), (-2, -1),
+                                     (-3, -2, -1))
+                   if all(np.array_equal(np.flip(plain[k], axes), flipped[k], equal_nan=True)
+                          for k in plain)]
+        assert matches
+        seen.add(matches[0])
+    assert len(seen) >= 4  # the flips are drawn, not fixed

@@ -131,6 +131,10 @@ class GANOptions(TrainingOptions):
         Discriminator steps per generator step.
     batch_size
         Sequences per step.
+    flips
+        Reverse each training window in time, y and x at random (each with
+        probability 1/2): eight versions of every window, so the generator
+        cannot learn the values under the few hide patterns by heart.
     steps
         Generator steps (the step budget).
     time_budget
@@ -217,6 +221,7 @@ class GANOptions(TrainingOptions):
     ema: float | None = 0.99
     d_steps: int = 2
     batch_size: int = 4
+    flips: bool = True
     steps: int = 5000
     time_budget: float | None = 570.0
     supervision: str = "unsupervised"

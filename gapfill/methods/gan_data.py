@@ -381,10 +381,15 @@ class TrainingData:
         return b, t0, y0, x0
 
     def batch(
-        self, n: int, rng: np.random.Generator, recon: bool, fake: bool = True
+        self, n: int, rng: np.random.Generator, recon: bool, fake: bool = True,
+        flips: bool = False,
     ) -> dict[str, np.ndarray]:
         """Random training windows: input, target, masks, guide, extras and (with ``fake``)
-        the re-occlusion masks the discriminators need."""
+        the re-occlusion masks the discriminators need.
+
+        With ``flips``, each window is reversed in time, y and x, each with probability
+        1/2, all its arrays alike (data augmentation: eight versions of every window).
+        """
         wt, wh, ww = self.window
         out: dict[str, list[np.ndarray]] = {k: [] for k in (
             "y", "y_in", "hide", "guide", "extras", "fake_hidden", "valid", "clean", "real_clean")}
@@ -423,6 +428,12 @@ class TrainingData:
                 out["real_clean"].append(
                     self.clean[a][:, a0 : a0 + wt, b0 : b0 + wh, c0 : c0 + ww]
                 )
+            if flips:
+                axes = tuple(int(ax) for ax in np.flatnonzero(rng.random(3) < 0.5) - 3)
+                if axes:
+                    for v in out.values():
+                        if v:
+                            v[-1] = np.flip(v[-1], axes)
         return {k: np.stack(v).astype(v[0].dtype) for k, v in out.items() if v}
 
 

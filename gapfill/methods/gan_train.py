@@ -130,7 +130,8 @@ class GANTrainer(Trainer):
     def tensors(self, recon: bool) -> dict[str, torch.Tensor]:
         import torch
 
-        b = self.data.batch(self.o.batch_size, self.rng, recon, fake=self.o.adv_weight > 0)
+        b = self.data.batch(self.o.batch_size, self.rng, recon, fake=self.o.adv_weight > 0,
+                            flips=self.o.flips)
         return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in b.items()}
 
     def generate(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
