@@ -217,6 +217,15 @@ class TrainingOptions(Options):
 
 
 # -- device and threads ----------------------------------------------------------------
+def random_flips(rng: np.random.Generator, axes: Sequence[int]) -> tuple[int, ...]:
+    """The axes, among ``axes``, to reverse one training window along (each with odds 1/2).
+
+    Flipped copies of the windows are the trained methods' data augmentation: the
+    network sees the one cube it learns from in more versions than it can learn by heart.
+    """
+    return tuple(a for a in axes if rng.random() < 0.5)
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """The torch device ``name``; ``None``: CUDA when available (this process's GPU under
     ``torchrun``), else the CPU."""

@@ -132,9 +132,9 @@ class GANOptions(TrainingOptions):
     batch_size
         Sequences per step.
     flips
-        Reverse each training window in time, y and x at random (each with
-        probability 1/2): eight versions of every window, so the generator
-        cannot learn the values under the few hide patterns by heart.
+        ``"time"``: reverse each training window in time with probability 1/2;
+        ``"all"``: also in y and in x; ``"none"``. More versions of every window,
+        so the generator cannot learn the values under the few hides by heart.
     steps
         Generator steps (the step budget).
     time_budget
@@ -221,7 +221,7 @@ class GANOptions(TrainingOptions):
     ema: float | None = 0.99
     d_steps: int = 2
     batch_size: int = 4
-    flips: bool = True
+    flips: str = "time"
     steps: int = 5000
     time_budget: float | None = 570.0
     supervision: str = "unsupervised"
@@ -288,6 +288,8 @@ class GANOptions(TrainingOptions):
             bad("overlap", "must be in [0, 1)")
         if self.time_halo is not None and self.time_halo < 0:
             bad("time_halo", "must be >= 0 or None")
+        if self.flips not in ("none", "time", "all"):
+            bad("flips", "must be 'none', 'time' or 'all'")
         if not 0 <= self.val_share < 0.5:
             bad("val_share", "must be in [0, 0.5)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

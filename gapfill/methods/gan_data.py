@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gapfill.guides import choose_guide
+from gapfill.training import random_flips
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube
@@ -382,13 +383,13 @@ class TrainingData:
 
     def batch(
         self, n: int, rng: np.random.Generator, recon: bool, fake: bool = True,
-        flips: bool = False,
+        flips: str = "none",
     ) -> dict[str, np.ndarray]:
         """Random training windows: input, target, masks, guide, extras and (with ``fake``)
         the re-occlusion masks the discriminators need.
 
-        With ``flips``, each window is reversed in time, y and x, each with probability
-        1/2, all its arrays alike (data augmentation: eight versions of every window).
+        ``flips="time"`` reverses each window in time with probability 1/2, ``"all"``
+        also in y and in x (each with probability 1/2), all its arrays alike.
         """
         wt, wh, ww = self.window
         out: dict[str, list[np.ndarray]] = {k: [] for k in (
@@ -428,8 +429,8 @@ class TrainingData:
                 out["real_clean"].append(
                     self.clean[a][:, a0 : a0 + wt, b0 : b0 + wh, c0 : c0 + ww]
                 )
-            if flips:
-                axes = tuple(int(ax) for ax in np.flatnonzero(rng.random(3) < 0.5) - 3)
+            if flips != "none":
+                axes = random_flips(rng, (-3, -2, -1) if flips == "all" else (-3,))
                 if axes:
                     for v in out.values():
                         if v:

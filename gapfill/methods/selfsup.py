@@ -47,7 +47,14 @@ from gapfill.methods.base import (
     NetworkMethod,
     as_numpy,
 )
-from gapfill.training import Run, Trainer, TrainingOptions, pick_device, start_run
+from gapfill.training import (
+    Run,
+    Trainer,
+    TrainingOptions,
+    pick_device,
+    random_flips,
+    start_run,
+)
 from gapfill.windows import fill_windows
 
 if TYPE_CHECKING:
@@ -270,7 +277,7 @@ class TrainingData:
             y_in = np.where(hide, np.nan, y).astype(np.float32)
             flip_t = False
             if self.augment:
-                axes = tuple(a for a in (1, 2, 3) if rng.random() < 0.5)
+                axes = random_flips(rng, (1, 2, 3))
                 y, y_in, guide = (np.flip(a, axes) for a in (y, y_in, guide))
                 flip_t = 1 in axes
             ys.append(y)
