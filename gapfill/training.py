@@ -216,7 +216,7 @@ class TrainingOptions(Options):
         self._check_choices(progress=PROGRESS_MODES)
 
 
-# -- device and threads ----------------------------------------------------------------
+# -- data augmentation -----------------------------------------------------------------
 def random_flips(rng: np.random.Generator, axes: Sequence[int]) -> tuple[int, ...]:
     """The axes, among ``axes``, to reverse one training window along (each with odds 1/2).
 
@@ -226,6 +226,7 @@ def random_flips(rng: np.random.Generator, axes: Sequence[int]) -> tuple[int, ..
     return tuple(a for a in axes if rng.random() < 0.5)
 
 
+# -- device and threads ----------------------------------------------------------------
 def pick_device(name: str | None = None) -> torch.device:
     """The torch device ``name``; ``None``: CUDA when available (this process's GPU under
     ``torchrun``), else the CPU."""

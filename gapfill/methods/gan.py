@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 LOSSES = ("hinge", "log", "lsgan")
 SUPERVISION = ("unsupervised", "paired", "unpaired")
+FLIPS = ("none", "time", "all")
 NOISE = ("dropout", "channel", "none")
 #: Share of ``time_budget`` after which no more guides are added to the pool.
 GUIDE_POOL_SHARE = 0.25
@@ -288,8 +289,8 @@ class GANOptions(TrainingOptions):
             bad("overlap", "must be in [0, 1)")
         if self.time_halo is not None and self.time_halo < 0:
             bad("time_halo", "must be >= 0 or None")
-        if self.flips not in ("none", "time", "all"):
-            bad("flips", "must be 'none', 'time' or 'all'")
+        if self.flips not in FLIPS:
+            bad("flips", f"must be one of {FLIPS}")
         if not 0 <= self.val_share < 0.5:
             bad("val_share", "must be in [0, 0.5)")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
