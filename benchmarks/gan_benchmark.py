@@ -147,6 +147,15 @@ def scores(truth: xr.DataArray, filled: Any, hidden: np.ndarray, video: bool) ->
     return out
 
 
+def _threads(method: Any, cube: Any) -> Any:
+    """BLAS limited as ``da.gapfill.fit`` and ``fill`` limit it (one thread on a small
+    cube): without it, the guide's many small matrix products thrash when two runs
+    share the cores."""
+    from gapfill import methods
+
+    return methods.limit_threads(method.options.threads, int(np.prod(cube.shape)))
+
+
 def fit_gan(gappy: xr.DataArray, options: dict[str, Any], seed: int) -> tuple[Any, Any, dict]:
     """Fit ``gan``; returns ``(fill, guide, info)`` as arrays in ``gappy``'s dims."""
     from gapfill.cube import Cube
@@ -155,10 +164,12 @@ def fit_gan(gappy: xr.DataArray, options: dict[str, Any], seed: int) -> tuple[An
     cube = Cube(gappy)
     method = GAN(**{"seed": seed, "progress": "off", **options})
     t0 = time.perf_counter()
-    method.fit(cube, np.random.default_rng(seed))
+    with _threads(method, cube):
+        method.fit(cube, np.random.default_rng(seed))
     train_s = time.perf_counter() - t0
     x = cube.values()
-    res = method.fill(x, np.random.default_rng(seed), coords=cube.coords())
+    with _threads(method, cube):
+        res = method.fill(x, np.random.default_rng(seed), coords=cube.coords())
 
     def back(z: np.ndarray) -> xr.DataArray:
         return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z)))
@@ -178,10 +189,12 @@ def fit_classical(name: str, gappy: xr.DataArray, seed: int) -> tuple[xr.DataArr
     cube = Cube(gappy)
     method = methods.get(name)()
     t0 = time.perf_counter()
-    method.fit(cube, np.random.default_rng(seed))
+    with _threads(method, cube):
+        method.fit(cube, np.random.default_rng(seed))
     seconds = time.perf_counter() - t0
     x = cube.values()
-    z = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
+    with _threads(method, cube):
+        z = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
     return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z))), seconds
 
 

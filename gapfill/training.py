@@ -137,8 +137,10 @@ class TrainingOptions(Options):
         (From :class:`~gapfill.methods.base.Options`.) Also the CPU threads torch uses
         during ``fit`` (restored after); ``None`` or 0: unchanged.
     amp
-        Mixed precision on CUDA (bfloat16 where supported, else float16 with loss
-        scaling); ignored on CPU.
+        Mixed precision in the training steps: on CUDA (bfloat16 where supported, else
+        float16 with loss scaling), and in bfloat16 on a CPU that computes it natively
+        (:func:`cpu_has_bf16`; about 1.5 times the steps per second of float32 for
+        ``gan``; validation and fills stay in float32 there); ignored on other CPUs.
     ema
         Decay of a moving average of the weights, which validation uses and the
         fit keeps; ``None``: the weights themselves.
@@ -238,6 +240,15 @@ def pick_device(name: str | None = None) -> torch.device:
         ctx = context()
         return torch.device("cuda", ctx.local_rank) if ctx.enabled else torch.device("cuda")
     return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX tiles or AVX-512 BF16), where a
+    training step in bfloat16 is faster than in float32; elsewhere it is emulated and slower."""
+    import torch
+
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
 @contextlib.contextmanager
@@ -431,8 +442,22 @@ class Trainer:
     # -- helpers for train_step -----------------------------------------------------------
     @property
     def amp(self) -> bool:
-        """Whether mixed precision is on (``amp`` and a CUDA device)."""
-        return bool(getattr(self.options, "amp", False)) and self.device.type == "cuda"
+        """Whether mixed precision is on: ``amp``, on a CUDA device or on a CPU with
+        native bfloat16 (:func:`cpu_has_bf16`)."""
+        if not getattr(self.options, "amp", False):
+            return False
+        return self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
+
+    @property
+    def precision(self) -> str:
+        """Floating-point type of the training steps' forward passes (``fit_info["precision"]``)."""
+        import torch
+
+        if not self.amp:
+            return "float32"
+        if self.device.type == "cpu" or torch.cuda.is_bf16_supported():
+            return "bfloat16"
+        return "float16"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast for the forward passes of a step (a no-op without :attr:`amp`)."""
@@ -440,15 +465,14 @@ class Trainer:
 
         if not self.amp:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
 
     def scaler(self, key: str) -> Any:
         """The gradient scaler of optimiser ``key`` (float16 AMP only; else a pass-through)."""
         import torch
 
         if key not in self._scalers:
-            fp16 = self.amp and not torch.cuda.is_bf16_supported()
+            fp16 = self.amp and self.device.type == "cuda" and not torch.cuda.is_bf16_supported()
             self._scalers[key] = torch.amp.GradScaler("cuda", enabled=fp16)
         return self._scalers[key]
 
@@ -470,6 +494,7 @@ class Trainer:
                 self.restore(self.run_info.checkpoint)
             info = self._run()
         info["seconds"] = round(time.monotonic() - self.run_info.started, 2)
+        info["precision"] = self.precision
         return info
 
     def _make_loop(self) -> None:

@@ -245,6 +245,28 @@ def test_training_beats_a_zero_fill():
     assert mae < 0.7 * zero_mae, (mae, zero_mae)
 
 
+@pytest.mark.parametrize("native, amp, expected", [
+    (True, True, "bfloat16"), (False, True, "float32"), (True, False, "float32")])
+def test_cpu_training_steps_run_in_bfloat16_only_where_the_cpu_computes_it(
+        monkeypatch, native, amp, expected):
+    from gapfill import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    # the adversarial path too: the discriminators' steps run under the same autocast
+    gan = GAN(**{**TINY, "steps": 3, "lr": 1e-3, "val_share": 0.0, "adv_weight": 0.1,
+                 "device": "cpu", "amp": amp})
+    gan.fit(cube, np.random.default_rng(0))
+    assert gan.fit_info["precision"] == expected
+    weights = list(gan.generator.parameters())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in weights)
+    x = cube.values()
+    res = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
+    assert res.values.dtype == np.float32 and np.isfinite(res.values).all()
+    np.testing.assert_array_equal(res.values[np.isfinite(x)], x[np.isfinite(x)])
+
+
 def test_fill_is_deterministic_and_keeps_observations(fitted):
     gan, cube = fitted
     x = cube.values()

@@ -188,7 +188,10 @@ class GANOptions(TrainingOptions):
         ``None`` keeps torch's setting. On a shared machine 1 avoids thread
         stalls (tiny convolutions ran ~30x slower with 2 threads on 2 busy cores).
     amp
-        Mixed precision on CUDA (ignored on CPU).
+        Mixed precision: on CUDA (training and fill), and bfloat16 training steps on a
+        CPU that computes bfloat16 natively (:func:`gapfill.training.cpu_has_bf16`:
+        AMX or AVX-512 BF16, about 1.5 times the steps per second); ignored on
+        other CPUs.
     seed
         Seed of the whole fit; ``None`` draws one from the ``rng`` given to ``fit``.
     progress
