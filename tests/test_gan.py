@@ -257,12 +257,25 @@ def test_cpu_training_steps_run_in_bfloat16_only_where_the_cpu_computes_it(
     # the adversarial path too: the discriminators' steps run under the same autocast
     gan = GAN(**{**TINY, "steps": 3, "lr": 1e-3, "val_share": 0.0, "adv_weight": 0.1,
                  "device": "cpu", "amp": amp})
-    gan.fit(cube, np.random.default_rng(0))
-    assert gan.fit_info["precision"] == expected
+    seen: dict[bool, set] = {True: set(), False: set()}  # convolution outputs' dtypes
+
+    def record(module, args, out):
+        if isinstance(module, torch.nn.Conv3d):
+            seen[module.training].add(out.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        gan.fit(cube, np.random.default_rng(0))
+        assert gan.fit_info["precision"] == expected
+        assert seen[True] == {getattr(torch, expected)}  # the training steps
+        seen[False].clear()
+        x = cube.values()
+        res = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
+        assert seen[False] == {torch.float32}  # the fill
+    finally:
+        hook.remove()
     weights = list(gan.generator.parameters())
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in weights)
-    x = cube.values()
-    res = gan.fill(x, np.random.default_rng(0), coords=cube.coords())
     assert res.values.dtype == np.float32 and np.isfinite(res.values).all()
     np.testing.assert_array_equal(res.values[np.isfinite(x)], x[np.isfinite(x)])
 
