@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import time
 import warnings
@@ -242,6 +243,7 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX tiles or AVX-512 BF16), where a
     training step in bfloat16 is faster than in float32; elsewhere it is emulated and slower."""
@@ -249,6 +251,16 @@ def cpu_has_bf16() -> bool:
 
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_precision(device: torch.device) -> str:
+    """The floating-point type of mixed precision on ``device``: bfloat16 on a CPU and on a
+    GPU that supports it, else float16."""
+    import torch
+
+    if device.type == "cpu" or torch.cuda.is_bf16_supported():
+        return "bfloat16"
+    return "float16"
 
 
 @contextlib.contextmanager
@@ -451,13 +463,7 @@ class Trainer:
     @property
     def precision(self) -> str:
         """Floating-point type of the training steps' forward passes (``fit_info["precision"]``)."""
-        import torch
-
-        if not self.amp:
-            return "float32"
-        if self.device.type == "cpu" or torch.cuda.is_bf16_supported():
-            return "bfloat16"
-        return "float16"
+        return amp_precision(self.device) if self.amp else "float32"
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast for the forward passes of a step (a no-op without :attr:`amp`)."""

@@ -45,7 +45,13 @@ from gapfill.methods.base import (
 )
 from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData
 from gapfill.methods.gan_train import GANTrainer
-from gapfill.training import TrainingOptions, pick_device, start_run, torch_threads
+from gapfill.training import (
+    TrainingOptions,
+    amp_precision,
+    pick_device,
+    start_run,
+    torch_threads,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -540,7 +546,7 @@ class GAN(Method):
         import torch
 
         enabled = self.options.amp and device.type == "cuda"
-        dtype = torch.bfloat16 if enabled and torch.cuda.is_bf16_supported() else torch.float16
+        dtype = getattr(torch, amp_precision(device)) if enabled else torch.float16
         return torch.autocast(device.type, dtype=dtype, enabled=enabled)
 
     # -- state ----------------------------------------------------------------------
