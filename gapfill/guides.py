@@ -12,14 +12,18 @@ the package's own classical methods, so ``guide="eof"`` means the same code
     Linear interpolation in time (:class:`gapfill.methods.linear.Linear`):
     the right first guess where gaps are short in time, as in video.
 ``"eof_interp"``
-    ``"eof"`` plus a normalised convolution of the observed residuals
-    (observation minus EOF), shrunk towards 0 away from observations, then
+    ``"eof"`` plus the observed residuals (observation minus EOF) interpolated
+    into each frame's gaps by Laplace's equation (:func:`harmonic_interpolation`),
+    optionally screened so the correction fades far from observations, then
     optionally blended with ``"linear"`` where an observation is near in time.
+``"harmonic"``
+    The same interpolation of the values themselves (no EOF), optionally
+    blended with ``"linear"``; only when asked for.
 
 :func:`choose_guide` picks the kind and its parameters per cube by the MAE on
-held-out pixels (``"auto"``): since ``"eof"`` and ``"linear"`` are among the
-candidates, the guide chosen is never worse than the better of the two on
-those pixels.
+held-out pixels (``"auto"``: ``"eof"``, ``"linear"`` or ``"eof_interp"``): since
+``"eof"`` and ``"linear"`` are among the candidates, the guide chosen is never
+worse than the better of the two on those pixels.
 """
 
 from __future__ import annotations
@@ -31,12 +35,10 @@ from typing import Any
 import numpy as np
 
 #: Guide kinds a method may ask for (``"auto"``: chosen by :func:`choose_guide`).
-GUIDES = ("auto", "eof", "linear", "eof_interp", "none")
-#: Gaussian widths ``(t, y, x)`` in pixels tried for the residual interpolation.
-INTERP_SIGMAS = ((0.0, 1.0, 2.0), (0.0, 2.0, 4.0), (0.0, 4.0, 8.0), (1.0, 2.0, 4.0))
-#: Shrinkage of the interpolated residual: ``num / (den + shrink)`` where ``den`` is the
-#: Gaussian-weighted share of observed neighbours, so the correction fades far from them.
-INTERP_SHRINKS = (0.02, 0.1, 0.3)
+GUIDES = ("auto", "eof", "linear", "eof_interp", "harmonic", "none")
+#: Screening of the harmonic interpolation tried: 0 (plain Laplace) and one that lets the
+#: correction fade about 3 pixels from the observations.
+SCREENS = (0.0, 0.1)
 #: Time scales (frames) tried for blending in the linear guide near observations in time.
 BLEND_TAUS = (0.5, 1.0, 2.0, 4.0)
 
@@ -75,26 +77,46 @@ def eof_guide(x: np.ndarray, modes: int | None = None) -> tuple[np.ndarray, int]
     return np.nan_to_num(out, nan=0.0).astype(np.float32), int(eof.fit_info.get("modes", 1))
 
 
-def interpolate_residuals(
-    x: np.ndarray, base: np.ndarray, sigma: tuple[float, ...] | list[float], shrink: float
-) -> np.ndarray:
-    """``base`` plus a shrunk Gaussian-weighted average of the observed residuals ``x - base``.
+def harmonic_interpolation(x: np.ndarray, base: np.ndarray, screen: float = 0.0) -> np.ndarray:
+    """``base`` plus the residuals ``x - base`` interpolated into each frame's gaps.
 
-    A normalised convolution (Knutsson & Westin 1993): residuals and the
-    observation mask are smoothed with the same Gaussian of widths ``sigma``
-    (t, y, x pixels); the correction is ``num / (den + shrink)``, so deep in a
-    large gap (``den`` near 0) it fades to 0 instead of spreading the average
-    of far-away residuals.
+    In every frame the residual is the solution of Laplace's equation on the
+    4-neighbour grid, equal to the observed residual at observed pixels
+    (harmonic interpolation: each gap pixel is the average of its four
+    neighbours; a plane is reproduced exactly). The grid is the pixels observed
+    at least once, so a coast is a no-flux boundary and never-observed pixels
+    keep ``base``. ``screen > 0`` adds ``screen * r`` to the equation, which
+    pulls the residual back to 0 about ``1 / sqrt(screen)`` pixels from the
+    observations (a Gaussian Markov random field with that correlation length).
+    Observed pixels get ``x``; gaps with no observation in their frame keep ``base``.
     """
-    from scipy.ndimage import gaussian_filter
+    from scipy import sparse
+    from scipy.sparse.linalg import spsolve
 
-    out = np.empty(base.shape, dtype=np.float32)
-    for c in range(x.shape[0]):
-        obs = np.isfinite(x[c])
-        r = np.where(obs, x[c] - base[c], 0.0)
-        num = gaussian_filter(r, sigma, mode="nearest", truncate=3.0)
-        den = gaussian_filter(obs.astype(np.float64), sigma, mode="nearest", truncate=3.0)
-        out[c] = base[c] + num / (den + shrink)
+    c_, t_, h, w = x.shape
+    out = np.array(base, dtype=np.float32, copy=True)
+    idx = np.arange(h * w).reshape(h, w)
+    edges = np.concatenate([
+        np.stack([idx[:, :-1].ravel(), idx[:, 1:].ravel()], 1),
+        np.stack([idx[:-1, :].ravel(), idx[1:, :].ravel()], 1),
+    ])
+    for c in range(c_):
+        obs = np.isfinite(x[c]).reshape(t_, h * w)
+        grid = obs.any(0)
+        e = edges[grid[edges[:, 0]] & grid[edges[:, 1]]]
+        adj = sparse.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(h * w,) * 2)
+        adj = (adj + adj.T).tocsr()
+        # graph Laplacian, plus a tiny diagonal so a component with no observation solves to 0
+        lap = (sparse.diags(np.asarray(adj.sum(1)).ravel() + screen + 1e-9) - adj).tocsr()
+        for t in range(t_):
+            o, u = obs[t], grid & ~obs[t]
+            if not (o.any() and u.any()):
+                continue
+            xt, bt = x[c, t].reshape(-1), base[c, t].reshape(-1).astype(np.float64)
+            rhs = -(lap[u][:, o] @ (xt[o] - bt[o]))
+            flat = out[c, t].reshape(-1)
+            flat[u] = bt[u] + spsolve(lap[u][:, u].tocsc(), rhs)
+        out[c] = np.where(np.isfinite(x[c]), x[c], out[c])
     return out
 
 
@@ -130,22 +152,22 @@ class Guide:
     Attributes
     ----------
     kind
-        ``"eof"``, ``"linear"``, ``"eof_interp"`` or ``"none"``.
+        ``"eof"``, ``"linear"``, ``"eof_interp"``, ``"harmonic"`` or ``"none"``.
     modes
         EOF modes (``"eof"``, ``"eof_interp"``).
-    sigma, shrink
-        Residual interpolation widths ``(t, y, x)`` and shrinkage (``"eof_interp"``;
-        ``sigma=None``: none).
+    screen
+        Screening of the harmonic interpolation (``"eof_interp"``, ``"harmonic"``;
+        ``None``: no interpolation).
     tau
-        Time scale of the blend with the linear guide (``"eof_interp"``; ``None``: none).
+        Time scale of the blend with the linear guide (``"eof_interp"``, ``"harmonic"``;
+        ``None``: none).
     scores
         Validation MAE of each candidate tried (what the choice was made on).
     """
 
     kind: str = "eof"
     modes: int | None = None
-    sigma: list[float] | None = None
-    shrink: float = 0.1
+    screen: float | None = None
     tau: float | None = None
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -155,13 +177,16 @@ class Guide:
             return None
         if self.kind == "linear":
             return linear_guide(x)
-        base, modes = eof_guide(x, self.modes)
-        if self.modes is None:
-            self.modes = modes
-        if self.kind == "eof":
-            return base
-        if self.sigma is not None:
-            base = interpolate_residuals(x, base, self.sigma, self.shrink)
+        if self.kind == "harmonic":
+            base = np.zeros(x.shape, dtype=np.float32)
+        else:
+            base, modes = eof_guide(x, self.modes)
+            if self.modes is None:
+                self.modes = modes
+            if self.kind == "eof":
+                return base
+        if self.screen is not None:
+            base = harmonic_interpolation(x, base, self.screen)
         if self.tau is not None:
             base = blend_linear(base, linear_guide(x), time_distance(x), self.tau)
         return base
@@ -173,17 +198,22 @@ class Guide:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Guide:
         """Inverse of :meth:`to_dict`."""
+        old = {"sigma", "shrink"} & set(d)
+        if old:
+            raise ValueError(
+                f"this model's guide has {sorted(old)}: the Gaussian residual interpolation "
+                "of gapfill versions before the harmonic one; fit the model again")
         return cls(**d)
 
     def __str__(self) -> str:
-        if self.kind != "eof_interp":
+        if self.kind not in ("eof_interp", "harmonic"):
             return self.kind if self.modes is None else f"{self.kind} (k={self.modes})"
-        parts = [f"k={self.modes}"]
-        if self.sigma is not None:
-            parts.append(f"sigma={self.sigma}, shrink={self.shrink}")
+        parts = [f"k={self.modes}"] if self.kind == "eof_interp" else []
+        if self.screen is not None:
+            parts.append(f"screen={self.screen}")
         if self.tau is not None:
             parts.append(f"linear blend tau={self.tau}")
-        return f"eof_interp ({', '.join(parts)})"
+        return f"{self.kind} ({', '.join(parts)})"
 
 
 def choose_guide(
@@ -198,11 +228,12 @@ def choose_guide(
         ``(C, T, H, W)`` normalised input with the ``val`` pixels hidden (NaN).
     val
         ``(C, T, H, W)`` held-out pixels (may be empty: then no choice is made
-        and ``"auto"`` means ``"eof_interp"`` with middle parameters).
+        and ``"auto"`` means ``"eof_interp"`` with unscreened interpolation).
     truth
         Values at least at ``val``.
     kind
-        ``"auto"`` (every candidate), or one of :data:`GUIDES` to fix the kind
+        ``"auto"`` (``"eof"``, ``"linear"``, ``"eof_interp"``), or one of
+        :data:`GUIDES` to fix the kind
         (its parameters are still chosen).
     modes
         Fixed EOF modes; ``None`` lets DINEOF's cross-validation choose.
@@ -231,36 +262,32 @@ def choose_guide(
         if best is None or score < best[0]:
             best = (score, guide, field)
 
-    linear = linear_guide(x) if kind in ("auto", "linear", "eof_interp") else None
+    linear = linear_guide(x) if kind != "eof" else None
     if kind in ("auto", "linear"):
         consider("linear", Guide("linear"), linear)
-    if kind != "linear":
+    bases: list[tuple[Guide, np.ndarray]] = []
+    if kind in ("auto", "eof", "eof_interp"):
         eof, k = eof_guide(x, modes)
         consider("eof", Guide("eof", modes=k), eof)
-        if kind in ("auto", "eof_interp"):
-            if not has_val:  # nothing to choose on: middle parameters
-                g = Guide("eof_interp", modes=k, sigma=list(INTERP_SIGMAS[1]), shrink=0.1)
-                return g, g.make(x)
-            # widths at a middle shrinkage, then the shrinkage at the best width
-            base, base_guide, base_score = eof, Guide("eof_interp", modes=k), scores["eof"]
-            tried = [(sigma, INTERP_SHRINKS[1]) for sigma in INTERP_SIGMAS]
-            for i in range(2):
-                for sigma, shrink in tried:
-                    name = f"eof_interp sigma={list(sigma)} shrink={shrink}"
-                    g = Guide("eof_interp", modes=k, sigma=list(sigma), shrink=shrink)
-                    consider(name, g, field := interpolate_residuals(x, eof, sigma, shrink))
-                    if scores[name] < base_score:
-                        base, base_guide, base_score = field, g, scores[name]
-                if i == 0 and base_guide.sigma is not None:
-                    tried = [(base_guide.sigma, s) for s in INTERP_SHRINKS
-                             if s != INTERP_SHRINKS[1]]
-                else:
-                    break
-            dist = time_distance(x)
-            for tau in BLEND_TAUS:
-                g = dataclasses.replace(base_guide, tau=tau)
-                consider(f"{base_guide} + linear tau={tau}", g,
-                         blend_linear(base, linear, dist, tau))
+        if kind != "eof":
+            bases.append((Guide("eof_interp", modes=k), eof))
+    if kind == "harmonic":
+        bases.append((Guide("harmonic"), np.zeros(x.shape, dtype=np.float32)))
+    if bases and not has_val:  # nothing to choose on: the first base, plain Laplace
+        g = dataclasses.replace(bases[0][0], screen=SCREENS[0])
+        return g, g.make(x)
+    interp: list[tuple[float, Guide, np.ndarray]] = []
+    for base_guide, base in bases:  # screening pulls towards the base: useless at 0
+        for screen in SCREENS if base_guide.kind == "eof_interp" else SCREENS[:1]:
+            g = dataclasses.replace(base_guide, screen=screen)
+            consider(str(g), g, field := harmonic_interpolation(x, base, screen))
+            interp.append((scores[str(g)], g, field))
+    if interp and linear is not None:  # the best interpolation, blended with linear in time
+        _, g0, field0 = min(interp, key=lambda item: item[0])
+        dist = time_distance(x)
+        for tau in BLEND_TAUS:
+            g = dataclasses.replace(g0, tau=tau)
+            consider(str(g), g, blend_linear(field0, linear, dist, tau))
     assert best is not None
     _, guide, field = best
     guide.scores = scores

@@ -9,7 +9,13 @@ import pytest
 import xarray as xr
 
 from gapfill import masks
-from gapfill.guides import Guide, choose_guide, eof_guide, time_distance
+from gapfill.guides import (
+    Guide,
+    choose_guide,
+    eof_guide,
+    harmonic_interpolation,
+    time_distance,
+)
 from gapfill.methods.gan_data import gaps_in_runs, validation_pattern
 
 
@@ -59,6 +65,40 @@ def test_eof_guide_is_the_eof_method():
     eof.fit_array(x, np.random.default_rng(0))
     np.testing.assert_array_equal(guide, eof.fill(x, np.random.default_rng(0)).values)
     assert k == eof.fit_info["modes"]
+
+
+def test_harmonic_interpolation_fills_planes_exactly_and_keeps_coasts():
+    t, h, w = 3, 12, 20
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    plane = (0.3 * yy - 0.2 * xx + 1.0)[None, None].repeat(t, 1).astype(np.float32)
+    rng = np.random.default_rng(0)
+    gaps = np.zeros(plane.shape, dtype=bool)  # gaps off the edges and the coast (no-flux there)
+    gaps[..., 1:-1, 5:-1] = rng.random((1, t, h - 2, w - 6)) < 0.4
+    gaps[:, 1, 3:9, 6:15] = True  # a large gap
+    gaps[:, 0] = False  # every sea pixel observed at least once
+    land = np.zeros((h, w), dtype=bool)
+    land[:4, :4] = True
+    x = np.where(gaps | land, np.nan, plane)
+    base = np.full(x.shape, 5.0, dtype=np.float32)
+    out = harmonic_interpolation(x, base)
+    sea = ~land[None, None] & np.ones(x.shape, dtype=bool)
+    # a plane is harmonic: reproduced in every gap, the large one too, whatever the base
+    np.testing.assert_allclose(out[sea], plane[sea], atol=1e-4)
+    obs = np.isfinite(x)
+    np.testing.assert_array_equal(out[obs], x[obs])  # observations pass through
+    assert (out[~sea] == 5.0).all()  # never-observed pixels keep the base
+    # screening pulls the residual back to the base deep in the large gap
+    screened = harmonic_interpolation(x, base, screen=1.0)
+    assert abs(screened[0, 1, 6, 10] - 5.0) < abs(out[0, 1, 6, 10] - 5.0)
+    # a frame with no observation keeps the base
+    x[:, 2] = np.nan
+    np.testing.assert_array_equal(harmonic_interpolation(x, base)[:, 2], base[:, 2])
+
+
+def test_guide_recipes_of_the_gaussian_interpolation_are_refused():
+    with pytest.raises(ValueError, match="fit the model again"):
+        Guide.from_dict({"kind": "eof_interp", "modes": 3, "sigma": [0, 2, 4], "shrink": 0.1,
+                         "tau": None, "scores": {}})
 
 
 def test_time_distance():

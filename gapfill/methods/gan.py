@@ -94,8 +94,8 @@ class GANOptions(TrainingOptions):
     guide
         The first guess the generator corrects (:mod:`gapfill.guides`):
         ``"auto"`` chooses among ``"eof"``, ``"linear"`` and ``"eof_interp"``
-        (and their parameters) by the MAE on the validation pixels; one of
-        those fixes the kind; ``"none"`` is the plain method of the paper.
+        (and their parameters) by the MAE on the validation pixels; one of those, or
+        ``"harmonic"``, fixes the kind; ``"none"`` is the plain method of the paper.
     guide_modes
         EOF modes of the guide; ``None`` lets DINEOF's cross-validation choose them.
     guide_pool
