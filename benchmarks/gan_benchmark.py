@@ -175,7 +175,10 @@ def fit_gan(gappy: xr.DataArray, options: dict[str, Any], seed: int) -> tuple[An
         return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z)))
 
     info = {"train_s": train_s, "steps": method.fit_info.get("steps", 0),
-            "guide_kind": str(_guide_name(method.fit_info.get("guide")))}
+            "guide_kind": str(_guide_name(method.fit_info.get("guide"))),
+            "guide_val_mae": method.fit_info.get("guide_val_mae"),
+            "best_val_mae": method.fit_info.get("best_val_mae"),
+            "correction_gain": method.fit_info.get("correction_gain")}
     info["steps_s"] = info["steps"] / max(method.fit_info.get("train_seconds") or 1e-9, 1e-9)
     return back(res.values), back(method._guide(x)), info
 

@@ -115,6 +115,9 @@ class TrainingOptions(Options):
         Steps between validations (and CSV rows).
     early_stopping_patience
         Evaluations without improvement before stopping; ``None`` never stops.
+    min_gain
+        Share by which a validation must beat the first one (the untrained
+        network's) for its weights to be kept; below it the fit keeps the start.
     checkpoint_dir
         Directory for ``ckpt_<step>.pt`` and ``log.csv``; ``None`` writes none.
     checkpoint_every
@@ -152,6 +155,7 @@ class TrainingOptions(Options):
     time_budget: float | None = 300.0
     eval_every: int = 100
     early_stopping_patience: int | None = None
+    min_gain: float = 0.0
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
     resume: bool = False
@@ -166,7 +170,8 @@ class TrainingOptions(Options):
     #: Options that steer a run without changing what it learns: a checkpoint written
     #: with other values of these can be resumed.
     run_control: ClassVar[tuple[str, ...]] = (
-        "steps", "time_budget", "eval_every", "early_stopping_patience", "checkpoint_dir",
+        "steps", "time_budget", "eval_every", "early_stopping_patience", "min_gain",
+        "checkpoint_dir",
         "checkpoint_every", "resume", "seed", "progress", "device", "threads",
     )
     #: The name in error messages.
@@ -208,6 +213,8 @@ class TrainingOptions(Options):
             bad("time_budget", "must be > 0 or None")
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             bad("early_stopping_patience", "must be >= 1 or None")
+        if not 0 <= self.min_gain < 1:
+            bad("min_gain", "must be in [0, 1)")
         if not (np.isfinite(self.lr) and self.lr > 0):
             bad("lr", "must be > 0")
         if self.cpu_only and self.device not in (None, "cpu"):
@@ -514,6 +521,7 @@ class Trainer:
             steps=o.steps, time_budget=o.time_budget, eval_every=o.eval_every,
             checkpoint_every=o.checkpoint_every,
             patience=getattr(o, "early_stopping_patience", None),
+            min_gain=getattr(o, "min_gain", 0.0),
             metrics=self.metrics, shown=self.shown, val_name=self.val_name,
             finite_only=self.finite_only,
             log=self.manager.directory / "log.csv" if self.manager is not None else None,

@@ -169,17 +169,29 @@ class EarlyStopping:
         Evaluations without improvement before stopping; ``None`` never stops.
     min_delta
         Relative improvement needed to count (``best * (1 - min_delta)``).
+    min_gain
+        Relative improvement on the first value needed to count
+        (``first * (1 - min_gain)``): a start that later values must clearly beat.
     """
 
-    def __init__(self, patience: int | None, min_delta: float = 0.0) -> None:
-        self.patience, self.min_delta = patience, min_delta
+    def __init__(self, patience: int | None, min_delta: float = 0.0,
+                 min_gain: float = 0.0) -> None:
+        self.patience, self.min_delta, self.min_gain = patience, min_delta, min_gain
         self.best = float("inf")
+        self.first = float("inf")
         self.best_step = -1
         self.bad = 0
 
+    def improves(self, value: float) -> bool:
+        """Whether ``value`` would be a new best."""
+        return self.best_step < 0 or (value < self.best * (1 - self.min_delta)
+                                      and value < self.first * (1 - self.min_gain))
+
     def update(self, value: float, step: int) -> bool:
         """Record ``value`` at ``step``; return whether it is a new best."""
-        if value < self.best * (1 - self.min_delta) or self.best_step < 0:
+        if self.best_step < 0:
+            self.first = float(value)
+        if self.improves(value):
             self.best, self.best_step, self.bad = float(value), int(step), 0
             return True
         self.bad += 1
@@ -192,12 +204,14 @@ class EarlyStopping:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint."""
-        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad,
+                "first": self.first}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.best = float(state["best"])
         self.best_step = int(state["best_step"])
+        self.first = float(state.get("first", self.best))
         self.bad = int(state["bad"])
 
 
@@ -224,6 +238,9 @@ class TrainLoop:
         Steps between evaluations and between checkpoints.
     patience
         :class:`EarlyStopping` patience; ``None`` never stops early.
+    min_gain
+        :class:`EarlyStopping` ``min_gain``: the share by which a later validation
+        must beat the first (the untrained network's) for its weights to be kept.
     metrics
         Names of the values a training step returns; their means since the
         last evaluation go into the log rows.
@@ -265,6 +282,7 @@ class TrainLoop:
         eval_every: int,
         checkpoint_every: int,
         patience: int | None = None,
+        min_gain: float = 0.0,
         metrics: Sequence[str] = (),
         shown: Sequence[str] = (),
         val_name: str = "val_mae",
@@ -282,7 +300,7 @@ class TrainLoop:
         self.log_path, self.desc, self.progress_mode = log, desc, progress
         self.ddp = ddp
         self.main = ddp is None or ddp.is_main
-        self.stopper = EarlyStopping(patience)
+        self.stopper = EarlyStopping(patience, min_gain=min_gain)
         self.best_state: dict[str, Any] | None = None
         self.step = 0
         self.first_val: float | None = None

@@ -214,6 +214,17 @@ def test_early_stopping_and_csv(tmp_path):
     assert (tmp_path / "log.csv").read_text().splitlines() == ["step,mae", "1,0.5", "2,"]
 
 
+def test_early_stopping_keeps_the_start_unless_clearly_beaten():
+    stop = EarlyStopping(patience=None, min_gain=0.01)
+    assert stop.update(1.0, 0)
+    assert not stop.improves(0.995) and not stop.update(0.995, 1)  # within 1% of the start
+    assert stop.best_step == 0 and stop.bad == 1
+    assert stop.update(0.98, 2) and stop.update(0.979, 3)  # past it, any gain counts
+    again = EarlyStopping(patience=None, min_gain=0.01)
+    again.load_state_dict(stop.state_dict())
+    assert again.first == 1.0 and again.best_step == 3 and again.improves(0.978)
+
+
 # -- the method ------------------------------------------------------------------------------
 def test_registered_and_options_validated():
     assert get("gan") is GAN

@@ -176,3 +176,25 @@ def test_training_lowers_the_validation_mae_below_the_guide(cycle):
     # the generator's unit is the guide's error on pixels it did not see
     scale = gan._meta["generator"]["residual_scale"]
     assert 0.5 < scale / info["guide_val_mae"] < 5, (scale, info["guide_val_mae"])
+
+
+def test_gan_keeps_its_guide_unless_training_beats_it_by_min_gain():
+    pytest.importorskip("torch")
+    from gapfill.cube import Cube
+    from gapfill.methods.gan import GAN
+
+    truth = _cube(t=16, h=16, w=16, seed=1)[0]
+    hidden = masks.Cloud(coverage=0.3, seed=3, length_scale=2).sample(truth.shape)
+    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
+                      coords={"lat": np.arange(16.0), "lon": np.arange(16.0)})
+    cube = Cube(da)
+    gan = GAN(window=(8, 16, 16), width=8, n_res_blocks=1, attention=False, batch_size=2,
+              steps=30, time_budget=None, eval_every=10, progress="off", seed=0, guide_pool=2,
+              lr=3e-3, ema=None, guide="eof", val_share=0.1, time_channels=False,
+              min_gain=0.9)  # no training beats the guide by 90%
+    gan.fit(cube, np.random.default_rng(0))
+    assert gan.fit_info["best_step"] == 0
+    x = cube.values()
+    out = gan.fill(x, np.random.default_rng(0), coords=cube.coords()).values
+    gaps = np.isnan(x)
+    np.testing.assert_allclose(out[gaps], gan._guide(x)[gaps], atol=1e-5)

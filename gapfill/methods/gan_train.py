@@ -237,8 +237,7 @@ class GANTrainer(Trainer):
             mae = min(scores)
             gain = gains[scores.index(mae)]
         mae, gain = self.ddp.from_main((mae, gain))
-        best = self.loop.best
-        if mae is not None and (best is None or mae < best):  # the step the loop will keep
+        if mae is not None and self.loop.stopper.improves(mae):  # the step the loop will keep
             self.best_gain = gain
         budget = self.loop.budget
         if self.deadline is not None and budget is not None:
