@@ -90,7 +90,7 @@ def harmonic_interpolation(x: np.ndarray, base: np.ndarray, screen: float = 0.0)
     observations (a Gaussian Markov random field with that correlation length).
     Observed pixels get ``x``; gaps with no observation in their frame keep ``base``.
     """
-    from scipy import sparse
+    from scipy import ndimage, sparse
     from scipy.sparse.linalg import spsolve
 
     c_, t_, h, w = x.shape
@@ -113,9 +113,21 @@ def harmonic_interpolation(x: np.ndarray, base: np.ndarray, screen: float = 0.0)
             if not (o.any() and u.any()):
                 continue
             xt, bt = x[c, t].reshape(-1), base[c, t].reshape(-1).astype(np.float64)
-            rhs = -(lap[u][:, o] @ (xt[o] - bt[o]))
+            rows = lap[u]
+            rhs = -(rows[:, o] @ (xt[o] - bt[o]))
+            # each gap (4-connected) is its own small system: solved one by one, as a
+            # single sparse factorisation of all of them costs several times more
+            labels, n = ndimage.label(u.reshape(h, w))
+            lab = labels.reshape(-1)[u]
+            order = np.argsort(lab, kind="stable")
+            bounds = np.searchsorted(lab[order], np.arange(1, n + 2))
+            a = rows[:, u][order][:, order].tocsc()
+            sol = np.empty(len(rhs))
+            for k in range(n):
+                part = slice(bounds[k], bounds[k + 1])
+                sol[order[part]] = np.atleast_1d(spsolve(a[part, part], rhs[order[part]]))
             flat = out[c, t].reshape(-1)
-            flat[u] = bt[u] + spsolve(lap[u][:, u].tocsc(), rhs)
+            flat[u] = bt[u] + sol
         out[c] = np.where(np.isfinite(x[c]), x[c], out[c])
     return out
 
@@ -201,8 +213,8 @@ class Guide:
         old = {"sigma", "shrink"} & set(d)
         if old:
             raise ValueError(
-                f"this model's guide has {sorted(old)}: the Gaussian residual interpolation "
-                "of gapfill versions before the harmonic one; fit the model again")
+                f"this model's guide has {sorted(old)}, the options of a Gaussian residual "
+                "interpolation this gapfill does not have; fit the model again")
         return cls(**d)
 
     def __str__(self) -> str:
