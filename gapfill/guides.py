@@ -113,21 +113,21 @@ def harmonic_interpolation(x: np.ndarray, base: np.ndarray, screen: float = 0.0)
             if not (o.any() and u.any()):
                 continue
             xt, bt = x[c, t].reshape(-1), base[c, t].reshape(-1).astype(np.float64)
-            rows = lap[u]
-            rhs = -(rows[:, o] @ (xt[o] - bt[o]))
             # each gap (4-connected) is its own small system: solved one by one, as a
             # single sparse factorisation of all of them costs several times more
             labels, n = ndimage.label(u.reshape(h, w))
-            lab = labels.reshape(-1)[u]
-            order = np.argsort(lab, kind="stable")
-            bounds = np.searchsorted(lab[order], np.arange(1, n + 2))
-            a = rows[:, u][order][:, order].tocsc()
-            sol = np.empty(len(rhs))
+            labels = labels.reshape(-1)
+            gap = np.flatnonzero(u)
+            gap = gap[np.argsort(labels[gap], kind="stable")]  # gap pixels, gap by gap
+            bounds = np.searchsorted(labels[gap], np.arange(1, n + 2))
+            rows = lap[gap]
+            rhs = -(rows[:, o] @ (xt[o] - bt[o]))
+            a = rows[:, gap].tocsc()
+            sol = np.empty(len(gap))
             for k in range(n):
                 part = slice(bounds[k], bounds[k + 1])
-                sol[order[part]] = np.atleast_1d(spsolve(a[part, part], rhs[order[part]]))
-            flat = out[c, t].reshape(-1)
-            flat[u] = bt[u] + sol
+                sol[part] = np.atleast_1d(spsolve(a[part, part], rhs[part]))
+            out[c, t].reshape(-1)[gap] = bt[gap] + sol
         out[c] = np.where(np.isfinite(x[c]), x[c], out[c])
     return out
 
