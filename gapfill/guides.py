@@ -185,10 +185,20 @@ class Guide:
 
     def make(self, x: np.ndarray) -> np.ndarray | None:
         """The guide of the gappy ``(C, T, H, W)`` array ``x`` with these parameters."""
+        return self.make_with_base(x)[0]
+
+    def make_with_base(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The guide of ``x`` and its smooth base: the EOF reconstruction under an
+        ``eof_interp`` guide, zero under ``harmonic``, the guide itself otherwise.
+
+        The base does not pass through the observations, so ``x - base`` at the observed
+        pixels is the signal the residual interpolation spreads into the gaps.
+        """
         if self.kind == "none":
-            return None
+            return None, None
         if self.kind == "linear":
-            return linear_guide(x)
+            field = linear_guide(x)
+            return field, field
         if self.kind == "harmonic":
             base = np.zeros(x.shape, dtype=np.float32)
         else:
@@ -196,12 +206,13 @@ class Guide:
             if self.modes is None:
                 self.modes = modes
             if self.kind == "eof":
-                return base
+                return base, base
+        field = base
         if self.screen is not None:
-            base = harmonic_interpolation(x, base, self.screen)
+            field = harmonic_interpolation(x, base, self.screen)
         if self.tau is not None:
-            base = blend_linear(base, linear_guide(x), time_distance(x), self.tau)
-        return base
+            field = blend_linear(field, linear_guide(x), time_distance(x), self.tau)
+        return field, base
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (for a model's metadata)."""
@@ -231,7 +242,7 @@ class Guide:
 def choose_guide(
     x: np.ndarray, val: np.ndarray, truth: np.ndarray, kind: str = "auto",
     modes: int | None = None,
-) -> tuple[Guide, np.ndarray | None]:
+) -> tuple[Guide, np.ndarray | None, np.ndarray | None]:
     """Choose a guide for ``x`` by its MAE on the held-out pixels ``val``.
 
     Parameters
@@ -252,55 +263,56 @@ def choose_guide(
 
     Returns
     -------
-    (Guide, numpy.ndarray or None)
-        The chosen recipe and the guide of ``x`` it gives.
+    (Guide, numpy.ndarray or None, numpy.ndarray or None)
+        The chosen recipe, the guide of ``x`` it gives and that guide's base
+        (:meth:`Guide.make_with_base`).
     """
     if kind not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {kind!r}")
     if kind == "none":
-        return Guide("none"), None
+        return Guide("none"), None, None
     has_val = bool(val.any())
 
     def mae(field: np.ndarray) -> float:
         return float(np.abs(field[val] - truth[val]).mean()) if has_val else np.inf
 
     scores: dict[str, float] = {}
-    best: tuple[float, Guide, np.ndarray] | None = None
+    best: tuple[float, Guide, np.ndarray, np.ndarray] | None = None
 
-    def consider(name: str, guide: Guide, field: np.ndarray) -> None:
+    def consider(name: str, guide: Guide, field: np.ndarray, base: np.ndarray) -> None:
         nonlocal best
         score = mae(field)
         scores[name] = score
         if best is None or score < best[0]:
-            best = (score, guide, field)
+            best = (score, guide, field, base)
 
     linear = linear_guide(x) if kind != "eof" else None
     if kind in ("auto", "linear"):
-        consider("linear", Guide("linear"), linear)
+        consider("linear", Guide("linear"), linear, linear)
     bases: list[tuple[Guide, np.ndarray]] = []
     if kind in ("auto", "eof", "eof_interp"):
         eof, k = eof_guide(x, modes)
-        consider("eof", Guide("eof", modes=k), eof)
+        consider("eof", Guide("eof", modes=k), eof, eof)
         if kind != "eof":
             bases.append((Guide("eof_interp", modes=k), eof))
     if kind == "harmonic":
         bases.append((Guide("harmonic"), np.zeros(x.shape, dtype=np.float32)))
     if bases and not has_val:  # nothing to choose on: the first base, plain Laplace
-        g = dataclasses.replace(bases[0][0], screen=SCREENS[0])
-        return g, g.make(x)
-    interp: list[tuple[float, Guide, np.ndarray]] = []
+        g, base = dataclasses.replace(bases[0][0], screen=SCREENS[0]), bases[0][1]
+        return g, harmonic_interpolation(x, base, g.screen), base
+    interp: list[tuple[float, Guide, np.ndarray, np.ndarray]] = []
     for base_guide, base in bases:  # screening pulls towards the base: useless at 0
         for screen in SCREENS if base_guide.kind == "eof_interp" else SCREENS[:1]:
             g = dataclasses.replace(base_guide, screen=screen)
-            consider(str(g), g, field := harmonic_interpolation(x, base, screen))
-            interp.append((scores[str(g)], g, field))
+            consider(str(g), g, field := harmonic_interpolation(x, base, screen), base)
+            interp.append((scores[str(g)], g, field, base))
     if interp and linear is not None:  # the best interpolation, blended with linear in time
-        _, g0, field0 = min(interp, key=lambda item: item[0])
+        _, g0, field0, base0 = min(interp, key=lambda item: item[0])
         dist = time_distance(x)
         for tau in BLEND_TAUS:
             g = dataclasses.replace(g0, tau=tau)
-            consider(str(g), g, blend_linear(field0, linear, dist, tau))
+            consider(str(g), g, blend_linear(field0, linear, dist, tau), base0)
     assert best is not None
-    _, guide, field = best
+    _, guide, field, base = best
     guide.scores = scores
-    return guide, field
+    return guide, field, base

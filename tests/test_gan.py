@@ -88,6 +88,30 @@ def test_untrained_generator_returns_the_guide():
     assert torch.allclose(gen(y, m, None, guide), guide)
 
 
+def test_generator_with_a_guide_base_sees_the_observations_departure_from_it():
+    torch.manual_seed(0)
+    gen = Generator(GeneratorConfig(guide=True, guide_base=True, width=8, n_res_blocks=1))
+    y = torch.randn(1, 1, 4, 8, 8)
+    m = (torch.rand_like(y) > 0.5).float()
+    guide, base = torch.where(m > 0, y, torch.randn_like(y)), torch.randn_like(y)
+    both = torch.cat([guide, base], 1)
+    assert torch.allclose(gen(y, m, None, both), torch.where(m > 0, y, guide))  # untrained
+    with pytest.raises(ValueError, match="guide and its base"):
+        gen(y, m, None, guide)
+    with torch.no_grad():
+        gen.head.weight.normal_()
+    gen.eval()
+    moved = torch.cat([guide, base + 1.0], 1)  # a different base, the same guide
+    assert not torch.allclose(gen.raw(y, m, None, both), gen.raw(y, m, None, moved))
+    # the departure from the base goes in in units of base_scale
+    k = 0.01
+    scaled = Generator(GeneratorConfig(**{**gen.config.__dict__, "base_scale": k}))
+    scaled.load_state_dict(gen.state_dict())
+    scaled.eval()
+    torch.testing.assert_close(scaled.raw(base + k * (y - base), m, None, both),
+                               gen.raw(y, m, None, both), rtol=1e-4, atol=2e-4)
+
+
 def test_generator_works_in_units_of_the_guide_error():
     """Same weights, inputs ``k`` times further from the guide and ``residual_scale`` k:
     the network sees the same numbers and its correction is ``k`` times larger."""

@@ -41,7 +41,11 @@ def test_guide_is_never_worse_than_eof_or_linear():
     val = gaps_in_runs(masks.Cloud(coverage=0.3, seed=2, length_scale=3).sample(
         truth.shape[1:]), hidden[0], 0.1, np.random.default_rng(0), truth.shape[1] // 6)[None]
     xv = np.where(val, np.nan, x)
-    guide, field = choose_guide(xv, val, x, "auto")
+    guide, field, base = choose_guide(xv, val, x, "auto")
+    for item in guide.make_with_base(xv):  # the base chosen with the field, and both rebuilt
+        assert item.shape == field.shape
+    np.testing.assert_allclose(Guide.from_dict(guide.to_dict()).make_with_base(xv)[1], base,
+                               atol=1e-2)
     best = guide.scores[min(guide.scores, key=guide.scores.get)]
     assert best <= min(guide.scores["eof"], guide.scores["linear"])
     assert np.abs(field[val] - x[val]).mean() == pytest.approx(best, rel=1e-6)
@@ -53,6 +57,22 @@ def test_guide_is_never_worse_than_eof_or_linear():
     # the recipe round-trips and rebuilds the same field
     again = Guide.from_dict(guide.to_dict()).make(xv)
     np.testing.assert_allclose(again, field, atol=1e-2)  # same modes, no CV pass
+
+
+def test_guide_base_is_what_the_residual_interpolation_spreads():
+    truth = _cube(t=20, h=12, w=16)
+    x = np.where(np.random.default_rng(0).random(truth.shape) < 0.3, np.nan, truth)
+    obs = np.isfinite(x)
+    guide = Guide("eof_interp", modes=3, screen=0.0)
+    field, base = guide.make_with_base(x)
+    np.testing.assert_array_equal(field, guide.make(x))
+    np.testing.assert_array_equal(base, eof_guide(x, 3)[0])
+    np.testing.assert_allclose(field[obs], x[obs], atol=1e-5)  # through the observations
+    assert np.abs(base[obs] - x[obs]).mean() > 0.01  # the base is not
+    for kind in ("eof", "linear"):
+        field, base = Guide(kind).make_with_base(x)
+        assert base is field
+    assert np.all(Guide("harmonic", screen=0.0).make_with_base(x)[1] == 0)
 
 
 def test_eof_guide_is_the_eof_method():

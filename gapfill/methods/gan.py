@@ -98,6 +98,10 @@ class GANOptions(TrainingOptions):
         ``"harmonic"``, fixes the kind; ``"none"`` is the plain method of the paper.
     guide_modes
         EOF modes of the guide; ``None`` lets DINEOF's cross-validation choose them.
+    guide_base
+        Also give the generator the guide's smooth base (the EOF reconstruction of an
+        ``eof_interp`` guide), and the observations' departure from it: the guide itself
+        passes through the observations, so it hides that signal.
     guide_pool
         Guides precomputed with different extra-hidden pixels for the L1 term
         (fewer when building them takes a quarter of ``time_budget``).
@@ -221,6 +225,7 @@ class GANOptions(TrainingOptions):
     time_channels: bool = True
     guide: str = "auto"
     guide_modes: int | None = None
+    guide_base: bool = True
     guide_pool: int = 8
     fit_blocks: int = 16
     occlusion: str = "auto"
@@ -374,7 +379,8 @@ class GAN(Method):
             return np.zeros((0, t, h, w), dtype=np.float32)
         return np.stack(chans).astype(np.float32)
 
-    def _build(self, channels: int, extra: int, residual_scale: float = 1.0) -> None:
+    def _build(self, channels: int, extra: int, residual_scale: float = 1.0,
+               base_scale: float = 1.0) -> None:
         from gapfill.models import Generator, GeneratorConfig
 
         o = self.options
@@ -390,6 +396,8 @@ class GAN(Method):
             factorised=o.factorised,
             time_distances=True,
             residual_scale=float(residual_scale) if o.guide != "none" else 1.0,
+            guide_base=o.guide_base and o.guide != "none",
+            base_scale=float(base_scale),
         )
         self._meta["generator"] = dataclasses.asdict(cfg)
         self.generator = Generator(cfg)
@@ -440,7 +448,8 @@ class GAN(Method):
         # Seeded torch RNG for initialisation and dropout, without disturbing the caller's.
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(run.seed)
-            self._build(data.channels, data.extras.shape[1], data.guide_error())
+            self._build(data.channels, data.extras.shape[1], data.guide_error(),
+                        data.base_spread())
             # time_budget counts the whole fit: training gets what the set-up leaves
             trainer = GANTrainer(self, run, data,
                                  None if o.time_budget is None else t0 + o.time_budget)
@@ -467,7 +476,7 @@ class GAN(Method):
         """
         config = self._meta.get("generator", {})
         self._check_fill(x, samples, self.generator is not None, config.get("channels"))
-        guide = self._guide(x)
+        guide = self._generator_guide(x)
         extras = self._extras(coords, x.shape[1:])
         seed = int(rng.integers(2**31 - 1))
         with torch_threads(self.options.threads):
@@ -486,6 +495,12 @@ class GAN(Method):
         if self.options.guide == "none":
             return None
         return Guide.from_dict(self._meta["guide"]).make(x)
+
+    def _generator_guide(self, x: np.ndarray) -> np.ndarray | None:
+        """What the generator takes as its guide: the guide, then (``guide_base``) its base."""
+        if self.options.guide == "none" or not self._meta["generator"].get("guide_base"):
+            return self._guide(x)
+        return np.concatenate(Guide.from_dict(self._meta["guide"]).make_with_base(x))
 
     def _fill(
         self,
@@ -507,6 +522,7 @@ class GAN(Method):
         c = x.shape[0]
         parts = [x] + ([guide] if guide is not None else []) + [extras]
         stacked = np.concatenate(parts, 0).astype(np.float32)
+        gc = guide.shape[0] if guide is not None else 0  # the guide, and its base
         noise_channel = self.options.noise == "channel"
         gain = float(self._meta.get("correction_gain", 1.0)) if guide is not None else 1.0
         was_training = gen.training
@@ -518,8 +534,8 @@ class GAN(Method):
             b = torch.from_numpy(batch).to(device)
             y = b[:, :c]
             m = torch.isfinite(y).float()
-            g = b[:, c : 2 * c] if guide is not None else None
-            e = b[:, (2 * c if guide is not None else c) :]
+            g = b[:, c : c + gc] if guide is not None else None
+            e = b[:, c + gc :]
             outs = []
             for _ in range(samples):
                 ex = e
@@ -529,7 +545,7 @@ class GAN(Method):
                 with self._autocast(device):
                     out = gen(y, m, ex if ex.shape[1] else None, g).float()
                 if gain != 1.0:  # the share of its correction of the guide validation chose
-                    out = torch.where(m > 0, out, g + gain * (out - g))
+                    out = torch.where(m > 0, out, g[:, :c] + gain * (out - g[:, :c]))
                 outs.append(out)
             return torch.cat(outs, 1).cpu().numpy()
 

@@ -327,11 +327,16 @@ class TrainingData:
         if o.guide != "none":
             # The guide's kind and parameters are chosen on the block with most validation.
             ref = int(np.argmax(val.reshape(n, -1).sum(1)))
-            guide, first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes)
+            guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes)
             meta["guide"] = guide.to_dict()
-            guides = [np.stack([first if b == ref else guide.make(x[b]) for b in range(n)])]
+
+            def make(xb: np.ndarray) -> np.ndarray:  # the guide, then its base
+                return np.concatenate(guide.make_with_base(xb)) if o.guide_base else guide.make(xb)
+
+            start = np.concatenate(first) if o.guide_base else first[0]
+            guides = [np.stack([start if b == ref else make(x[b]) for b in range(n)])]
             if val.any():
-                meta["guide_val_mae"] = float(np.abs(guides[0][val] - truth[val]).mean())
+                meta["guide_val_mae"] = float(np.abs(guides[0][:, :c][val] - truth[val]).mean())
             if o.recon_weight > 0 and o.supervision != "paired":
                 # Sampled blocks share the pool: about guide_pool variants in all, at least 1
                 # per block (each is a guide of every block).
@@ -342,7 +347,7 @@ class TrainingData:
                     if i and deadline is not None and time.monotonic() > deadline:
                         break
                     guides.append(np.stack([
-                        guide.make(np.where(hide[b], np.nan, x[b])) for b in range(n)
+                        make(np.where(hide[b], np.nan, x[b])) for b in range(n)
                     ]))
                     hides.append(hide)
         clean_arr = _as_clean(clean, cube) if o.supervision != "unsupervised" else None
@@ -364,14 +369,25 @@ class TrainingData:
         generator learns, which sets its :attr:`GeneratorConfig.residual_scale`.
         """
         err: list[np.ndarray] = []
+        c = self.x.shape[1]  # guide channels beyond these are the guide's base
         if self.guides[0] is not None and self.val.any():
-            err.append(np.abs(self.guides[0][self.val] - self.truth[self.val]))
+            err.append(np.abs(self.guides[0][:, :c][self.val] - self.truth[self.val]))
         else:
             for guide, hide in zip(self.guides[1:], self.hides[1:]):
                 sel = np.broadcast_to(hide[:, None], self.x.shape) & np.isfinite(self.x)
-                err.append(np.abs(guide[sel] - self.x[sel]))
+                err.append(np.abs(guide[:, :c][sel] - self.x[sel]))
         flat = np.concatenate(err) if err else np.empty(0)
         mae = float(flat.mean()) if flat.size else 1.0
+        return mae if np.isfinite(mae) and mae > 1e-6 else 1.0
+
+    def base_spread(self) -> float:
+        """Mean absolute departure of the observations from the guide's base (1 when the
+        guides have no base): the unit of that departure in the generator's input."""
+        g, c = self.guides[0], self.x.shape[1]
+        if g is None or g.shape[1] == c:
+            return 1.0
+        obs = np.isfinite(self.x)
+        mae = float(np.abs(self.x[obs] - g[:, c:][obs]).mean()) if obs.any() else 1.0
         return mae if np.isfinite(mae) and mae > 1e-6 else 1.0
 
     def _offset(self, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -229,7 +229,7 @@ class GANTrainer(Trainer):
                 out = self.m._fill(d.x[b][part], guide, d.extras[b][part], 1, 0)
                 val = d.val[b][part]
                 fills.append(out[val])
-                guides.append(guide[val] if guide is not None else out[val])
+                guides.append(guide[:len(out)][val] if guide is not None else out[val])
                 truths.append(d.truth[b][part][val])
             fill, guide, truth = map(np.concatenate, (fills, guides, truths))
             gains = CORRECTION_GAINS if d.guides[0] is not None else (1.0,)

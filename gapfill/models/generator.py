@@ -14,6 +14,8 @@ Optional inputs: extra channels (coordinates, time of year, noise) and a
 ``guide`` field (e.g. an EOF reconstruction). With a guide the generator sees
 the observed anomaly ``(y - guide) m`` and the guide itself, and predicts a
 correction added to the guide, so an untrained generator returns the guide.
+With ``guide_base`` the guide comes with its smooth base, and the anomaly is
+``(y - base) m``: a guide that passes through the observations has none.
 With ``time_distances`` the network also sees, at every pixel, how many frames
 separate it from the last and the next observation of that pixel in the
 window: how far in time a gap reaches, which decides how good a first guess
@@ -60,8 +62,15 @@ class GeneratorConfig:
     time_distances
         Add the frames to the previous and to the next observation of each pixel
         (:func:`time_distances`) as two input channels.
+    guide_base
+        The guide field has ``2 C`` channels: the guide, then its smooth base
+        (:meth:`gapfill.guides.Guide.make_with_base`). The observed anomaly fed in is
+        then ``(y - base) / base_scale`` (the guide passes through the observations, so
+        ``y - guide`` is zero there), and the base is an input too.
+    base_scale
+        Unit of ``y - base`` (its typical size at the observed pixels).
     residual_scale
-        Unit of the observed anomaly ``y - guide`` fed in and of the correction
+        Unit of the observed anomaly fed in and of the correction
         returned (the typical error of the guide, in the data's units).
     """
 
@@ -76,11 +85,13 @@ class GeneratorConfig:
     factorised: bool = False
     time_distances: bool = False
     residual_scale: float = 1.0
+    guide_base: bool = False
+    base_scale: float = 1.0
 
     @property
     def in_channels(self) -> int:
         """Channels of the network's input tensor."""
-        guide = self.channels if self.guide else 0
+        guide = self.channels * (1 + self.guide_base) if self.guide else 0
         return 2 * self.channels + guide + self.extra_channels + 2 * self.time_distances
 
 
@@ -193,17 +204,28 @@ class Generator(nn.Module):
         extra
             ``(N, extra_channels, T, H, W)`` conditioning channels, or ``None``.
         guide
-            ``(N, C, T, H, W)`` guide field when the config has ``guide=True``.
+            ``(N, C, T, H, W)`` guide field when the config has ``guide=True``;
+            ``(N, 2 C, T, H, W)``, the guide then its base, with ``guide_base``.
         """
         cfg = self.config
         if (guide is not None) != cfg.guide:
             raise ValueError(f"this generator was built with guide={cfg.guide}")
-        base = guide if guide is not None else torch.zeros_like(m)
+        base = None
+        if guide is not None and cfg.guide_base:
+            if guide.shape[1] != 2 * cfg.channels:
+                raise ValueError("this generator takes the guide and its base: "
+                                 f"{2 * cfg.channels} guide channels")
+            guide, base = guide.chunk(2, dim=1)
+        start = guide if guide is not None else torch.zeros_like(m)  # what the output corrects
+        ref = base if base is not None else start  # what the observed anomaly departs from
         obs = m > 0
         scale = cfg.residual_scale
-        parts = [torch.where(obs, (y - base) / scale, torch.zeros_like(y)), m.to(y.dtype)]
+        unit = cfg.base_scale if base is not None else scale
+        parts = [torch.where(obs, (y - ref) / unit, torch.zeros_like(y)), m.to(y.dtype)]
         if guide is not None:
             parts.append(guide)
+        if base is not None:
+            parts.append(base)
         if cfg.time_distances:
             parts.append(time_distances(m.amax(1, keepdim=True) > 0).to(y.dtype))
         if cfg.extra_channels:
@@ -229,7 +251,7 @@ class Generator(nn.Module):
             x = F.interpolate(x, size=skip.shape[-3:], mode="nearest")
             x = stage["block"](stage["merge"](torch.cat([x, skip], 1)))
         out = self.head(F.silu(self.head_norm(x)))[..., :h, :w]
-        return out * scale + base
+        return out * scale + start
 
     def forward(
         self,
