@@ -101,7 +101,8 @@ class GANOptions(TrainingOptions):
     guide_base
         Also give the generator the guide's smooth base (the EOF reconstruction of an
         ``eof_interp`` guide), and the observations' departure from it: the guide itself
-        passes through the observations, so it hides that signal.
+        passes through the observations, so it hides that signal. The guides kept for
+        training take twice the memory.
     guide_pool
         Guides precomputed with different extra-hidden pixels for the L1 term
         (fewer when building them takes a quarter of ``time_budget``).
