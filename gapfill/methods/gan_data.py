@@ -182,6 +182,15 @@ def validation_pixels(
     return best[1], best[2]
 
 
+
+def _unit(diffs: list[np.ndarray]) -> float:
+    """Mean absolute value of ``diffs``, or 1 when there are none (or it is not a usable
+    unit: not finite, or about 0)."""
+    flat = np.concatenate(diffs) if diffs else np.empty(0)
+    mae = float(np.abs(flat).mean()) if flat.size else 1.0
+    return mae if np.isfinite(mae) and mae > 1e-6 else 1.0
+
+
 # ----------------------------------------------------------------------------- data
 #: Pixels filled at each validation: a cube (or the blocks of a streaming fit) up to this
 #: size is validated whole; a larger one on the regions richest in validation pixels, since
@@ -368,17 +377,15 @@ class TrainingData:
         from the pool's guides for the L1 term: the size of the correction the
         generator learns, which sets its :attr:`GeneratorConfig.residual_scale`.
         """
-        err: list[np.ndarray] = []
+        diffs: list[np.ndarray] = []
         c = self.x.shape[1]  # guide channels beyond these are the guide's base
         if self.guides[0] is not None and self.val.any():
-            err.append(np.abs(self.guides[0][:, :c][self.val] - self.truth[self.val]))
+            diffs.append(self.guides[0][:, :c][self.val] - self.truth[self.val])
         else:
             for guide, hide in zip(self.guides[1:], self.hides[1:]):
                 sel = np.broadcast_to(hide[:, None], self.x.shape) & np.isfinite(self.x)
-                err.append(np.abs(guide[:, :c][sel] - self.x[sel]))
-        flat = np.concatenate(err) if err else np.empty(0)
-        mae = float(flat.mean()) if flat.size else 1.0
-        return mae if np.isfinite(mae) and mae > 1e-6 else 1.0
+                diffs.append(guide[:, :c][sel] - self.x[sel])
+        return _unit(diffs)
 
     def base_spread(self) -> float:
         """Mean absolute departure of the observations from the guide's base (1 when the
@@ -387,8 +394,7 @@ class TrainingData:
         if g is None or g.shape[1] == c:
             return 1.0
         obs = np.isfinite(self.x)
-        mae = float(np.abs(self.x[obs] - g[:, c:][obs]).mean()) if obs.any() else 1.0
-        return mae if np.isfinite(mae) and mae > 1e-6 else 1.0
+        return _unit([self.x[obs] - g[:, c:][obs]])
 
     def _offset(self, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """A random block and window start in it."""
