@@ -182,7 +182,6 @@ def validation_pixels(
     return best[1], best[2]
 
 
-
 def _unit(diffs: list[np.ndarray]) -> float:
     """Mean absolute value of ``diffs``, or 1 when there are none (or it is not a usable
     unit: not finite, or about 0)."""
