@@ -379,6 +379,37 @@ def test_checkpoint_resume_continues_the_run(tmp_path, ema):
     assert rows[0].startswith("step,") and rows[-1].split(",")[0] == "6"
 
 
+def test_pool_guides_are_redrawn_and_a_resumed_run_redraws_them_alike(tmp_path):
+    _, da = smooth_cube()
+    cube = Cube(da)
+    opts = {**TINY, "guide": "eof", "guide_pool": 2, "guide_refresh": 2, "val_share": 0.0,
+            "checkpoint_dir": str(tmp_path), "checkpoint_every": 3}
+    seen = []
+    real_refresh = TrainingData.refresh
+
+    def spy(self, member, rng):
+        before = self.hides[member].copy()
+        real_refresh(self, member, rng)
+        seen.append((member, bool((self.hides[member] != before).any())))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrainingData, "refresh", spy)
+        straight = GAN(**{**opts, "steps": 6, "checkpoint_dir": str(tmp_path / "a")})
+        straight.fit(cube, np.random.default_rng(0))
+    # steps 2 and 4 redraw guide 1 then guide 2 (not step 6: training ends there)
+    assert seen == [(1, True), (2, True)]
+    first = GAN(**{**opts, "steps": 3})
+    first.fit(cube, np.random.default_rng(0))
+    resumed = GAN(**{**opts, "steps": 6, "resume": True})
+    resumed.fit(cube, np.random.default_rng(0))
+    ckpt = load_checkpoint(CheckpointManager(tmp_path).latest())
+    ref = load_checkpoint(CheckpointManager(tmp_path / "a").latest())
+    for k, v in ref["G"].items():  # the resumed run trained on the same redrawn hides
+        torch.testing.assert_close(ckpt["G"][k], v, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="guide_refresh"):
+        GAN(guide_refresh=-1)
+
+
 def test_ema_keeps_the_moving_average_of_the_generator(tmp_path):
     _, da = smooth_cube()
     gan = GAN(**{**TINY, "steps": 3, "lr": 1e-3, "val_share": 0.0, "ema": 0.5,

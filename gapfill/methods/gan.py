@@ -106,6 +106,11 @@ class GANOptions(TrainingOptions):
     guide_pool
         Guides precomputed with different extra-hidden pixels for the L1 term
         (fewer when building them takes a quarter of ``time_budget``).
+    guide_refresh
+        Steps between redraws of the pool: the oldest guide is replaced by one
+        without a fresh hide, so the hides keep changing as the generator trains
+        (with a time budget, the redraws take at most a fifth of the training
+        time). ``0``: the pool stays as built.
     occlusion
         Occlusion process of the pixels hidden for the L1 term and of the
         re-occluded fills: a :func:`gapfill.masks.make` name (``"cloud"``,
@@ -228,6 +233,7 @@ class GANOptions(TrainingOptions):
     guide_modes: int | None = None
     guide_base: bool = True
     guide_pool: int = 8
+    guide_refresh: int = 20
     fit_blocks: int = 16
     occlusion: str = "auto"
     coverage: float | None = None
@@ -281,7 +287,7 @@ class GANOptions(TrainingOptions):
                      "fit_blocks"):
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
-        for name in ("n_down", "n_res_blocks"):
+        for name in ("n_down", "n_res_blocks", "guide_refresh"):
             if int(getattr(self, name)) < 0:
                 bad(name, "must be >= 0")
         if self.guide not in GUIDES:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -256,6 +257,8 @@ class TrainingData:
     clean: np.ndarray | None  # (N, C, T, H, W)
     window: tuple[int, int, int]
     setup_seconds: float
+    #: Draws a fresh hide for the L1 term and the guides without it (``None``: no pool).
+    redraw: Callable[[np.random.Generator], tuple[Any, Any]] | None = None
 
     @property
     def channels(self) -> int:
@@ -332,6 +335,7 @@ class TrainingData:
 
         guides: list[np.ndarray | None] = [None]
         hides: list[np.ndarray | None] = [None]
+        redraw = None
         if o.guide != "none":
             # The guide's kind and parameters are chosen on the block with most validation.
             ref = int(np.argmax(val.reshape(n, -1).sum(1)))
@@ -350,13 +354,20 @@ class TrainingData:
                 # per block (each is a guide of every block).
                 pool = o.guide_pool if n == 1 else -(-o.guide_pool // n)
                 run = max(1, meta["window"][0] // 2)  # half the (clipped) window
+
+                def guides_without(hide: np.ndarray) -> np.ndarray:
+                    return np.stack([make(np.where(hide[b], np.nan, x[b])) for b in range(n)])
+
+                def redraw(generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                    hide = pool_hides(recon_process, x, observed, never, 1, o.recon_share,
+                                      run, generator)
+                    return (guides_without(hide[0]), hide[0]) if hide else (None, None)
+
                 for i, hide in enumerate(pool_hides(recon_process, x, observed, never, pool,
                                                     o.recon_share, run, rng)):
                     if i and deadline is not None and time.monotonic() > deadline:
                         break
-                    guides.append(np.stack([
-                        make(np.where(hide[b], np.nan, x[b])) for b in range(n)
-                    ]))
+                    guides.append(guides_without(hide))
                     hides.append(hide)
         clean_arr = _as_clean(clean, cube) if o.supervision != "unsupervised" else None
         if o.supervision != "unsupervised" and clean_arr is None:
@@ -366,8 +377,16 @@ class TrainingData:
         return cls(
             x, truth, val, never, extras, guides, hides, process, recon_process,
             None if clean_arr is None else clean_arr[None],
-            tuple(meta["window"]), time.monotonic() - t0,
+            tuple(meta["window"]), time.monotonic() - t0, redraw,
         )
+
+    def refresh(self, member: int, rng: np.random.Generator) -> None:
+        """Replace guide ``member`` (1 and up) of the pool and its hide by a fresh draw."""
+        if self.redraw is None or not 1 <= member < len(self.guides):
+            return
+        guide, hide = self.redraw(rng)
+        if hide is not None:
+            self.guides[member], self.hides[member] = guide, hide
 
     def guide_error(self) -> float:
         """Mean absolute error of the guide on pixels it did not see (1 without a guide).

@@ -3,7 +3,8 @@
 :class:`Trainer` runs one call of ``GAN.fit``: ``d_steps`` discriminator steps
 (when the adversarial terms are on) and one generator step per iteration, an
 exponential moving average of the generator's weights, validation on the
-held-out pixels (:mod:`gapfill.methods.gan_data`) driving early stopping, and
+held-out pixels (:mod:`gapfill.methods.gan_data`) driving early stopping, the
+pool of guides redrawn one by one as training goes (``guide_refresh``), and
 checkpoints with resume. The untrained generator returns its guide, and the
 generator kept is the one with the best validation MAE, step 0 included: the
 fitted model is never worse than its guide on the validation pixels.
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 #: The shares of the generator's correction of its guide each validation scores (ties
 #: keep the first).
 CORRECTION_GAINS = (1.0, 0.75, 0.5, 0.25)
+
+#: With a time budget, redrawing the pool's guides (``guide_refresh``) takes at most this
+#: share of the training time: on a large cube, where a guide is costly, it is done less often.
+REFRESH_SHARE = 0.2
 
 
 # ----------------------------------------------------------------------------- losses
@@ -111,6 +116,7 @@ class GANTrainer(Trainer):
         # Training and validation use the whole correction; the best gain is kept at the end.
         method._meta["correction_gain"] = 1.0
         self.best_gain = 1.0
+        self.refresh_seconds = 0.0
 
     def networks(self) -> dict[str, torch.nn.Module]:
         """The generator (first: kept at its best and averaged) and the discriminators."""
@@ -252,11 +258,39 @@ class GANTrainer(Trainer):
 
     def load_state(self, ckpt: Any) -> None:
         self.best_gain = float(ckpt.get("correction_gain", 1.0))
+        # the pool as it was: each guide's latest redraw (a draw depends on its step only)
+        every, pool, step = self.o.guide_refresh, len(self.data.guides) - 1, int(ckpt["step"])
+        if every and pool:
+            last = step // every
+            for k in range(max(1, last - pool + 1), last + 1):
+                self._refresh(k * every)
+
+    # -- the pool of guides ---------------------------------------------------------
+    def _refresh(self, step: int) -> None:
+        """Redraw the pool guide whose turn comes at ``step`` (a multiple of ``guide_refresh``)."""
+        pool = len(self.data.guides) - 1
+        member = 1 + (step // self.o.guide_refresh - 1) % pool
+        self.data.refresh(member, np.random.default_rng([self.seed, 2, step]))
+
+    def maybe_refresh(self) -> None:
+        """Every ``guide_refresh`` steps, replace the oldest guide of the pool (and its
+        hide) by a fresh draw, so the generator sees new hides as it trains instead of
+        learning the values under a few by heart; with a time budget, only while the
+        redraws have taken at most :data:`REFRESH_SHARE` of the training time."""
+        every, step, budget = self.o.guide_refresh, self.loop.step, self.loop.budget
+        if not every or not step or step % every or len(self.data.guides) < 2 or not self.recon:
+            return
+        if budget.seconds is not None and self.refresh_seconds > REFRESH_SHARE * budget.elapsed:
+            return
+        start = time.monotonic()
+        self._refresh(step)
+        self.refresh_seconds += time.monotonic() - start
 
     # -- loop -----------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, float, float]:
         """``d_steps`` discriminator steps, then one generator step; their losses."""
         o = self.o
+        self.maybe_refresh()
         ld = np.mean([self.d_step() for _ in range(o.d_steps)]) if o.adv_weight > 0 else 0.0
         lg, adv, rec = self.g_step()
         return ld, lg, adv, rec
