@@ -110,8 +110,8 @@ class GANOptions(TrainingOptions):
         Steps between redraws of the pool: the oldest guide is replaced by one
         without a fresh hide, so the hides keep changing as the generator trains
         (with a time budget, the redraws take at most a fifth of the training
-        time). ``0``: the pool stays as built (which did better in a fit of two
-        minutes on the Pacific anomaly, ``docs/methods.md``).
+        time). ``0``: the pool stays as built, which did better in fits of two
+        minutes on the Pacific anomaly (``docs/methods.md``).
     occlusion
         Occlusion process of the pixels hidden for the L1 term and of the
         re-occluded fills: a :func:`gapfill.masks.make` name (``"cloud"``,
