@@ -214,6 +214,11 @@ class Guide:
             field = blend_linear(field, linear_guide(x), time_distance(x), self.tau)
         return field, base
 
+    def stacked(self, x: np.ndarray, with_base: bool) -> np.ndarray | None:
+        """The guide of ``x``, followed along the channel axis by its base when ``with_base``
+        (what a generator with ``guide_base`` takes)."""
+        return np.concatenate(self.make_with_base(x)) if with_base else self.make(x)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (for a model's metadata)."""
         return dataclasses.asdict(self)

@@ -506,9 +506,10 @@ class GAN(Method):
 
     def _generator_guide(self, x: np.ndarray) -> np.ndarray | None:
         """What the generator takes as its guide: the guide, then (``guide_base``) its base."""
-        if self.options.guide == "none" or not self._meta["generator"].get("guide_base"):
-            return self._guide(x)
-        return np.concatenate(Guide.from_dict(self._meta["guide"]).make_with_base(x))
+        if self.options.guide == "none":
+            return None
+        with_base = bool(self._meta["generator"].get("guide_base"))
+        return Guide.from_dict(self._meta["guide"]).stacked(x, with_base)
 
     def _fill(
         self,

@@ -343,7 +343,7 @@ class TrainingData:
             meta["guide"] = guide.to_dict()
 
             def make(xb: np.ndarray) -> np.ndarray:  # the guide, then its base
-                return np.concatenate(guide.make_with_base(xb)) if o.guide_base else guide.make(xb)
+                return guide.stacked(xb, o.guide_base)
 
             start = np.concatenate(first) if o.guide_base else first[0]
             guides = [np.stack([start if b == ref else make(x[b]) for b in range(n)])]
