@@ -7,8 +7,9 @@ Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
     (:class:`gapfill.masks.Cloud`, periodic in longitude).
 ``a1b``
     HadCM3 A1B air temperature over North America (iris-sample-data, 240
-    months x 37 x 49, K, strong seasonal cycle) under large drifting clouds
-    (length scale 6 px, coverage 40% +- 15% per sequence).
+    yearly means 1860-2099 x 37 x 49, K; smooth large-scale fields with a
+    warming trend, no seasonal cycle) under large drifting clouds (length
+    scale 6 px, coverage 40% +- 15% per sequence).
 ``pacific``
     The eofs package's NDJFM Pacific SST anomaly (50 x 18 x 30, K, land NaN),
     ~40% cloud gaps (length scale 3 px).
