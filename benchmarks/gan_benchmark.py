@@ -37,7 +37,10 @@ Usage::
 
 ``--via-fit`` fits the ``gan`` rows with ``da.gapfill.fit``, which keeps its hold-out and
 the error model's validation pixels out of the fit (as a user's fit does); without it
-``gan`` is fitted on every observed pixel, as the classical rows are.
+``gan`` is fitted on every observed pixel, as the classical rows are. ``fit`` then
+chooses the share of the generator's correction on its validation pixels
+(:meth:`gapfill.methods.gan.GAN.tune`); a row ``gan@G`` gives the same fit filled at the
+share ``G`` its training chose.
 """
 
 from __future__ import annotations
@@ -190,12 +193,22 @@ def fit_gan(
     def back(z: np.ndarray) -> xr.DataArray:
         return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z)))
 
+    trained_gain = method.fit_info.get("correction_gain_training")
+    if trained_gain is not None:  # the fill at the share training chose, before ``tune``
+        tuned_gain = method._meta["correction_gain"]
+        method._meta["correction_gain"] = trained_gain
+        with _threads(method, cube):
+            at_trained = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
+        method._meta["correction_gain"] = tuned_gain
     info = {"train_s": train_s, "steps": method.fit_info.get("steps", 0),
             "guide_kind": str(_guide_name(method.fit_info.get("guide"))),
             "guide_val_mae": method.fit_info.get("guide_val_mae"),
             "best_val_mae": method.fit_info.get("best_val_mae"),
             "correction_gain": method.fit_info.get("correction_gain")}
     info["steps_s"] = info["steps"] / max(method.fit_info.get("train_seconds") or 1e-9, 1e-9)
+    if trained_gain is not None:
+        info["training_gain"] = trained_gain
+        info["fill_at_training_gain"] = back(at_trained)
     return back(res.values), back(method._guide(x)), info
 
 
@@ -242,7 +255,8 @@ def run_case(
         print(f"  {row:9s} MAE {rec['mae']:.4f}  {err}  realism grad {rec['grad']:.2f} "
               f"spec {rec['spec']:.2f}  train {train_s:6.1f} s"
               + (f"  {info['steps_s']:.2f} steps/s ({info['steps']} steps, guide "
-                 f"{info['guide_kind']})" if "steps" in info else ""), flush=True)
+                 f"{info['guide_kind']}, gain {info['correction_gain']})" if "steps" in info
+                 else ""), flush=True)
 
     guide = None
     for row in rows:
@@ -258,7 +272,10 @@ def run_case(
         elif row in GAN_ROWS:
             opts = {**options, **GAN_ROWS[row]}
             filled, g, info = fit_gan(gappy, opts, seed, via_fit)
+            at_trained = info.pop("fill_at_training_gain", None)
             add(row, filled, info.pop("train_s"), **info)
+            if at_trained is not None:  # the same fit at the share its training chose
+                add(f"{row}@{info['training_gain']}", at_trained)
             if guide is None or row == "gan":
                 guide = g
     if "guide" in rows:

@@ -86,6 +86,10 @@ def fit_dataarray(
         if variability is None:  # how much each pixel changes, as the first fit saw it
             variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
+            if not draw and val.any():  # what the fit left open, chosen on these pixels
+                truth = cube.normaliser.normalise(raw).astype(np.float32)
+                method_obj.tune(np.where(val, np.nan, truth), truth, val,
+                                np.random.default_rng([seed, 3]), coords)
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))

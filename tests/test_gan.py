@@ -535,6 +535,47 @@ def test_fill_keeps_the_share_of_the_correction_validation_chose():
     assert np.abs(whole - guide)[gaps].max() > 1e-3  # the network did correct the guide
 
 
+def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
+    """``tune`` scores each share of the correction on the pixels it is given and keeps
+    the best: here a truth made to lie at 0.375 of the way from the guide to the fill."""
+    from gapfill.methods.gan import TUNED_GAINS
+
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    gan = GAN(**{**TINY, "steps": 20, "lr": 2e-3, "guide": "eof", "val_share": 0.1,
+                 "min_gain": 0.0})
+    gan.fit(cube, np.random.default_rng(0))
+    x, coords = cube.values(), cube.coords()
+    rng = np.random.default_rng(5)
+    val = np.isfinite(x) & (rng.random(x.shape) < 0.1)
+    x_in = np.where(val, np.nan, x)
+    gan._meta["correction_gain"] = 1.0
+    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
+    guide = gan._guide(x_in)
+    truth = np.where(val, guide + 0.375 * (whole - guide), x)
+    assert np.abs(whole - guide)[val].max() > 1e-3  # shares that differ
+    gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+    assert gan._meta["correction_gain"] == gan.fit_info["correction_gain"] == 0.375
+    scores = gan.fit_info["correction_gain_scores"]
+    assert list(scores) == [str(g) for g in TUNED_GAINS]
+    assert min(scores, key=scores.get) == "0.375"
+    # nothing to score: the gain stays
+    gan.tune(x_in, truth, np.zeros_like(val), np.random.default_rng(0), coords)
+    assert gan._meta["correction_gain"] == 0.375
+
+
+def test_fit_tunes_the_gain_on_the_error_models_validation_pixels():
+    """Through ``fit`` the kept gain is the best of the validation pixels' scores."""
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    opts = {**TINY, "steps": 20, "lr": 2e-3, "guide": "eof", "val_share": 0.1, "min_gain": 0.0}
+    model = da.gapfill.fit("gan", seed=0, options=opts)
+    info = model.method.fit_info
+    scores = info["correction_gain_scores"]
+    assert info["correction_gain"] == float(min(scores, key=scores.get))
+    assert model.method._meta["correction_gain"] == info["correction_gain"]
+    assert info["correction_gain_training"] in (1.0, 0.75, 0.5, 0.25)
+
+
 def test_validation_regions_bound_the_validation_fill():
     val = np.zeros((2, 1, 10, 20, 30), dtype=bool)
     assert validation_regions(val, (4, 8, 8), budget=10**6) == []

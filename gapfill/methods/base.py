@@ -237,6 +237,22 @@ class Method(ABC):
         ``coords`` are the coordinates of ``x`` for methods that use them.
         """
 
+    def tune(
+        self,
+        x: np.ndarray,
+        truth: np.ndarray,
+        validation: np.ndarray,
+        rng: np.random.Generator,
+        coords: Coords | None = None,
+    ) -> None:
+        """Choose what the fit left open on validation pixels it never saw (default: nothing).
+
+        ``fit`` (the accessor's) calls it once, after :meth:`fit` and before the
+        error model learns: ``x`` is the fit's whole input (normalised ``(C, T, H, W)``,
+        NaN = missing, the ``validation`` pixels hidden) and ``truth`` the same with
+        their observed values. Its gaps are as dense as those :meth:`fill` meets.
+        """
+
     def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
         """Learn from a dask-backed cube too large for memory, in a few passes over its blocks.
 

@@ -19,7 +19,10 @@ the pixels hidden for the L1 term and without the validation pixels, so the
 network never learns to copy a guide that saw the answer. The untrained
 generator returns its guide and the generator kept is the best on
 validation, so the fit is never worse than its guide there
-(:mod:`gapfill.methods.gan_train`).
+(:mod:`gapfill.methods.gan_train`). Through ``da.gapfill.fit``, the share of
+the generator's correction that the fill applies is chosen after training on
+the error model's validation pixels (:meth:`GAN.tune`), whose input is as
+dense as the fill's.
 
 Defaults are the best configuration measured (``docs/methods.md``): the L1
 term alone (``adv_weight=0``), hides at the data's own gap share, lr 3e-4 and
@@ -44,7 +47,7 @@ from gapfill.methods.base import (
     network_state,
 )
 from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData
-from gapfill.methods.gan_train import GANTrainer
+from gapfill.methods.gan_train import GANTrainer, choose_gain
 from gapfill.training import (
     TrainingOptions,
     amp_precision,
@@ -52,6 +55,9 @@ from gapfill.training import (
     start_run,
     torch_threads,
 )
+
+#: The shares of the generator's correction of its guide :meth:`GAN.tune` scores.
+TUNED_GAINS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0)
 
 if TYPE_CHECKING:
     import torch
@@ -466,6 +472,40 @@ class GAN(Method):
             info = trainer.fit()
         info["setup_seconds"] = round(data.setup_seconds, 2)
         self.fit_info.update(info)
+
+    def tune(
+        self,
+        x: np.ndarray,
+        truth: np.ndarray,
+        validation: np.ndarray,
+        rng: np.random.Generator,
+        coords: Coords | None = None,
+    ) -> None:
+        """Choose the share of the generator's correction of its guide (``correction_gain``)
+        on validation pixels filled from the fit's whole input.
+
+        Training validates on pixels hidden from an input that already lacks the
+        validation pixels of ``fit`` and its hold-out; the fill gets them all back, and
+        its guide is better there, so the correction that training chose overshoots.
+        The share of :data:`TUNED_GAINS` with the lowest MAE on ``validation`` is kept
+        (0 keeps the guide); their MAEs are in ``fit_info["correction_gain_scores"]``.
+        """
+        if self.generator is None or self.options.guide == "none" or not validation.any():
+            return
+        guide = self._generator_guide(x)
+        extras = self._extras(coords, x.shape[1:])
+        trained = float(self._meta.get("correction_gain", 1.0))
+        self._meta["correction_gain"] = 1.0
+        with torch_threads(self.options.threads):
+            whole = self._fill(x, guide, extras, 1, int(rng.integers(2**31 - 1)))
+        gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
+                                   truth[validation], TUNED_GAINS)
+        self._meta["correction_gain"] = gain
+        self.fit_info.update({
+            "correction_gain": gain,
+            "correction_gain_training": trained,
+            "correction_gain_scores": dict(zip(map(str, TUNED_GAINS), scores)),
+        })
 
     # -- fill -----------------------------------------------------------------------
     def fill(

@@ -10,10 +10,12 @@ generator kept is the one with the best validation MAE, step 0 included: the
 fitted model is never worse than its guide on the validation pixels.
 
 Each validation also scores the generator's correction of the guide scaled by
-each of :data:`CORRECTION_GAINS`; the gain of the best validation is kept
-(``correction_gain`` in the model). A network trained on hidden pixels a
-little harder to fill than the real gaps learns corrections a little too large
-for them; the validation pixels, like the real gaps, measure by how much.
+each of :data:`CORRECTION_GAINS`; the best of them is the validation's score and
+its gain is kept (``correction_gain`` in the model). A network trained on hidden
+pixels a little harder to fill than the real gaps learns corrections a little too
+large for them. ``fit`` (the accessor's) then chooses the gain again
+(:meth:`~gapfill.methods.gan.GAN.tune`) on its error model's validation pixels,
+filled from the whole input of the fit, whose gaps are as dense as the fill's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ if TYPE_CHECKING:
 #: The shares of the generator's correction of its guide each validation scores (ties
 #: keep the first).
 CORRECTION_GAINS = (1.0, 0.75, 0.5, 0.25)
+
+
+def choose_gain(
+    guide: np.ndarray, fill: np.ndarray, truth: np.ndarray, gains: tuple[float, ...]
+) -> tuple[float, list[float]]:
+    """The share of the correction ``fill - guide`` with the lowest MAE against ``truth``
+    (ties keep the first of ``gains``), and the MAE of each share."""
+    scores = [float(np.abs(guide + g * (fill - guide) - truth).mean()) for g in gains]
+    return gains[scores.index(min(scores))], scores
 
 #: With a time budget, redrawing the pool's guides (``guide_refresh``) takes at most this
 #: share of the training time: on a large cube, where a guide is costly, it is done less often.
@@ -239,9 +250,8 @@ class GANTrainer(Trainer):
                 truths.append(d.truth[b][part][val])
             fill, guide, truth = map(np.concatenate, (fills, guides, truths))
             gains = CORRECTION_GAINS if d.guides[0] is not None else (1.0,)
-            scores = [float(np.abs(guide + g * (fill - guide) - truth).mean()) for g in gains]
+            gain, scores = choose_gain(guide, fill, truth, gains)
             mae = min(scores)
-            gain = gains[scores.index(mae)]
         mae, gain = self.ddp.from_main((mae, gain))
         if mae is not None and self.loop.stopper.improves(mae):  # the step the loop will keep
             self.best_gain = gain
