@@ -250,7 +250,8 @@ class Method(ABC):
         ``fit`` (the accessor's) calls it once, after :meth:`fit` and before the
         error model learns: ``x`` is the fit's whole input (normalised ``(C, T, H, W)``,
         NaN = missing, the ``validation`` pixels hidden) and ``truth`` the same with
-        their observed values. Its gaps are as dense as those :meth:`fill` meets.
+        their observed values. It lacks only the hold-out and the validation pixels, so its
+        gaps are nearly as dense as those :meth:`fill` meets.
         """
 
     def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:

@@ -21,8 +21,8 @@ generator returns its guide and the generator kept is the best on
 validation, so the fit is never worse than its guide there
 (:mod:`gapfill.methods.gan_train`). Through ``da.gapfill.fit``, the share of
 the generator's correction that the fill applies is chosen after training on
-the error model's validation pixels (:meth:`GAN.tune`), whose input is as
-dense as the fill's.
+the error model's validation pixels (:meth:`GAN.tune`), whose input lacks
+only those pixels and the hold-out, nearly as dense as the fill's.
 
 Defaults are the best configuration measured (``docs/methods.md``): the L1
 term alone (``adv_weight=0``), hides at the data's own gap share, lr 3e-4 and

@@ -15,7 +15,7 @@ its gain is kept (``correction_gain`` in the model). A network trained on hidden
 pixels a little harder to fill than the real gaps learns corrections a little too
 large for them. ``fit`` (the accessor's) then chooses the gain again
 (:meth:`~gapfill.methods.gan.GAN.tune`) on its error model's validation pixels,
-filled from the whole input of the fit, whose gaps are as dense as the fill's.
+filled from the whole input of the fit, nearly as dense as the fill's.
 """
 
 from __future__ import annotations
