@@ -536,8 +536,10 @@ def test_fill_keeps_the_share_of_the_correction_validation_chose():
 
 
 def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
-    """``tune`` scores each share of the correction on the pixels it is given and keeps
-    the best: here a truth made to lie at 0.375 of the way from the guide to the fill."""
+    """Keep the share of the correction best on the pixels ``tune`` is given.
+
+    The truth is made to lie at 0.375 of the way from the guide to the fill.
+    """
     from gapfill.methods.gan import TUNED_GAINS
 
     _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
@@ -565,7 +567,7 @@ def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
 
 
 def test_fit_tunes_the_gain_on_the_error_models_validation_pixels():
-    """Through ``fit`` the kept gain is the best of the validation pixels' scores."""
+    """Keep, through ``fit``, the gain best on the error model's validation pixels."""
     _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
     opts = {**TINY, "steps": 20, "lr": 2e-3, "guide": "eof", "val_share": 0.1, "min_gain": 0.0}
     model = da.gapfill.fit("gan", seed=0, options=opts)

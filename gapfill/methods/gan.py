@@ -481,9 +481,9 @@ class GAN(Method):
         rng: np.random.Generator,
         coords: Coords | None = None,
     ) -> None:
-        """Choose the share of the generator's correction of its guide (``correction_gain``)
-        on validation pixels filled from the fit's whole input.
+        """Choose the share of the generator's correction of its guide (``correction_gain``).
 
+        The share is scored on validation pixels filled from the fit's whole input.
         Training validates on pixels hidden from an input that already lacks the
         validation pixels of ``fit`` and its hold-out; the fill gets them all back, and
         its guide is better there, so the correction that training chose overshoots.

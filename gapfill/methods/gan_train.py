@@ -42,8 +42,10 @@ CORRECTION_GAINS = (1.0, 0.75, 0.5, 0.25)
 def choose_gain(
     guide: np.ndarray, fill: np.ndarray, truth: np.ndarray, gains: tuple[float, ...]
 ) -> tuple[float, list[float]]:
-    """The share of the correction ``fill - guide`` with the lowest MAE against ``truth``
-    (ties keep the first of ``gains``), and the MAE of each share."""
+    """Find the share of the correction ``fill - guide`` with the lowest MAE against ``truth``.
+
+    Returns the share (ties keep the first of ``gains``) and the MAE of each share.
+    """
     scores = [float(np.abs(guide + g * (fill - guide) - truth).mean()) for g in gains]
     return gains[scores.index(min(scores))], scores
 
