@@ -82,7 +82,9 @@ def fit_dataarray(
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
             model = refit(fitted, cube, draw_hide | draw_validation, draw, stream)
-        raw, val, coords = _validation_window(cube, data, draw_hide, draw_validation)
+        # The validation pixels are filled with the hold-out observed, as the product's
+        # gaps are: the hold-out stays out of every fit and is never scored here.
+        raw, val, coords = _validation_window(cube, data, draw_validation)
         if variability is None:  # how much each pixel changes, as the first fit saw it
             variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
@@ -125,22 +127,22 @@ def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
 
 
 def _validation_window(
-    cube: Cube, data: Any, hide: Any, validation: Any
+    cube: Cube, data: Any, validation: Any
 ) -> tuple[np.ndarray, np.ndarray, Any]:
     """The first frames of the cube (at most :data:`VALIDATION_PIXELS`, whatever its
-    chunks), where the error model learns: ``(C, T, H, W)`` data with the hold-out
-    hidden (NaN), the validation pixels and the frames' coordinates."""
+    chunks), where the error model learns: ``(C, T, H, W)`` data (NaN = missing), the
+    validation pixels and the frames' coordinates."""
     n_chan, n_time, height, width = cube.shape
     data = data if data.ndim == 4 else data[None]
     frames = slice(0, min(n_time, max(2, VALIDATION_PIXELS // (n_chan * height * width))))
-    parts = [a[:, frames] for a in (data, hide, validation)]
+    parts = [a[:, frames] for a in (data, validation)]
     if cube.is_lazy:  # chunk by chunk in one pass (no task holds the window), joined here
         import dask
 
         slabs = [[p.blocks[:, i] for i in range(p.numblocks[1])] for p in parts]
         parts = [np.concatenate(blocks, axis=1) for blocks in dask.compute(*slabs)]
-    raw, hidden, val = (np.asarray(a) for a in parts)
-    raw = np.where(hidden, np.nan, raw.astype(np.float64))
+    raw, val = (np.asarray(a) for a in parts)
+    raw = raw.astype(np.float64)
     coords = cube.coords()
     coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
     return raw, val, coords

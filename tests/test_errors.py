@@ -311,3 +311,33 @@ def test_cheap_methods_fill_with_the_validation_pixels_of_their_error_model():
     z = direct.fill(x, np.random.default_rng(0)).values
     want = cube.normaliser.denormalise(np.where(np.isfinite(x), x, z))[0]
     np.testing.assert_allclose(filled, want, rtol=1e-5, atol=1e-5)
+
+
+def test_validation_pixels_are_filled_with_the_holdout_observed(monkeypatch):
+    """The error model learns from fills as dense as the product's.
+
+    The validation pixels are hidden; the hold-out (kept out of the fit) is observed, as
+    it is when filling.
+    """
+    from gapfill import accessor
+    from gapfill.cube import Cube
+    from gapfill.diagnostics import fit_masks
+
+    _, gappy = noisy_cube(t=24, h=12, w=16)
+    inputs = []
+    real = accessor.validation_errors
+
+    def spy(model, raw, validation, *args, **kwargs):
+        inputs.append((raw.copy(), validation.copy()))
+        return real(model, raw, validation, *args, **kwargs)
+
+    monkeypatch.setattr(accessor, "validation_errors", spy)
+    model = gappy.gapfill.fit("linear", seed=0)
+    observed = np.isfinite(gappy.values)[None]
+    hide, validation = fit_masks(observed, model.holdout, Cube(gappy).missing_pattern())
+    raw, val = inputs[0]
+    frames = raw.shape[1]
+    assert hide[:, :frames].any()
+    np.testing.assert_array_equal(val, validation[:, :frames])
+    assert np.isfinite(raw[hide[:, :frames]]).all()  # the hold-out is observed
+    assert not (val & hide[:, :frames]).any()

@@ -248,10 +248,11 @@ class Method(ABC):
         """Choose what the fit left open on validation pixels it never saw (default: nothing).
 
         ``fit`` (the accessor's) calls it once, after :meth:`fit` and before the
-        error model learns: ``x`` is the fit's whole input (normalised ``(C, T, H, W)``,
-        NaN = missing, the ``validation`` pixels hidden) and ``truth`` the same with
-        their observed values. It lacks only the hold-out and the validation pixels, so its
-        gaps are nearly as dense as those :meth:`fill` meets.
+        error model learns: ``x`` is every observation (normalised ``(C, T, H, W)``,
+        NaN = missing) but the ``validation`` pixels, and ``truth`` the same with their
+        observed values. It includes the hold-out, which the fit never saw and which is
+        never scored here, so its gaps are as dense as those :meth:`fill` meets, less the
+        validation pixels.
         """
 
     def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:

@@ -483,10 +483,11 @@ class GAN(Method):
     ) -> None:
         """Choose the share of the generator's correction of its guide (``correction_gain``).
 
-        The share is scored on validation pixels filled from the fit's whole input.
-        Training validates on pixels hidden from an input that already lacks the
-        validation pixels of ``fit`` and its hold-out; the fill gets them all back, and
-        its guide is better there, so the correction that training chose overshoots.
+        The share is scored on validation pixels filled from every other observation,
+        the hold-out included. Training validates on pixels hidden from an input that
+        already lacks the validation pixels of ``fit`` and its hold-out; the fill gets
+        them all back, and its guide is better there, so the correction that training
+        chose overshoots.
         The share of :data:`TUNED_GAINS` with the lowest MAE on ``validation`` is kept
         (0 keeps the guide); their MAEs are in ``fit_info["correction_gain_scores"]``.
         """
