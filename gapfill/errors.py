@@ -8,7 +8,8 @@ that have one, the method's own spread (the EOF posterior, a per-pixel standard
 deviation). An :class:`ErrorModel` learns that relation from *validation
 pixels*: observed pixels hidden from the fit in gap-shaped patches, filled
 after the fit and compared with their observations (never the diagnostics
-hold-out, which stays an independent check).
+hold-out, which stays an independent check; its observations are inputs of that
+fill, as they are of the product's).
 
 It has two parts:
 
