@@ -76,15 +76,17 @@ def fit_dataarray(
     # The error model learns from the validation pixels; a method whose hold-out is drawn
     # more than once (a cheap fit) pools those of every draw, each refitted without its own.
     found, variability = [], None
+    # The validation pixels are filled with the hold-out observed, as the product's gaps
+    # are: the hold-out stays out of every fit and is never scored here. The window's
+    # data is the same for every draw, so it is read once (with the first draw's pixels).
+    frames, raw, val, coords = _validation_window(cube, data, validation)
     for draw in range(method_obj.holdout_draws):
-        model, draw_hide, draw_validation = fitted, hide, validation
+        model = fitted
         if draw:
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
             model = refit(fitted, cube, draw_hide | draw_validation, draw, stream)
-        # The validation pixels are filled with the hold-out observed, as the product's
-        # gaps are: the hold-out stays out of every fit and is never scored here.
-        raw, val, coords = _validation_window(cube, data, draw_validation)
+            (val,) = _first_frames(cube, [draw_validation], frames)
         if variability is None:  # how much each pixel changes, as the first fit saw it
             variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
@@ -128,24 +130,28 @@ def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
 
 def _validation_window(
     cube: Cube, data: Any, validation: Any
-) -> tuple[np.ndarray, np.ndarray, Any]:
-    """The first frames of the cube (at most :data:`VALIDATION_PIXELS`, whatever its
-    chunks), where the error model learns: ``(C, T, H, W)`` data (NaN = missing), the
-    validation pixels and the frames' coordinates."""
+) -> tuple[slice, np.ndarray, np.ndarray, Any]:
+    """The first frames of the cube (at most :data:`VALIDATION_PIXELS`), where the error
+    model learns: the frames, their ``(C, T, H, W)`` data (NaN = missing) and
+    ``validation`` pixels (read in one pass), and their coordinates."""
     n_chan, n_time, height, width = cube.shape
-    data = data if data.ndim == 4 else data[None]
     frames = slice(0, min(n_time, max(2, VALIDATION_PIXELS // (n_chan * height * width))))
-    parts = [a[:, frames] for a in (data, validation)]
-    if cube.is_lazy:  # chunk by chunk in one pass (no task holds the window), joined here
+    raw, val = _first_frames(cube, [data if data.ndim == 4 else data[None], validation], frames)
+    coords = cube.coords()
+    coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
+    return frames, raw.astype(np.float64), val, coords
+
+
+def _first_frames(cube: Cube, arrays: list[Any], frames: slice) -> list[np.ndarray]:
+    """``frames`` of each ``(C, T, H, W)`` array, as numpy (whatever the chunks of a
+    dask-backed cube: chunk by chunk in one pass, no task holds the window)."""
+    parts = [a[:, frames] for a in arrays]
+    if cube.is_lazy:
         import dask
 
         slabs = [[p.blocks[:, i] for i in range(p.numblocks[1])] for p in parts]
         parts = [np.concatenate(blocks, axis=1) for blocks in dask.compute(*slabs)]
-    raw, val = (np.asarray(a) for a in parts)
-    raw = raw.astype(np.float64)
-    coords = cube.coords()
-    coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
-    return raw, val, coords
+    return [np.asarray(p) for p in parts]
 
 
 @xr.register_dataarray_accessor("gapfill")
