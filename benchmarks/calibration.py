@@ -86,7 +86,7 @@ stgconvnet flowfill --seeds 0``, 60 s each, one thread)::
     pacific  flowfill        0    0.4630    0.4443   0.96   69.0%   92.7%   72.2%  94.6%
 
 Over seeds 0 to 6 (``--methods eof linear climatology --seeds 0 1 2 3 4 5 6``) the ratio
-was within its band in 58 of 63 runs, the 1σ share in 46 and the 2σ share in 53.
+was within its band in 58 of 63 runs, the 1σ share in 43 and the 2σ share in 55.
 """
 
 from __future__ import annotations

@@ -38,9 +38,9 @@ Usage::
 ``--via-fit`` fits the ``gan`` rows with ``da.gapfill.fit``, which keeps its hold-out and
 the error model's validation pixels out of the fit (as a user's fit does); without it
 ``gan`` is fitted on every observed pixel, as the classical rows are. ``fit`` then
-chooses the share of the generator's correction on its validation pixels
-(:meth:`gapfill.methods.gan.GAN.tune`); a row ``gan@G`` gives the same fit filled at the
-share ``G`` its training chose.
+chooses the guide and the share of the generator's correction on its validation pixels
+(:meth:`gapfill.methods.gan.GAN.tune`); a row ``gan@G`` gives the same fit filled with the
+guide and the share ``G`` its training chose. The ``guide`` row is the guide the fill uses.
 """
 
 from __future__ import annotations
@@ -194,17 +194,19 @@ def fit_gan(
         return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z)))
 
     trained_gain = method.fit_info.get("correction_gain_training")
-    if trained_gain is not None:  # the fill at the share training chose, before ``tune``
-        tuned_gain = method._meta["correction_gain"]
+    if trained_gain is not None:  # the fill with training's guide and share, before ``tune``
+        tuned = method._meta["correction_gain"], method._meta["guide"]
         method._meta["correction_gain"] = trained_gain
+        method._meta["guide"] = method.fit_info.get("guide_training", tuned[1])
         with _threads(method, cube):
             at_trained = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
-        method._meta["correction_gain"] = tuned_gain
+        method._meta["correction_gain"], method._meta["guide"] = tuned
     info = {"train_s": train_s, "steps": method.fit_info.get("steps", 0),
             "guide_kind": str(_guide_name(method.fit_info.get("guide"))),
             "guide_val_mae": method.fit_info.get("guide_val_mae"),
             "best_val_mae": method.fit_info.get("best_val_mae"),
-            "correction_gain": method.fit_info.get("correction_gain")}
+            "correction_gain": method.fit_info.get("correction_gain"),
+            "training_guide_kind": str(_guide_name(method.fit_info.get("guide_training")))}
     info["steps_s"] = info["steps"] / max(method.fit_info.get("train_seconds") or 1e-9, 1e-9)
     if trained_gain is not None:
         info["training_gain"] = trained_gain
@@ -255,7 +257,8 @@ def run_case(
         print(f"  {row:9s} MAE {rec['mae']:.4f}  {err}  realism grad {rec['grad']:.2f} "
               f"spec {rec['spec']:.2f}  train {train_s:6.1f} s"
               + (f"  {info['steps_s']:.2f} steps/s ({info['steps']} steps, guide "
-                 f"{info['guide_kind']}, gain {info['correction_gain']})" if "steps" in info
+                 f"{info['guide_kind']}, gain {info['correction_gain']}; training's guide "
+                 f"{info['training_guide_kind']})" if "steps" in info
                  else ""), flush=True)
 
     guide = None
@@ -274,7 +277,7 @@ def run_case(
             filled, g, info = fit_gan(gappy, opts, seed, via_fit)
             at_trained = info.pop("fill_at_training_gain", None)
             add(row, filled, info.pop("train_s"), **info)
-            if at_trained is not None:  # the same fit at the share its training chose
+            if at_trained is not None:  # the same fit with training's guide and share
                 add(f"{row}@{info['training_gain']}", at_trained)
             if guide is None or row == "gan":
                 guide = g

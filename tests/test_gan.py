@@ -566,6 +566,35 @@ def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
     assert gan._meta["correction_gain"] == 0.375
 
 
+def test_tune_chooses_the_guide_again_on_its_pixels():
+    """Replace a guide that is poor on the pixels ``tune`` is given by the one best there.
+
+    Training is made to have chosen the linear guide on a smooth travelling wave, which
+    the EOF-based guides fill far better.
+    """
+    from gapfill.guides import Guide
+
+    field, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    gan = GAN(**{**TINY, "steps": 20, "lr": 2e-3, "guide": "auto", "val_share": 0.1,
+                 "min_gain": 0.0})
+    gan.fit(cube, np.random.default_rng(0))
+    x, coords = cube.values(), cube.coords()
+    truth = np.nan_to_num(cube.normaliser.normalise(field[None].astype(np.float64))).astype(np.float32)
+    val = np.isfinite(x) & (np.random.default_rng(5).random(x.shape) < 0.1)
+    x_in = np.where(val, np.nan, x)
+    gan._meta["guide"] = Guide("linear").to_dict()
+    gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+    info = gan.fit_info
+    assert info["guide_training"]["kind"] == "linear"
+    assert info["guide"]["kind"] != "linear" and gan._meta["guide"] == info["guide"]
+    scores = info["guide_scores"]
+    assert len(scores) == 2 and min(scores, key=scores.get) == str(Guide.from_dict(info["guide"]))
+    np.testing.assert_array_equal(gan._guide(x_in), Guide.from_dict(info["guide"]).make(x_in))
+    filled = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
+    assert np.abs(filled - truth)[val].mean() <= scores[str(Guide("linear"))] + 1e-6
+
+
 def test_fit_tunes_the_gain_on_the_error_models_validation_pixels():
     """Keep, through ``fit``, the gain best on the error model's validation pixels."""
     _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)

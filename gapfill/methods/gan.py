@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from gapfill.guides import GUIDES, Guide
+from gapfill.guides import GUIDES, Guide, choose_guide
 from gapfill.methods.base import (
     Chunking,
     Coords,
@@ -64,6 +64,12 @@ if TYPE_CHECKING:
 
     from gapfill.cube import Cube
     from gapfill.masks import OcclusionProcess
+
+
+def _recipe(guide: Guide) -> dict[str, Any]:
+    """A guide's recipe without the scores it was chosen on (to compare two guides)."""
+    return {k: v for k, v in guide.to_dict().items() if k != "scores"}
+
 
 LOSSES = ("hinge", "log", "lsgan")
 SUPERVISION = ("unsupervised", "paired", "unpaired")
@@ -481,30 +487,57 @@ class GAN(Method):
         rng: np.random.Generator,
         coords: Coords | None = None,
     ) -> None:
-        """Choose the share of the generator's correction of its guide (``correction_gain``).
+        """Choose the guide and the share of the generator's correction of it.
 
-        The share is scored on validation pixels filled from every other observation,
-        the hold-out included. Training validates on pixels hidden from an input that
-        already lacks the validation pixels of ``fit`` and its hold-out; the fill gets
-        them all back, and its guide is better there, so the correction that training
-        chose overshoots.
-        The share of :data:`TUNED_GAINS` with the lowest MAE on ``validation`` is kept
-        (0 keeps the guide); their MAEs are in ``fit_info["correction_gain_scores"]``.
+        Both are scored on validation pixels filled from every other observation, the
+        hold-out included, as dense as the fill's input. Training chose its guide and
+        validated on pixels hidden from an input that also lacks the validation pixels
+        of ``fit`` and its hold-out: on that sparser input the ranking of the guides can
+        differ (a spatial interpolation loses more than a temporal one when gaps widen),
+        and the correction that training chose overshoots where the guide is better.
+
+        Two guides are tried: the one training used, and the one
+        :func:`~gapfill.guides.choose_guide` picks on these pixels (when it differs).
+        With each, the generator fills once with its whole correction and the shares of
+        :data:`TUNED_GAINS` are scored (0 keeps that guide alone). The guide and share
+        with the lowest MAE on ``validation`` are kept (ties keep the training's guide
+        and the larger share); their MAEs are in ``fit_info["correction_gain_scores"]``
+        and ``fit_info["guide_scores"]``.
         """
         if self.generator is None or self.options.guide == "none" or not validation.any():
             return
-        guide = self._generator_guide(x)
         extras = self._extras(coords, x.shape[1:])
-        trained = float(self._meta.get("correction_gain", 1.0))
+        trained_gain = float(self._meta.get("correction_gain", 1.0))
+        trained = Guide.from_dict(self._meta["guide"])
+        dense, _, _ = choose_guide(x, validation, truth, self.options.guide,
+                                   self.options.guide_modes)
+        recipes = [trained]
+        if _recipe(dense) != _recipe(trained):
+            recipes.append(dense)
+        seed = int(rng.integers(2**31 - 1))
         self._meta["correction_gain"] = 1.0
-        with torch_threads(self.options.threads):
-            whole = self._fill(x, guide, extras, 1, int(rng.integers(2**31 - 1)))
-        gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
-                                   truth[validation], TUNED_GAINS)
+        best: tuple[float, Guide, float, list[float]] | None = None
+        guide_scores = {}
+        for recipe in recipes:
+            self._meta["guide"] = recipe.to_dict()
+            guide = self._generator_guide(x)
+            with torch_threads(self.options.threads):
+                whole = self._fill(x, guide, extras, 1, seed)
+            gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
+                                       truth[validation], TUNED_GAINS)
+            guide_scores[str(recipe)] = min(scores)
+            if best is None or min(scores) < best[0]:
+                best = (min(scores), recipe, gain, scores)
+        assert best is not None
+        _, recipe, gain, scores = best
+        self._meta["guide"] = recipe.to_dict()
         self._meta["correction_gain"] = gain
         self.fit_info.update({
+            "guide": recipe.to_dict(),
+            "guide_training": trained.to_dict(),
+            "guide_scores": guide_scores,
             "correction_gain": gain,
-            "correction_gain_training": trained,
+            "correction_gain_training": trained_gain,
             "correction_gain_scores": dict(zip(map(str, TUNED_GAINS), scores)),
         })
 
