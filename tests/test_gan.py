@@ -584,6 +584,11 @@ def test_tune_chooses_the_guide_again_on_its_pixels():
     val = np.isfinite(x) & (np.random.default_rng(5).random(x.shape) < 0.1)
     x_in = np.where(val, np.nan, x)
     gan._meta["guide"] = Guide("linear").to_dict()
+    # fewer frames than training chose its guide on: training's guide stays
+    gan._meta["guide_frames"] = x.shape[1] + 1
+    gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+    assert gan._meta["guide"]["kind"] == "linear" and len(gan.fit_info["guide_scores"]) == 1
+    gan._meta["guide_frames"] = x.shape[1]
     gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
     info = gan.fit_info
     assert info["guide_training"]["kind"] == "linear"

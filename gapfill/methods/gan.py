@@ -497,7 +497,9 @@ class GAN(Method):
         and the correction that training chose overshoots where the guide is better.
 
         Two guides are tried: the one training used, and the one
-        :func:`~gapfill.guides.choose_guide` picks on these pixels (when it differs).
+        :func:`~gapfill.guides.choose_guide` picks on these pixels (when it differs, and
+        when ``x`` has at least as many frames as training chose its guide on: the
+        first frames of a long cube do not choose its EOF modes).
         With each, the generator fills once with its whole correction and the shares of
         :data:`TUNED_GAINS` are scored (0 keeps that guide alone). The guide and share
         with the lowest MAE on ``validation`` are kept (ties keep the training's guide
@@ -509,11 +511,12 @@ class GAN(Method):
         extras = self._extras(coords, x.shape[1:])
         trained_gain = float(self._meta.get("correction_gain", 1.0))
         trained = Guide.from_dict(self._meta["guide"])
-        dense, _, _ = choose_guide(x, validation, truth, self.options.guide,
-                                   self.options.guide_modes)
         recipes = [trained]
-        if _recipe(dense) != _recipe(trained):
-            recipes.append(dense)
+        if x.shape[1] >= int(self._meta.get("guide_frames", x.shape[1] + 1)):
+            dense, _, _ = choose_guide(x, validation, truth, self.options.guide,
+                                       self.options.guide_modes)
+            if _recipe(dense) != _recipe(trained):
+                recipes.append(dense)
         seed = int(rng.integers(2**31 - 1))
         self._meta["correction_gain"] = 1.0
         best: tuple[float, Guide, float, list[float]] | None = None

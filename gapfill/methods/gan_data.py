@@ -341,6 +341,7 @@ class TrainingData:
             ref = int(np.argmax(val.reshape(n, -1).sum(1)))
             guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes)
             meta["guide"] = guide.to_dict()
+            meta["guide_frames"] = int(t)  # how many frames it was chosen on
 
             def make(xb: np.ndarray) -> np.ndarray:  # the guide, then its base
                 return guide.stacked(xb, o.guide_base)
