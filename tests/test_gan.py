@@ -535,6 +535,22 @@ def test_fill_keeps_the_share_of_the_correction_validation_chose():
     assert np.abs(whole - guide)[gaps].max() > 1e-3  # the network did correct the guide
 
 
+def _tuning_case(guide: str) -> tuple[GAN, Cube, np.ndarray, np.ndarray, np.ndarray, object]:
+    """A tiny ``gan`` fitted on a smooth cube, and pixels for :meth:`GAN.tune`.
+
+    Returns the model, the cube, the smooth field, the validation pixels, the cube's
+    values with them hidden, and the coordinates.
+    """
+    field, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    gan = GAN(**{**TINY, "steps": 20, "lr": 2e-3, "guide": guide, "val_share": 0.1,
+                 "min_gain": 0.0})
+    gan.fit(cube, np.random.default_rng(0))
+    x = cube.values()
+    val = np.isfinite(x) & (np.random.default_rng(5).random(x.shape) < 0.1)
+    return gan, cube, field, val, np.where(val, np.nan, x), cube.coords()
+
+
 def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
     """Keep the share of the correction best on the pixels ``tune`` is given.
 
@@ -542,15 +558,8 @@ def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
     """
     from gapfill.methods.gan import TUNED_GAINS
 
-    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
-    cube = Cube(da)
-    gan = GAN(**{**TINY, "steps": 20, "lr": 2e-3, "guide": "eof", "val_share": 0.1,
-                 "min_gain": 0.0})
-    gan.fit(cube, np.random.default_rng(0))
-    x, coords = cube.values(), cube.coords()
-    rng = np.random.default_rng(5)
-    val = np.isfinite(x) & (rng.random(x.shape) < 0.1)
-    x_in = np.where(val, np.nan, x)
+    gan, cube, _, val, x_in, coords = _tuning_case("eof")
+    x = cube.values()
     gan._meta["correction_gain"] = 1.0
     whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
     guide = gan._guide(x_in)
@@ -574,15 +583,9 @@ def test_tune_chooses_the_guide_again_on_its_pixels():
     """
     from gapfill.guides import Guide
 
-    field, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
-    cube = Cube(da)
-    gan = GAN(**{**TINY, "steps": 20, "lr": 2e-3, "guide": "auto", "val_share": 0.1,
-                 "min_gain": 0.0})
-    gan.fit(cube, np.random.default_rng(0))
-    x, coords = cube.values(), cube.coords()
+    gan, cube, field, val, x_in, coords = _tuning_case("auto")
+    x = cube.values()
     truth = np.nan_to_num(cube.normaliser.normalise(field[None].astype(np.float64))).astype(np.float32)
-    val = np.isfinite(x) & (np.random.default_rng(5).random(x.shape) < 0.1)
-    x_in = np.where(val, np.nan, x)
     gan._meta["guide"] = Guide("linear").to_dict()
     # fewer frames than training chose its guide on: training's guide stays
     gan._meta["guide_frames"] = x.shape[1] + 1

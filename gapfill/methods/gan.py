@@ -511,19 +511,18 @@ class GAN(Method):
         extras = self._extras(coords, x.shape[1:])
         trained_gain = float(self._meta.get("correction_gain", 1.0))
         trained = Guide.from_dict(self._meta["guide"])
-        recipes = [trained]
+        candidates = [(trained, self._generator_guide(x))]  # each guide, as the generator takes it
         if x.shape[1] >= int(self._meta.get("guide_frames", x.shape[1] + 1)):
-            dense, _, _ = choose_guide(x, validation, truth, self.options.guide,
-                                       self.options.guide_modes)
+            dense, field, base = choose_guide(x, validation, truth, self.options.guide,
+                                              self.options.guide_modes)
             if _recipe(dense) != _recipe(trained):
-                recipes.append(dense)
+                with_base = bool(self._meta["generator"].get("guide_base"))
+                candidates.append((dense, np.concatenate([field, base]) if with_base else field))
         seed = int(rng.integers(2**31 - 1))
         self._meta["correction_gain"] = 1.0
         best: tuple[float, Guide, float, list[float]] | None = None
         guide_scores = {}
-        for recipe in recipes:
-            self._meta["guide"] = recipe.to_dict()
-            guide = self._generator_guide(x)
+        for recipe, guide in candidates:
             with torch_threads(self.options.threads):
                 whole = self._fill(x, guide, extras, 1, seed)
             gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
