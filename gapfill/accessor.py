@@ -18,14 +18,10 @@ from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.diagnostics import Diagnostics, fit_masks, refit, resolve_process, score
 from gapfill.dims import find_dims, is_single_frame
-from gapfill.errors import ErrorModel, time_variability
+from gapfill.errors import ErrorModel, time_variability, window_frames
 from gapfill.filling import ONE_FRAME, cf_product, check_model, fill_dataarray, validation_errors
 from gapfill.fitted import FittedModel, Holdout
 from gapfill.packing import is_undecoded
-
-#: The error model is calibrated on a fill of at most this many pixels (whole frames;
-#: a dask-backed cube's are read time chunk by time chunk).
-VALIDATION_PIXELS = 2**22
 
 
 def fit_dataarray(
@@ -131,11 +127,10 @@ def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
 def _validation_window(
     cube: Cube, data: Any, validation: Any
 ) -> tuple[slice, np.ndarray, np.ndarray, Any]:
-    """The first frames of the cube (at most :data:`VALIDATION_PIXELS`), where the error
-    model learns: the frames, their ``(C, T, H, W)`` data (NaN = missing) and
-    ``validation`` pixels (read in one pass), and their coordinates."""
-    n_chan, n_time, height, width = cube.shape
-    frames = slice(0, min(n_time, max(2, VALIDATION_PIXELS // (n_chan * height * width))))
+    """The first frames of the cube (at most :data:`~gapfill.errors.WINDOW_PIXELS`),
+    where the error model learns: the frames, their ``(C, T, H, W)`` data (NaN =
+    missing) and ``validation`` pixels (read in one pass), and their coordinates."""
+    frames = slice(0, window_frames(cube.shape))
     raw, val = _first_frames(cube, [data if data.ndim == 4 else data[None], validation], frames)
     coords = cube.coords()
     coords = None if coords is None else coords.isel(frames, slice(None), slice(None))

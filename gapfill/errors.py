@@ -39,6 +39,17 @@ import numpy as np
 #: "far from everything" and one more step changes nothing the model can learn.
 MAX_DISTANCE = 32
 
+#: The error model learns on a fill of the cube's first frames, at most this many pixels
+#: (whole frames; a dask-backed cube's are read time chunk by time chunk).
+WINDOW_PIXELS = 2**22
+
+def window_frames(shape: tuple[int, ...]) -> int:
+    """How many first frames of a ``(C, T, H, W)`` cube the error model learns on
+    (at most :data:`WINDOW_PIXELS` pixels, at least two frames)."""
+    n_chan, n_time, height, width = shape
+    return min(n_time, max(2, WINDOW_PIXELS // (n_chan * height * width)))
+
+
 #: Shares of a Gaussian within one and two sigma.
 ONE_SIGMA, TWO_SIGMA = 0.6827, 0.9545
 

@@ -48,6 +48,11 @@ def window_starts(n: int, size: int, overlap: float) -> list[int]:
     return starts
 
 
+def count_windows(shape: tuple[int, ...], size: tuple[int, ...], overlap: float) -> int:
+    """How many windows :func:`fill_windows` runs on an array of trailing ``shape``."""
+    return int(np.prod([len(window_starts(n, k, overlap)) for n, k in zip(shape, size)]))
+
+
 def taper(size: int, overlap: float) -> np.ndarray:
     """Blending weight along one axis: a cosine ramp over the overlap, flat in the middle.
 

@@ -169,6 +169,29 @@ def test_gan_validates_on_the_data_gap_shapes_and_keeps_the_time_budget():
     assert gan.fit_info["seconds"] < 4.0 + 1.5
 
 
+def test_time_budget_bounds_the_whole_fit_through_the_accessor():
+    """``da.gapfill.fit`` chooses the guide and share again and fills for the error model
+    after training: the budget leaves their time, so the whole call keeps to it."""
+    torch = pytest.importorskip("torch")
+    import gapfill  # noqa: F401  (the accessor)
+
+    truth = _cube(t=48, h=32, w=48)[0]
+    hidden = masks.Cloud(coverage=0.35, seed=3, length_scale=3).sample(truth.shape)
+    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
+                      coords={"lat": np.arange(32.0), "lon": np.arange(48.0)})
+    budget = 8.0
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # imports out of the timing
+    t0 = time.monotonic()
+    model = da.gapfill.fit("gan", window=(8, 16, 16), width=8, n_res_blocks=1, batch_size=2,
+                           steps=10**6, time_budget=budget, eval_every=5, progress="off",
+                           seed=0, threads=1)
+    elapsed = time.monotonic() - t0
+    info = model.method.fit_info
+    assert info["steps"] > 0, info
+    # what fit does after training (tune, the error model's fill) is inside the budget
+    assert elapsed < budget + 1.5, (elapsed, info["reserved_seconds"], model.info)
+
+
 @pytest.mark.parametrize("cycle", [0.0, 40.0])
 def test_training_lowers_the_validation_mae_below_the_guide(cycle):
     """Small blobs advected one pixel per frame: a 3D convolution can learn to carry

@@ -32,11 +32,13 @@ a moving average of the generator's weights. Options are in :class:`GANOptions`.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from gapfill.errors import window_frames
 from gapfill.guides import GUIDES, Guide, choose_guide
 from gapfill.methods.base import (
     Chunking,
@@ -168,9 +170,11 @@ class GANOptions(TrainingOptions):
     steps
         Generator steps (the step budget).
     time_budget
-        Seconds of the whole fit in this call, guide set-up included (``None``:
-        steps only). Runs stopped by time are not bit-reproducible; set
-        ``time_budget=None`` for that.
+        Seconds of the whole fit, guide set-up included, and of what
+        ``da.gapfill.fit`` does after it (the guide and share chosen again, the error
+        model's fill): training stops early enough to leave their estimated time
+        (``fit_info["reserved_seconds"]``). ``None``: steps only. Runs stopped by
+        time are not bit-reproducible; set ``time_budget=None`` for that.
     supervision
         ``"unsupervised"``, ``"paired"`` (``fit(..., clean=)`` gives the matching
         gap-free cube: the discriminators see clean sequences, plus an L1 to it)
@@ -455,11 +459,11 @@ class GAN(Method):
         blocks
             Train on this many sampled sub-cubes instead of the whole cube.
         """
+        t0 = time.monotonic()  # time_budget counts from here
         import torch
 
         o = self.options
         run = start_run(self, cube, rng, None if blocks else cube.values())
-        t0 = run.started
         setup = np.random.default_rng([run.seed, 0])
         deadline = None if o.time_budget is None else t0 + GUIDE_POOL_SHARE * o.time_budget
         data = TrainingData.build(self, cube, setup, clean, blocks, deadline)
@@ -470,13 +474,17 @@ class GAN(Method):
             torch.manual_seed(run.seed)
             self._build(data.channels, data.extras.shape[1], data.guide_error(),
                         data.base_spread())
-            # time_budget counts the whole fit: training gets what the set-up leaves
+            # time_budget counts the whole fit: training gets what the set-up leaves, less
+            # the estimated time of the guide choice and fills that ``fit`` does after it
+            # (on the error model's validation window of the cube)
             trainer = GANTrainer(self, run, data,
-                                 None if o.time_budget is None else t0 + o.time_budget)
+                                 None if o.time_budget is None else t0 + o.time_budget,
+                                 (window_frames(cube.shape), *cube.shape[2:]))
             if trainer.ddp.enabled:  # same initial weights everywhere, then per-rank noise
                 torch.manual_seed(run.seed + 7919 * (trainer.ddp.rank + 1))
             info = trainer.fit()
         info["setup_seconds"] = round(data.setup_seconds, 2)
+        info["reserved_seconds"] = round(float(trainer.reserved), 2)
         self.fit_info.update(info)
 
     def tune(

@@ -257,6 +257,10 @@ class TrainingData:
     clean: np.ndarray | None  # (N, C, T, H, W)
     window: tuple[int, int, int]
     setup_seconds: float
+    #: Seconds to choose the guide of ``x`` (:func:`~gapfill.guides.choose_guide`) and to
+    #: build one guide of it: what estimates the guide work left after training.
+    choice_seconds: float = 0.0
+    guide_seconds: float = 0.0
     #: Draws a fresh hide for the L1 term and the guides without it (``None``: no pool).
     redraw: Callable[[np.random.Generator], tuple[Any, Any]] | None = None
 
@@ -336,12 +340,15 @@ class TrainingData:
         guides: list[np.ndarray | None] = [None]
         hides: list[np.ndarray | None] = [None]
         redraw = None
+        choice_seconds = guide_seconds = 0.0
         if o.guide != "none":
             # The guide's kind and parameters are chosen on the block with most validation.
             ref = int(np.argmax(val.reshape(n, -1).sum(1)))
+            started = time.monotonic()
             guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes)
             meta["guide"] = guide.to_dict()
             meta["guide_frames"] = int(t)  # how many frames it was chosen on
+            choice_seconds = guide_seconds = time.monotonic() - started
 
             def make(xb: np.ndarray) -> np.ndarray:  # the guide, then its base
                 return guide.stacked(xb, o.guide_base)
@@ -368,8 +375,11 @@ class TrainingData:
                                                     o.recon_share, run, rng)):
                     if i and deadline is not None and time.monotonic() > deadline:
                         break
+                    started = time.monotonic()
                     guides.append(guides_without(hide))
                     hides.append(hide)
+                    if not i:  # one guide of every block
+                        guide_seconds = (time.monotonic() - started) / n
         clean_arr = _as_clean(clean, cube) if o.supervision != "unsupervised" else None
         if o.supervision != "unsupervised" and clean_arr is None:
             raise ValueError(f"supervision={o.supervision!r} needs fit(..., clean=...)")
@@ -378,7 +388,8 @@ class TrainingData:
         return cls(
             x, truth, val, never, extras, guides, hides, process, recon_process,
             None if clean_arr is None else clean_arr[None],
-            tuple(meta["window"]), time.monotonic() - t0, redraw,
+            tuple(meta["window"]), time.monotonic() - t0, choice_seconds, guide_seconds,
+            redraw,
         )
 
     def refresh(self, member: int, rng: np.random.Generator) -> None:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gapfill.training import Run, Trainer
+from gapfill.windows import count_windows
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +53,9 @@ def choose_gain(
 #: With a time budget, redrawing the pool's guides (``guide_refresh``) takes at most this
 #: share of the training time: on a large cube, where a guide is costly, it is done less often.
 REFRESH_SHARE = 0.2
+
+#: Generator fills of the cube after training (:meth:`GANTrainer.after_fit_seconds`).
+AFTER_FIT_FILLS = 3
 
 
 # ----------------------------------------------------------------------------- losses
@@ -82,7 +86,10 @@ class GANTrainer(Trainer):
 
     The networks are the generator (kept at its best, averaged with ``ema``) and
     the two discriminators; ``deadline`` (a :func:`time.monotonic` time) ends the
-    whole fit, the set-up before the loop included.
+    whole fit, the set-up before the loop and the work after it included: training
+    stops early enough to leave the estimated time of :meth:`after_fit_seconds`.
+    ``after_shape`` is the ``(T, H, W)`` of the cube that work fills (``None``: the
+    training input's).
     """
 
     metrics = ("loss_d", "loss_g", "adv_g", "recon")
@@ -91,7 +98,8 @@ class GANTrainer(Trainer):
     averaged_key = "G_avg"
 
     def __init__(
-        self, method: GAN, run: Run, data: TrainingData, deadline: float | None = None
+        self, method: GAN, run: Run, data: TrainingData, deadline: float | None = None,
+        after_shape: tuple[int, int, int] | None = None,
     ) -> None:
         import torch
 
@@ -106,6 +114,8 @@ class GANTrainer(Trainer):
         super().__init__(method, run)
         self.m, self.data, self.deadline = method, data, deadline
         o = self.o = method.options
+        self.after_shape = after_shape or data.x.shape[2:]
+        self.reserved = self.after_fit_seconds(0.0)
         c = data.channels
         # The bare networks (G_net, Df_net, Ds_net) and what the steps call (G, Df,
         # Ds): the same modules, wrapped for gradient averaging when distributed.
@@ -142,8 +152,19 @@ class GANTrainer(Trainer):
         """Give the loop what the set-up left of the whole fit's time budget."""
         budget = self.loop.budget
         if self.deadline is not None and budget is not None:
-            budget.seconds = max(self.deadline - budget.start, 0.0)
+            budget.seconds = max(self.deadline - self.reserved - budget.start, 0.0)
         return {}
+
+    def after_fit_seconds(self, window_seconds: float) -> float:
+        """Estimated seconds of what :func:`gapfill.accessor.fit_dataarray` does once
+        training ends, on a cube of ``after_shape``: :meth:`GAN.tune` (the guide chosen
+        again, a guide built, up to two fills) and the error model's fill (a guide
+        built, one fill). ``window_seconds`` is the generator's time per window."""
+        d = self.data
+        share = np.prod(self.after_shape) / max(int(np.prod(d.x.shape[2:])), 1)
+        windows = count_windows(self.after_shape, d.window, self.o.overlap)
+        return (share * (d.choice_seconds + 2 * d.guide_seconds)
+                + AFTER_FIT_FILLS * windows * window_seconds)
 
     # -- tensors --------------------------------------------------------------------
     def tensors(self, recon: bool) -> dict[str, torch.Tensor]:
@@ -241,27 +262,30 @@ class GANTrainer(Trainer):
         mae, gain = None, 1.0
         start = time.monotonic()
         if self.ddp.is_main:
-            fills, guides, truths = [], [], []
+            fills, guides, truths, windows = [], [], [], 0
             for b, sl in self.val_regions:
                 part = (slice(None), *sl)
                 guide = d.guides[0][b][part] if d.guides[0] is not None else None
                 out = self.m._fill(d.x[b][part], guide, d.extras[b][part], 1, 0)
+                windows += count_windows(out.shape[1:], d.window, self.o.overlap)
                 val = d.val[b][part]
                 fills.append(out[val])
                 guides.append(guide[:len(out)][val] if guide is not None else out[val])
                 truths.append(d.truth[b][part][val])
             fill, guide, truth = map(np.concatenate, (fills, guides, truths))
+            self.reserved = self.after_fit_seconds((time.monotonic() - start) / max(windows, 1))
             gains = CORRECTION_GAINS if d.guides[0] is not None else (1.0,)
             gain, scores = choose_gain(guide, fill, truth, gains)
             mae = min(scores)
-        mae, gain = self.ddp.from_main((mae, gain))
+        mae, gain, self.reserved = self.ddp.from_main((mae, gain, self.reserved))
         if mae is not None and self.loop.stopper.improves(mae):  # the step the loop will keep
             self.best_gain = gain
         budget = self.loop.budget
         if self.deadline is not None and budget is not None:
-            # keep the time of one more validation (the one after the last step) in budget
+            # keep the time of one more validation (the one after the last step) and of
+            # the work after training in budget
             spent = time.monotonic() - start
-            budget.seconds = max(self.deadline - spent - budget.start, 0.0)
+            budget.seconds = max(self.deadline - spent - self.reserved - budget.start, 0.0)
         return mae
 
     def state(self) -> dict[str, Any]:
