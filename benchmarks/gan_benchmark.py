@@ -24,8 +24,9 @@ and ``linear`` (the package's methods), ``guide`` (the guide the default
 the frame/sequence discriminators, ``adv_weight`` 0.1) and ``gan`` (default
 options). Scores on the hidden pixels: MAE, RMSE (PSNR for video), and the
 realism ratios of :func:`gapfill.metrics.realism` (gradient, small-scale
-spectrum; 1 is perfect). ``train`` is the whole fit in seconds, ``steps/s``
-generator steps per second of it.
+spectrum; 1 is perfect). ``train`` is the whole fit in seconds (with ``--via-fit``,
+the whole ``da.gapfill.fit``: its time budget bounds it), ``steps/s`` generator steps
+per second of its training loop.
 
 Usage::
 
