@@ -43,6 +43,7 @@ MAX_DISTANCE = 32
 #: (whole frames; a dask-backed cube's are read time chunk by time chunk).
 WINDOW_PIXELS = 2**22
 
+
 def window_frames(shape: tuple[int, ...]) -> int:
     """How many first frames of a ``(C, T, H, W)`` cube the error model learns on
     (at most :data:`WINDOW_PIXELS` pixels, at least two frames)."""
