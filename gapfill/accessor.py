@@ -99,9 +99,11 @@ def fit_dataarray(
         # The validation pixels were kept from the fit only to learn the error model: a
         # cheap method is fitted again with them (the hold-out stays hidden); a streaming
         # fit, which reads the cube from disk, is not repeated.
+        calibrated = method_obj
         method_obj = methods.get(method_obj.name)(**method_obj.options_dict())
         again = time.perf_counter()
         _fit_method(method_obj, cube.with_hide(hide), seed, stream)
+        method_obj.keep_error_scale(calibrated)
         fit_seconds += time.perf_counter() - again
     info = {
         "variable": cube.name,

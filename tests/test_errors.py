@@ -313,6 +313,27 @@ def test_cheap_methods_fill_with_the_validation_pixels_of_their_error_model():
     np.testing.assert_allclose(filled, want, rtol=1e-5, atol=1e-5)
 
 
+def test_eof_refit_keeps_the_noise_the_error_model_learned_with():
+    """The refit with the validation pixels keeps the noise variance of the fit the error
+    model learned on: the error model's input (the posterior spread) keeps its scale."""
+    from gapfill.cube import Cube
+    from gapfill.diagnostics import fit_masks
+    from gapfill.methods.eof import EOF
+
+    _, gappy = noisy_cube(t=24, h=12, w=16)
+    model = gappy.gapfill.fit("eof", seed=0)
+    cube = Cube(gappy)
+    observed = np.isfinite(gappy.values)[None]
+    hide, validation = fit_masks(observed, model.holdout, cube.missing_pattern())
+    first, refit = EOF(), EOF()
+    first.fit(cube.with_hide(hide | validation), np.random.default_rng(0))
+    refit.fit(cube.with_hide(hide), np.random.default_rng(0))
+    kept = model.method.state_dict()["noise_var"]
+    assert refit.state_dict()["noise_var"][0] != first.state_dict()["noise_var"][0]
+    np.testing.assert_array_equal(kept, first.state_dict()["noise_var"])
+    np.testing.assert_array_equal(model.method.state_dict()["U"], refit.state_dict()["U"])
+
+
 def test_validation_pixels_are_filled_with_the_holdout_observed(monkeypatch):
     """The error model learns from fills as dense as the product's.
 

@@ -255,6 +255,15 @@ class Method(ABC):
         validation pixels.
         """
 
+    def keep_error_scale(self, calibrated: Method) -> None:
+        """After a refit with the validation pixels (:attr:`refit_with_validation`), keep
+        from ``calibrated``, the fit the error model learned on, what sets the scale of
+        the method's own spread (default: nothing).
+
+        The error model maps the method's spread to a calibrated error: an input on
+        another scale would shift every error of the refitted model.
+        """
+
     def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
         """Learn from a dask-backed cube too large for memory, in a few passes over its blocks.
 
