@@ -91,6 +91,7 @@ class GANOptions(TrainingOptions):
         Training and filling window ``(T, H, W)``, clipped to the cube.
     width
         Generator channels at full resolution (doubled at each of ``n_down`` halvings).
+        On a CPU without AMX a step of width 16 costs about 2.8 times a step of width 8.
     n_down
         Spatial halvings in the generator.
     n_res_blocks
@@ -237,7 +238,7 @@ class GANOptions(TrainingOptions):
     """
 
     window: tuple[int, int, int] = (16, 32, 32)
-    width: int = 16
+    width: int = 8
     n_down: int = 2
     n_res_blocks: int = 2
     attention: bool = True
