@@ -56,21 +56,17 @@ climatology --seeds 0 1 2``, and ``combcn`` from the run below)::
     a1b      combcn          0    0.8223    0.8341   1.01   69.9%   92.2%
     pacific  combcn          0    0.3730    0.3707   0.99   73.9%*  95.6%
 
-``gan`` (``--methods gan --seeds 0``, ``1`` and ``2``, 120 s each, two runs side by side on
-a CPU without AVX-512, float32 steps; the guide and the share of the correction chosen by
-``fit`` on its validation pixels, :meth:`gapfill.methods.gan.GAN.tune`; seeds 1 and 2 were
-measured when ``tune`` chose the share only)::
+``gan`` (``--methods gan --seeds 0`` beside ``--seeds 1``, 120 s each, on a CPU without
+AVX-512, float32 steps; the guide and the share of the correction chosen by ``fit`` on its
+validation pixels, :meth:`gapfill.methods.gan.GAN.tune`)::
 
     cube     method       seed  true MAE  hold-out   ratio   in 1σ   in 2σ   h 1σ   h 2σ
-    ostia    gan             0    0.2763    0.3970   1.44*  80.5%*  96.6%   68.1%  89.8%
-    ostia    gan             1    0.3167    0.4007   1.27*  75.0%*  94.9%   67.4%  89.8%
-    ostia    gan             2    0.3166    0.3072   0.97   81.1%*  96.7%   76.2%  94.9%
+    ostia    gan             0    0.2718    0.3866   1.42*  80.7%*  96.6%   68.5%  90.2%
+    ostia    gan             1    0.3122    0.3883   1.24*  74.9%*  94.9%   68.7%  90.2%
     a1b      gan             0    0.4624    0.4480   0.97   67.7%   93.1%   71.8%  94.2%
     a1b      gan             1    0.3946    0.3755   0.95   68.8%   93.8%   69.7%  93.6%
-    a1b      gan             2    0.4311    0.5051   1.17*  69.4%   93.7%   68.6%  93.9%
-    pacific  gan             0    0.2677    0.2719   1.02   71.0%   93.7%   63.2%  92.5%
-    pacific  gan             1    0.2458    0.2819   1.15   71.9%   94.3%   70.0%  93.0%
-    pacific  gan             2    0.2266    0.2411   1.06   80.6%*  97.0%   85.6%  98.2%
+    pacific  gan             0    0.2629    0.2730   1.04   69.2%   92.6%   61.4%  91.7%
+    pacific  gan             1    0.2388    0.2727   1.14   70.6%   93.9%   69.9%  91.7%
 
 and the other learned methods (``--methods combcn tgfnet --seeds 0`` beside ``--methods
 stgconvnet flowfill --seeds 0``, 60 s each, one thread)::
