@@ -38,10 +38,26 @@ def conv3d(
     return sn(nn.Conv3d(cin, cout, k3, stride=stride, padding=pad), spectral)
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that normalises a channels-last 3D input in the standard layout.
+
+    PyTorch's CPU backward of group normalisation is slow on channels-last 3D tensors (15%
+    of a training step of the generator at width 8); the two layout copies cost less. The
+    values, the parameters and the output's layout are the same.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = torch.channels_last_3d
+        if x.dim() == 5 and not x.is_contiguous() and x.is_contiguous(memory_format=last):
+            out = F.group_norm(x.contiguous(), self.num_groups, self.weight, self.bias, self.eps)
+            return out.contiguous(memory_format=last)
+        return super().forward(x)
+
+
 def norm(channels: int) -> nn.GroupNorm:
     """Group normalisation with up to 8 groups (works with batch size 1)."""
     groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
-    return nn.GroupNorm(groups, channels)
+    return GroupNorm(groups, channels)
 
 
 class SampleDropout(nn.Module):
