@@ -547,7 +547,8 @@ class EOF(Method):
         ``benchmarks/calibration.py`` (seed 0) its estimate fell by a fifth (0.317 to
         0.249) while the error in the gaps fell by 12%, and the errors came out too small.
         """
-        if self._state is not None and isinstance(calibrated, EOF) and calibrated._state is not None:
+        if (self._state is not None and isinstance(calibrated, EOF)
+                and calibrated._state is not None):
             self._state["noise_var"] = calibrated._state["noise_var"].copy()
             self.fit_info["noise_rmse"] = float(np.sqrt(self._state["noise_var"].reshape(-1)[0]))
 
