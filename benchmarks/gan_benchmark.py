@@ -289,12 +289,21 @@ def run_case(
     return out
 
 
+def _option_value(text: str) -> Any:
+    """An ``--option`` value: JSON (numbers, lists, ``null``...), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--rows", default=",".join(ROWS))
-    p.add_argument("--option", action="append", default=[], metavar="KEY=JSON",
-                   help="gan option for every gan row, e.g. --option time_budget=120")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="gan option for every gan row, e.g. --option time_budget=120 or "
+                        "--option flips=all (the value is read as JSON, else as a string)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch and BLAS threads")
     p.add_argument("--json", default=None, help="write the rows here")
@@ -302,7 +311,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="fit the gan rows with da.gapfill.fit (default hold-out and "
                         "validation pixels kept out of the fit), as a user's fit is")
     args = p.parse_args(argv)
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
+    options = {k: _option_value(v) for k, v in (o.split("=", 1) for o in args.option)}
     if args.threads:
         options.setdefault("threads", args.threads)
     warnings.filterwarnings("ignore", category=RuntimeWarning)
