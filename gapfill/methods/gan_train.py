@@ -57,6 +57,11 @@ REFRESH_SHARE = 0.2
 #: Generator fills of the cube after training (:meth:`GANTrainer.after_fit_seconds`).
 AFTER_FIT_FILLS = 3
 
+#: The time reserved after training is the estimate times this: on small cubes the
+#: estimate falls about 10% short (fixed costs it does not count), and a machine that
+#: slows down after training needs room too.
+AFTER_FIT_MARGIN = 1.25
+
 
 # ----------------------------------------------------------------------------- losses
 def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -163,8 +168,8 @@ class GANTrainer(Trainer):
         d = self.data
         share = np.prod(self.after_shape) / max(int(np.prod(d.x.shape[2:])), 1)
         windows = count_windows(self.after_shape, d.window, self.o.overlap)
-        return (share * (d.choice_seconds + 2 * d.guide_seconds)
-                + AFTER_FIT_FILLS * windows * window_seconds)
+        return AFTER_FIT_MARGIN * (share * (d.choice_seconds + 2 * d.guide_seconds)
+                                   + AFTER_FIT_FILLS * windows * window_seconds)
 
     # -- tensors --------------------------------------------------------------------
     def tensors(self, recon: bool) -> dict[str, torch.Tensor]:
