@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from gapfill import methods
+from gapfill.atomic import replacing
 from gapfill.cube import Normaliser
 from gapfill.dims import Dims
-from gapfill.atomic import replacing
 from gapfill.errors import ErrorModel
 from gapfill.methods.base import Method
 

@@ -9,7 +9,6 @@ import xarray as xr
 
 import gapfill
 from gapfill.dims import find_dims
-
 from gapfill.testing import synthetic_sst
 
 

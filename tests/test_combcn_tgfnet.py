@@ -23,9 +23,8 @@ from gapfill.models.combcn import CombCN as CombCNNet  # noqa: E402
 from gapfill.models.combcn import CombCNConfig  # noqa: E402
 from gapfill.models.tgfnet import TGFNet as TGFNetNet  # noqa: E402
 from gapfill.models.tgfnet import TGFNetConfig, VGG16Features, warp  # noqa: E402
-from gapfill.training import CheckpointManager, load_checkpoint  # noqa: E402
-
 from gapfill.testing import gap_mae, smooth_cube  # noqa: E402
+from gapfill.training import CheckpointManager, load_checkpoint  # noqa: E402
 
 METHODS = {"combcn": CombCN, "tgfnet": TGFNet}
 #: Tiny networks; the time axis of a window is short and frames are 16 x 16.

@@ -10,7 +10,11 @@ import xarray as xr
 import gapfill
 from gapfill import errors, masks
 from gapfill.diagnostics import (
-    HOLDOUT_STREAM, VALIDATION_STREAM, borrowed_gaps, holdout_mask, resolve_process,
+    HOLDOUT_STREAM,
+    VALIDATION_STREAM,
+    borrowed_gaps,
+    holdout_mask,
+    resolve_process,
 )
 from gapfill.fitted import Holdout
 

@@ -7,7 +7,6 @@ import pytest
 
 import gapfill  # noqa: F401
 from gapfill import figures
-
 from gapfill.testing import synthetic_sst
 
 PNG = b"\x89PNG\r\n\x1a\n"

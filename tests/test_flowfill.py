@@ -22,7 +22,6 @@ from gapfill.models.flow_refiner import (  # noqa: E402
     PartialConv2d,
     warp,
 )
-
 from gapfill.testing import gap_mae, travelling_wave  # noqa: E402
 
 TINY = dict(window=(4, 12, 12), features=4, hidden=8, iterations=2, batch_size=1,

@@ -18,9 +18,9 @@ from gapfill.methods import get  # noqa: E402
 from gapfill.methods.gan import GAN  # noqa: E402
 from gapfill.methods.gan_data import (  # noqa: E402
     TrainingData,
+    gaps_in_runs,
     mismatch,
     pool_hides,
-    gaps_in_runs,
     validation_pixels,
     validation_regions,
 )
@@ -33,6 +33,7 @@ from gapfill.models import (  # noqa: E402
     SequenceDiscriminatorConfig,
 )
 from gapfill.models.layers import FrameSelfAttention  # noqa: E402
+from gapfill.testing import smooth_cube  # noqa: E402
 from gapfill.training import (  # noqa: E402
     CheckpointManager,
     CSVLogger,
@@ -41,8 +42,6 @@ from gapfill.training import (  # noqa: E402
     save_checkpoint,
 )
 from gapfill.windows import fill_windows, window_starts  # noqa: E402
-
-from gapfill.testing import smooth_cube  # noqa: E402
 
 TINY = dict(
     window=(8, 16, 16), width=8, n_res_blocks=2, d_width=8, d_layers=2, batch_size=2,

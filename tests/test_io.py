@@ -12,7 +12,6 @@ import xarray as xr
 
 import gapfill
 from gapfill import io as gio
-
 from gapfill.testing import synthetic_sst
 
 VAR = "surface_temperature"

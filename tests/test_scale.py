@@ -12,15 +12,14 @@ import pytest
 import xarray as xr
 import yaml
 from dask.callbacks import Callback
+from test_accessor import CountingScheduler
 
 import gapfill
 from gapfill import cli, io, methods, pipeline, streaming, zarr_regions
 from gapfill import recipe as rc
 from gapfill.diagnostics import holdout_mask
 from gapfill.fitted import Holdout
-
 from gapfill.testing import synthetic_sst
-from test_accessor import CountingScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSICAL = ["linear", "eof", "climatology"]

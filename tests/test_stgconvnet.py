@@ -16,9 +16,8 @@ from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods import get  # noqa: E402
 from gapfill.methods.stgconvnet import STGConvNet, initial_guess  # noqa: E402
 from gapfill.models.stgconvnet_energy import Langevin, STEnergy, STEnergyConfig  # noqa: E402
-from gapfill.training import CheckpointManager, load_checkpoint  # noqa: E402
-
 from gapfill.testing import gap_mae, travelling_wave  # noqa: E402
+from gapfill.training import CheckpointManager, load_checkpoint  # noqa: E402
 
 TINY = dict(
     widths=(8, 8), kernels=((3, 3, 3), (3, 3, 3)), strides=((1, 2, 2), (1, 1, 1)),

@@ -14,9 +14,8 @@ torch = pytest.importorskip("torch")
 from gapfill.checkpoints import CheckpointManager, load_checkpoint  # noqa: E402
 from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods import get  # noqa: E402
-from gapfill.training import TrainingOptions  # noqa: E402
-
 from gapfill.testing import travelling_wave  # noqa: E402
+from gapfill.training import TrainingOptions  # noqa: E402
 
 TINY = dict(
     widths=(4,), kernels=((3, 3, 3),), strides=((1, 1, 1),), window=(4, 8, 8), batch_size=1,

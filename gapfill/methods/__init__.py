@@ -11,7 +11,13 @@ import difflib
 import importlib
 
 from gapfill.methods.base import (
-    Chunking, Coords, FillResult, Method, Options, TimeEdges, limit_threads,
+    Chunking,
+    Coords,
+    FillResult,
+    Method,
+    Options,
+    TimeEdges,
+    limit_threads,
 )
 
 #: name -> "module:Class"; imported lazily on first use.

@@ -164,7 +164,8 @@ class GANTrainer(Trainer):
         """Estimated seconds of what :func:`gapfill.accessor.fit_dataarray` does once
         training ends, on a cube of ``after_shape``: :meth:`GAN.tune` (the guide chosen
         again, a guide built, up to two fills) and the error model's fill (a guide
-        built, one fill). ``window_seconds`` is the generator's time per window."""
+        built, one fill), times :data:`AFTER_FIT_MARGIN`. ``window_seconds`` is the
+        generator's time per window."""
         d = self.data
         share = np.prod(self.after_shape) / max(int(np.prod(d.x.shape[2:])), 1)
         windows = count_windows(self.after_shape, d.window, self.o.overlap)
