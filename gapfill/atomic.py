@@ -20,6 +20,7 @@ import ctypes.util
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,10 +116,19 @@ def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     remove(old)
 
 
-def remove(path: str | os.PathLike) -> None:
-    """Remove a file or directory tree if it exists."""
+def remove(path: str | os.PathLike, attempts: int = 20) -> None:
+    """Remove a file or directory tree if it exists.
+
+    A Zarr store whose write failed can still get chunks from writes that were under
+    way: the tree is removed again (every 50 ms, at most ``attempts`` times) until it
+    is gone.
+    """
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
+        for _ in range(attempts):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                return
+            time.sleep(0.05)
     elif path.exists() or path.is_symlink():
         path.unlink(missing_ok=True)
