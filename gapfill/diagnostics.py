@@ -224,7 +224,9 @@ def holdout_mask(
     the same hold-out, lazily, block by block, whatever its chunks. A cube of up to
     ``BLOCK_PIXELS`` pixels is one block. The ``"empirical"`` process borrows
     the gap shapes of the block's own frames (:func:`borrowed_gaps`). A block whose
-    draw hides nothing is drawn again (clouds at the last attempts).
+    draw hides nothing is drawn again (clouds at the last attempts). A pixel observed
+    more than once that the draw would take every observation of keeps them
+    (:func:`every_observation`), unless nothing else is left to hold out.
 
     Parameters
     ----------
@@ -263,7 +265,10 @@ def holdout_mask(
         values, or its draw would hold out nothing.
     """
     if hasattr(observed, "dask"):
-        return _holdout_lazy(observed, holdout, persist, stream, draw, tiled)
+        hidden = _holdout_lazy(observed, holdout, persist, stream, draw, tiled)
+        if holdout.fraction == 0:
+            return hidden
+        return hidden & ~every_observation(observed, hidden)
     if holdout.fraction == 0:
         return np.zeros(observed.shape, dtype=bool)
     n_observed = int(observed.sum())
@@ -278,6 +283,9 @@ def holdout_mask(
     for b, sl in enumerate(time_blocks(t, h, w)):
         miss = None if missing is None else missing[sl]
         out[:, sl] = _holdout_block(observed[:, sl], holdout, b, miss, stream, draw, tiled)
+    kept = out & ~every_observation(observed, out)
+    if kept.any():  # a tiny cube may have nothing else to hold out
+        out = kept
     if required and observed.any() and not out.any():
         raise ValueError(
             f"the hold-out ({holdout.fraction:g} of the observed pixels, {holdout.process} "
@@ -286,6 +294,19 @@ def holdout_mask(
             "holdout=0 to fit without diagnostics."
         )
     return out
+
+
+def every_observation(observed: Any, hidden: Any) -> Any:
+    """``(C, 1, H, W)``: the pixels observed at least twice that ``hidden`` would take
+    every observation of.
+
+    A hold-out keeps them observed: a fill without any observation of a pixel is
+    not what the product faces (it gets the hold-out back), and a method that learns
+    per pixel (``eof``'s loadings, ``climatology``'s means) would have nothing to learn
+    it from. Numpy or dask (lazy) like ``observed``.
+    """
+    left = (observed & ~hidden).any(axis=1, keepdims=True)
+    return (observed.sum(axis=1, keepdims=True) >= 2) & ~left
 
 
 def _holdout_block(

@@ -366,3 +366,21 @@ def test_validation_pixels_are_filled_with_the_holdout_observed(monkeypatch):
     np.testing.assert_array_equal(val, validation[:, :frames])
     assert np.isfinite(raw[hide[:, :frames]]).all()  # the hold-out is observed
     assert not (val & hide[:, :frames]).any()
+
+
+def test_holdout_never_takes_every_observation_of_a_pixel():
+    """A pixel seen only a few times keeps an observation: a fill without any observation of
+    a pixel is not what the product (which gets the hold-out back) faces."""
+    observed = ~masks.Cloud(coverage=0.3, seed=2).sample((30, 20, 24))[None]
+    observed[:, :, 5:15, 6:18] = False
+    observed[:, 10:13, 5:15, 6:18] = True  # a block seen in three frames only
+    for process in ("cloud", "empirical"):
+        hidden = holdout_mask(observed, Holdout(0.3, process, 0))
+        assert hidden.any()
+        twice = observed.sum(1) >= 2
+        assert (observed & ~hidden).any(1)[twice].all()
+        import dask.array
+
+        lazy = holdout_mask(dask.array.from_array(observed, chunks=(1, 10, 20, 24)),
+                            Holdout(0.3, process, 0))
+        np.testing.assert_array_equal(lazy.compute(), hidden)

@@ -231,6 +231,26 @@ def test_eof_fills_new_times_and_checks_the_grid() -> None:
         method.fill(new[:, :, :-1], RNG(0))
 
 
+def test_eof_fills_a_pixel_the_fit_never_saw_observed_from_its_own_observations() -> None:
+    """A pixel observed only in frames the fit did not have follows the field, not the mean."""
+    field = low_rank(t=50, noise=0.02)
+    x = gappy(field, random_mask(field.shape, 0.3))
+    fit_part = x[:, :30].copy()
+    fit_part[:, :, 6, 8] = np.nan  # never observed while fitting
+    cube = as_cube(fit_part)
+    method = EOF()
+    method.fit(cube, RNG(0))
+    new = cube.normaliser.normalise(x[:, 30:])
+    new[:, 1::2, 6, 8] = np.nan  # half of its frames observed here
+    result = method.fill(new, RNG(0))
+    truth = cube.normaliser.normalise(field[:, 30:])
+    gap = np.isnan(new[0, :, 6, 8])
+    err = np.abs(result.values[0, gap, 6, 8] - truth[0, gap, 6, 8])
+    flat = np.abs(truth[0, gap, 6, 8] - truth[0, ~gap, 6, 8].mean())  # its own mean
+    assert err.mean() < 0.3 * flat.mean()
+    assert (result.error[0, gap, 6, 8] > err.mean()).all()  # not overconfident
+
+
 def test_eof_randomized_svd_path(monkeypatch: pytest.MonkeyPatch) -> None:
     field = low_rank(rank=3, noise=0.01)
     mask = random_mask(field.shape, 0.3)

@@ -605,6 +605,15 @@ class EOF(Method):
         out[fitted] += values
         err = np.full_like(out, np.sqrt(noise_var + 1.0))
         err[fitted] = np.sqrt(noise_var + var)
+        # Pixels with no observation in the fit but some here (a pixel observed only in
+        # frames the fit did not have) get loadings from their own observations.
+        rows, source = _nearest_fitted(fitted, (n_chan, height, width))
+        seen = np.isfinite(X[rows]).any(1)
+        rows, source = rows[seen], source[seen]
+        if rows.size:
+            out[rows], err[rows] = _unfitted_pixels(
+                X[rows], st["U"][source].astype(np.float64), mean[source], coef, cov, U,
+                noise_var)
         return FillResult(_from_matrix(out, x.shape), _from_matrix(err, x.shape))
 
     def state_dict(self) -> dict[str, Any]:
@@ -620,6 +629,59 @@ class EOF(Method):
 def _outer_rows(U: np.ndarray) -> np.ndarray:
     """``(n, k)`` -> ``(n, k²)``: each row's outer product with itself, flattened."""
     return (U[:, :, None] * U[:, None, :]).reshape(len(U), -1)
+
+
+def _nearest_fitted(
+    fitted: np.ndarray, grid: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (of :func:`_to_matrix`) not ``fitted`` and, for each, the nearest fitted
+    row of the same channel (Euclidean distance in pixels); channels with no fitted
+    pixel are left out."""
+    from scipy import ndimage
+
+    n_chan, height, width = grid
+    per_channel = fitted.reshape(n_chan, height, width)
+    rows, sources = [], []
+    for c in range(n_chan):
+        f = per_channel[c]
+        if f.all() or not f.any():
+            continue
+        _, (iy, ix) = ndimage.distance_transform_edt(~f, return_indices=True)
+        missing = np.flatnonzero(~f)
+        rows.append(c * height * width + missing)
+        sources.append(c * height * width + (iy * width + ix).ravel()[missing])
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows), np.concatenate(sources)
+
+
+def _unfitted_pixels(
+    X: np.ndarray, prior: np.ndarray, mean: np.ndarray, coef: np.ndarray, cov: np.ndarray,
+    U: np.ndarray, noise_var: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill and error of pixels that had no observation in the fit, from their
+    observations in the array being filled.
+
+    Each pixel's loadings are the ridge regression of its observations ``X`` (rows of
+    :func:`_to_matrix`, NaN = missing) minus ``mean`` on the frames' coefficients
+    ``coef`` ``(T, k)``, with the nearest fitted pixel's loadings ``prior`` as the
+    prior mean and the fitted pixels' mean squared loading (``U``) as its variance.
+    The error adds the loadings' posterior variance to the frames' (``cov``).
+    """
+    n_time, k = coef.shape
+    tau2 = np.maximum((U**2).mean(0), 1e-12)
+    observed = np.isfinite(X)
+    d = np.where(observed, X - mean[:, None], 0.0)
+    outer = (coef[:, :, None] * coef[:, None, :]).reshape(n_time, k * k)
+    precision = (observed.astype(np.float64) @ outer).reshape(-1, k, k) / noise_var
+    precision += np.diag(1.0 / tau2)
+    rhs = d @ coef / noise_var + prior / tau2
+    posterior = np.linalg.inv(precision)
+    loadings = (posterior @ rhs[..., None])[..., 0]
+    values = mean[:, None] + loadings @ coef.T
+    var_frames = _outer_rows(loadings) @ cov.reshape(n_time, k * k).T
+    var_loadings = np.einsum("tk,nkl,tl->nt", coef, posterior, coef)
+    return values, np.sqrt(noise_var + var_frames + var_loadings)
 
 
 def _to_matrix(x: np.ndarray) -> np.ndarray:
