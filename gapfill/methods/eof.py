@@ -607,10 +607,9 @@ class EOF(Method):
         err[fitted] = np.sqrt(noise_var + var)
         # Pixels with no observation in the fit but some here (a pixel observed only in
         # frames the fit did not have) get loadings from their own observations.
-        rows, source = _nearest_fitted(fitted, (n_chan, height, width))
-        seen = np.isfinite(X[rows]).any(1)
-        rows, source = rows[seen], source[seen]
-        if rows.size:
+        seen = ~fitted & np.isfinite(X).any(1)
+        if seen.any():
+            rows, source = _nearest_fitted(fitted, seen, (n_chan, height, width))
             out[rows], err[rows] = _unfitted_pixels(
                 X[rows], st["U"][source].astype(np.float64), mean[source], coef, cov, U,
                 noise_var)
@@ -632,22 +631,23 @@ def _outer_rows(U: np.ndarray) -> np.ndarray:
 
 
 def _nearest_fitted(
-    fitted: np.ndarray, grid: tuple[int, int, int]
+    fitted: np.ndarray, wanted: np.ndarray, grid: tuple[int, int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The rows (of :func:`_to_matrix`) not ``fitted`` and, for each, the nearest fitted
-    row of the same channel (Euclidean distance in pixels); channels with no fitted
-    pixel are left out."""
+    """The ``wanted`` rows (of :func:`_to_matrix`, none of them ``fitted``) and, for each,
+    the nearest fitted row of the same channel (Euclidean distance in pixels); channels
+    with no fitted pixel are left out."""
     from scipy import ndimage
 
     n_chan, height, width = grid
     per_channel = fitted.reshape(n_chan, height, width)
+    wanted = wanted.reshape(n_chan, height, width)
     rows, sources = [], []
     for c in range(n_chan):
         f = per_channel[c]
-        if f.all() or not f.any():
+        if not (f.any() and wanted[c].any()):
             continue
         _, (iy, ix) = ndimage.distance_transform_edt(~f, return_indices=True)
-        missing = np.flatnonzero(~f)
+        missing = np.flatnonzero(wanted[c])
         rows.append(c * height * width + missing)
         sources.append(c * height * width + (iy * width + ix).ravel()[missing])
     if not rows:
