@@ -301,6 +301,25 @@ def test_training_beats_a_zero_fill():
     assert mae < 0.7 * zero_mae, (mae, zero_mae)
 
 
+def test_a_bfloat16_step_with_non_finite_gradients_is_skipped(monkeypatch):
+    from gapfill import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    gan = GAN(**{**TINY, "steps": 3, "val_share": 0.0, "device": "cpu", "amp": True})
+    calls = []
+    real = training.Trainer.optimise
+
+    def poisoned(self, loss, optimizer):
+        calls.append(1)
+        return real(self, loss * float("nan") if len(calls) == 1 else loss, optimizer)
+
+    monkeypatch.setattr(training.Trainer, "optimise", poisoned)
+    gan.fit(Cube(da), np.random.default_rng(0))
+    assert len(calls) == 3 and gan.fit_info["skipped_steps"] == 1
+    assert all(torch.isfinite(p).all() for p in gan.generator.parameters())
+
+
 @pytest.mark.parametrize("native, amp, expected", [
     (True, True, "bfloat16"), (False, True, "float32"), (True, False, "float32")])
 def test_cpu_training_steps_run_in_bfloat16_only_where_the_cpu_computes_it(
