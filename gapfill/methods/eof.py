@@ -672,8 +672,7 @@ def _unfitted_pixels(
     tau2 = np.maximum((U**2).mean(0), 1e-12)
     observed = np.isfinite(X)
     d = np.where(observed, X - mean[:, None], 0.0)
-    outer = (coef[:, :, None] * coef[:, None, :]).reshape(n_time, k * k)
-    precision = (observed.astype(np.float64) @ outer).reshape(-1, k, k) / noise_var
+    precision = (observed.astype(np.float64) @ _outer_rows(coef)).reshape(-1, k, k) / noise_var
     precision += np.diag(1.0 / tau2)
     rhs = d @ coef / noise_var + prior / tau2
     posterior = np.linalg.inv(precision)
