@@ -18,10 +18,12 @@ the package's own classical methods, so ``guide="eof"`` means the same code
     optionally blended with ``"linear"`` where an observation is near in time.
 ``"harmonic"``
     The same interpolation of the values themselves (no EOF), optionally
-    blended with ``"linear"``; only when asked for.
+    blended with ``"linear"``; when asked for, or among the candidates of
+    ``"auto"`` with ``values=True``.
 
 :func:`choose_guide` picks the kind and its parameters per cube by the MAE on
-held-out pixels (``"auto"``: ``"eof"``, ``"linear"`` or ``"eof_interp"``): since
+held-out pixels (``"auto"``: ``"eof"``, ``"linear"`` or ``"eof_interp"``, and
+``"harmonic"`` with ``values=True``): since
 ``"eof"`` and ``"linear"`` are among the candidates, the guide chosen is never
 worse than the better of the two on those pixels.
 """
@@ -246,7 +248,7 @@ class Guide:
 
 def choose_guide(
     x: np.ndarray, val: np.ndarray, truth: np.ndarray, kind: str = "auto",
-    modes: int | None = None,
+    modes: int | None = None, values: bool = False,
 ) -> tuple[Guide, np.ndarray | None, np.ndarray | None]:
     """Choose a guide for ``x`` by its MAE on the held-out pixels ``val``.
 
@@ -265,6 +267,11 @@ def choose_guide(
         (its parameters are still chosen).
     modes
         Fixed EOF modes; ``None`` lets DINEOF's cross-validation choose.
+    values
+        With ``"auto"``, also try ``"harmonic"``: the interpolation of the values
+        themselves, the best of these guides where the field has no structure a
+        few EOFs hold (video under a moving bar). It has no EOF base for a generator
+        to learn from, so ``gan`` tries it only after training (:meth:`~gapfill.methods.gan.GAN.tune`).
 
     Returns
     -------
@@ -300,7 +307,7 @@ def choose_guide(
         consider("eof", Guide("eof", modes=k), eof, eof)
         if kind != "eof":
             bases.append((Guide("eof_interp", modes=k), eof))
-    if kind == "harmonic":
+    if kind == "harmonic" or (kind == "auto" and values):
         bases.append((Guide("harmonic"), np.zeros(x.shape, dtype=np.float32)))
     if bases and not has_val:  # nothing to choose on: the first base, plain Laplace
         g, base = dataclasses.replace(bases[0][0], screen=SCREENS[0]), bases[0][1]

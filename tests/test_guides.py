@@ -59,6 +59,34 @@ def test_guide_is_never_worse_than_eof_or_linear():
     np.testing.assert_allclose(again, field, atol=1e-2)  # same modes, no CV pass
 
 
+def test_auto_tries_the_interpolation_of_the_values_only_when_asked():
+    """Frames with no structure shared in time (independent smooth fields) under a bar
+    that hides each column for many frames: no few EOFs hold them and time interpolation
+    reaches across the bar, so interpolating each frame's values is the best guide."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    t, h, w = 24, 20, 24
+    truth = ndimage.gaussian_filter(rng.standard_normal((t, h, w)), (0, 3, 3))[None]
+    truth = (truth / truth.std()).astype(np.float32)
+    bar = np.zeros((t, h, w), dtype=bool)
+    for k in range(t):  # a bar 6 columns wide, moving one column every two frames
+        bar[k, :, (k // 2) % w: (k // 2) % w + 6] = True
+    x = np.where(bar[None], np.nan, truth)
+    val = np.zeros_like(bar)
+    for k in range(t):  # the validation pixels: a bar of the same kind elsewhere
+        val[k, :, (k // 2 + 12) % w: (k // 2 + 12) % w + 6] = True
+    val = val[None] & np.isfinite(x)
+    xv = np.where(val, np.nan, x)
+    plain = choose_guide(xv, val, x, "auto")[0]
+    assert "harmonic" not in plain.scores and plain.kind != "harmonic"
+    guide, field, base = choose_guide(xv, val, x, "auto", values=True)
+    assert guide.kind == "harmonic" and np.all(base == 0)
+    assert guide.scores[str(guide)] < min(plain.scores.values())
+    mae = lambda f: np.abs(f[bar[None]] - truth[bar[None]]).mean()  # noqa: E731
+    assert mae(guide.make(x)) < 0.95 * mae(plain.make(x))  # in the real gaps too
+
+
 def test_guide_base_is_what_the_residual_interpolation_spreads():
     truth = _cube(t=20, h=12, w=16)
     x = np.where(np.random.default_rng(0).random(truth.shape) < 0.3, np.nan, truth)

@@ -508,7 +508,10 @@ class GAN(Method):
         Two guides are tried: the one training used, and the one
         :func:`~gapfill.guides.choose_guide` picks on these pixels (when it differs, and
         when ``x`` has at least as many frames as training chose its guide on: the
-        first frames of a long cube do not choose its EOF modes).
+        first frames of a long cube do not choose its EOF modes). Under ``guide="auto"``
+        that choice also tries the interpolation of the values themselves
+        (``"harmonic"``), which training does not use: it gives the generator no EOF
+        base. A guide the generator was not trained on is often best alone (share 0).
         With each, the generator fills once with its whole correction and the shares of
         :data:`TUNED_GAINS` are scored (0 keeps that guide alone). The guide and share
         with the lowest MAE on ``validation`` are kept (ties keep the training's guide
@@ -523,7 +526,7 @@ class GAN(Method):
         candidates = [(trained, self._generator_guide(x))]  # each guide, as the generator takes it
         if x.shape[1] >= int(self._meta.get("guide_frames", x.shape[1] + 1)):
             dense, field, base = choose_guide(x, validation, truth, self.options.guide,
-                                              self.options.guide_modes)
+                                              self.options.guide_modes, values=True)
             if _recipe(dense) != _recipe(trained):
                 with_base = bool(self._meta["generator"].get("guide_base"))
                 candidates.append((dense, np.concatenate([field, base]) if with_base else field))
