@@ -361,17 +361,21 @@ def test_climatology_is_the_pixel_mean_and_std() -> None:
     np.testing.assert_allclose(result.error[:, 3][seen], std[seen], rtol=1e-4, atol=1e-6)
 
 
-def test_climatology_falls_back_to_the_frame_mean() -> None:
+def test_climatology_of_a_pixel_the_fit_never_saw() -> None:
+    """Its own observations in the array filled when it has some there, else the frame mean."""
     x = np.ones((1, 4, 3, 3), dtype=np.float32)
-    x[0, :, 0, 0] = np.nan  # never observed when fitting
+    x[0, :, 0, 0] = x[0, :, 2, 2] = np.nan  # never observed when fitting
     method = Climatology()
     method.fit_array(x)
     new = x.copy()
-    new[0, 1, 0, 0] = 5.0  # ... but observed in the data to fill
+    new[0, 1, 0, 0], new[0, 3, 0, 0] = 5.0, 7.0  # ... but observed in the data to fill
     new[0, 1, 1, 1] = 3.0
-    values = method.fill(new, RNG(0)).values
-    np.testing.assert_allclose(values[0, 2, 0, 0], 1.0)  # frame 2: its frame mean
-    np.testing.assert_allclose(values[0, 1, 0, 0], new[0, 1][np.isfinite(new[0, 1])].mean())
+    result = method.fill(new, RNG(0))
+    np.testing.assert_allclose(result.values[0, [0, 2], 0, 0], 6.0)  # its own mean
+    np.testing.assert_allclose(result.error[0, [0, 2], 0, 0], 1.0)  # and its own std
+    np.testing.assert_allclose(result.values[0, 2, 2, 2], 1.0)  # frame 2: its frame mean
+    np.testing.assert_allclose(result.values[0, 1, 2, 2], new[0, 1][np.isfinite(new[0, 1])].mean())
+    np.testing.assert_allclose(result.error[0, :, 2, 2], 1.0)
 
 
 # -- properties --------------------------------------------------------------------------

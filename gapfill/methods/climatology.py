@@ -1,8 +1,11 @@
 """Per-pixel climatology: the temporal mean of each pixel's observations.
 
-The error is each pixel's temporal standard deviation. Pixels that had no
-observation when fitting fall back to the mean of their frame's observations
-(same channel), or to the channel's mean climatology if the frame has none.
+The error is each pixel's temporal standard deviation. A pixel that had no
+observation when fitting takes the mean of its own observations in the array
+being filled when it has some there (e.g. observed only in new frames, or only
+at hold-out pixels). Otherwise it falls back to the mean of its frame's
+observations (same channel), or to the channel's mean climatology if the frame
+has none.
 """
 
 from __future__ import annotations
@@ -68,8 +71,9 @@ class Climatology(Method):
         self.fit_info = {"observed_pixels": int((count > 0).sum())}
 
     def chunking(self) -> Chunking:
-        """Any time chunks, whole frames: the fill takes the fitted per-pixel grid (and
-        pixels without a fitted climatology fall back to their frame's mean)."""
+        """Any time chunks, whole frames: the fill takes the fitted per-pixel grid (a
+        pixel without a fitted climatology takes its own observations in the chunk, or
+        its frame's mean)."""
         return Chunking(whole=("y", "x"))
 
     def fill(
@@ -101,6 +105,19 @@ class Climatology(Method):
             where = np.broadcast_to(unknown[:, None], x.shape)
             values[where] = fallback[where]
             error[where] = 1.0  # normalised units: the channel's overall std
+            # a pixel observed in x, though not in the fit: its own observations here
+            obs = np.isfinite(x)
+            count = obs.sum(1)
+            own = unknown & (count > 0)
+            if own.any():
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.where(obs, x, 0).astype(np.float64).sum(1) / count
+                    dev = np.where(obs, x - np.nan_to_num(mean)[:, None], 0.0)
+                    std = np.sqrt((dev**2).sum(1) / count)
+                std = np.where(count >= 2, np.maximum(std, 1e-6), 1.0)
+                where = np.broadcast_to(own[:, None], x.shape)
+                values[where] = np.broadcast_to(mean[:, None], x.shape)[where]
+                error[where] = np.broadcast_to(std[:, None], x.shape)[where]
         return FillResult(values.astype(np.float32), error.astype(np.float32))
 
     def state_dict(self) -> dict[str, Any]:
