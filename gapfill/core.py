@@ -69,7 +69,8 @@ def run_method(
     filled = np.where(observed, raw, filled)
     sigma = result.error
     if model.error_model is not None:
-        sigma = predict_error(model.error_model, observed, result.error, edges)
+        sigma = predict_error(model.error_model, observed, result.error, edges,
+                              filled=np.where(observed, z, result.values))
     error = None
     if sigma is not None:
         error = np.where(observed, 0.0, model.normaliser.scale_error(sigma))
@@ -85,8 +86,10 @@ def predict_error(
     observed: np.ndarray,
     native: np.ndarray | None,
     edges: TimeEdges | None = None,
+    filled: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The calibrated one-sigma error (normalised units) of a fill given ``observed``."""
+    """The calibrated one-sigma error (normalised units) of a fill given ``observed``,
+    the method's own spread ``native`` and the ``filled`` field (normalised units)."""
     before = after = None
     if edges is not None:  # a time chunk: the observations just outside it count too
         n_time = observed.shape[1]
@@ -97,7 +100,7 @@ def predict_error(
         )
     use_native = native if error_model.uses_native else None
     variability = error_model.pixel_variability(observed.shape)
-    features = errors.gap_features(observed, use_native, before, after, variability)
+    features = errors.gap_features(observed, use_native, before, after, variability, filled)
     sigma = np.zeros(observed.shape, dtype=np.float32)
     gap = ~observed
     sigma[gap] = error_model.predict(features[:, gap])

@@ -3,7 +3,9 @@
 A filled value is as good as what its gap pixel can see: how far it is, in
 space and in time, from the nearest observation, how much the pixel's value
 changes from one time step to the next (:func:`time_variability`: a gap in a
-quiet pixel is easier to fill than one in a restless pixel), and, for methods
+quiet pixel is easier to fill than one in a restless pixel), how steep the filled
+field is there (:func:`fill_gradient`: a gap on a front is harder than one in a
+flat region, whatever its distance to the data), and, for methods
 that have one, the method's own spread (the EOF posterior, a per-pixel standard
 deviation). An :class:`ErrorModel` learns that relation from *validation
 pixels*: observed pixels hidden from the fit in gap-shaped patches, filled
@@ -70,11 +72,15 @@ MIN_PER_BIN, MAX_BINS = 1000, 4
 #: taking a wild slope that would explode where it strays.
 MAX_SLOPE = 1.5
 
-FEATURES = ("space_distance", "time_distance", "time_gap", "native_sigma", "time_variability")
-#: Index of the method's own spread in :data:`FEATURES`, of the pixel's variability, and
-#: of the time features.
+FEATURES = ("space_distance", "time_distance", "time_gap", "native_sigma", "time_variability",
+            "fill_gradient")
+#: Index of the method's own spread in :data:`FEATURES`, of the pixel's variability, of
+#: the fill's gradient, and of the time features.
 NATIVE = FEATURES.index("native_sigma")
 VARIABILITY = FEATURES.index("time_variability")
+GRADIENT = FEATURES.index("fill_gradient")
+#: Smallest gradient (normalised units per pixel) the feature tells apart.
+MIN_GRADIENT = 1e-3
 TIME_FEATURES = (FEATURES.index("time_distance"), FEATURES.index("time_gap"))
 
 
@@ -136,12 +142,37 @@ def time_variability(z: np.ndarray) -> np.ndarray:
     return rms.astype(np.float32)
 
 
+def fill_gradient(filled: np.ndarray) -> np.ndarray:
+    """Magnitude of the spatial gradient of a filled ``(C, T, H, W)`` field, per pixel.
+
+    Each direction's derivative is the root mean square of the differences to the
+    neighbours on either side that are finite (one-sided at edges and coasts, 0 where
+    neither is). Normalised units per pixel, float32.
+    """
+    f = np.asarray(filled, np.float32)
+
+    def along(axis: int) -> np.ndarray:
+        d = np.diff(f, axis=axis)
+        pad = [(0, 0)] * f.ndim
+        pad[axis] = (1, 0)
+        back = np.pad(d, pad, constant_values=np.nan)
+        pad[axis] = (0, 1)
+        ahead = np.pad(d, pad, constant_values=np.nan)
+        sq = np.stack([back, ahead]) ** 2
+        n = np.isfinite(sq).sum(0)
+        return np.where(n > 0, np.nansum(sq, 0) / np.maximum(n, 1), 0.0)
+
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(along(-1) + along(-2)).astype(np.float32)
+
+
 def gap_features(
     observed: np.ndarray,
     native: np.ndarray | None = None,
     before: np.ndarray | None = None,
     after: np.ndarray | None = None,
     variability: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
 ) -> np.ndarray:
     """What each pixel of a ``(C, T, H, W)`` array can see of the observations.
 
@@ -157,14 +188,17 @@ def gap_features(
         after it (for a time chunk of a longer cube).
     variability
         ``(C, H, W)`` :func:`time_variability` of the pixels, or ``None``.
+    filled
+        The filled field (normalised units, observations in place), or ``None``.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``(5, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
+        float32 ``(6, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
         distance (to the nearer observation of the pixel) and of the time gap (steps
-        between the observations around it), the log of ``native`` and the log of
-        ``variability`` (0 when ``None``). See :data:`FEATURES`.
+        between the observations around it), the log of ``native``, the log of
+        ``variability`` and the log of the :func:`fill_gradient` of ``filled`` (at
+        least :data:`MIN_GRADIENT`; each 0 when ``None``). See :data:`FEATURES`.
     """
     cap = MAX_DISTANCE
     back, ahead = _distance_1d(observed, 1, cap)
@@ -186,6 +220,10 @@ def gap_features(
         out[VARIABILITY] = 0.0
     else:
         out[VARIABILITY] = np.log(np.maximum(np.asarray(variability, np.float32), 1e-6))[:, None]
+    if filled is None:
+        out[GRADIENT] = 0.0
+    else:
+        out[GRADIENT] = np.log(np.maximum(fill_gradient(filled), MIN_GRADIENT))
     return out
 
 

@@ -57,7 +57,9 @@ def validation_errors(
     z = np.where(validation, np.nan, z_true).astype(np.float32)
     result = model.method.fill(z, np.random.default_rng(seed), samples=1, coords=coords)
     native = result.error if model.method.provides_error else None
-    features = errors.gap_features(np.isfinite(z), native, variability=variability)
+    filled = np.where(np.isfinite(z), z, result.values)
+    features = errors.gap_features(np.isfinite(z), native, variability=variability,
+                                   filled=filled)
     abs_error = np.abs(result.values[validation].astype(np.float64) - z_true[validation])
     return abs_error, features[:, validation]
 

@@ -271,7 +271,8 @@ def choose_guide(
         With ``"auto"``, also try ``"harmonic"``: the interpolation of the values
         themselves, the best of these guides where the field has no structure a
         few EOFs hold (video under a moving bar). It has no EOF base for a generator
-        to learn from, so ``gan`` tries it only after training (:meth:`~gapfill.methods.gan.GAN.tune`).
+        to learn from, so ``gan`` tries it only after training
+        (:meth:`~gapfill.methods.gan.GAN.tune`).
 
     Returns
     -------

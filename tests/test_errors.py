@@ -50,6 +50,42 @@ def test_space_distance_is_the_exact_euclidean_distance():
         np.testing.assert_allclose(got[f], brute, rtol=1e-6)
 
 
+def test_fill_gradient_is_exact_on_a_plane_and_one_sided_at_coasts():
+    yy, xx = np.mgrid[:8, :10]
+    plane = np.broadcast_to(0.3 * yy - 0.2 * xx, (1, 2, 8, 10)).astype(np.float32).copy()
+    plane[:, :, 4, 5] = np.nan  # a coast pixel: its neighbours use their other side
+    got = errors.fill_gradient(plane)
+    sea = np.isfinite(plane)
+    np.testing.assert_allclose(got[sea], np.hypot(0.3, 0.2), rtol=1e-5)  # edges included
+    features = errors.gap_features(np.zeros(plane.shape, bool), filled=plane)
+    np.testing.assert_allclose(features[errors.GRADIENT][sea], np.log(np.hypot(0.3, 0.2)),
+                               rtol=1e-5)
+    assert (errors.gap_features(np.zeros(plane.shape, bool))[errors.GRADIENT] == 0).all()
+
+
+def test_error_model_widens_the_error_on_fronts():
+    """Errors that scale with the fill's steepness, at equal distance from the data: the
+    model learns it, and the shares within 1σ are right on flat and steep pixels alike."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    features = np.zeros((len(errors.FEATURES), n))
+    features[0] = np.log1p(rng.integers(1, 6, n))  # distance to the data
+    gradient = np.exp(rng.uniform(-4, 0, n))
+    features[errors.GRADIENT] = np.log(gradient)
+    sigma = 0.1 * np.expm1(features[0]) ** 0.5 * (0.02 + gradient)
+    abs_error = np.abs(rng.standard_normal(n) * sigma)
+    model = errors.ErrorModel.fit(abs_error, features)
+    assert model.coef[1 + errors.GRADIENT] > 0.3
+    predicted = model.predict(features)
+    for part in (gradient < np.quantile(gradient, 0.3), gradient > np.quantile(gradient, 0.7)):
+        one, two = errors.within_shares(abs_error[part], predicted[part])
+        assert 0.6 < one < 0.76 and 0.9 < two < 0.99, (one, two)
+    blind = errors.ErrorModel.fit(abs_error, np.where(
+        np.arange(len(errors.FEATURES))[:, None] == errors.GRADIENT, 0.0, features))
+    steep = gradient > np.quantile(gradient, 0.7)
+    assert errors.within_shares(abs_error[steep], blind.predict(features)[steep])[0] < 0.6
+
+
 def test_time_features_use_the_observations_outside_a_chunk():
     observed = np.zeros((1, 4, 1, 1), dtype=bool)
     inside = errors.gap_features(observed)
