@@ -22,6 +22,18 @@ if TYPE_CHECKING:
     from gapfill.cube import Cube
 
 
+def pixel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel count, mean and standard deviation of the observations of a
+    ``(C, T, H, W)`` array (mean and std NaN where a pixel has none)."""
+    obs = np.isfinite(x)
+    count = obs.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(obs, x, 0).astype(np.float64).sum(1) / count
+        sq = (np.where(obs, x - np.nan_to_num(mean)[:, None], 0) ** 2).sum(1)
+        std = np.sqrt(sq / count)
+    return count, mean, std
+
+
 @dataclass
 class ClimatologyOptions(Options):
     """The ``"climatology"`` method has no options."""
@@ -53,13 +65,7 @@ class Climatology(Method):
 
     def fit_array(self, x: np.ndarray) -> None:
         """Fit on a normalised ``(C, T, H, W)`` array."""
-        obs = np.isfinite(x)
-        count = obs.sum(1)
-        total = np.where(obs, x, 0).astype(np.float64).sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = total / count
-            sq = (np.where(obs, x - np.nan_to_num(mean)[:, None], 0) ** 2).sum(1)
-            std = np.sqrt(sq / count)
+        count, mean, std = pixel_moments(x)
         # Pixels seen fewer than twice have no spread of their own: use the channel's typical std.
         seen = count >= 2
         typical = np.array(
@@ -106,14 +112,9 @@ class Climatology(Method):
             values[where] = fallback[where]
             error[where] = 1.0  # normalised units: the channel's overall std
             # a pixel observed in x, though not in the fit: its own observations here
-            obs = np.isfinite(x)
-            count = obs.sum(1)
+            count, mean, std = pixel_moments(x)
             own = unknown & (count > 0)
             if own.any():
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = np.where(obs, x, 0).astype(np.float64).sum(1) / count
-                    dev = np.where(obs, x - np.nan_to_num(mean)[:, None], 0.0)
-                    std = np.sqrt((dev**2).sum(1) / count)
                 std = np.where(count >= 2, np.maximum(std, 1e-6), 1.0)
                 where = np.broadcast_to(own[:, None], x.shape)
                 values[where] = np.broadcast_to(mean[:, None], x.shape)[where]
