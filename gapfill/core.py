@@ -100,6 +100,8 @@ def predict_error(
         )
     use_native = native if error_model.uses_native else None
     variability = error_model.pixel_variability(observed.shape)
+    if not error_model.coef[1 + errors.GRADIENT]:  # a slope of 0: the fill's gradient is unused
+        filled = None
     features = errors.gap_features(observed, use_native, before, after, variability, filled)
     sigma = np.zeros(observed.shape, dtype=np.float32)
     gap = ~observed
