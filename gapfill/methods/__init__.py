@@ -25,6 +25,7 @@ _BUILTIN = {
     "eof": "gapfill.methods.eof:EOF",
     "linear": "gapfill.methods.linear:Linear",
     "climatology": "gapfill.methods.climatology:Climatology",
+    "regem": "gapfill.methods.regem:RegEM",
     "gan": "gapfill.methods.gan:GAN",
     "combcn": "gapfill.methods.combcn:CombCN",
     "tgfnet": "gapfill.methods.tgfnet:TGFNet",

@@ -1,0 +1,295 @@
+"""RegEM: the mean and covariance of the field by expectation-maximisation, and each
+frame's gaps filled by their conditional expectation given the frame's observations.
+
+Schneider (2001, *J. Climate* 14, 853–871), the method of many climate-field
+reconstructions, with a fixed ridge:
+
+1. Stack the cube into a matrix ``Y`` (time × pixels; channels are stacked into
+   space) and start with the DINEOF fill (:mod:`gapfill.methods.eof`) in the gaps,
+   which EM would otherwise take many more iterations to reach from the pixel means.
+2. With ``μ`` and ``Σ`` the mean and covariance of the completed matrix plus the
+   conditional covariances of its imputed values (E-step), fill each frame's gaps by
+   ``μ_m + Σ_mo (Σ_oo + h² d I)⁻¹ (y_o − μ_o)`` (``m`` its gaps, ``o`` its
+   observations, ``d`` the mean variance, ``h²`` the ridge), and sum the conditional
+   covariances ``Σ_mm − Σ_mo (Σ_oo + h² d I)⁻¹ Σ_om`` for the next covariance
+   (M-step). Both come from the precision matrix ``(Σ + h² d I)⁻¹``, inverted once per
+   iteration, with one solve per frame of the size of its gaps (:func:`conditional`). Stop when the imputed values change by less than ``tol`` of the data's
+   spread.
+
+Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or
+to new frames on the same grid); the error is the square root of the conditional
+variance. Unlike DINEOF (:mod:`gapfill.methods.eof`), which keeps a few EOFs, the
+covariance keeps every mode, shrunk by the ridge, and its estimate accounts for the
+uncertainty of what it imputes. Time and memory grow as pixels³ and pixels²: the
+method is meant for grids of up to a few thousand ever-observed pixels (coarse climate
+fields, regional boxes); above ``max_pixels`` it says so before any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.linalg
+import scipy.linalg.lapack
+
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.eof import EOF
+
+if TYPE_CHECKING:
+    from gapfill.cube import Cube
+
+log = logging.getLogger("gapfill")
+
+
+@dataclass
+class RegEMOptions(Options):
+    """Options of the ``"regem"`` method.
+
+    Attributes
+    ----------
+    ridge
+        ``h²``: the ridge added to ``Σ_oo``, as a share of the mean variance.
+    tol
+        Stop when the RMS change of the imputed values falls below this share of
+        the data's standard deviation.
+    max_iter
+        Maximum number of EM iterations.
+    max_pixels
+        Largest number of ever-observed pixels (times channels) accepted: the
+        covariance has ``max_pixels²`` entries and each iteration solves one system of
+        up to that size per frame.
+    """
+
+    ridge: float = 0.05
+    tol: float = 2e-3
+    max_iter: int = 40
+    max_pixels: int = 4000
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option when a value is out of range."""
+        for name, ok, what in (
+            ("ridge", _real(self.ridge) and self.ridge > 0, "a number > 0"),
+            ("tol", _real(self.tol) and 0 < self.tol < 1, "in (0, 1)"),
+            ("max_iter", _int(self.max_iter) and self.max_iter >= 1, "an integer >= 1"),
+            ("max_pixels", _int(self.max_pixels) and self.max_pixels >= 2, "an integer >= 2"),
+        ):
+            if not ok:
+                raise ValueError(f"regem option {name!r} must be {what}, got {getattr(self, name)!r}")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        and bool(np.isfinite(v))
+
+
+def nugget_of(cov: np.ndarray, ridge: float) -> float:
+    """``h² d``: the ridge times the mean variance (the data's, 1 in normalised units,
+    when the covariance is all zero, as on a cube too sparse to vary)."""
+    d = float(np.mean(np.diag(cov)))
+    return ridge * (d if d > 1e-12 else 1.0)
+
+
+def precision_of(cov: np.ndarray, nugget: float) -> np.ndarray:
+    """``(cov + nugget I)⁻¹``: the precision of the observations (signal plus nugget)."""
+    eye = np.eye(len(cov))
+    for jitter in (0.0, 1e-8, 1e-6, 1e-4):  # rounding can leave cov a hair indefinite
+        try:
+            factor = scipy.linalg.cho_factor(cov + (nugget + jitter) * eye, lower=True,
+                                             check_finite=False)
+        except np.linalg.LinAlgError:
+            continue
+        return scipy.linalg.cho_solve(factor, eye, check_finite=False)
+    raise np.linalg.LinAlgError("regem: the covariance is not positive semi-definite")
+
+
+def conditional(
+    y: np.ndarray, observed: np.ndarray, mean: np.ndarray, precision: np.ndarray,
+    nugget: float, with_cov: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the gaps of one frame ``y`` (pixels,) by their conditional expectation.
+
+    With ``Q`` the :func:`precision_of` the covariance, the gaps ``m`` given the
+    observations ``o`` have mean ``μ_m − Q_mm⁻¹ Q_mo (y_o − μ_o)`` and, less the nugget,
+    covariance ``Q_mm⁻¹ − nugget I``: one solve of the size of the gaps, not of the
+    observations. Returns the imputed values at ``~observed`` and their conditional
+    covariance (``with_cov``) or variances.
+    """
+    o, m = observed, ~observed
+    chol, info = scipy.linalg.lapack.dpotrf(precision[np.ix_(m, m)], lower=1, clean=1)
+    if info:
+        raise np.linalg.LinAlgError(f"regem: the precision of a frame's gaps is not positive "
+                                    f"definite (LAPACK dpotrf info {info})")
+    rhs = precision[np.ix_(m, o)] @ (y[o] - mean[o])
+    values = mean[m] - scipy.linalg.lapack.dpotrs(chol, rhs, lower=1)[0]
+    inverse = scipy.linalg.lapack.dpotri(chol, lower=1)[0]  # lower triangle of Q_mm⁻¹
+    if with_cov:
+        spread = np.tril(inverse) + np.tril(inverse, -1).T
+        spread[np.diag_indices_from(spread)] -= nugget
+    else:
+        spread = np.diag(inverse) - nugget
+    return values, spread
+
+
+def regem(
+    y: np.ndarray, start: np.ndarray, ridge: float, tol: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """The EM estimate of the mean and covariance of ``y`` (time × pixels, NaN = missing),
+    from the first guess ``start`` in the gaps.
+
+    Returns ``(mean, cov, iterations, change)``: ``change`` is the last RMS change of the
+    imputed values over the observations' standard deviation.
+    """
+    observed = np.isfinite(y)
+    n_time, n_pix = y.shape
+    filled = np.where(observed, y, start)
+    spread = max(float(np.std(y[observed])), 1e-12)
+    extra = np.zeros((n_pix, n_pix))
+    change, it = np.inf, 0
+    for it in range(1, max_iter + 1):
+        mean = filled.mean(0)
+        dev = filled - mean
+        cov = (dev.T @ dev + extra) / n_time
+        nugget = nugget_of(cov, ridge)
+        precision = precision_of(cov, nugget)
+        extra = np.zeros((n_pix, n_pix))
+        new = filled.copy()
+        for t in range(n_time):
+            gaps = ~observed[t]
+            if not gaps.any():
+                continue
+            new[t, gaps], c = conditional(y[t], observed[t], mean, precision, nugget,
+                                          with_cov=True)
+            extra[np.ix_(gaps, gaps)] += c
+        change = float(np.sqrt(np.mean((new - filled)[~observed] ** 2))) / spread
+        filled = new
+        if change < tol:
+            break
+    mean = filled.mean(0)
+    dev = filled - mean
+    return mean, (dev.T @ dev + extra) / n_time, it, change
+
+
+class RegEM(Method):
+    """Regularised EM: the field's covariance from the gappy data, gaps filled by
+    conditional expectation; error = the conditional standard deviation."""
+
+    name = "regem"
+    Options = RegEMOptions
+    provides_error = True
+    refit_with_validation = True  # the error model's validation pixels are 10% of the data
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._state: dict[str, np.ndarray] | None = None
+
+    def fit(self, cube: Cube, rng: np.random.Generator) -> None:
+        """Estimate the mean and covariance of the cube's observed pixels."""
+        self.fit_array(cube.values(), rng, cube.coords().time)
+
+    def fit_array(self, x: np.ndarray, rng: np.random.Generator,
+                  times: np.ndarray | None = None) -> None:
+        """Fit on a normalised ``(C, T, H, W)`` array (NaN = missing); ``rng`` and the
+        frames' ``times`` are for the DINEOF first guess."""
+        n_chan, n_time, height, width = x.shape
+        y = np.moveaxis(x, 1, 0).reshape(n_time, -1).astype(np.float64)
+        fitted = np.isfinite(y).any(0)
+        n_pix = int(fitted.sum())
+        if n_pix > self.options.max_pixels:
+            raise ValueError(
+                f"regem: the cube has {n_pix} ever-observed pixels, more than max_pixels="
+                f"{self.options.max_pixels} (its covariance would take "
+                f"{8 * n_pix**2 / 2**30:.1f} GiB and be inverted at every iteration). Use "
+                "method='eof' (DINEOF), coarsen or cut the grid, or pass max_pixels= if the "
+                "machine can take it."
+            )
+        clock = time.perf_counter()
+        first = EOF()
+        first.fit_array(x, rng, times)
+        start = first.fill(x, rng).values
+        start = np.moveaxis(start, 1, 0).reshape(n_time, -1)[:, fitted].astype(np.float64)
+        mean, cov, iterations, change = regem(y[:, fitted], start, self.options.ridge,
+                                              self.options.tol, self.options.max_iter)
+        log.info("regem: %d pixels, %d iterations, last change %.2g, %.1f s", n_pix,
+                 iterations, change, time.perf_counter() - clock)
+        self._state = {
+            "grid": np.asarray([n_chan, height, width], np.int64),
+            "fitted": fitted,
+            "mean": mean.astype(np.float64),
+            "cov": cov.astype(np.float64),
+        }
+        self.fit_info = {"pixels": n_pix, "iterations": iterations,
+                         "last_change": round(change, 6), "converged": bool(change < self.options.tol)}
+
+    def chunking(self) -> Chunking:
+        """Any time chunks, whole frames: each frame is filled from its own observations."""
+        return Chunking(whole=("y", "x"))
+
+    def fill(
+        self,
+        x: np.ndarray,
+        rng: np.random.Generator,
+        samples: int = 1,
+        coords: Coords | None = None,
+    ) -> FillResult:
+        """Fill each frame's gaps by their conditional expectation given its observations."""
+        if self._state is None:
+            raise RuntimeError("regem: call fit (or load_state_dict) before fill")
+        st = self._state
+        n_chan, n_time, height, width = x.shape
+        if tuple(st["grid"].tolist()) != (n_chan, height, width):
+            raise ValueError(
+                f"regem: fitted on a (C, H, W) = {tuple(st['grid'].tolist())} grid, got "
+                f"{(n_chan, height, width)}; it fills frames of the same grid"
+            )
+        y = np.moveaxis(x, 1, 0).reshape(n_time, -1).astype(np.float64)
+        fitted = st["fitted"]
+        mean, cov = st["mean"], st["cov"]
+        nugget = nugget_of(cov, self.options.ridge)
+        precision = precision_of(cov, nugget)
+        values = np.where(np.isfinite(y), y, np.nan)
+        error = np.zeros_like(values)
+        yf = y[:, fitted]
+        vf, ef = values[:, fitted], error[:, fitted]
+        for t in range(n_time):
+            observed = np.isfinite(yf[t])
+            if observed.all():
+                continue
+            v, var = conditional(yf[t], observed, mean, precision, nugget)
+            vf[t, ~observed] = v
+            ef[t, ~observed] = np.sqrt(np.maximum(var, 1e-12))
+        values[:, fitted], error[:, fitted] = vf, ef
+        # A pixel the fit never saw observed, observed here: its own mean and spread.
+        rest = ~fitted & np.isfinite(y).any(0)
+        if rest.any():
+            own = y[:, rest]
+            with np.errstate(invalid="ignore"):
+                mu, sd = np.nanmean(own, 0), np.nanstd(own, 0)
+            sd = np.where(np.isfinite(own).sum(0) >= 2, np.maximum(sd, 1e-6), 1.0)
+            values[:, rest] = np.where(np.isfinite(own), own, mu)
+            error[:, rest] = sd
+        shape = (n_time, n_chan, height, width)
+        return FillResult(
+            np.moveaxis(values.reshape(shape), 0, 1).astype(np.float32),
+            np.moveaxis(error.reshape(shape), 0, 1).astype(np.float32),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Grid, fitted-pixel mask, mean and covariance."""
+        return {} if self._state is None else dict(self._state)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self._state = {
+            "grid": as_numpy(state["grid"]).astype(np.int64),
+            "fitted": as_numpy(state["fitted"]).astype(bool),
+            "mean": as_numpy(state["mean"]).astype(np.float64),
+            "cov": as_numpy(state["cov"]).astype(np.float64),
+        }
