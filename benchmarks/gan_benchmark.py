@@ -19,10 +19,10 @@ Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
 
 Rows: ``pydineof`` (pyDINEOF ``run_2D``, nev 5; SST/air cubes only, given the
 data plus 300 K where it is an anomaly, since it drops values <= 0), ``eof``,
-``regem`` (up to its ``max_pixels``: not OSTIA) and ``linear`` (the package's methods), ``guide`` (the guide the default
-``gan`` chose, alone), ``gan-l1`` (the L1 term alone), ``gan-adv`` (L1 plus
-the frame/sequence discriminators, ``adv_weight`` 0.1) and ``gan`` (default
-options). Scores on the hidden pixels: MAE, RMSE (PSNR for video), and the
+``regem`` (up to its ``max_pixels``: not OSTIA) and ``linear`` (the package's methods),
+``guide`` (the guide the default ``gan`` chose, alone), ``gan-l1`` (the L1 term
+alone), ``gan-adv`` (L1 plus the frame/sequence discriminators, ``adv_weight`` 0.1) and
+``gan`` (default options). Scores on the hidden pixels: MAE, RMSE (PSNR for video), and the
 realism ratios of :func:`gapfill.metrics.realism` (gradient, small-scale
 spectrum; 1 is perfect). ``train`` is the whole fit in seconds (with ``--via-fit``,
 the whole ``da.gapfill.fit``: its time budget bounds it), ``steps/s`` generator steps

@@ -158,7 +158,8 @@ def test_error_is_calibrated_on_a_cube_with_known_noise():
     truth, gappy = noisy_cube(noise=0.5)
     hidden = (gappy.isnull() & truth.notnull()).values
     shares = []
-    for method, options in [("linear", {}), ("climatology", {}), ("eof", {"max_modes": 6})]:
+    for method, options in [("linear", {}), ("climatology", {}), ("eof", {"max_modes": 6}),
+                            ("regem", {})]:
         out = gappy.gapfill.fill(gappy.gapfill.fit(method, seed=1, **options))
         err = np.abs(out["sst"].values - truth.values)[hidden]
         shares.append(errors.within_shares(err, out["sst_error"].values[hidden]))

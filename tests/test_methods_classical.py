@@ -17,7 +17,7 @@ from gapfill.methods import eof as eof_module
 from gapfill.methods.climatology import Climatology
 from gapfill.methods.eof import EOF, cloud_cv_mask
 from gapfill.methods.linear import Linear
-from gapfill.methods.regem import conditional, precision_of
+from gapfill.methods.regem import conditional
 
 RNG = np.random.default_rng
 ALL = ["eof", "linear", "climatology", "regem"]

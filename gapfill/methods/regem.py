@@ -13,8 +13,8 @@ reconstructions, with a fixed ridge:
    observations, ``d`` the mean variance, ``h²`` the ridge), and sum the conditional
    covariances ``Σ_mm − Σ_mo (Σ_oo + h² d I)⁻¹ Σ_om`` for the next covariance
    (M-step). Both come from the precision matrix ``(Σ + h² d I)⁻¹``, inverted once per
-   iteration, with one solve per frame of the size of its gaps (:func:`conditional`). Stop when the imputed values change by less than ``tol`` of the data's
-   spread.
+   iteration, with one solve per frame of the size of its gaps (:func:`conditional`).
+   Stop when the imputed values change by less than ``tol`` of the data's spread.
 
 Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or
 to new frames on the same grid); the error is the square root of the conditional
@@ -78,7 +78,8 @@ class RegEMOptions(Options):
             ("max_pixels", _int(self.max_pixels) and self.max_pixels >= 2, "an integer >= 2"),
         ):
             if not ok:
-                raise ValueError(f"regem option {name!r} must be {what}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"regem option {name!r} must be {what}, got {getattr(self, name)!r}")
 
 
 def _int(v: Any) -> bool:
@@ -178,8 +179,10 @@ def regem(
 
 
 class RegEM(Method):
-    """Regularised EM: the field's covariance from the gappy data, gaps filled by
-    conditional expectation; error = the conditional standard deviation."""
+    """Regularised EM: the field's covariance from the gappy cube, gaps by conditional expectation.
+
+    The error is the conditional standard deviation.
+    """
 
     name = "regem"
     Options = RegEMOptions
@@ -226,7 +229,8 @@ class RegEM(Method):
             "cov": cov.astype(np.float64),
         }
         self.fit_info = {"pixels": n_pix, "iterations": iterations,
-                         "last_change": round(change, 6), "converged": bool(change < self.options.tol)}
+                         "last_change": round(change, 6),
+                         "converged": bool(change < self.options.tol)}
 
     def chunking(self) -> Chunking:
         """Any time chunks, whole frames: each frame is filled from its own observations."""
