@@ -60,8 +60,7 @@ class RegEMOptions(Options):
         Maximum number of EM iterations.
     max_pixels
         Largest number of ever-observed pixels (times channels) accepted: the
-        covariance has ``max_pixels²`` entries and each iteration solves one system of
-        up to that size per frame.
+        covariance has ``max_pixels²`` entries and each iteration inverts it.
     """
 
     ridge: float = 0.05
@@ -258,7 +257,7 @@ class RegEM(Method):
         mean, cov = st["mean"], st["cov"]
         nugget = nugget_of(cov, self.options.ridge)
         precision = precision_of(cov, nugget)
-        values = np.where(np.isfinite(y), y, np.nan)
+        values = y.copy()
         error = np.zeros_like(values)
         yf = y[:, fitted]
         vf, ef = values[:, fitted], error[:, fitted]
