@@ -37,6 +37,7 @@ import scipy.linalg
 import scipy.linalg.lapack
 
 from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.climatology import pixel_moments
 from gapfill.methods.eof import EOF
 
 if TYPE_CHECKING:
@@ -273,9 +274,8 @@ class RegEM(Method):
         rest = ~fitted & np.isfinite(y).any(0)
         if rest.any():
             own = y[:, rest]
-            with np.errstate(invalid="ignore"):
-                mu, sd = np.nanmean(own, 0), np.nanstd(own, 0)
-            sd = np.where(np.isfinite(own).sum(0) >= 2, np.maximum(sd, 1e-6), 1.0)
+            count, mu, sd = (m[0, :, 0] for m in pixel_moments(own[None, :, :, None]))
+            sd = np.where(count >= 2, np.maximum(sd, 1e-6), 1.0)
             values[:, rest] = np.where(np.isfinite(own), own, mu)
             error[:, rest] = sd
         shape = (n_time, n_chan, height, width)
