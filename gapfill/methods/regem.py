@@ -38,7 +38,7 @@ import scipy.linalg.lapack
 
 from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
 from gapfill.methods.climatology import pixel_moments
-from gapfill.methods.eof import EOF
+from gapfill.methods.eof import EOF, _from_matrix, _to_matrix
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube
@@ -202,7 +202,7 @@ class RegEM(Method):
         """Fit on a normalised ``(C, T, H, W)`` array (NaN = missing); ``rng`` and the
         frames' ``times`` are for the DINEOF first guess."""
         n_chan, n_time, height, width = x.shape
-        y = np.moveaxis(x, 1, 0).reshape(n_time, -1).astype(np.float64)
+        y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = np.isfinite(y).any(0)
         n_pix = int(fitted.sum())
         if n_pix > self.options.max_pixels:
@@ -217,7 +217,7 @@ class RegEM(Method):
         first = EOF()
         first.fit_array(x, rng, times)
         start = first.fill(x, rng).values
-        start = np.moveaxis(start, 1, 0).reshape(n_time, -1)[:, fitted].astype(np.float64)
+        start = _to_matrix(start).T[:, fitted].astype(np.float64)
         mean, cov, iterations, change = regem(y[:, fitted], start, self.options.ridge,
                                               self.options.tol, self.options.max_iter)
         log.info("regem: %d pixels, %d iterations, last change %.2g, %.1f s", n_pix,
@@ -253,7 +253,7 @@ class RegEM(Method):
                 f"regem: fitted on a (C, H, W) = {tuple(st['grid'].tolist())} grid, got "
                 f"{(n_chan, height, width)}; it fills frames of the same grid"
             )
-        y = np.moveaxis(x, 1, 0).reshape(n_time, -1).astype(np.float64)
+        y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = st["fitted"]
         mean, cov = st["mean"], st["cov"]
         nugget = nugget_of(cov, self.options.ridge)
@@ -278,11 +278,7 @@ class RegEM(Method):
             sd = np.where(count >= 2, np.maximum(sd, 1e-6), 1.0)
             values[:, rest] = np.where(np.isfinite(own), own, mu)
             error[:, rest] = sd
-        shape = (n_time, n_chan, height, width)
-        return FillResult(
-            np.moveaxis(values.reshape(shape), 0, 1).astype(np.float32),
-            np.moveaxis(error.reshape(shape), 0, 1).astype(np.float32),
-        )
+        return FillResult(_from_matrix(values.T, x.shape), _from_matrix(error.T, x.shape))
 
     def state_dict(self) -> dict[str, Any]:
         """Grid, fitted-pixel mask, mean and covariance."""
