@@ -4,10 +4,10 @@ For each cube of :func:`gan_benchmark.load_case` small enough for ``regem`` (``p
 ``a1b``, ``hgt``), gaps are punched in (the truth under them is known) and a validation
 set is hidden too: in a random 30% of the frames, the observed pixels under the gaps of
 another frame (the data's own gap shapes). ``regem`` is fitted on the rest with each EM
-ridge (and the default, 20 over the observations per pixel), then fills with each fill ridge. The table gives
-the MAE on the validation pixels (what a user could choose on) and in the punched gaps
-(the truth), in the cube's units.
-``<`` marks the defaults of :class:`gapfill.methods.regem.RegEMOptions`.
+ridge (and the default, 20 over the observations per pixel), then fills with each fill
+ridge. The table gives the MAE on the validation pixels (what a user could choose on) and
+in the punched gaps (the truth), in the cube's units. ``<`` marks the defaults of
+:class:`gapfill.methods.regem.RegEMOptions`.
 
 Run::
 
