@@ -17,16 +17,16 @@ chosen per frame by generalised cross-validation:
    iteration, with one solve per frame of the size of its gaps (:func:`conditional`).
    Stop when the imputed values change by less than ``tol`` of the data's spread.
 
-Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or
-to new frames on the same grid) and a smaller ridge, ``fill_ridge``: the EM ridge
-regularises a covariance estimated from few values per pixel, while at the fill it acts as
-the observations' own noise (measured on three cubes: ``benchmarks/regem_ridges.py``).
-The error is the square root of the conditional variance. Unlike DINEOF
-(:mod:`gapfill.methods.eof`), which keeps a few EOFs, the covariance keeps every mode,
-shrunk by the ridge, and its estimate accounts for the
-uncertainty of what it imputes. Time and memory grow as pixels³ and pixels²: the
-method is meant for grids of up to a few thousand ever-observed pixels (coarse climate
-fields, regional boxes); above ``max_pixels`` it says so before any work.
+Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or to
+new frames on the same grid) and a smaller ridge, ``fill_ridge``: the EM ridge
+regularises a covariance estimated from few values per pixel, while at the fill it acts
+as the observations' own noise (measured on three cubes:
+``benchmarks/regem_ridges.py``). The error is the square root of the conditional
+variance. Unlike DINEOF (:mod:`gapfill.methods.eof`), which keeps a few EOFs, the
+covariance keeps every mode, shrunk by the ridge, and its estimate accounts for the
+uncertainty of what it imputes. Time and memory grow as pixels³ and pixels²: the method
+is meant for grids of up to a few thousand ever-observed pixels (coarse climate fields,
+regional boxes); above ``max_pixels`` it says so before any work.
 """
 
 from __future__ import annotations
