@@ -237,6 +237,19 @@ def test_eof_fills_new_times_and_checks_the_grid() -> None:
         method.fill(new[:, :, :-1], RNG(0))
 
 
+@pytest.mark.parametrize("name", ["eof", "regem", "climatology"])
+def test_a_per_pixel_method_refuses_frames_of_another_grid(name: str) -> None:
+    """A fill on another grid says which grids differ and what to do, for each method
+    that learns per pixel."""
+    field = low_rank(t=30)
+    cube = as_cube(gappy(field, random_mask(field.shape, 0.3)))
+    method = methods.get(name)()
+    method.fit(cube, RNG(0))
+    other = cube.normaliser.normalise(gappy(field, random_mask(field.shape, 0.3)))[:, :, :-1]
+    with pytest.raises(ValueError, match=rf"{name}: fitted on a .* grid, got .*fit again"):
+        method.fill(other, RNG(0))
+
+
 def test_eof_fills_a_pixel_the_fit_never_saw_observed_from_its_own_observations() -> None:
     """A pixel observed only in frames the fit did not have follows the field, not the mean."""
     field = low_rank(t=50, noise=0.02)

@@ -373,6 +373,17 @@ class NetworkMethod(Method):
         self.net = self._place(net)
 
 
+def check_grid(method: str, fitted: tuple[int, ...], x: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``x`` (``(C, T, H, W)``) has the ``fitted`` ``(C, H, W)``
+    grid: a method that learns per pixel fills frames of the grid it was fitted on."""
+    grid = (x.shape[0], *x.shape[2:])
+    if tuple(int(n) for n in fitted) != grid:
+        raise ValueError(
+            f"{method}: fitted on a (C, H, W) = {tuple(int(n) for n in fitted)} grid, got "
+            f"{grid}; it fills frames of the grid it was fitted on (fit again on this one)"
+        )
+
+
 def as_numpy(value: Any) -> np.ndarray:
     """Turn a torch tensor or array-like from a state dict into a numpy array."""
     if hasattr(value, "detach"):

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.base import (
+    Chunking,
+    Coords,
+    FillResult,
+    Method,
+    Options,
+    as_numpy,
+    check_grid,
+)
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube
@@ -92,12 +100,8 @@ class Climatology(Method):
         """Return the climatology (broadcast over time) and its std."""
         if self._mean is None or self._std is None:
             raise RuntimeError("climatology: call fit (or load_state_dict) before fill")
+        check_grid(self.name, self._mean.shape, x)
         n_chan, n_time, height, width = x.shape
-        if self._mean.shape != (n_chan, height, width):
-            raise ValueError(
-                f"climatology: fitted on a (C, H, W) = {self._mean.shape} grid, got "
-                f"{(n_chan, height, width)}"
-            )
         values = np.broadcast_to(self._mean[:, None], x.shape).copy()
         error = np.broadcast_to(self._std[:, None], x.shape).copy()
         unknown = ~np.isfinite(self._mean)

@@ -40,7 +40,15 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.base import (
+    Chunking,
+    Coords,
+    FillResult,
+    Method,
+    Options,
+    as_numpy,
+    check_grid,
+)
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube
@@ -568,12 +576,8 @@ class EOF(Method):
         if self._state is None:
             raise RuntimeError("eof: call fit (or load_state_dict) before fill")
         st = self._state
+        check_grid(self.name, st["grid"], x)
         n_chan, n_time, height, width = x.shape
-        if tuple(st["grid"].tolist()) != (n_chan, height, width):
-            raise ValueError(
-                f"eof: fitted on a (C, H, W) = {tuple(st['grid'].tolist())} grid, got "
-                f"{(n_chan, height, width)}; EOF filling needs the same grid"
-            )
         X = _to_matrix(x)
         fitted = st["fitted"]
         U = st["U"][fitted].astype(np.float64)

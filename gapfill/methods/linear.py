@@ -190,7 +190,8 @@ def _regions_with_targets(
                 crop = tuple(slice(max(i.start - radius, 0), min(i.stop + radius, size))
                              for i, size in zip(inner, (height, width)))
                 regions.append(((inner, crop), active))
-                area += active.size * (crop[0].stop - crop[0].start) * (crop[1].stop - crop[1].start)
+                rows, cols = (c.stop - c.start for c in crop)
+                area += active.size * rows * cols
     frames = np.flatnonzero(todo.any((1, 2)))
     if len(regions) > 1 and area >= frames.size * height * width:
         return [((whole, whole), frames)]

@@ -40,7 +40,15 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 
-from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy
+from gapfill.methods.base import (
+    Chunking,
+    Coords,
+    FillResult,
+    Method,
+    Options,
+    as_numpy,
+    check_grid,
+)
 from gapfill.methods.climatology import pixel_moments
 from gapfill.methods.eof import EOF, _from_matrix, _to_matrix
 
@@ -272,12 +280,8 @@ class RegEM(Method):
         if self._state is None:
             raise RuntimeError("regem: call fit (or load_state_dict) before fill")
         st = self._state
+        check_grid(self.name, st["grid"], x)
         n_chan, n_time, height, width = x.shape
-        if tuple(st["grid"].tolist()) != (n_chan, height, width):
-            raise ValueError(
-                f"regem: fitted on a (C, H, W) = {tuple(st['grid'].tolist())} grid, got "
-                f"{(n_chan, height, width)}; it fills frames of the same grid"
-            )
         y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = st["fitted"]
         mean, cov = st["mean"], st["cov"]
