@@ -85,8 +85,9 @@ def load_case(name: str, seed: int = 0) -> tuple[xr.DataArray, xr.DataArray, np.
     from gapfill import masks
 
     if name.startswith("bikes-"):
-        import gapfill.video as gv
         from video import OCCLUSIONS, load_clip
+
+        import gapfill.video as gv
 
         occ = name.split("-", 1)[1]
         clip = load_clip()

@@ -327,7 +327,8 @@ TABLES = {
                                  "0-255)", [
         ("protocol", "protocol", ""), ("method", "method", ""),
         ("error255", "error (0-255)", ".2f"), ("unfilled", "unfilled", ""),
-        ("train_s", "train (s)", ".1f"), ("fill_s", "fill (s)", ".1f"), ("fit", "fit", ""), ("note", "note", "")]),
+        ("train_s", "train (s)", ".1f"), ("fill_s", "fill (s)", ".1f"), ("fit", "fit", ""),
+        ("note", "note", "")]),
 }
 
 

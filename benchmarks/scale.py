@@ -225,7 +225,8 @@ def stage_times(log: str) -> dict[str, float]:
     import re
 
     out = {}
-    for name, pattern in (("fit", r"fitted \w+ in ([\d.]+) s"), ("score", r"held-out .*\(([\d.]+) s\)"),
+    for name, pattern in (("fit", r"fitted \w+ in ([\d.]+) s"),
+                          ("score", r"held-out .*\(([\d.]+) s\)"),
                           ("fill+write", r"wrote .* in ([\d.]+) s")):
         m = re.search(pattern, log)
         if m:
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     shape = SIZES[args.size]
     work = args.workdir / args.size
     if args.case:  # inside a measured subprocess
-        info = case_io(work, args.workers) if args.case == "io" else case_pydineof(work, *args.block)
+        info = (case_io(work, args.workers) if args.case == "io"
+                else case_pydineof(work, *args.block))
         print("RESULT " + json.dumps(info))
         return
 
@@ -318,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
             ratio = ""  # a part of the cube: not comparable with the floor
         note = r.get("note", "")
         if r.get("returncode") not in (0, None):
-            note = f"FAILED (rc {r['returncode']}{', timeout' if r.get('timed_out') else ''}) {note}"
+            note = (f"FAILED (rc {r['returncode']}"
+                    f"{', timeout' if r.get('timed_out') else ''}) {note}")
         lines.append(f"| {name} | {r['seconds']} | {ratio} | {r['peak_rss_gb']} | {note} |")
     table = "\n".join(lines)
     print(table)

@@ -265,7 +265,9 @@ def _cube_variables(ds: xr.Dataset, variable: str | list[str] | None) -> list[st
     if variable is not None:
         missing = [v for v in variable if v not in ds.data_vars]
         if missing:
-            raise ValueError(f"variable(s) {missing} not in the dataset; it has {list(ds.data_vars)}")
+            raise ValueError(
+                f"variable(s) {missing} not in the dataset; it has {list(ds.data_vars)}"
+            )
         return list(variable)
     names = []
     for name, da in ds.data_vars.items():

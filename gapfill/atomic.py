@@ -39,7 +39,8 @@ _RENAME_EXCHANGE = 2
 
 @contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` (same suffix) to write; rename it to ``path`` on success.
+    """Yield a temporary sibling of ``path`` (same suffix) to write; rename it to ``path`` on
+    success.
 
     The parent directory is created; the temporary file is removed on failure.
     """

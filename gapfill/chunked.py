@@ -296,7 +296,9 @@ def _fill_block(
     for k, (a, b) in enumerate(pieces):
         t = slice(first[1] + a, first[1] + b)
         sub = None if coords is None else coords.isel(
-            t, slice(first[2], first[2] + block.shape[2]), slice(first[3], first[3] + block.shape[3])
+            t,
+            slice(first[2], first[2] + block.shape[2]),
+            slice(first[3], first[3] + block.shape[3]),
         )
         rng_seed = seed if not any(loc) and k == 0 else [seed, *map(int, loc), k]
         te = None

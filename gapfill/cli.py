@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                     "with DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and rank 0 "
                     "writes the model.",
     )
-    train.add_argument("recipe", nargs="?", help="recipe YAML file (default: bundled ostia_sst.yaml)")
+    train.add_argument(
+        "recipe", nargs="?", help="recipe YAML file (default: bundled ostia_sst.yaml)"
+    )
     train.add_argument("--model", "-m", metavar="PATH", help="override output.model")
     train.add_argument("--overwrite", action="store_true", help="replace an existing model")
     _verbosity(train)

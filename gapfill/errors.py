@@ -207,7 +207,9 @@ def gap_features(
     if before is not None:  # no observation back inside the array: use the one before it
         back = np.where(back >= t + 1, np.minimum(t + np.asarray(before)[:, None], cap), back)
     if after is not None:
-        ahead = np.where(ahead >= n_time - t, np.minimum(n_time - 1 - t + np.asarray(after)[:, None], cap), ahead)
+        ahead = np.where(
+            ahead >= n_time - t, np.minimum(n_time - 1 - t + np.asarray(after)[:, None], cap), ahead
+        )
     out = np.empty((len(FEATURES), *observed.shape), dtype=np.float32)
     out[0] = np.log1p(space_distance(observed, cap))
     out[1] = np.log1p(np.minimum(back, ahead))
@@ -215,7 +217,9 @@ def gap_features(
     if native is None:
         out[NATIVE] = 0.0
     else:
-        out[NATIVE] = np.log(np.maximum(np.nan_to_num(np.asarray(native, np.float32), nan=1.0), 1e-6))
+        out[NATIVE] = np.log(
+            np.maximum(np.nan_to_num(np.asarray(native, np.float32), nan=1.0), 1e-6)
+        )
     if variability is None:
         out[VARIABILITY] = 0.0
     else:
@@ -406,7 +410,9 @@ def _factor(ratio: np.ndarray) -> float:
     return max(float(candidates[np.argmin(miss)]), 1e-12)
 
 
-def within_shares(abs_error: np.ndarray, sigma: np.ndarray, ks: tuple[float, ...] = (1.0, 2.0)) -> list[float]:
+def within_shares(
+    abs_error: np.ndarray, sigma: np.ndarray, ks: tuple[float, ...] = (1.0, 2.0)
+) -> list[float]:
     """Share of ``abs_error`` within ``k · sigma`` for each ``k`` (NaN when empty)."""
     abs_error, sigma = np.asarray(abs_error), np.asarray(sigma)
     if abs_error.size == 0:

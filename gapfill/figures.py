@@ -119,7 +119,8 @@ def diagnostics_figure(
     stretch = map_h / natural
     with_error = f"{variable}_error" in out
     fig = Figure(figsize=(WIDTH, 2 * map_h + 3.9 + with_error * 3.2), layout="constrained")
-    grid = fig.add_gridspec(3 + with_error, 2, height_ratios=[map_h, map_h, 3.0] + [3.0] * with_error,
+    grid = fig.add_gridspec(3 + with_error, 2,
+                            height_ratios=[map_h, map_h, 3.0] + [3.0] * with_error,
                             width_ratios=[1.9, 1])
     axes = [_map_axes(fig, grid[i, :], x, geographic) for i in range(2)]
 

@@ -83,7 +83,9 @@ def _fill_block(
 
 
 def _error_attrs(attrs: dict) -> dict:
-    out = {"long_name": f"estimated one-sigma error of the filled {attrs.get('long_name', 'values')}"}
+    out = {
+        "long_name": f"estimated one-sigma error of the filled {attrs.get('long_name', 'values')}"
+    }
     if "standard_name" in attrs:
         out["standard_name"] = f"{attrs['standard_name']} standard_error"
     if "units" in attrs:
@@ -93,7 +95,8 @@ def _error_attrs(attrs: dict) -> dict:
 
 
 def check_model(model: object) -> None:
-    """Raise ``TypeError`` with the fix unless ``model`` is a :class:`~gapfill.fitted.FittedModel`."""
+    """Raise ``TypeError`` with the fix unless ``model`` is a
+    :class:`~gapfill.fitted.FittedModel`."""
     from gapfill.fitted import FittedModel
 
     if isinstance(model, FittedModel):
@@ -169,7 +172,9 @@ def fill_dataarray(
     ancillary = [f"{name}_flag"] + ([f"{name}_error"] if with_error else [])
     attrs["ancillary_variables"] = " ".join(ancillary)
     variables = {
-        name: xr.DataArray(filled.astype(dtype), dims=template.dims, coords=template.coords, attrs=attrs),
+        name: xr.DataArray(
+            filled.astype(dtype), dims=template.dims, coords=template.coords, attrs=attrs
+        ),
         f"{name}_flag": xr.DataArray(
             flag,
             dims=template.dims,
@@ -197,7 +202,9 @@ def fill_dataarray(
                 var.attrs.setdefault(key, da.attrs[key])
     out = xr.Dataset({k: v.transpose(*da.dims) for k, v in variables.items()})
     out = timeaxis.restore_order(out, cube.dims.time, cube.time_order)  # the input's time order
-    out.attrs.update(product_attrs(model, diagnostics if isinstance(diagnostics, Diagnostics) else None))
+    out.attrs.update(
+        product_attrs(model, diagnostics if isinstance(diagnostics, Diagnostics) else None)
+    )
     return cf_product(out, f"{model.name} fill of {name}")
 
 
@@ -243,7 +250,11 @@ def product_attrs(model: FittedModel, diagnostics: Diagnostics | None) -> dict:
         "gapfill_method": model.name,
         "gapfill_options": json.dumps(model.options_dict()),
         "gapfill_holdout": json.dumps(
-            {"fraction": model.holdout.fraction, "process": model.holdout.process, "seed": model.holdout.seed}
+            {
+                "fraction": model.holdout.fraction,
+                "process": model.holdout.process,
+                "seed": model.holdout.seed,
+            }
         ),
     }
     if diagnostics is not None:

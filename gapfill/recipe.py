@@ -632,9 +632,17 @@ class ComputeConfig(_Section):
                 f"kind {self.kind!r}"
             )
         if self.kind in ("slurm", "pbs") and isinstance(self.processes, bool):
-            raise ValueError("compute.processes: for slurm/pbs, the number of worker processes per job")
-        if self.kind == "local" and self.processes is not None and not isinstance(self.processes, bool):
-            raise ValueError("compute.processes: for local, true (worker processes) or false (threads)")
+            raise ValueError(
+                "compute.processes: for slurm/pbs, the number of worker processes per job"
+            )
+        if (
+            self.kind == "local"
+            and self.processes is not None
+            and not isinstance(self.processes, bool)
+        ):
+            raise ValueError(
+                "compute.processes: for local, true (worker processes) or false (threads)"
+            )
         return self
 
     def cluster_options(self) -> dict[str, Any]:

@@ -101,7 +101,8 @@ def fit(method: Method, cube: Cube, rng: np.random.Generator) -> None:
 
 
 def normalised(cube: Cube) -> dsa.Array:
-    """The cube as a dask ``(C, T, H, W)`` float32 array, normalised, NaN where missing or held out."""
+    """The cube as a dask ``(C, T, H, W)`` float32 array, normalised, NaN where missing or
+    held out."""
     import dask.array as dsa
 
     data = cube.da.data
@@ -197,12 +198,12 @@ def fit_eof(method: Any, cube: Cube, rng: np.random.Generator) -> None:
     W = np.zeros((n_chan * height * width, k))
     for r0 in range(0, W.shape[0], SOLVE_BATCH):
         rows = slice(r0, min(W.shape[0], r0 + SOLVE_BATCH))
-        O = np.concatenate(
+        observed = np.concatenate(
             [np.unpackbits(b[:, rows], axis=0, count=n) for b, n in zip(bits, acc["frames"])],
             axis=0,
         ).astype(np.float64)  # (T, R)
-        M = (O.T @ VV).reshape(-1, k, k) + np.diag(lam)
-        ov = O.T @ V  # Σ_obs v_t per pixel
+        M = (observed.T @ VV).reshape(-1, k, k) + np.diag(lam)
+        ov = observed.T @ V  # Σ_obs v_t per pixel
         rhs = xv[rows] - mean[rows, None] * ov + lam * w_sub[near[rows]]
         W[rows] = np.linalg.solve(M, rhs[..., None])[..., 0]
     W[~fitted] = 0.0

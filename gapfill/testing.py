@@ -143,8 +143,9 @@ def check_fill(da: xr.DataArray, out: xr.Dataset, before: xr.DataArray | None = 
     gaps = ~observed & ~never[None]
     assert np.isfinite(filled[gaps]).all(), f"NaN left in {np.isnan(filled[gaps]).sum()} gaps"
     flag = out[f"{name}_flag"].transpose(*da.dims).values
-    assert (flag[observed] == 0).all() and (flag[gaps] == 1).all() and (flag[:, never] == 2).all(), \
-        "the flag does not say observed (0), filled (1) and never observed (2)"
+    assert (
+        (flag[observed] == 0).all() and (flag[gaps] == 1).all() and (flag[:, never] == 2).all()
+    ), "the flag does not say observed (0), filled (1) and never observed (2)"
     assert f"{name}_error" in out, "no error variable"
     error = out[f"{name}_error"].transpose(*da.dims).values
     assert (error[gaps] > 0).all() and np.isfinite(error[gaps]).all(), \

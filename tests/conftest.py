@@ -38,7 +38,9 @@ def ostia_path() -> str:
     """Path of the real OSTIA monthly SST file shipped by iris-sample-data."""
     import iris_sample_data
 
-    return os.path.join(os.path.dirname(iris_sample_data.__file__), "sample_data", "ostia_monthly.nc")
+    return os.path.join(
+        os.path.dirname(iris_sample_data.__file__), "sample_data", "ostia_monthly.nc"
+    )
 
 
 @pytest.fixture

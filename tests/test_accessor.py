@@ -35,7 +35,9 @@ def test_dims_from_names_and_cf_attrs():
     renamed["b"].attrs["standard_name"] = "latitude"
     renamed["c"].attrs["units"] = "degrees_east"
     assert find_dims(renamed).core == ("a", "b", "c")
-    assert find_dims(da.rename(lat="row", lon="col"), {"y": "row", "x": "col"}).core == ("time", "row", "col")
+    assert find_dims(da.rename(lat="row", lon="col"), {"y": "row", "x": "col"}).core == (
+        "time", "row", "col"
+    )
 
 
 def test_dims_order_is_preserved(sst):
@@ -43,7 +45,9 @@ def test_dims_order_is_preserved(sst):
     model = transposed.gapfill.fit("climatology")
     out = transposed.gapfill.fill(model)
     assert out["sst"].dims == ("lon", "time", "lat")
-    np.testing.assert_array_equal(out["sst"].transpose(*sst.dims).values, sst.gapfill.fill(model)["sst"].values)
+    np.testing.assert_array_equal(
+        out["sst"].transpose(*sst.dims).values, sst.gapfill.fill(model)["sst"].values
+    )
 
 
 # -- product -----------------------------------------------------------------------------

@@ -297,7 +297,9 @@ def test_borrowed_gaps_hide_their_share_at_high_cloud_cover():
     from scipy import ndimage
 
     shape = (120, 37, 49)
-    missing = masks.Cloud(coverage=0.5, length_scale=12.0, velocity=(1.0, 2.0), seed=3).sample(shape)
+    missing = masks.Cloud(
+        coverage=0.5, length_scale=12.0, velocity=(1.0, 2.0), seed=3
+    ).sample(shape)
     observed = ~missing
     for seed in range(4):
         held = borrowed_gaps(missing, observed, 0.1, np.random.default_rng(seed))

@@ -222,7 +222,8 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_product(project, moment):
     original file is back."""
     ref = reference(project)
     partial = zarr_regions.partial_path(project / "out" / "p.nc", "netcdf")
-    kill_at(project, moment, "-q", then=lambda: moment != "regions" or zarr_regions.written_regions(partial))
+    kill_at(project, moment, "-q",
+            then=lambda: moment != "regions" or zarr_regions.written_regions(partial))
     assert not (project / "out" / "p.nc").exists()  # nothing, never a part
     written = zarr_regions.written_regions(partial)
     if moment == "regions":
@@ -231,7 +232,10 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_product(project, moment):
         code, err = run(project, "-q")
         assert code == 2 and len(err.strip().splitlines()) == 1
         assert "in.nc changed" in err and "--overwrite" in err
-        assert zarr_regions.written_regions(partial) == written and not (project / "out" / "p.nc").exists()
+        assert (
+            zarr_regions.written_regions(partial) == written
+            and not (project / "out" / "p.nc").exists()
+        )
         os.replace(project / "original.nc", project / "in.nc")
     code, err = run(project)
     assert code == 0, err

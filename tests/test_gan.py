@@ -552,7 +552,9 @@ def test_l1_hides_and_validation_pixels_are_as_far_from_the_data_as_the_real_gap
     for _ in range(12):
         pattern = np.asarray(masks.Empirical(missing, seed=int(rng.integers(99))).sample(
             missing.shape, rng, start=0), bool)
-        plain.append(mismatch(seen, gaps_in_runs(pattern, missing, 0.05, rng, missing.shape[0] // 6), real))
+        plain.append(
+            mismatch(seen, gaps_in_runs(pattern, missing, 0.05, rng, missing.shape[0] // 6), real)
+        )
     assert mismatch(seen, val, real) <= np.median(plain)
 
 
@@ -625,7 +627,9 @@ def test_tune_chooses_the_guide_again_on_its_pixels():
 
     gan, cube, field, val, x_in, coords = _tuning_case("auto")
     x = cube.values()
-    truth = np.nan_to_num(cube.normaliser.normalise(field[None].astype(np.float64))).astype(np.float32)
+    truth = np.nan_to_num(
+        cube.normaliser.normalise(field[None].astype(np.float64))
+    ).astype(np.float32)
     gan._meta["guide"] = Guide("linear").to_dict()
     # fewer frames than training chose its guide on: training's guide stays
     gan._meta["guide_frames"] = x.shape[1] + 1

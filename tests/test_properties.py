@@ -50,7 +50,8 @@ def make_cube(seed: int, t: int, h: int, w: int, missing: float, dtype: str) -> 
     values = (base + rng.standard_normal((t, h, w))).astype(dtype)
     values[rng.random((t, h, w)) < missing] = np.nan
     values[:, 0, 0] = np.nan  # a never-observed (land) pixel
-    values[0, -1, -1] = 1.0 if np.isnan(values[0, -1, -1]) else values[0, -1, -1]  # at least one obs
+    # at least one obs
+    values[0, -1, -1] = 1.0 if np.isnan(values[0, -1, -1]) else values[0, -1, -1]
     return xr.DataArray(values, dims=("time", "y", "x"), name="v")
 
 

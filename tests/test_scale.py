@@ -294,7 +294,7 @@ def test_zarr_subset_with_several_holdout_blocks(tmp_path, monkeypatch):
     assert_same_product(filled, da.load().gapfill.fill(model, diagnostics=False))
 
 
-# -- the compute section -----------------------------------------------------------------------------
+# -- the compute section --------------------------------------------------------------------------
 @pytest.fixture
 def zarr_project(tmp_path, monkeypatch) -> Path:
     """A tiny Zarr input chunked by time and a recipe filling it (linear, no figure)."""
@@ -322,7 +322,8 @@ def load(project: Path, **compute) -> rc.Recipe:
         ({"kind": "kubernetes"}, r"compute.kind: Input should be 'local', 'slurm'"),
         ({"kind": "local", "queue": "big"}, r"compute.queue: not a key of compute kind 'local' "
                                             r"\(a key of kind pbs / slurm\)"),
-        ({"kind": "slurm", "n_workers": 2}, r"compute.n_workers: not a key of compute kind 'slurm'"),
+        ({"kind": "slurm", "n_workers": 2},
+         r"compute.n_workers: not a key of compute kind 'slurm'"),
         ({"kind": "pbs", "job_mem": "4GB"}, r"compute.job_mem: not a key of compute kind 'pbs'"),
         ({"kind": "slurm", "walltme": "1:00"}, r"recipe key 'compute.walltme' is not allowed "
                                                r"\(did you mean 'walltime'\?\)"),
@@ -366,7 +367,9 @@ def test_local_cluster_run_equals_in_memory_run(zarr_project, capsys):
     eager = da.gapfill.fill(model)
     # (the error models differ: a dask-backed fit calibrates on its first time chunk)
     assert_same_product(out[["sst", "sst_flag"]].compute(), eager[["sst", "sst_flag"]])
-    assert out.attrs["gapfill_holdout_mae"] == pytest.approx(eager.attrs["gapfill_holdout_mae"], rel=1e-5)
+    assert out.attrs["gapfill_holdout_mae"] == pytest.approx(
+        eager.attrs["gapfill_holdout_mae"], rel=1e-5
+    )
     assert result.holdout["n"] == eager.attrs["gapfill_holdout_n"]
 
 
@@ -433,7 +436,11 @@ def test_interrupted_run_resumes_only_missing_regions(zarr_project, monkeypatch,
     pipeline.run(recipe, progress=False)  # the same recipe again
     assert len(regions) == 6 - 2 and not set(regions) & set(first)
     assert fits == []  # neither fitted nor scored again
-    assert output.exists() and not partial.exists() and not zarr_regions.progress_path(partial).exists()
+    assert (
+        output.exists()
+        and not partial.exists()
+        and not zarr_regions.progress_path(partial).exists()
+    )
     assert not fit_dir.exists()
     resumed = gapfill.open(output).compute()
 

@@ -49,7 +49,9 @@ def test_model_info_holds_what_the_fit_learned(sst, tmp_path) -> None:
 def test_method_names_any_case_and_option_typos_get_a_suggestion(sst) -> None:
     assert sst.gapfill.fit("EOF", max_modes=2).name == "eof"
     assert methods.get("Linear") is methods.get("linear")
-    with pytest.raises(ValueError, match=r"\['max_mode'\] for method 'eof' \(did you mean 'max_modes'\?\)"):
+    with pytest.raises(
+        ValueError, match=r"\['max_mode'\] for method 'eof' \(did you mean 'max_modes'\?\)"
+    ):
         sst.gapfill.fit("eof", max_mode=3)
     with pytest.raises(ValueError, match=r"did you mean 'climatology'"):
         sst.gapfill.fit("climatolgy")
