@@ -39,10 +39,10 @@ _RENAME_EXCHANGE = 2
 
 @contextmanager
 def replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` (same suffix) to write; rename it to ``path`` on
-    success.
+    """Yield a temporary sibling of ``path`` to write, renamed to ``path`` on success.
 
-    The parent directory is created; the temporary file is removed on failure.
+    It keeps the suffix of ``path`` (writers choose their format by it). The parent
+    directory is created; the temporary file is removed on failure.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

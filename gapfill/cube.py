@@ -409,8 +409,7 @@ class Cube:
         return np.asarray(np.isfinite(da).any(self.dims.time).values)
 
     def missing_pattern(self) -> np.ndarray:
-        """``(T, H, W)`` missing pixels (any channel), including the hold-out, for Empirical
-        masks."""
+        """``(T, H, W)`` missing pixels (any channel, hold-out included), for Empirical masks."""
         da = self.da if self.dims.channel else self.da.expand_dims("_c")
         miss = np.asarray(
             (~np.isfinite(da)).any("_c" if not self.dims.channel else self.dims.channel).values

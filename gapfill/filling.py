@@ -95,8 +95,7 @@ def _error_attrs(attrs: dict) -> dict:
 
 
 def check_model(model: object) -> None:
-    """Raise ``TypeError`` with the fix unless ``model`` is a
-    :class:`~gapfill.fitted.FittedModel`."""
+    """Raise ``TypeError`` with the fix unless ``model`` is a fitted model."""
     from gapfill.fitted import FittedModel
 
     if isinstance(model, FittedModel):

@@ -101,8 +101,7 @@ def fit(method: Method, cube: Cube, rng: np.random.Generator) -> None:
 
 
 def normalised(cube: Cube) -> dsa.Array:
-    """The cube as a dask ``(C, T, H, W)`` float32 array, normalised, NaN where missing or
-    held out."""
+    """The cube as a normalised dask ``(C, T, H, W)`` float32 array, NaN = missing or held out."""
     import dask.array as dsa
 
     data = cube.da.data
