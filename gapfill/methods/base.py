@@ -373,7 +373,7 @@ class NetworkMethod(Method):
         self.net = self._place(net)
 
 
-def check_grid(method: str, fitted: tuple[int, ...], x: np.ndarray) -> None:
+def check_grid(method: str, fitted: np.ndarray | tuple[int, ...], x: np.ndarray) -> None:
     """Raise ``ValueError`` unless ``x`` (``(C, T, H, W)``) has the ``fitted`` ``(C, H, W)``
     grid: a method that learns per pixel fills frames of the grid it was fitted on."""
     grid = (x.shape[0], *x.shape[2:])
