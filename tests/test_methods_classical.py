@@ -14,6 +14,7 @@ from gapfill import methods
 from gapfill.cube import Cube
 from gapfill.masks import Cloud
 from gapfill.methods import eof as eof_module
+from gapfill.methods import regem as regem_module
 from gapfill.methods.climatology import Climatology
 from gapfill.methods.eof import EOF, cloud_cv_mask
 from gapfill.methods.linear import Linear
@@ -388,6 +389,24 @@ def test_regem_ridge_shrinks_with_the_observations_per_pixel() -> None:
     with threadpool_limits(1):
         assert fit_fill("regem", gappy(field, random_mask(field.shape, 0.1)), ridge=0.3,
                         max_iter=2)[0].fit_info["ridge"] == 0.3
+
+
+def test_regem_trace_sees_the_moments_after_every_step() -> None:
+    """``regem``'s ``trace`` sees steps 0 to the last, with the change of each step, and
+    the last moments it sees are the ones returned."""
+    field = low_rank(t=30)
+    y = gappy(field, random_mask(field.shape, 0.3))[0].reshape(30, -1)
+    y = y[:, np.isfinite(y).any(0)]  # the fitted pixels
+    start = np.where(np.isfinite(y), y, np.nanmean(y, 0))
+    seen = []
+    with threadpool_limits(1):
+        mean, cov, iterations, change = regem_module.regem(
+            y, start, 0.1, tol=1e-12, max_iter=4,
+            trace=lambda k, mu, c, ch: seen.append((k, mu.copy(), c.copy(), ch)))
+    assert [k for k, *_ in seen] == [0, 1, 2, 3, 4] and iterations == 4
+    assert seen[0][3] == np.inf and seen[-1][3] == change
+    assert np.array_equal(seen[-1][1], mean) and np.array_equal(seen[-1][2], cov)
+    assert not np.array_equal(seen[0][2], cov)
 
 
 def test_regem_too_many_pixels_says_what_to_do() -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -170,13 +171,16 @@ def conditional(
 
 
 def regem(
-    y: np.ndarray, start: np.ndarray, ridge: float, tol: float, max_iter: int
+    y: np.ndarray, start: np.ndarray, ridge: float, tol: float, max_iter: int,
+    trace: Callable[[int, np.ndarray, np.ndarray, float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """The EM estimate of the mean and covariance of ``y`` (time × pixels, NaN = missing),
     from the first guess ``start`` in the gaps.
 
     Returns ``(mean, cov, iterations, change)``: ``change`` is the last RMS change of the
-    imputed values over the observations' standard deviation.
+    imputed values over the observations' standard deviation. ``trace(steps, mean, cov,
+    change)``, when given, sees the moments after each number of E-steps (0 to
+    ``iterations``) and the change of the last of them (``inf`` before the first).
     """
     observed = np.isfinite(y)
     n_time, n_pix = y.shape
@@ -188,6 +192,8 @@ def regem(
         mean = filled.mean(0)
         dev = filled - mean
         cov = (dev.T @ dev + extra) / n_time
+        if trace is not None:
+            trace(it - 1, mean, cov, change)
         nugget = nugget_of(cov, ridge)
         precision = precision_of(cov, nugget)
         extra = np.zeros((n_pix, n_pix))
@@ -205,7 +211,10 @@ def regem(
             break
     mean = filled.mean(0)
     dev = filled - mean
-    return mean, (dev.T @ dev + extra) / n_time, it, change
+    cov = (dev.T @ dev + extra) / n_time
+    if trace is not None:
+        trace(it, mean, cov, change)
+    return mean, cov, it, change
 
 
 class RegEM(Method):
