@@ -10,7 +10,7 @@ stop (``tol``, ``max_iter``).
 
 Run::
 
-    python benchmarks/regem_iterations.py                          # ~15 min
+    python benchmarks/regem_iterations.py                          # ~30 min on 2 cores
     python benchmarks/regem_iterations.py --cases hgt --iterations 100
 """
 
