@@ -11,7 +11,10 @@ stop (``tol``, ``max_iter``).
 Run::
 
     python benchmarks/regem_iterations.py                          # ~30 min on 2 cores
-    python benchmarks/regem_iterations.py --cases hgt --iterations 100
+    python benchmarks/regem_iterations.py --cases hgt --iterations 100 --every-observation
+
+``--every-observation`` hides no validation pixels: the fit sees every observation, as the
+rows of ``benchmarks/gan_benchmark.py`` do.
 """
 
 from __future__ import annotations
@@ -32,17 +35,19 @@ from gapfill.methods.regem import RegEM, RegEMOptions
 SHOWN = (12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200)
 
 
-def run(case: str, seed: int, iterations: int) -> None:
+def run(case: str, seed: int, iterations: int, validation: bool = True) -> None:
     """Print the table of one cube and seed."""
     truth, gappy, hidden, _ = load_case(case, seed)
     raw = gappy.values.astype(np.float64)
     mean, std = np.nanmean(raw), np.nanstd(raw)
     x = (raw - mean) / std
     val = validation_hide(x, np.random.default_rng([seed, 7]))
+    if not validation:
+        val[:] = False
     fit_input = np.where(val, np.nan, x)[None]
     target = (truth.values - mean) / std
     known = np.isfinite(target)
-    scores: dict[int, tuple[float, float, float]] = {}
+    scores: dict[int, tuple[float, float, float] | None] = {}
     method = RegEM(tol=1e-12, max_iter=iterations)
     grid = np.asarray(fit_input.shape)[[0, 2, 3]]
     fitted = np.isfinite(fit_input).any(1).reshape(-1)
@@ -54,13 +59,13 @@ def run(case: str, seed: int, iterations: int) -> None:
         if not stopped and (change < defaults.tol or steps == defaults.max_iter):
             stopped.append(steps)
         if steps > 10 and steps not in SHOWN and steps not in (iterations, *stopped):
-            scores[steps] = (change, np.nan, np.nan)
+            scores[steps] = None  # not scored
             return
         probe = RegEM()
         probe.load_state_dict({"grid": grid, "fitted": fitted, "mean": mu, "cov": cov})
         err = np.abs(probe.fill(fit_input, np.random.default_rng(seed)).values[0] - target)
-        scores[steps] = (change, float(err[val & known].mean() * std),
-                         float(err[hidden & known].mean() * std))
+        on_val = float(err[val & known].mean() * std) if val.any() else np.nan
+        scores[steps] = (change, on_val, float(err[hidden & known].mean() * std))
 
     em = regem_module.regem
     regem_module.regem = functools.partial(em, trace=score)  # the package's EM, scored
@@ -74,9 +79,10 @@ def run(case: str, seed: int, iterations: int) -> None:
     print(f"\n[{case}, seed {seed}] {dict(truth.sizes)}; ridge {method.fit_info['ridge']}; "
           f"{iterations} E-steps in {seconds:.0f} s (with the scoring); MAE in {units}")
     print(f"{'E-steps':>7} {'change':>8} {'validation':>11} {'punched':>9}")
-    for steps, (change, on_val, in_gaps) in sorted(scores.items()):
-        if np.isnan(on_val):
+    for steps, row in sorted(scores.items()):
+        if row is None:
             continue
+        change, on_val, in_gaps = row
         mark = "<" if steps in stopped else " "
         print(f"{steps:>7} {change:>8.5f} {on_val:>11.4f} {in_gaps:>9.4f}{mark}", flush=True)
 
@@ -87,12 +93,14 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["pacific", "a1b", "hgt"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--every-observation", action="store_true",
+                        help="no validation pixels: fit on every observation")
     parser.add_argument("--threads", type=int, default=2, help="BLAS threads")
     args = parser.parse_args()
     with threadpool_limits(args.threads):
         for case in args.cases:
             for seed in args.seeds:
-                run(case, seed, args.iterations)
+                run(case, seed, args.iterations, not args.every_observation)
 
 
 if __name__ == "__main__":
