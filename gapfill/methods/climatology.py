@@ -16,15 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.methods.base import (
-    Chunking,
-    Coords,
-    FillResult,
-    Method,
-    Options,
-    as_numpy,
-    check_grid,
-)
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy, check_grid
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube

@@ -40,15 +40,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse
 
-from gapfill.methods.base import (
-    Chunking,
-    Coords,
-    FillResult,
-    Method,
-    Options,
-    as_numpy,
-    check_grid,
-)
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy, check_grid
 
 if TYPE_CHECKING:
     from gapfill.cube import Cube

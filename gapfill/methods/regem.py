@@ -41,15 +41,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 
-from gapfill.methods.base import (
-    Chunking,
-    Coords,
-    FillResult,
-    Method,
-    Options,
-    as_numpy,
-    check_grid,
-)
+from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy, check_grid
 from gapfill.methods.climatology import pixel_moments
 from gapfill.methods.eof import EOF, _from_matrix, _to_matrix
 
