@@ -15,7 +15,10 @@ chosen per frame by generalised cross-validation:
    covariances ``Σ_mm − Σ_mo (Σ_oo + h² d I)⁻¹ Σ_om`` for the next covariance
    (M-step). Both come from the precision matrix ``(Σ + h² d I)⁻¹``, inverted once per
    iteration, with one solve per frame of the size of its gaps (:func:`conditional`).
-   Stop when the imputed values change by less than ``tol`` of the data's spread.
+   With many values missing EM creeps towards its fixed point, so its steps are
+   accelerated by SQUAREM (Varadhan & Roland 2008): two steps, an extrapolation along
+   them, one step from there (:func:`regem`). Stop when a round changes the imputed
+   values by less than ``tol`` of the data's spread.
 
 Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or to
 new frames on the same grid) and a smaller ridge, ``fill_ridge``: the EM ridge
@@ -64,10 +67,10 @@ class RegEMOptions(Options):
     fill_ridge
         ``h²`` of the fill (and of the conditional standard deviation).
     tol
-        Stop when the RMS change of the imputed values falls below this share of
-        the data's standard deviation.
+        Stop when a round of SQUAREM (three E-steps) changes the imputed values by less
+        than this share of the data's standard deviation (RMS).
     max_iter
-        Maximum number of EM iterations.
+        Maximum number of E-steps.
     max_pixels
         Largest number of ever-observed pixels (times channels) accepted: the
         covariance has ``max_pixels²`` entries and each iteration inverts it.
@@ -123,14 +126,13 @@ def nugget_of(cov: np.ndarray, ridge: float) -> float:
 
 def precision_of(cov: np.ndarray, nugget: float) -> np.ndarray:
     """``(cov + nugget I)⁻¹``: the precision of the observations (signal plus nugget)."""
-    eye = np.eye(len(cov))
     for jitter in (0.0, 1e-8, 1e-6, 1e-4):  # rounding can leave cov a hair indefinite
-        try:
-            factor = scipy.linalg.cho_factor(cov + (nugget + jitter) * eye, lower=True,
-                                             check_finite=False)
-        except np.linalg.LinAlgError:
+        shifted = cov + (nugget + jitter) * np.eye(len(cov))
+        factor, info = scipy.linalg.lapack.dpotrf(shifted, lower=1, clean=1)
+        if info:
             continue
-        return scipy.linalg.cho_solve(factor, eye, check_finite=False)
+        inverse = scipy.linalg.lapack.dpotri(factor, lower=1)[0]  # its lower triangle
+        return np.tril(inverse) + np.tril(inverse, -1).T
     raise np.linalg.LinAlgError("regem: the covariance is not positive semi-definite")
 
 
@@ -162,51 +164,108 @@ def conditional(
     return values, spread
 
 
+def em_step(
+    y: np.ndarray, observed: np.ndarray, mean: np.ndarray, cov: np.ndarray, ridge: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One EM iteration from the moments ``(mean, cov)`` of ``y`` (time × pixels).
+
+    E-step: each frame's gaps filled by their conditional expectation, with the sum of
+    their conditional covariances. M-step: the mean and covariance of the completed
+    matrix plus that sum. Returns ``(mean, cov, filled)``.
+    """
+    n_time, n_pix = y.shape
+    nugget = nugget_of(cov, ridge)
+    precision = precision_of(cov, nugget)
+    filled = np.where(observed, y, 0.0)
+    extra = np.zeros((n_pix, n_pix))
+    for t in range(n_time):
+        gaps = ~observed[t]
+        if not gaps.any():
+            continue
+        filled[t, gaps], c = conditional(y[t], observed[t], mean, precision, nugget,
+                                         with_cov=True)
+        extra[np.ix_(gaps, gaps)] += c
+    mean, cov = _moments(filled, extra)
+    return mean, cov, filled
+
+
+def _moments(filled: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the completed matrix plus the imputations' covariance."""
+    mean = filled.mean(0)
+    dev = filled - mean
+    return mean, (dev.T @ dev + extra) / len(filled)
+
+
+def extrapolate(
+    start: tuple[np.ndarray, np.ndarray], one: tuple[np.ndarray, np.ndarray],
+    two: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """SQUAREM's step (Varadhan & Roland 2008, scheme S3) from moments and two EM steps.
+
+    With ``r`` the first step and ``v`` the change between the two steps, the moments
+    move to ``start − 2αr + α²v`` with ``α = −|r| / |v|`` (at most −1; −1 gives ``two``),
+    the point an EM converging at a constant rate would approach. The covariance is then
+    made positive semi-definite again (negative eigenvalues set to 0).
+    """
+    def flat(moments: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return np.concatenate([moments[0], moments[1].ravel()])
+
+    theta = flat(start)
+    r = flat(one) - theta
+    v = flat(two) - flat(one) - r
+    size = float(np.sqrt(v @ v))
+    if size == 0.0:
+        return two
+    alpha = min(-float(np.sqrt(r @ r)) / size, -1.0)
+    theta = theta - 2 * alpha * r + alpha * alpha * v
+    n_pix = len(start[0])
+    mean, cov = theta[:n_pix], theta[n_pix:].reshape(n_pix, n_pix)
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    return mean, (vectors * np.maximum(values, 0.0)) @ vectors.T
+
+
 def regem(
     y: np.ndarray, start: np.ndarray, ridge: float, tol: float, max_iter: int,
     trace: Callable[[int, np.ndarray, np.ndarray, float], None] | None = None,
+    accelerate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """The EM estimate of the mean and covariance of ``y`` (time × pixels, NaN = missing),
     from the first guess ``start`` in the gaps.
 
-    Returns ``(mean, cov, iterations, change)``: ``change`` is the last RMS change of the
-    imputed values over the observations' standard deviation. ``trace(steps, mean, cov,
-    change)``, when given, sees the moments after each number of E-steps (0 to
-    ``iterations``) and the change of the last of them (``inf`` before the first).
+    With ``accelerate`` (SQUAREM), each round is two EM steps, an extrapolation along
+    them (:func:`extrapolate`) and one EM step from there: three E-steps that go as far
+    as many plain ones where EM converges slowly, as it does with many values missing.
+    Without it, a round is one EM step. EM stops after the first round whose imputed
+    values change by less than ``tol`` (RMS, over the observations' standard deviation),
+    or after ``max_iter`` E-steps (plain steps when fewer than three are left).
+
+    Returns ``(mean, cov, steps, change)``: ``steps`` E-steps in all, ``change`` that of
+    the last round. ``trace(steps, mean, cov, change)``, when given, sees the moments
+    after each round (and at 0 steps, with change ``inf``).
     """
     observed = np.isfinite(y)
-    n_time, n_pix = y.shape
     filled = np.where(observed, y, start)
     spread = max(float(np.std(y[observed])), 1e-12)
-    extra = np.zeros((n_pix, n_pix))
-    change, it = np.inf, 0
-    for it in range(1, max_iter + 1):
-        mean = filled.mean(0)
-        dev = filled - mean
-        cov = (dev.T @ dev + extra) / n_time
-        if trace is not None:
-            trace(it - 1, mean, cov, change)
-        nugget = nugget_of(cov, ridge)
-        precision = precision_of(cov, nugget)
-        extra = np.zeros((n_pix, n_pix))
-        new = filled.copy()
-        for t in range(n_time):
-            gaps = ~observed[t]
-            if not gaps.any():
-                continue
-            new[t, gaps], c = conditional(y[t], observed[t], mean, precision, nugget,
-                                          with_cov=True)
-            extra[np.ix_(gaps, gaps)] += c
+    mean, cov = _moments(filled, np.zeros((y.shape[1], y.shape[1])))
+    steps, change = 0, np.inf
+    if trace is not None:
+        trace(steps, mean, cov, change)
+    while steps < max_iter:
+        if accelerate and steps + 3 <= max_iter:
+            one = em_step(y, observed, mean, cov, ridge)[:2]
+            two = em_step(y, observed, *one, ridge)[:2]
+            mean, cov, new = em_step(y, observed, *extrapolate((mean, cov), one, two), ridge)
+            steps += 3
+        else:
+            mean, cov, new = em_step(y, observed, mean, cov, ridge)
+            steps += 1
         change = float(np.sqrt(np.mean((new - filled)[~observed] ** 2))) / spread
         filled = new
+        if trace is not None:
+            trace(steps, mean, cov, change)
         if change < tol:
             break
-    mean = filled.mean(0)
-    dev = filled - mean
-    cov = (dev.T @ dev + extra) / n_time
-    if trace is not None:
-        trace(it, mean, cov, change)
-    return mean, cov, it, change
+    return mean, cov, steps, change
 
 
 class RegEM(Method):
