@@ -22,7 +22,8 @@ Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
 
 Rows: ``pydineof`` (pyDINEOF ``run_2D``, nev 5; not on video; given the data plus
 300 where it is an anomaly, since it drops values <= 0), ``eof``,
-``regem`` (up to its ``max_pixels``: not OSTIA) and ``linear`` (the package's methods),
+``regem`` (up to its ``max_pixels``: not OSTIA; ``regem-validate``, not run by default:
+with ``ridge="validate"``) and ``linear`` (the package's methods),
 ``guide`` (the guide the default ``gan`` chose, alone), ``gan-l1`` (the L1 term
 alone), ``gan-adv`` (L1 plus the frame/sequence discriminators, ``adv_weight`` 0.1) and
 ``gan`` (default options). Scores on the hidden pixels: MAE, RMSE (PSNR for video), and the
@@ -228,14 +229,16 @@ def fit_gan(
     return back(res.values), back(method._guide(x)), info
 
 
-def fit_classical(name: str, gappy: xr.DataArray, seed: int) -> tuple[xr.DataArray, float]:
-    """Fit and fill with a classical method on every observed pixel, as ``gan`` is fitted
-    here (the accessor would keep validation pixels for its error model); ``(fill, s)``."""
+def fit_classical(name: str, gappy: xr.DataArray, seed: int,
+                  **options: Any) -> tuple[xr.DataArray, float]:
+    """Fit and fill with a classical method (and ``options``) on every observed pixel, as
+    ``gan`` is fitted here (the accessor would keep validation pixels for its error
+    model); ``(fill, s)``."""
     from gapfill import methods
     from gapfill.cube import Cube
 
     cube = Cube(gappy)
-    method = methods.get(name)()
+    method = methods.get(name)(**options)
     t0 = time.perf_counter()
     with _threads(method, cube):
         method.fit(cube, np.random.default_rng(seed))
@@ -283,9 +286,12 @@ def run_case(
             offset = DINEOF_OFFSET if float(truth.min()) < 50 else 0.0
             t0 = time.perf_counter()
             add(row, pydineof_fill(gappy, offset), time.perf_counter() - t0)
-        elif row in ("eof", "regem", "linear"):
+        elif row in ("eof", "regem", "linear", "regem-validate"):
             try:
-                filled, seconds = fit_classical(row, gappy, seed)
+                if row == "regem-validate":
+                    filled, seconds = fit_classical("regem", gappy, seed, ridge="validate")
+                else:
+                    filled, seconds = fit_classical(row, gappy, seed)
             except ValueError as err:  # regem's max_pixels
                 if "max_pixels" not in str(err):
                     raise

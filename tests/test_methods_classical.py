@@ -432,6 +432,30 @@ def test_regem_acceleration_reaches_the_fixed_point_in_fewer_steps() -> None:
     assert np.linalg.eigvalsh(fast)[0] > -1e-10
 
 
+def test_regem_validate_chooses_the_ridge_that_fills_the_gaps_best() -> None:
+    """``ridge="validate"`` keeps the candidate that filled its hidden observations best,
+    records every candidate's error, and on a smooth field (few modes, where the default
+    ridge over-shrinks) picks the ridge that is best in the real gaps too."""
+    field, _ = gaussian_field(t=60, h=8, w=9, scale=4.0)
+    mask = blob_mask(field.shape, 0.4)
+    x = gappy(field, mask, land=False)
+    errors = {}
+    with threadpool_limits(1):
+        for ridge in ("validate", None, *regem_module.VALIDATION_RIDGES):
+            method, cube, _, result = fit_fill("regem", x, ridge=ridge)
+            truth = cube.normaliser.normalise(field)
+            errors[ridge] = float(np.abs(result.values - truth)[mask].mean())
+            if ridge == "validate":
+                chosen = method
+    scores = chosen.fit_info["ridge_validation_mae"]
+    assert set(scores) == {str(r) for r in regem_module.VALIDATION_RIDGES}
+    assert chosen.options.ridge == chosen.fit_info["ridge"] == float(min(scores, key=scores.get))
+    best = min(errors[r] for r in regem_module.VALIDATION_RIDGES)
+    assert errors["validate"] <= 1.01 * best < 0.9 * errors[None]
+    with pytest.raises(ValueError, match="ridge"):
+        methods.get("regem")(ridge="cross-validate")
+
+
 def test_regem_too_many_pixels_says_what_to_do() -> None:
     x = gappy(low_rank(), blob_mask((1, 40, 12, 16), 0.3))
     with pytest.raises(ValueError, match=r"max_pixels=50.*method='eof'"):

@@ -64,6 +64,10 @@ class RegEMOptions(Options):
         ``h²`` of the EM fit: the ridge added to ``Σ_oo`` while the covariance is
         estimated, as a share of the mean variance. ``None``: 20 over the mean number
         of observations per pixel, within [0.05, 1] (:func:`default_ridge`).
+        ``"validate"``: the one of :data:`VALIDATION_RIDGES` that fills best a tenth of
+        the observations hidden in the shapes of the cube's own gaps (one more EM fit
+        per candidate; :func:`choose_ridge`); the fitted model's ``ridge`` is then the
+        one chosen.
     fill_ridge
         ``h²`` of the fill (and of the conditional standard deviation).
     tol
@@ -76,7 +80,7 @@ class RegEMOptions(Options):
         covariance has ``max_pixels²`` entries and each iteration inverts it.
     """
 
-    ridge: float | None = None
+    ridge: float | str | None = None
     fill_ridge: float = 0.02
     tol: float = 2e-3
     max_iter: int = 40
@@ -85,8 +89,8 @@ class RegEMOptions(Options):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range."""
         for name, ok, what in (
-            ("ridge", self.ridge is None or (_real(self.ridge) and self.ridge > 0),
-             "a number > 0 or None"),
+            ("ridge", self.ridge is None or self.ridge == "validate"
+             or (_real(self.ridge) and self.ridge > 0), "a number > 0, 'validate' or None"),
             ("fill_ridge", _real(self.fill_ridge) and self.fill_ridge > 0, "a number > 0"),
             ("tol", _real(self.tol) and 0 < self.tol < 1, "in (0, 1)"),
             ("max_iter", _int(self.max_iter) and self.max_iter >= 1, "an integer >= 1"),
@@ -204,8 +208,9 @@ def extrapolate(
 
     With ``r`` the first step and ``v`` the change between the two steps, the moments
     move to ``start − 2αr + α²v`` with ``α = −|r| / |v|`` (at most −1; −1 gives ``two``),
-    the point an EM converging at a constant rate would approach. The covariance is then
-    made positive semi-definite again (negative eigenvalues set to 0).
+    the point an EM converging at a constant rate would approach. A covariance that is no
+    longer positive semi-definite (the Cholesky factorisation fails even with 1e-8 of the
+    mean variance added) is made so again: its negative eigenvalues are set to 0.
     """
     def flat(moments: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         return np.concatenate([moments[0], moments[1].ravel()])
@@ -220,7 +225,11 @@ def extrapolate(
     theta = theta - 2 * alpha * r + alpha * alpha * v
     n_pix = len(start[0])
     mean, cov = theta[:n_pix], theta[n_pix:].reshape(n_pix, n_pix)
-    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    cov = (cov + cov.T) / 2
+    jitter = 1e-8 * max(float(np.mean(np.diag(cov))), 1e-12) * np.eye(n_pix)
+    if not scipy.linalg.lapack.dpotrf(cov + jitter, lower=1)[1]:
+        return mean, cov
+    values, vectors = np.linalg.eigh(cov)  # several times the cost of the factorisation
     return mean, (vectors * np.maximum(values, 0.0)) @ vectors.T
 
 
@@ -268,6 +277,51 @@ def regem(
     return mean, cov, steps, change
 
 
+#: The EM ridges ``ridge="validate"`` chooses from, and the share of the observations it
+#: hides to choose.
+VALIDATION_RIDGES, VALIDATION_SHARE = (0.05, 0.2, 0.8), 0.1
+
+
+def choose_ridge(
+    x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None, tol: float,
+    max_iter: int, fill_ridge: float,
+) -> tuple[float, dict[float, float]]:
+    """The EM ridge of :data:`VALIDATION_RIDGES` that fills hidden observations best.
+
+    :data:`VALIDATION_SHARE` of the observed pixels of the normalised ``(C, T, H, W)``
+    ``x`` are hidden in pieces of other frames' gaps
+    (:func:`gapfill.diagnostics.borrowed_gaps`), EM is fitted on the rest with each
+    ridge (from one DINEOF first guess), and the hidden pixels are filled with
+    ``fill_ridge``. Returns the ridge with the lowest MAE there, and every ridge's MAE.
+    """
+    from gapfill.diagnostics import borrowed_gaps
+
+    observed = np.isfinite(x).all(0)
+    never = ~np.isfinite(x).any((0, 1))
+    hide = borrowed_gaps(~observed, observed, VALIDATION_SHARE, rng, exclude=never)
+    fit_input = np.where(hide, np.nan, x)
+    y = _to_matrix(fit_input).T.astype(np.float64)
+    truth = _to_matrix(np.where(hide, x, np.nan)).T.astype(np.float64)
+    fitted = np.isfinite(y).any(0)
+    y, truth = y[:, fitted], truth[:, fitted]
+    first = EOF()
+    first.fit_array(fit_input, rng, times)
+    start = _to_matrix(first.fill(fit_input, rng).values).T[:, fitted].astype(np.float64)
+    scores: dict[float, float] = {}
+    for ridge in VALIDATION_RIDGES:
+        mean, cov = regem(y, start, ridge, tol, max_iter)[:2]
+        nugget = nugget_of(cov, fill_ridge)
+        precision = precision_of(cov, nugget)
+        errors = []
+        for t in range(len(y)):
+            seen, check = np.isfinite(y[t]), np.isfinite(truth[t])
+            if check.any() and seen.any():
+                values = conditional(y[t], seen, mean, precision, nugget)[0]
+                errors.append(np.abs(values[check[~seen]] - truth[t, check]))
+        scores[ridge] = float(np.concatenate(errors).mean()) if errors else np.inf
+    return min(scores, key=scores.get), scores
+
+
 class RegEM(Method):
     """Regularised EM: the field's covariance from the gappy cube, gaps by conditional expectation.
 
@@ -308,8 +362,12 @@ class RegEM(Method):
         first.fit_array(x, rng, times)
         start = first.fill(x, rng).values
         start = _to_matrix(start).T[:, fitted].astype(np.float64)
-        ridge = self.options.ridge
-        if ridge is None:
+        ridge, scores = self.options.ridge, None
+        if ridge == "validate":
+            ridge, scores = choose_ridge(x, rng, times, self.options.tol, self.options.max_iter,
+                                         self.options.fill_ridge)
+            self.options.ridge = ridge  # a refit (and the saved model) keeps the choice
+        elif ridge is None:
             ridge = default_ridge(float(np.isfinite(y[:, fitted]).sum(0).mean()))
         mean, cov, iterations, change = regem(y[:, fitted], start, ridge,
                                               self.options.tol, self.options.max_iter)
@@ -324,6 +382,9 @@ class RegEM(Method):
         self.fit_info = {"pixels": n_pix, "ridge": round(ridge, 6), "iterations": iterations,
                          "last_change": round(change, 6),
                          "converged": bool(change < self.options.tol)}
+        if scores is not None:
+            self.fit_info["ridge_validation_mae"] = {str(k): round(v, 6)
+                                                     for k, v in scores.items()}
 
     def chunking(self) -> Chunking:
         """Any time chunks, whole frames: each frame is filled from its own observations."""
