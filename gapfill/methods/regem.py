@@ -298,27 +298,23 @@ def choose_ridge(
 
     observed = np.isfinite(x).all(0)
     never = ~np.isfinite(x).any((0, 1))
-    hide = borrowed_gaps(~observed, observed, VALIDATION_SHARE, rng, exclude=never)
+    hide = np.broadcast_to(
+        borrowed_gaps(~observed, observed, VALIDATION_SHARE, rng, exclude=never), x.shape)
     fit_input = np.where(hide, np.nan, x)
     y = _to_matrix(fit_input).T.astype(np.float64)
-    truth = _to_matrix(np.where(hide, x, np.nan)).T.astype(np.float64)
     fitted = np.isfinite(y).any(0)
-    y, truth = y[:, fitted], truth[:, fitted]
     first = EOF()
     first.fit_array(fit_input, rng, times)
     start = _to_matrix(first.fill(fit_input, rng).values).T[:, fitted].astype(np.float64)
+    probe = RegEM(fill_ridge=fill_ridge)
+    grid = np.asarray(x.shape)[[0, 2, 3]]
     scores: dict[float, float] = {}
     for ridge in VALIDATION_RIDGES:
-        mean, cov = regem(y, start, ridge, tol, max_iter)[:2]
-        nugget = nugget_of(cov, fill_ridge)
-        precision = precision_of(cov, nugget)
-        errors = []
-        for t in range(len(y)):
-            seen, check = np.isfinite(y[t]), np.isfinite(truth[t])
-            if check.any() and seen.any():
-                values = conditional(y[t], seen, mean, precision, nugget)[0]
-                errors.append(np.abs(values[check[~seen]] - truth[t, check]))
-        scores[ridge] = float(np.concatenate(errors).mean()) if errors else np.inf
+        mean, cov = regem(y[:, fitted], start, ridge, tol, max_iter)[:2]
+        probe.load_state_dict({"grid": grid, "fitted": fitted, "mean": mean, "cov": cov})
+        errors = np.abs(probe.fill(fit_input, rng).values - x)[hide]
+        errors = errors[np.isfinite(errors)]  # a pixel hidden wherever it was observed
+        scores[ridge] = float(errors.mean()) if errors.size else np.inf
     return min(scores, key=scores.get), scores
 
 
