@@ -76,7 +76,7 @@ html_static_path = ["_static"]
 html_css_files = ["gapfill.css"]
 # Pages without sub-pages get no (empty) left sidebar.
 html_sidebars = {"index": [], "examples/*": [], "recipes": [], "product": [], "methods": [],
-                 "video": [], "scale": [], "architecture": []}
+                 "benchmarks": [], "video": [], "scale": [], "architecture": []}
 html_show_sourcelink = False
 
 

@@ -24,7 +24,7 @@
 # saves the model and fills the following 18 months with it, without retraining.
 #
 # With the default options the generator trains on its self-supervised L1 term alone
-# (`adv_weight=0`: on OSTIA within CPU budgets this measured best, see `docs/methods.md`);
+# (`adv_weight=0`: on OSTIA within CPU budgets this measured best, see `docs/benchmarks.md`);
 # `adv_weight=0.1` adds the frame and sequence discriminators of the paper. A short CPU
 # budget is used here; `recipes/ostia_sst_gan.yaml` trains for 10 minutes, and a GPU runs
 # many more steps in the same time.

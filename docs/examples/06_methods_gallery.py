@@ -20,7 +20,7 @@
 # clouds, with the mean absolute error in the punched gaps.
 #
 # The learned methods get the same short CPU budget here (20 s of training), far from
-# what they get in a real run; `docs/methods.md` has the figures of full runs.
+# what they get in a real run; `docs/benchmarks.md` has the figures of full runs.
 
 # %%
 import dataclasses
