@@ -24,7 +24,7 @@ the generator's correction that the fill applies is chosen after training on
 the error model's validation pixels (:meth:`GAN.tune`), whose input lacks
 only those pixels and the hold-out, nearly as dense as the fill's.
 
-Defaults are the best configuration measured (``docs/methods.md``): the L1
+Defaults are the best configuration measured (``docs/benchmarks.md``): the L1
 term alone (``adv_weight=0``), hides at the data's own gap share, lr 3e-4 and
 a moving average of the generator's weights. Options are in :class:`GANOptions`.
 """
@@ -126,7 +126,7 @@ class GANOptions(TrainingOptions):
         without a fresh hide, so the hides keep changing as the generator trains
         (with a time budget, the redraws take at most a fifth of the training
         time). ``0``: the pool stays as built, which did better in fits of two
-        minutes on the Pacific anomaly (``docs/methods.md``).
+        minutes on the Pacific anomaly (``docs/benchmarks.md``).
     occlusion
         Occlusion process of the pixels hidden for the L1 term and of the
         re-occluded fills: a :func:`gapfill.masks.make` name (``"cloud"``,
