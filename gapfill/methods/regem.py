@@ -135,9 +135,16 @@ def precision_of(cov: np.ndarray, nugget: float) -> np.ndarray:
         factor, info = scipy.linalg.lapack.dpotrf(shifted, lower=1, clean=1)
         if info:
             continue
-        inverse = scipy.linalg.lapack.dpotri(factor, lower=1)[0]  # its lower triangle
-        return np.tril(inverse) + np.tril(inverse, -1).T
+        return symmetric(scipy.linalg.lapack.dpotri(factor, lower=1)[0])
     raise np.linalg.LinAlgError("regem: the covariance is not positive semi-definite")
+
+
+def symmetric(lower: np.ndarray) -> np.ndarray:
+    """The symmetric matrix whose lower triangle is ``lower`` (its upper triangle is 0, as
+    LAPACK's ``dpotri`` leaves it after ``dpotrf(..., clean=1)``); in place."""
+    lower += lower.T
+    lower[np.diag_indices_from(lower)] /= 2
+    return lower
 
 
 def conditional(
@@ -150,7 +157,7 @@ def conditional(
     observations ``o`` have mean ``μ_m − Q_mm⁻¹ Q_mo (y_o − μ_o)`` and, less the nugget,
     covariance ``Q_mm⁻¹ − nugget I``: one solve of the size of the gaps, not of the
     observations. Returns the imputed values at ``~observed`` and their conditional
-    covariance (``with_cov``) or variances.
+    covariance (``with_cov``: its lower triangle, the upper triangle 0) or variances.
     """
     o, m = observed, ~observed
     chol, info = scipy.linalg.lapack.dpotrf(precision[np.ix_(m, m)], lower=1, clean=1)
@@ -161,7 +168,7 @@ def conditional(
     values = mean[m] - scipy.linalg.lapack.dpotrs(chol, rhs, lower=1)[0]
     inverse = scipy.linalg.lapack.dpotri(chol, lower=1)[0]  # lower triangle of Q_mm⁻¹
     if with_cov:
-        spread = np.tril(inverse) + np.tril(inverse, -1).T
+        spread = inverse
         spread[np.diag_indices_from(spread)] -= nugget
     else:
         spread = np.diag(inverse) - nugget
@@ -188,8 +195,8 @@ def em_step(
             continue
         filled[t, gaps], c = conditional(y[t], observed[t], mean, precision, nugget,
                                          with_cov=True)
-        extra[np.ix_(gaps, gaps)] += c
-    mean, cov = _moments(filled, extra)
+        extra[np.ix_(gaps, gaps)] += c  # lower triangles: the gaps' indices increase
+    mean, cov = _moments(filled, symmetric(extra))
     return mean, cov, filled
 
 
