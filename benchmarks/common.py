@@ -6,6 +6,7 @@ have a known truth; land is NaN and never scored.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -77,3 +78,16 @@ def score(truth: xr.DataArray, gappy: xr.DataArray, filled: xr.DataArray) -> dic
         "unfilled": int((scored & ~ok).sum()),
         "never_observed": int((hidden & ~seen).sum()),
     }
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """``--option KEY=VALUE`` arguments as a dict; each value is read as JSON (numbers,
+    lists, ``null``...), else kept as text."""
+    options = {}
+    for pair in pairs:
+        key, text = pair.split("=", 1)
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options

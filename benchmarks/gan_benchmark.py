@@ -63,6 +63,8 @@ import xarray as xr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import parse_options  # noqa: E402
+
 CASES = ("ostia", "a1b", "pacific", "hgt", "bikes-moving_bar", "bikes-raindrops")
 ROWS = ("pydineof", "eof", "regem", "linear", "guide", "gan-l1", "gan-adv", "gan")
 #: Options of each gan row over the method's defaults.
@@ -243,6 +245,8 @@ def fit_classical(name: str, gappy: xr.DataArray, seed: int,
     with _threads(method, cube):
         method.fit(cube, np.random.default_rng(seed))
     seconds = time.perf_counter() - t0
+    if options:
+        print(f"  {name} {options}: {method.fit_info}", flush=True)
     x = cube.values()
     with _threads(method, cube):
         z = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
@@ -314,14 +318,6 @@ def run_case(
     return out
 
 
-def _option_value(text: str) -> Any:
-    """An ``--option`` value: JSON (numbers, lists, ``null``...), else the text itself."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES))
@@ -336,7 +332,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="fit the gan rows with da.gapfill.fit (default hold-out and "
                         "validation pixels kept out of the fit), as a user's fit is")
     args = p.parse_args(argv)
-    options = {k: _option_value(v) for k, v in (o.split("=", 1) for o in args.option)}
+    options = parse_options(args.option)
     if args.threads:
         options.setdefault("threads", args.threads)
     warnings.filterwarnings("ignore", category=RuntimeWarning)

@@ -432,6 +432,23 @@ def test_regem_acceleration_reaches_the_fixed_point_in_fewer_steps() -> None:
     assert np.linalg.eigvalsh(fast)[0] > -1e-10
 
 
+def test_regem_started_from_another_ridges_moments_is_nearer_its_fixed_point() -> None:
+    """EM started from the moments of a fit with another ridge (as ``ridge="validate"``
+    starts each candidate and the final fit) gets nearer the fixed point in the same
+    E-steps than EM started from a first guess in the gaps, and its first E-step counts."""
+    field, _ = gaussian_field(t=40, h=8, w=9)
+    y = gappy(field, blob_mask(field.shape, 0.5), land=False)[0].reshape(40, -1)
+    y = y.astype(np.float64)
+    start = np.where(np.isfinite(y), y, 0.0)
+    with threadpool_limits(1):
+        fixed = regem_module.regem(y, start, 0.2, tol=1e-12, max_iter=300)[1]
+        other = regem_module.regem(y, start, 0.8, tol=1e-12, max_iter=300)[:2]
+        cold = regem_module.regem(y, start, 0.2, tol=1e-12, max_iter=9)
+        warm = regem_module.regem(y, other, 0.2, tol=1e-12, max_iter=9)
+    assert cold[2] == warm[2] == 9
+    assert np.abs(warm[1] - fixed).max() < np.abs(cold[1] - fixed).max() / 2
+
+
 def test_regem_validate_chooses_the_ridge_that_fills_the_gaps_best() -> None:
     """``ridge="validate"`` keeps the candidate that filled its hidden observations best,
     records every candidate's error, and on a smooth field (few modes, where the default

@@ -65,9 +65,10 @@ class RegEMOptions(Options):
         estimated, as a share of the mean variance. ``None``: 20 over the mean number
         of observations per pixel, within [0.05, 1] (:func:`default_ridge`).
         ``"validate"``: the one of :data:`VALIDATION_RIDGES` that fills best a tenth of
-        the observations hidden in the shapes of the cube's own gaps (one more EM fit
-        per candidate; :func:`choose_ridge`); the fitted model's ``ridge`` is then the
-        one chosen.
+        the observations hidden in the shapes of the cube's own gaps (an EM fit per
+        candidate, each started from the one before, and the fit on every observation
+        from the one chosen; :func:`choose_ridge`); the fitted model's ``ridge`` is then
+        the one chosen.
     fill_ridge
         ``h²`` of the fill (and of the conditional standard deviation).
     tol
@@ -241,12 +242,15 @@ def extrapolate(
 
 
 def regem(
-    y: np.ndarray, start: np.ndarray, ridge: float, tol: float, max_iter: int,
+    y: np.ndarray, start: np.ndarray | tuple[np.ndarray, np.ndarray], ridge: float,
+    tol: float, max_iter: int,
     trace: Callable[[int, np.ndarray, np.ndarray, float], None] | None = None,
     accelerate: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """The EM estimate of the mean and covariance of ``y`` (time × pixels, NaN = missing),
-    from the first guess ``start`` in the gaps.
+    from the first guess ``start`` in the gaps, or from moments ``start = (mean, cov)``
+    (of an EM fit with another ridge or fewer observations; the first E-step imputes
+    from them and counts as a step).
 
     With ``accelerate`` (SQUAREM), each round is two EM steps, an extrapolation along
     them (:func:`extrapolate`) and one EM step from there: three E-steps that go as far
@@ -260,10 +264,14 @@ def regem(
     after each round (and at 0 steps, with change ``inf``).
     """
     observed = np.isfinite(y)
-    filled = np.where(observed, y, start)
     spread = max(float(np.std(y[observed])), 1e-12)
-    mean, cov = _moments(filled, np.zeros((y.shape[1], y.shape[1])))
     steps, change = 0, np.inf
+    if isinstance(start, tuple):
+        mean, cov, filled = em_step(y, observed, *start, ridge)
+        steps = 1
+    else:
+        filled = np.where(observed, y, start)
+        mean, cov = _moments(filled, np.zeros((y.shape[1], y.shape[1])))
     if trace is not None:
         trace(steps, mean, cov, change)
     while steps < max_iter:
@@ -292,14 +300,17 @@ VALIDATION_RIDGES, VALIDATION_SHARE = (0.05, 0.2, 0.8), 0.1
 def choose_ridge(
     x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None, tol: float,
     max_iter: int, fill_ridge: float,
-) -> tuple[float, dict[float, float]]:
+) -> tuple[float, dict[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The EM ridge of :data:`VALIDATION_RIDGES` that fills hidden observations best.
 
     :data:`VALIDATION_SHARE` of the observed pixels of the normalised ``(C, T, H, W)``
     ``x`` are hidden in pieces of other frames' gaps
     (:func:`gapfill.diagnostics.borrowed_gaps`), EM is fitted on the rest with each
-    ridge (from one DINEOF first guess), and the hidden pixels are filled with
-    ``fill_ridge``. Returns the ridge with the lowest MAE there, and every ridge's MAE.
+    ridge, largest first (from one DINEOF first guess, then from the moments of the
+    ridge before, which EM with the next ridge leaves in fewer steps), and the hidden
+    pixels are filled with ``fill_ridge``. Returns the ridge with the lowest MAE there,
+    every ridge's MAE, and that ridge's fit ``(fitted, mean, cov)`` (pixels fitted as in
+    :meth:`RegEM.fit_array`), a start for the fit on every observation.
     """
     from gapfill.diagnostics import borrowed_gaps
 
@@ -312,17 +323,22 @@ def choose_ridge(
     fitted = np.isfinite(y).any(0)
     first = EOF()
     first.fit_array(fit_input, rng, times)
-    start = _to_matrix(first.fill(fit_input, rng).values).T[:, fitted].astype(np.float64)
+    start: np.ndarray | tuple[np.ndarray, np.ndarray] = \
+        _to_matrix(first.fill(fit_input, rng).values).T[:, fitted].astype(np.float64)
     probe = RegEM(fill_ridge=fill_ridge)
     grid = np.asarray(x.shape)[[0, 2, 3]]
     scores: dict[float, float] = {}
-    for ridge in VALIDATION_RIDGES:
+    fits: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    for ridge in sorted(VALIDATION_RIDGES, reverse=True):
         mean, cov = regem(y[:, fitted], start, ridge, tol, max_iter)[:2]
+        start = (mean, cov)
         probe.load_state_dict({"grid": grid, "fitted": fitted, "mean": mean, "cov": cov})
         errors = np.abs(probe.fill(fit_input, rng).values - x)[hide]
         errors = errors[np.isfinite(errors)]  # a pixel hidden wherever it was observed
         scores[ridge] = float(errors.mean()) if errors.size else np.inf
-    return min(scores, key=scores.get), scores
+        fits[ridge] = (fitted, mean, cov)
+    best = min(scores, key=scores.get)
+    return best, {r: scores[r] for r in VALIDATION_RIDGES}, fits[best]
 
 
 class RegEM(Method):
@@ -361,17 +377,21 @@ class RegEM(Method):
                 "machine can take it."
             )
         clock = time.perf_counter()
-        first = EOF()
-        first.fit_array(x, rng, times)
-        start = first.fill(x, rng).values
-        start = _to_matrix(start).T[:, fitted].astype(np.float64)
         ridge, scores = self.options.ridge, None
+        start: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None
         if ridge == "validate":
-            ridge, scores = choose_ridge(x, rng, times, self.options.tol, self.options.max_iter,
-                                         self.options.fill_ridge)
+            ridge, scores, (chosen, mean, cov) = choose_ridge(
+                x, rng, times, self.options.tol, self.options.max_iter,
+                self.options.fill_ridge)
             self.options.ridge = ridge  # a refit (and the saved model) keeps the choice
+            if np.array_equal(chosen, fitted):  # else a pixel was observed only where hidden
+                start = (mean, cov)
         elif ridge is None:
             ridge = default_ridge(float(np.isfinite(y[:, fitted]).sum(0).mean()))
+        if start is None:
+            first = EOF()
+            first.fit_array(x, rng, times)
+            start = _to_matrix(first.fill(x, rng).values).T[:, fitted].astype(np.float64)
         mean, cov, iterations, change = regem(y[:, fitted], start, ridge,
                                               self.options.tol, self.options.max_iter)
         log.info("regem: %d pixels, %d iterations, last change %.2g, %.1f s", n_pix,
