@@ -328,7 +328,7 @@ def choose_ridge(
     probe = RegEM(fill_ridge=fill_ridge)
     grid = np.asarray(x.shape)[[0, 2, 3]]
     scores: dict[float, float] = {}
-    fits: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    best: tuple[float, np.ndarray, np.ndarray] | None = None  # ridge, mean, cov
     for ridge in sorted(VALIDATION_RIDGES, reverse=True):
         mean, cov = regem(y[:, fitted], start, ridge, tol, max_iter)[:2]
         start = (mean, cov)
@@ -336,9 +336,10 @@ def choose_ridge(
         errors = np.abs(probe.fill(fit_input, rng).values - x)[hide]
         errors = errors[np.isfinite(errors)]  # a pixel hidden wherever it was observed
         scores[ridge] = float(errors.mean()) if errors.size else np.inf
-        fits[ridge] = (fitted, mean, cov)
-    best = min(scores, key=scores.get)
-    return best, {r: scores[r] for r in VALIDATION_RIDGES}, fits[best]
+        if best is None or scores[ridge] < scores[best[0]]:
+            best = (ridge, mean, cov)
+    assert best is not None
+    return best[0], {r: scores[r] for r in VALIDATION_RIDGES}, (fitted, best[1], best[2])
 
 
 class RegEM(Method):
