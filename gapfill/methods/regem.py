@@ -261,7 +261,7 @@ def regem(
 
     Returns ``(mean, cov, steps, change)``: ``steps`` E-steps in all, ``change`` that of
     the last round. ``trace(steps, mean, cov, change)``, when given, sees the moments
-    after each round (and at 0 steps, with change ``inf``).
+    after each round (and at the start, with change ``inf``: 0 steps, or 1 from moments).
     """
     observed = np.isfinite(y)
     spread = max(float(np.std(y[observed])), 1e-12)
