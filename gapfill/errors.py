@@ -1,7 +1,9 @@
 """A calibrated one-sigma error for the fill of every method.
 
 A filled value is as good as what its gap pixel can see: how far it is, in
-space and in time, from the nearest observation, how much the pixel's value
+space and in time, from the nearest observation (and whether it is right next to one:
+a pixel one step from an observation is easier than the logarithm of its distance
+says), how much the pixel's value
 changes from one time step to the next (:func:`time_variability`: a gap in a
 quiet pixel is easier to fill than one in a restless pixel), how steep the filled
 field is there (:func:`fill_gradient`: a gap on a front is harder than one in a
@@ -73,15 +75,18 @@ MIN_PER_BIN, MAX_BINS = 1000, 4
 MAX_SLOPE = 1.5
 
 FEATURES = ("space_distance", "time_distance", "time_gap", "native_sigma", "time_variability",
-            "fill_gradient")
+            "fill_gradient", "space_beyond_adjacent", "time_beyond_adjacent")
 #: Index of the method's own spread in :data:`FEATURES`, of the pixel's variability, of
-#: the fill's gradient, and of the time features.
+#: the fill's gradient, of the distances beyond the adjacent pixel, and of the time
+#: features.
 NATIVE = FEATURES.index("native_sigma")
 VARIABILITY = FEATURES.index("time_variability")
 GRADIENT = FEATURES.index("fill_gradient")
+SPACE_BEYOND = FEATURES.index("space_beyond_adjacent")
+TIME_BEYOND = FEATURES.index("time_beyond_adjacent")
+TIME_FEATURES = (FEATURES.index("time_distance"), FEATURES.index("time_gap"), TIME_BEYOND)
 #: Smallest gradient (normalised units per pixel) the feature tells apart.
 MIN_GRADIENT = 1e-3
-TIME_FEATURES = (FEATURES.index("time_distance"), FEATURES.index("time_gap"))
 
 
 def _distance_1d(observed: np.ndarray, axis: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +199,15 @@ def gap_features(
     Returns
     -------
     numpy.ndarray
-        float32 ``(6, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
+        float32 ``(8, C, T, H, W)``: ``log1p`` of the spatial distance, of the time
         distance (to the nearer observation of the pixel) and of the time gap (steps
         between the observations around it), the log of ``native``, the log of
         ``variability`` and the log of the :func:`fill_gradient` of ``filled`` (at
-        least :data:`MIN_GRADIENT`; each 0 when ``None``). See :data:`FEATURES`.
+        least :data:`MIN_GRADIENT`; each 0 when ``None``), then the spatial and the
+        time distance less 1, clipped to ``[0, 1]`` (0 next to an observation, 1 from
+        two steps on: with a non-negative slope, the log-linear model may make the
+        pixels next to the data easier than the other distances' straight line
+        says). See :data:`FEATURES`.
     """
     cap = MAX_DISTANCE
     back, ahead = _distance_1d(observed, 1, cap)
@@ -211,8 +220,11 @@ def gap_features(
             ahead >= n_time - t, np.minimum(n_time - 1 - t + np.asarray(after)[:, None], cap), ahead
         )
     out = np.empty((len(FEATURES), *observed.shape), dtype=np.float32)
-    out[0] = np.log1p(space_distance(observed, cap))
+    distance = space_distance(observed, cap)
+    out[0] = np.log1p(distance)
     out[1] = np.log1p(np.minimum(back, ahead))
+    out[SPACE_BEYOND] = np.clip(distance - 1.0, 0.0, 1.0)
+    out[TIME_BEYOND] = np.clip(np.minimum(back, ahead) - 1.0, 0.0, 1.0)
     out[2] = np.log1p(np.minimum(back + ahead, 2 * cap))
     if native is None:
         out[NATIVE] = 0.0

@@ -86,6 +86,43 @@ def test_error_model_widens_the_error_on_fronts():
     assert errors.within_shares(abs_error[steep], blind.predict(features)[steep])[0] < 0.6
 
 
+def test_beyond_adjacent_features_are_0_next_to_an_observation_and_1_from_two_steps():
+    observed = np.zeros((1, 4, 5, 5), dtype=bool)
+    observed[0, 0, 2, 2] = True
+    features = errors.gap_features(observed)
+    space = features[errors.SPACE_BEYOND, 0, 0]
+    assert space[2, 3] == 0 and space[2, 4] == 1 and space[2, 2] == 0
+    np.testing.assert_allclose(space[1, 1], np.sqrt(2) - 1, rtol=1e-6)  # the diagonal
+    time = features[errors.TIME_BEYOND, 0, :, 2, 2]
+    np.testing.assert_array_equal(time, [0, 0, 1, 1])
+
+
+def test_error_model_learns_that_a_pixel_next_to_the_data_is_easier():
+    """Errors much smaller one pixel from an observation than ``log1p(distance)`` says, in
+    pixels of every variability: with the beyond-adjacent features the shares are right
+    on both sides of the step; without them the error next to the data is too wide."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    distance = rng.integers(1, 9, n).astype(float)
+    features = np.zeros((len(errors.FEATURES), n))
+    features[0] = np.log1p(distance)
+    features[errors.SPACE_BEYOND] = np.clip(distance - 1, 0, 1)
+    variability = rng.uniform(-1.5, 1.5, n)  # mixes the distances in every bin of the scale
+    features[errors.VARIABILITY] = variability
+    sigma = np.where(distance == 1, 0.3, 1.0) * distance**0.3 * np.exp(variability)
+    abs_error = np.abs(rng.standard_normal(n) * sigma)
+    model = errors.ErrorModel.fit(abs_error, features)
+    predicted = model.predict(features)
+    for part in (distance == 1, distance > 1):
+        one, two = errors.within_shares(abs_error[part], predicted[part])
+        assert 0.63 < one < 0.73 and 0.92 < two < 0.98, (one, two)
+    blind = errors.ErrorModel.fit(abs_error, np.where(
+        np.arange(len(errors.FEATURES))[:, None] == errors.SPACE_BEYOND,
+        0.0, features))
+    near = distance == 1
+    assert errors.within_shares(abs_error[near], blind.predict(features)[near])[0] > 0.8
+
+
 def test_time_features_use_the_observations_outside_a_chunk():
     observed = np.zeros((1, 4, 1, 1), dtype=bool)
     inside = errors.gap_features(observed)
