@@ -1,19 +1,17 @@
 """A calibrated one-sigma error for the fill of every method.
 
-A filled value is as good as what its gap pixel can see: how far it is, in
-space and in time, from the nearest observation (and whether it is right next to one:
-a pixel one step from an observation is easier than the logarithm of its distance
-says), how much the pixel's value
-changes from one time step to the next (:func:`time_variability`: a gap in a
-quiet pixel is easier to fill than one in a restless pixel), how steep the filled
-field is there (:func:`fill_gradient`: a gap on a front is harder than one in a
-flat region, whatever its distance to the data), and, for methods
-that have one, the method's own spread (the EOF posterior, a per-pixel standard
-deviation). An :class:`ErrorModel` learns that relation from *validation
-pixels*: observed pixels hidden from the fit in gap-shaped patches, filled
-after the fit and compared with their observations (never the diagnostics
-hold-out, which stays an independent check; its observations are inputs of that
-fill, as they are of the product's).
+A filled value is as good as what its gap pixel can see: how far it is, in space and
+in time, from the nearest observation (and whether it is right next to one: a pixel one
+step from an observation is easier than the logarithm of its distance says), how much
+the pixel's value changes from one time step to the next (:func:`time_variability`: a
+gap in a quiet pixel is easier to fill than one in a restless pixel), how steep the
+filled field is there (:func:`fill_gradient`: a gap on a front is harder than one in a
+flat region, whatever its distance to the data), and, for methods that have one, the
+method's own spread (the EOF posterior, a per-pixel standard deviation). An
+:class:`ErrorModel` learns that relation from *validation pixels*: observed pixels
+hidden from the fit in gap-shaped patches, filled after the fit and compared with their
+observations (never the diagnostics hold-out, which stays an independent check; its
+observations are inputs of that fill, as they are of the product's).
 
 It has two parts:
 
@@ -221,11 +219,12 @@ def gap_features(
         )
     out = np.empty((len(FEATURES), *observed.shape), dtype=np.float32)
     distance = space_distance(observed, cap)
+    nearest = np.minimum(back, ahead)  # steps to the nearer observation in time
     out[0] = np.log1p(distance)
-    out[1] = np.log1p(np.minimum(back, ahead))
-    out[SPACE_BEYOND] = np.clip(distance - 1.0, 0.0, 1.0)
-    out[TIME_BEYOND] = np.clip(np.minimum(back, ahead) - 1.0, 0.0, 1.0)
+    out[1] = np.log1p(nearest)
     out[2] = np.log1p(np.minimum(back + ahead, 2 * cap))
+    out[SPACE_BEYOND] = np.clip(distance - 1.0, 0.0, 1.0)
+    out[TIME_BEYOND] = np.clip(nearest - 1.0, 0.0, 1.0)
     if native is None:
         out[NATIVE] = 0.0
     else:
