@@ -131,9 +131,10 @@ regem --seeds 0 1 2 --option ridge=validate``, one thread, two runs side by side
     hgt      regem           0    7.9603    7.8105   0.98   73.1%*  94.5%
     hgt      regem           1    8.6699    7.9472   0.92   70.3%   93.0%
     hgt      regem           2    8.5564   10.1943   1.19*  74.1%*  95.5%
-    a1b      regem           0    0.3456    0.3516   1.02   66.7%   93.8%   (--cubes a1b --seeds 0, measured without the two beyond-adjacent features)
+    a1b      regem           0    0.3456    0.3516   1.02   66.7%   93.8%   (--cubes a1b --seeds 0)
 
-and ``gan`` there (``--cubes hgt --methods gan --seeds 0 1``, 120 s, one thread)::
+The A1B row was measured without the error model's two beyond-adjacent features. On the
+height, ``gan`` (``--cubes hgt --methods gan --seeds 0 1``, 120 s, one thread)::
 
     hgt      gan             0    8.3346    9.0040   1.08   75.3%*  95.6%
     hgt      gan             1    9.2401   10.3430   1.12   65.5%   90.1%*
