@@ -248,7 +248,7 @@ class Guide:
 
 def choose_guide(
     x: np.ndarray, val: np.ndarray, truth: np.ndarray, kind: str = "auto",
-    modes: int | None = None, values: bool = False,
+    modes: int | None = None, values: bool = False, weights: np.ndarray | None = None,
 ) -> tuple[Guide, np.ndarray | None, np.ndarray | None]:
     """Choose a guide for ``x`` by its MAE on the held-out pixels ``val``.
 
@@ -273,6 +273,8 @@ def choose_guide(
         few EOFs hold (video under a moving bar). It has no EOF base for a generator
         to learn from, so ``gan`` tries it only after training
         (:meth:`~gapfill.methods.gan.GAN.tune`).
+    weights
+        One weight per ``val`` pixel (in ``val``'s order) for the MAE, or ``None``.
 
     Returns
     -------
@@ -287,7 +289,9 @@ def choose_guide(
     has_val = bool(val.any())
 
     def mae(field: np.ndarray) -> float:
-        return float(np.abs(field[val] - truth[val]).mean()) if has_val else np.inf
+        if not has_val:
+            return np.inf
+        return float(np.average(np.abs(field[val] - truth[val]), weights=weights))
 
     scores: dict[str, float] = {}
     best: tuple[float, Guide, np.ndarray, np.ndarray] | None = None

@@ -647,6 +647,71 @@ def test_tune_chooses_the_guide_again_on_its_pixels():
     assert np.abs(filled - truth)[val].mean() <= scores[str(Guide("linear"))] + 1e-6
 
 
+def test_distance_weights_make_validation_pixels_as_far_from_the_data_as_the_gaps():
+    from gapfill.errors import space_distance
+    from gapfill.methods.gan_data import DISTANCE_EDGES, distance_weights
+
+    seen = np.ones((1, 4, 16, 16), dtype=bool)
+    gaps = np.zeros_like(seen)
+    gaps[:, :2, 2:14, 2:14] = True  # one large gap: most of it far from the data
+    val = np.zeros_like(seen)
+    val[:, 2:, ::4, 1::4] = True  # scattered pixels next to the data ...
+    val[:, 2:, 4:11, 4:11] = True  # ... and one smaller block
+    seen &= ~gaps & ~val
+    weights = distance_weights(seen, val, gaps)
+    assert weights.shape == (val.sum(),) and np.isclose(weights.mean(), 1.0)
+    d = space_distance(seen)
+    edges = np.asarray(DISTANCE_EDGES)
+    in_gaps = np.histogram(d[gaps], edges)[0] / gaps.sum()
+    weighted = np.histogram(d[val], edges, weights=weights)[0] / weights.sum()
+    assert np.histogram(d[val], edges)[0][0] / val.sum() > 1.5 * in_gaps[0]  # unweighted: near
+    assert (np.histogram(d[val], edges)[0] > 0)[in_gaps > 0].all()  # every bin of the gaps
+    np.testing.assert_allclose(weighted, in_gaps, atol=1e-9)
+    # no bin in common (validation pixels far from the data, gaps next to it): equal weights
+    block = val & (d >= 1.5)
+    scattered = np.zeros_like(seen)
+    scattered[:, :2, ::4, ::4] = True
+    weights = distance_weights(~val & ~scattered, block, scattered)
+    np.testing.assert_array_equal(weights, np.ones(block.sum()))
+
+
+def test_tune_scores_its_pixels_as_far_from_the_data_as_the_real_gaps(monkeypatch):
+    """Weight ``tune``'s pixels by their distance to the data, as the real gaps lie.
+
+    Most validation pixels sit next to the data, where the truth is made to be the guide;
+    the few far ones, like the real gaps (one large gap), want the whole correction.
+    """
+    import gapfill.methods.gan as gan_module
+    from gapfill.errors import space_distance
+
+    gan, cube, field, _, _, coords = _tuning_case("eof")
+    truth = np.nan_to_num(
+        cube.normaliser.normalise(field[None].astype(np.float64))).astype(np.float32)
+    gaps = np.zeros(truth.shape, dtype=bool)
+    gaps[:, :6, 2:14, 2:14] = True
+    val = np.zeros_like(gaps)
+    val[:, 6:, ::4, 1::4] = True
+    val[:, 6:8, 4:11, 4:11] = True
+    x_in = np.where(gaps | val, np.nan, truth).astype(np.float32)
+    x_in[:, :, :3, :4] = np.nan  # the land corner
+    val[:, :, :3, :4] = False
+    near = val & (space_distance(np.isfinite(x_in)) < 1.5)
+    guide = gan._guide(x_in)
+    gan._meta["correction_gain"] = 1.0
+    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
+    truth = np.where(near, guide, np.where(val, whole, truth)).astype(np.float32)
+    trained = dict(gan._meta["guide"])
+    gan._meta["guide_frames"] = x_in.shape[1] + 1  # training's guide only
+    chosen = {}
+    for axes in ((), ("space",)):
+        monkeypatch.setattr(gan_module, "TUNE_DISTANCES", axes)
+        gan._meta["guide"], gan._meta["correction_gain"] = trained, 1.0
+        gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+        chosen[axes] = gan.fit_info["correction_gain"]
+    assert chosen[()] == 0.0  # unweighted, the pixels next to the data decide
+    assert chosen[("space",)] == 1.0
+
+
 def test_fit_tunes_the_gain_on_the_error_models_validation_pixels():
     """Keep, through ``fit``, the gain best on the error model's validation pixels."""
     _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)

@@ -48,7 +48,7 @@ from gapfill.methods.base import (
     load_network,
     network_state,
 )
-from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData
+from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData, distance_weights
 from gapfill.methods.gan_train import GANTrainer, choose_gain
 from gapfill.training import (
     TrainingOptions,
@@ -60,6 +60,10 @@ from gapfill.training import (
 
 #: The shares of the generator's correction of its guide :meth:`GAN.tune` scores.
 TUNED_GAINS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0)
+
+#: The distances by which ``tune`` weights its validation pixels like the real gaps
+#: (:func:`~gapfill.methods.gan_data.distance_weights`; empty: unweighted).
+TUNE_DISTANCES: tuple[str, ...] = ("space",)
 
 if TYPE_CHECKING:
     import torch
@@ -517,6 +521,14 @@ class GAN(Method):
         with the lowest MAE on ``validation`` are kept (ties keep the training's guide
         and the larger share); their MAEs are in ``fit_info["correction_gain_scores"]``
         and ``fit_info["guide_scores"]``.
+
+        The MAEs are weighted so that the pixels' distances to the nearest observation
+        (:data:`TUNE_DISTANCES`) are distributed as those of the real gaps of ``x``
+        (its missing pixels observed at some time,
+        :func:`~gapfill.methods.gan_data.distance_weights`):
+        validation pixels cut in small pieces sit nearer the observations than the
+        real gaps, where an interpolation of the values is at its best and a learned
+        correction matters least.
         """
         if self.generator is None or self.options.guide == "none" or not validation.any():
             return
@@ -524,9 +536,14 @@ class GAN(Method):
         trained_gain = float(self._meta.get("correction_gain", 1.0))
         trained = Guide.from_dict(self._meta["guide"])
         candidates = [(trained, self._generator_guide(x))]  # each guide, as the generator takes it
+        seen = np.isfinite(x)
+        gaps = ~seen & seen.any(axis=1, keepdims=True) & ~validation
+        weights = (distance_weights(seen, validation, gaps, TUNE_DISTANCES)
+                   if TUNE_DISTANCES and gaps.any() else None)
         if x.shape[1] >= int(self._meta.get("guide_frames", x.shape[1] + 1)):
             dense, field, base = choose_guide(x, validation, truth, self.options.guide,
-                                              self.options.guide_modes, values=True)
+                                              self.options.guide_modes, values=True,
+                                              weights=weights)
             if _recipe(dense) != _recipe(trained):
                 with_base = bool(self._meta["generator"].get("guide_base"))
                 candidates.append((dense, np.concatenate([field, base]) if with_base else field))
@@ -538,7 +555,7 @@ class GAN(Method):
             with torch_threads(self.options.threads):
                 whole = self._fill(x, guide, extras, 1, seed)
             gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
-                                       truth[validation], TUNED_GAINS)
+                                       truth[validation], TUNED_GAINS, weights)
             guide_scores[str(recipe)] = min(scores)
             if best is None or min(scores) < best[0]:
                 best = (min(scores), recipe, gain, scores)

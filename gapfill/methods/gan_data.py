@@ -121,6 +121,47 @@ def mismatch(seen: np.ndarray, hide: np.ndarray, real: np.ndarray) -> float:
     return float(np.abs(gap_distances(seen & ~hide, seen & hide) - real).sum())
 
 
+#: Bins of distance to the nearest observation (pixels in space, steps in time) by which
+#: :func:`distance_weights` matches validation pixels to the real gaps.
+DISTANCE_EDGES = (0.0, 1.5, 2.5, 4.0, 7.0, np.inf)
+
+
+def distance_weights(
+    seen: np.ndarray, val: np.ndarray, gaps: np.ndarray, axes: tuple[str, ...] = ("space",),
+) -> np.ndarray:
+    """Weights of the pixels ``val`` that make their distances to ``seen`` distributed as
+    those of ``gaps``.
+
+    All three are boolean ``(C, T, H, W)``. Each pixel falls in a bin of
+    :data:`DISTANCE_EDGES` along each of ``axes`` (``"space"``: to the nearest
+    observation of its frame; ``"time"``: of its pixel), and the weight of a bin
+    is the share of ``gaps`` in it over the share of ``val`` in it. Validation
+    pixels cut in small pieces sit nearer the observations than the real gaps
+    (where the fills that interpolate do best); weighted, their mean error is that
+    of a set of pixels as far from the data as the real gaps. The weights of
+    ``val``'s pixels, in ``val``'s order, with mean 1 (all 1 when no bin holds both).
+    """
+    from gapfill.errors import gap_features
+
+    features = gap_features(seen)
+    columns = {"space": 0, "time": 1}
+    edges = np.asarray(DISTANCE_EDGES)
+    index = np.zeros(seen.shape, dtype=np.int64)
+    for axis in axes:
+        distance = np.expm1(features[columns[axis]])
+        index = index * (len(edges) - 1) + np.clip(
+            np.searchsorted(edges, distance, side="right") - 1, 0, len(edges) - 2)
+    bins = (len(edges) - 1) ** len(axes)
+    in_val = np.bincount(index[val], minlength=bins).astype(np.float64)
+    in_gaps = np.bincount(index[gaps], minlength=bins).astype(np.float64)
+    ratio = np.divide(in_gaps / max(in_gaps.sum(), 1.0), in_val / max(in_val.sum(), 1.0),
+                      out=np.zeros(bins), where=in_val > 0)
+    weights = ratio[index[val]]
+    if not weights.sum() > 0:
+        return np.ones(int(val.sum()))
+    return weights / weights.mean()
+
+
 def pool_hides(
     process: OcclusionProcess, x: np.ndarray, observed: np.ndarray, never: np.ndarray,
     count: int, share: float | None, run: int, rng: np.random.Generator,

@@ -41,13 +41,16 @@ CORRECTION_GAINS = (1.0, 0.75, 0.5, 0.25)
 
 
 def choose_gain(
-    guide: np.ndarray, fill: np.ndarray, truth: np.ndarray, gains: tuple[float, ...]
+    guide: np.ndarray, fill: np.ndarray, truth: np.ndarray, gains: tuple[float, ...],
+    weights: np.ndarray | None = None,
 ) -> tuple[float, list[float]]:
     """Find the share of the correction ``fill - guide`` with the lowest MAE against ``truth``.
 
-    Returns the share (ties keep the first of ``gains``) and the MAE of each share.
+    Returns the share (ties keep the first of ``gains``) and the MAE of each share,
+    weighted by ``weights`` (one per value) when given.
     """
-    scores = [float(np.abs(guide + g * (fill - guide) - truth).mean()) for g in gains]
+    scores = [float(np.average(np.abs(guide + g * (fill - guide) - truth), weights=weights))
+              for g in gains]
     return gains[scores.index(min(scores))], scores
 
 #: With a time budget, redrawing the pool's guides (``guide_refresh``) takes at most this
