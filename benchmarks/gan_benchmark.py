@@ -43,9 +43,10 @@ Usage::
 ``--via-fit`` fits the ``gan`` rows with ``da.gapfill.fit``, which keeps its hold-out and
 the error model's validation pixels out of the fit (as a user's fit does); without it
 ``gan`` is fitted on every observed pixel, as the classical rows are. ``fit`` then
-chooses the guide and the share of the generator's correction on its validation pixels
-(:meth:`gapfill.methods.gan.GAN.tune`); a row ``gan@G`` gives the same fit filled with the
-guide and the share ``G`` its training chose. The ``guide`` row is the guide the fill uses.
+chooses the guide and the share of the generator's correction on its validation pixels,
+weighted to the real gaps' distances to the data (:meth:`gapfill.methods.gan.GAN.tune`); a
+row ``gan@G`` gives the same fit filled with the guide and the share ``G`` its training
+chose. The ``guide`` row is the guide the fill uses.
 """
 
 from __future__ import annotations
