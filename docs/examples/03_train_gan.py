@@ -70,8 +70,7 @@ gappy.sel(time=train).sizes
 # %%
 options = dict(
     window=(24, 18, 64),    # time × lat × lon training windows: full latitude, 53° of longitude
-    time_budget=120,        # seconds of training
-    eval_every=10,
+    time_budget=300,        # seconds for the whole fit (guide set-up and training)
     guide_pool=4,           # guides precomputed with different extra-hidden pixels
     threads=1,              # one torch thread: fastest on a small shared CPU
     progress="log",
