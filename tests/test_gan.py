@@ -647,6 +647,33 @@ def test_tune_chooses_the_guide_again_on_its_pixels():
     assert np.abs(filled - truth)[val].mean() <= scores[str(Guide("linear"))] + 1e-6
 
 
+def test_tune_switches_guide_only_if_the_switch_holds_in_gap_shaped_pixels(monkeypatch):
+    """A guide that wins on ``tune``'s pixels alone does not replace training's.
+
+    On a smooth travelling wave the EOF-based guide fills far better than the linear one;
+    the truth at ``tune``'s pixels is made to be the linear guide's fill, so that it wins
+    there. On observed pixels hidden in the shapes of the cube's own gaps it loses.
+    """
+    import gapfill.methods.gan as gan_module
+    from gapfill.guides import Guide
+
+    gan, cube, _, val, x_in, coords = _tuning_case("auto")
+    gan._meta["guide_frames"] = x_in.shape[1]
+    trained = dict(gan._meta["guide"])
+    assert trained["kind"] != "linear"
+    truth = np.where(val, Guide("linear").make(x_in), cube.values()).astype(np.float32)
+    chosen, default = {}, gan_module.SWITCH_TOLERANCE
+    for tolerance in (default, np.inf):
+        monkeypatch.setattr(gan_module, "SWITCH_TOLERANCE", tolerance)
+        gan._meta["guide"], gan._meta["correction_gain"] = trained, 1.0
+        gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+        switch = gan.fit_info["guide_switch"]
+        assert switch["guide"] == "linear" and switch["change"] > 0.5
+        chosen[tolerance] = gan._meta["guide"]["kind"], switch["kept"]
+    assert chosen[default] == (trained["kind"], False)
+    assert chosen[np.inf] == ("linear", True)
+
+
 def test_distance_weights_make_validation_pixels_as_far_from_the_data_as_the_gaps():
     from gapfill.errors import space_distance
     from gapfill.methods.gan_data import DISTANCE_EDGES, distance_weights

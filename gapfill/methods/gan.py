@@ -48,7 +48,12 @@ from gapfill.methods.base import (
     load_network,
     network_state,
 )
-from gapfill.methods.gan_data import MIN_GAP_SHARE, TrainingData, distance_weights
+from gapfill.methods.gan_data import (
+    MIN_GAP_SHARE,
+    TrainingData,
+    distance_weights,
+    validation_pixels,
+)
 from gapfill.methods.gan_train import GANTrainer, choose_gain
 from gapfill.training import (
     TrainingOptions,
@@ -64,6 +69,16 @@ TUNED_GAINS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0)
 #: The distances by which ``tune`` weights its validation pixels like the real gaps
 #: (:func:`~gapfill.methods.gan_data.distance_weights`; empty: unweighted).
 TUNE_DISTANCES: tuple[str, ...] = ("space",)
+
+#: A guide the generator was not trained on replaces training's only if, on pixels hidden
+#: in the shapes of the cube's own gaps (:data:`SWITCH_DRAWS` draws of
+#: :func:`~gapfill.methods.gan_data.validation_pixels`, each about :data:`SWITCH_SHARE` of
+#: the observations), its best MAE is on average at most this share above training's.
+#: These pixels lean towards training's guide (they are drawn like its training hides),
+#: hence a tolerance (docs/benchmarks.md: "fit's choices weighted by distance").
+SWITCH_TOLERANCE = 0.125
+SWITCH_DRAWS = 2
+SWITCH_SHARE = 0.1
 
 if TYPE_CHECKING:
     import torch
@@ -529,6 +544,13 @@ class GAN(Method):
         validation pixels cut in small pieces sit nearer the observations than the
         real gaps, where an interpolation of the values is at its best and a learned
         correction matters least.
+
+        Weights cannot stand in for pixels that are not there: where the real gaps last
+        for months and ``validation`` holds few such pixels, a guide that interpolates
+        in space can win on ``validation`` and lose in the gaps. So a guide other than
+        training's is kept only if it also holds on pixels hidden in the shapes of the
+        cube's own gaps (:meth:`_gap_shaped_change`, at most :data:`SWITCH_TOLERANCE`
+        worse on average; ``fit_info["guide_switch"]``).
         """
         if self.generator is None or self.options.guide == "none" or not validation.any():
             return
@@ -549,17 +571,22 @@ class GAN(Method):
                 candidates.append((dense, np.concatenate([field, base]) if with_base else field))
         seed = int(rng.integers(2**31 - 1))
         self._meta["correction_gain"] = 1.0
-        best: tuple[float, Guide, float, list[float]] | None = None
-        guide_scores = {}
+        results: list[tuple[float, Guide, float, list[float]]] = []
         for recipe, guide in candidates:
             with torch_threads(self.options.threads):
                 whole = self._fill(x, guide, extras, 1, seed)
             gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
                                        truth[validation], TUNED_GAINS, weights)
-            guide_scores[str(recipe)] = min(scores)
-            if best is None or min(scores) < best[0]:
-                best = (min(scores), recipe, gain, scores)
-        assert best is not None
+            results.append((min(scores), recipe, gain, scores))
+        guide_scores = {str(r[1]): r[0] for r in results}
+        best = min(results, key=lambda r: r[0])  # ties keep training's guide
+        switch = None
+        if best is not results[0]:
+            change = self._gap_shaped_change(x, [trained, best[1]], extras, rng, seed)
+            switch = {"guide": str(best[1]), "change": change,
+                      "kept": bool(change <= SWITCH_TOLERANCE)}
+            if not switch["kept"]:
+                best = results[0]
         _, recipe, gain, scores = best
         self._meta["guide"] = recipe.to_dict()
         self._meta["correction_gain"] = gain
@@ -570,7 +597,38 @@ class GAN(Method):
             "correction_gain": gain,
             "correction_gain_training": trained_gain,
             "correction_gain_scores": dict(zip(map(str, TUNED_GAINS), scores)),
+            "guide_switch": switch,
         })
+
+    def _gap_shaped_change(
+        self, x: np.ndarray, recipes: list[Guide], extras: np.ndarray,
+        rng: np.random.Generator, seed: int,
+    ) -> float:
+        """Mean relative change of the best MAE (over :data:`TUNED_GAINS`) from the first
+        guide of ``recipes`` to the second, on observed pixels of ``x`` hidden in the
+        shapes of its own gaps: :data:`SWITCH_DRAWS` draws of
+        :func:`~gapfill.methods.gan_data.validation_pixels` (whole gaps, in runs of
+        frames, as far from the data as the real gaps). 0 when no draw hides anything."""
+        seen = np.isfinite(x)
+        missing = ~seen.any(0)
+        never = ~seen.any(axis=(0, 1))
+        process = self._process(missing, never, None, int(rng.integers(2**31 - 1)))
+        with_base = bool(self._meta["generator"].get("guide_base"))
+        changes = []
+        for _ in range(SWITCH_DRAWS):
+            pixels = validation_pixels(missing, never, SWITCH_SHARE, rng, process)[0][None] & seen
+            if not pixels.any():
+                continue
+            hidden = np.where(pixels, np.nan, x).astype(np.float32)
+            best = []
+            for recipe in recipes:
+                guide = recipe.stacked(hidden, with_base)
+                with torch_threads(self.options.threads):
+                    whole = self._fill(hidden, guide, extras, 1, seed)
+                best.append(min(choose_gain(guide[: x.shape[0]][pixels], whole[pixels],
+                                            x[pixels], TUNED_GAINS)[1]))
+            changes.append(best[1] / max(best[0], 1e-12) - 1.0)
+        return float(np.mean(changes)) if changes else 0.0
 
     # -- fill -----------------------------------------------------------------------
     def fill(

@@ -57,8 +57,12 @@ def choose_gain(
 #: share of the training time: on a large cube, where a guide is costly, it is done less often.
 REFRESH_SHARE = 0.2
 
-#: Generator fills of the cube after training (:meth:`GANTrainer.after_fit_seconds`).
-AFTER_FIT_FILLS = 3
+#: Generator fills and guides built after training (:meth:`GANTrainer.after_fit_seconds`):
+#: :meth:`~gapfill.methods.gan.GAN.tune` fills with two guides (building training's),
+#: and checks a switch of guide with four fills and four guides (two draws of gap-shaped
+#: pixels, ``SWITCH_DRAWS``); the error model's fill builds one guide.
+AFTER_FIT_FILLS = 7
+AFTER_FIT_GUIDES = 6
 
 #: The time reserved after training is the estimate times this: on small cubes the
 #: estimate falls about 10% short (fixed costs it does not count), and a machine that
@@ -166,13 +170,13 @@ class GANTrainer(Trainer):
     def after_fit_seconds(self, window_seconds: float) -> float:
         """Estimated seconds of what :func:`gapfill.accessor.fit_dataarray` does once
         training ends, on a cube of ``after_shape``: :meth:`GAN.tune` (the guide chosen
-        again, a guide built, up to two fills) and the error model's fill (a guide
-        built, one fill), times :data:`AFTER_FIT_MARGIN`. ``window_seconds`` is the
-        generator's time per window."""
+        again, guides built and fills; :data:`AFTER_FIT_GUIDES`, :data:`AFTER_FIT_FILLS`)
+        and the error model's fill, times :data:`AFTER_FIT_MARGIN`. ``window_seconds``
+        is the generator's time per window."""
         d = self.data
         share = np.prod(self.after_shape) / max(int(np.prod(d.x.shape[2:])), 1)
         windows = count_windows(self.after_shape, d.window, self.o.overlap)
-        return AFTER_FIT_MARGIN * (share * (d.choice_seconds + 2 * d.guide_seconds)
+        return AFTER_FIT_MARGIN * (share * (d.choice_seconds + AFTER_FIT_GUIDES * d.guide_seconds)
                                    + AFTER_FIT_FILLS * windows * window_seconds)
 
     # -- tensors --------------------------------------------------------------------
