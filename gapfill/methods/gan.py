@@ -573,10 +573,7 @@ class GAN(Method):
         self._meta["correction_gain"] = 1.0
         results: list[tuple[float, Guide, float, list[float]]] = []
         for recipe, guide in candidates:
-            with torch_threads(self.options.threads):
-                whole = self._fill(x, guide, extras, 1, seed)
-            gain, scores = choose_gain(guide[: x.shape[0]][validation], whole[validation],
-                                       truth[validation], TUNED_GAINS, weights)
+            gain, scores = self._share_scores(x, guide, extras, seed, validation, truth, weights)
             results.append((min(scores), recipe, gain, scores))
         guide_scores = {str(r[1]): r[0] for r in results}
         best = min(results, key=lambda r: r[0])  # ties keep training's guide
@@ -620,15 +617,21 @@ class GAN(Method):
             if not pixels.any():
                 continue
             hidden = np.where(pixels, np.nan, x).astype(np.float32)
-            best = []
-            for recipe in recipes:
-                guide = recipe.stacked(hidden, with_base)
-                with torch_threads(self.options.threads):
-                    whole = self._fill(hidden, guide, extras, 1, seed)
-                best.append(min(choose_gain(guide[: x.shape[0]][pixels], whole[pixels],
-                                            x[pixels], TUNED_GAINS)[1]))
+            best = [min(self._share_scores(hidden, recipe.stacked(hidden, with_base), extras,
+                                           seed, pixels, x)[1]) for recipe in recipes]
             changes.append(best[1] / max(best[0], 1e-12) - 1.0)
         return float(np.mean(changes)) if changes else 0.0
+
+    def _share_scores(
+        self, x: np.ndarray, guide: np.ndarray, extras: np.ndarray, seed: int,
+        pixels: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None,
+    ) -> tuple[float, list[float]]:
+        """Fill ``x`` with ``guide`` and the whole correction, and score each share of
+        :data:`TUNED_GAINS` at ``pixels`` against ``truth`` (:func:`choose_gain`)."""
+        with torch_threads(self.options.threads):
+            whole = self._fill(x, guide, extras, 1, seed)
+        return choose_gain(guide[: x.shape[0]][pixels], whole[pixels], truth[pixels],
+                           TUNED_GAINS, weights)
 
     # -- fill -----------------------------------------------------------------------
     def fill(
