@@ -16,7 +16,14 @@ import xarray as xr
 
 from gapfill import methods, streaming
 from gapfill.cube import Cube
-from gapfill.diagnostics import Diagnostics, fit_masks, refit, resolve_process, score
+from gapfill.diagnostics import (
+    Diagnostics,
+    fit_masks,
+    refit,
+    resolve_process,
+    score,
+    validation_draws,
+)
 from gapfill.dims import find_dims, is_single_frame
 from gapfill.errors import ErrorModel, time_variability, window_frames
 from gapfill.filling import ONE_FRAME, cf_product, check_model, fill_dataarray, validation_errors
@@ -65,51 +72,56 @@ def fit_dataarray(
     missing = None if cube.is_lazy else cube.missing_pattern()
     hide, validation = fit_masks(observed, spec, missing, persist=stream)
     start = time.perf_counter()
-    _fit_method(method_obj, cube.with_hide(hide | validation), seed, stream)
+    # A cheap method is fitted on every observation but the hold-out (the product), then
+    # without the validation pixels too, making the product's choices (e.g. the number of
+    # EOF modes), for the error model: it learns the error of a fit like the product's.
+    # Any other method (and a streaming fit, which reads the cube from disk) is fitted
+    # once, without the validation pixels.
+    cheap = method_obj.refit_with_validation and not stream
+    if cheap:
+        _fit_method(method_obj, cube.with_hide(hide), seed, stream)
+        calibrated = method_obj.calibration_copy()
+    else:
+        calibrated = method_obj
+    _fit_method(calibrated, cube.with_hide(hide | validation), seed, stream)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    fitted = FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec)
+    fitted = FittedModel(calibrated, cube.normaliser, cube.dims, cube.name, spec)
     # The error model learns from the validation pixels; a method whose hold-out is drawn
-    # more than once (a cheap fit) pools those of every draw, each refitted without its own.
+    # more than once, or a cheap fit with few validation pixels, pools those of several
+    # draws, each refitted without its own.
     found, variability = [], None
     # The validation pixels are filled with the hold-out observed, as the product's gaps
     # are: the hold-out stays out of every fit and is never scored here. The window's
     # data is the same for every draw, so it is read once (with the first draw's pixels).
     frames, raw, val, coords = _validation_window(cube, data, validation)
-    for draw in range(method_obj.holdout_draws):
+    draws = validation_draws(method_obj, int(val.sum()), stream)
+    for draw in range(draws):
         model = fitted
         if draw:
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
-            model = refit(fitted, cube, draw_hide | draw_validation, draw, stream)
+            model = refit(fitted, cube, draw_hide | draw_validation, draw, stream,
+                          method=method_obj.calibration_copy() if cheap else None)
             (val,) = _first_frames(cube, [draw_validation], frames)
         if variability is None:  # how much each pixel changes, as the first fit saw it
             variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))
         with methods.limit_threads(method_obj.options.threads, int(np.prod(cube.shape))):
             if not draw and val.any():  # what the fit left open, chosen on these pixels
                 truth = cube.normaliser.normalise(raw).astype(np.float32)
-                method_obj.tune(np.where(val, np.nan, truth), truth, val,
+                calibrated.tune(np.where(val, np.nan, truth), truth, val,
                                 np.random.default_rng([seed, 3]), coords)
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error,
                                  variability=variability)
-    if method_obj.refit_with_validation and not stream:
-        # The validation pixels were kept from the fit only to learn the error model: a
-        # cheap method is fitted again with them (the hold-out stays hidden); a streaming
-        # fit, which reads the cube from disk, is not repeated.
-        calibrated = method_obj
-        method_obj = methods.get(method_obj.name)(**method_obj.options_dict())
-        again = time.perf_counter()
-        _fit_method(method_obj, cube.with_hide(hide), seed, stream)
-        method_obj.keep_error_scale(calibrated)
-        fit_seconds += time.perf_counter() - again
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
         "fit_seconds": round(fit_seconds, 3),
         "calibration_seconds": round(time.perf_counter() - start, 3),
+        "validation_draws": draws,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "gapfill_version": __version__,
     }

@@ -54,6 +54,13 @@ VALIDATION_FRACTION = 0.1
 #: Fewer observed pixels than this (after the hold-out, in memory): no validation pixels
 #: are hidden, and the error model is the data's spread.
 MIN_VALIDATION_SOURCE = 200
+#: A method whose fit is cheap (``refit_with_validation``) and whose validation pixels
+#: number fewer than this is fitted again on more draws (each without its own hold-out
+#: and validation pixels), whose validation pixels the error model pools, up to
+#: :data:`MAX_VALIDATION_DRAWS` draws in all: on a small cube a single draw's few
+#: hundred pieces leave the scale of the error to chance.
+MIN_VALIDATION_PIXELS = 5000
+MAX_VALIDATION_DRAWS = 4
 
 #: Draws tried before a block's hold-out is given up as empty (the last two as clouds,
 #: then single pixels).
@@ -424,15 +431,16 @@ def fit_masks(
 
 
 def refit(model: FittedModel, cube: Any, hidden: Any, draw: int,
-          stream: bool | None = None) -> FittedModel:
-    """``model`` with its method fitted again (same options) on ``cube`` without the
-    ``hidden`` pixels: the model of a repeated hold-out draw (its error model is
-    ``model``'s). ``stream``: as ``streaming_fit`` of
-    :meth:`~gapfill.accessor.GapfillAccessor.fit`."""
+          stream: bool | None = None, method: Any = None) -> FittedModel:
+    """``model`` with its method fitted again on ``cube`` without the ``hidden`` pixels:
+    the model of a repeated hold-out draw (its error model is ``model``'s). ``method``:
+    the unfitted method to fit (``None``: a new one with ``model``'s options).
+    ``stream``: as ``streaming_fit`` of :meth:`~gapfill.accessor.GapfillAccessor.fit`."""
     from gapfill import methods, streaming
     from gapfill.fitted import FittedModel
 
-    method = methods.get(model.name)(**model.method.options_dict())
+    if method is None:
+        method = methods.get(model.name)(**model.method.options_dict())
     rng = np.random.default_rng([model.holdout.seed, draw])
     fit_cube = cube.with_hide(hidden)
     with methods.limit_threads(method.options.threads, int(np.prod(cube.shape))):
@@ -442,6 +450,18 @@ def refit(model: FittedModel, cube: Any, hidden: Any, draw: int,
             method.fit(fit_cube, rng)
     return FittedModel(method, model.normaliser, model.dims, model.variable, model.holdout,
                        model.info, model.error_model)
+
+
+def validation_draws(method: Any, n_validation: int, stream: bool = False) -> int:
+    """How many draws' validation pixels the error model of ``method`` pools, given the
+    first draw's ``n_validation``: the method's :attr:`~gapfill.methods.Method.holdout_draws`,
+    raised for a cheap in-memory fit towards :data:`MIN_VALIDATION_PIXELS` pixels (at most
+    :data:`MAX_VALIDATION_DRAWS` draws)."""
+    draws = method.holdout_draws
+    if method.refit_with_validation and not stream and 0 < n_validation < MIN_VALIDATION_PIXELS:
+        wanted = -(-MIN_VALIDATION_PIXELS // n_validation)
+        draws = max(draws, min(MAX_VALIDATION_DRAWS, wanted))
+    return draws
 
 
 def _draws(model: FittedModel, cube: Any, observed: Any, missing: np.ndarray | None,

@@ -393,25 +393,88 @@ def test_cheap_methods_fill_with_the_validation_pixels_of_their_error_model():
     np.testing.assert_allclose(filled, want, rtol=1e-5, atol=1e-5)
 
 
-def test_eof_refit_keeps_the_noise_the_error_model_learned_with():
-    """The refit with the validation pixels keeps the noise variance of the fit the error
-    model learned on: the error model's input (the posterior spread) keeps its scale."""
+def test_eof_error_model_learns_from_a_fit_with_the_products_modes_and_noise(monkeypatch):
+    """The product is fitted on every observation but the hold-out; the error model learns
+    from a fit without the validation pixels that keeps the product's number of modes and
+    noise variance (the floor of the posterior spread, the error model's input)."""
+    from gapfill import accessor
     from gapfill.cube import Cube
     from gapfill.diagnostics import fit_masks
     from gapfill.methods.eof import EOF
 
+    learned_from = []
+    real = accessor.validation_errors
+
+    def spy(model, *args, **kwargs):
+        learned_from.append(model.method)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(accessor, "validation_errors", spy)
     _, gappy = noisy_cube(t=24, h=12, w=16)
     model = gappy.gapfill.fit("eof", seed=0)
     cube = Cube(gappy)
     observed = np.isfinite(gappy.values)[None]
     hide, validation = fit_masks(observed, model.holdout, cube.missing_pattern())
-    first, refit = EOF(), EOF()
-    first.fit(cube.with_hide(hide | validation), np.random.default_rng(0))
-    refit.fit(cube.with_hide(hide), np.random.default_rng(0))
-    kept = model.method.state_dict()["noise_var"]
-    assert refit.state_dict()["noise_var"][0] != first.state_dict()["noise_var"][0]
-    np.testing.assert_array_equal(kept, first.state_dict()["noise_var"])
-    np.testing.assert_array_equal(model.method.state_dict()["U"], refit.state_dict()["U"])
+    product = EOF()
+    product.fit(cube.with_hide(hide), np.random.default_rng(0))
+    for name in ("U", "noise_var"):
+        np.testing.assert_array_equal(model.method.state_dict()[name], product.state_dict()[name])
+    first = learned_from[0]
+    assert first.fit_info["modes"] == product.fit_info["modes"]
+    np.testing.assert_array_equal(first.state_dict()["noise_var"], product.state_dict()["noise_var"])
+    fixed = EOF()
+    fixed.fit_array(cube.with_hide(hide | validation).values(), np.random.default_rng(0),
+                    cube.coords().time, modes=product.fit_info["modes"])
+    np.testing.assert_array_equal(first.state_dict()["U"], fixed.state_dict()["U"])
+    assert not np.array_equal(first.state_dict()["U"], product.state_dict()["U"])
+
+
+def test_cheap_fit_with_few_validation_pixels_pools_more_draws(monkeypatch):
+    """On a small cube the error model of a cheap fit learns from the validation pixels of
+    several draws, each draw's model refitted without its own hold-out and validation
+    pixels; the product is still the first draw's model."""
+    from gapfill import accessor
+    from gapfill.cube import Cube
+    from gapfill.diagnostics import MAX_VALIDATION_DRAWS, MIN_VALIDATION_PIXELS, fit_masks
+
+    _, gappy = noisy_cube(t=24, h=12, w=16)
+    seen, refits = [], []
+    real_errors, real_refit = accessor.validation_errors, accessor.refit
+
+    def spy_errors(model, raw, validation, *args, **kwargs):
+        seen.append(validation.copy())
+        return real_errors(model, raw, validation, *args, **kwargs)
+
+    def spy_refit(model, cube, hidden, draw, *args, **kwargs):
+        refits.append((draw, np.asarray(hidden).copy()))
+        return real_refit(model, cube, hidden, draw, *args, **kwargs)
+
+    monkeypatch.setattr(accessor, "validation_errors", spy_errors)
+    monkeypatch.setattr(accessor, "refit", spy_refit)
+    model = gappy.gapfill.fit("eof", seed=0, max_modes=4)
+    assert seen[0].sum() < MIN_VALIDATION_PIXELS
+    assert len(seen) == MAX_VALIDATION_DRAWS == model.info["validation_draws"]
+    observed = np.isfinite(gappy.values)[None]
+    missing = Cube(gappy).missing_pattern()
+    for draw, hidden in refits:
+        hide, validation = fit_masks(observed, model.holdout, missing, draw=draw)
+        np.testing.assert_array_equal(hidden, hide | validation)
+        np.testing.assert_array_equal(seen[draw], validation)
+    assert [d for d, _ in refits] == list(range(1, MAX_VALIDATION_DRAWS))
+    assert all((seen[0] != other).any() for other in seen[1:])
+
+
+def test_validation_draws_only_for_small_validation_sets_of_cheap_fits():
+    from gapfill import methods
+    from gapfill.diagnostics import MAX_VALIDATION_DRAWS, MIN_VALIDATION_PIXELS, validation_draws
+
+    eof, linear, gan = (methods.get(name)() for name in ("eof", "linear", "gan"))
+    assert validation_draws(eof, MIN_VALIDATION_PIXELS) == 1
+    assert validation_draws(eof, MIN_VALIDATION_PIXELS // 2) == 2
+    assert validation_draws(eof, 10) == MAX_VALIDATION_DRAWS
+    assert validation_draws(eof, 10, stream=True) == 1  # a streaming fit reads the disk
+    assert validation_draws(gan, 10) == 1  # a fit of minutes is not repeated
+    assert validation_draws(linear, 10 * MIN_VALIDATION_PIXELS) == linear.holdout_draws
 
 
 def test_validation_pixels_are_filled_with_the_holdout_observed(monkeypatch):

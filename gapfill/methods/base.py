@@ -191,10 +191,11 @@ class Method(ABC):
     #: own, and for each other one the method fitted again without it. More than 1 only
     #: for methods whose fit costs about as little as their fill.
     holdout_draws: ClassVar[int] = 1
-    #: Whether ``fit`` (the accessor's) fits the method a second time with the validation
-    #: pixels of the error model, once that model is learnt: for methods whose fit is
-    #: cheap, so their fill loses none of the observations (the hold-out stays hidden);
-    #: never for a streaming fit.
+    #: Whether ``fit`` (the accessor's) fits the method on the validation pixels of the
+    #: error model too, and its :meth:`calibration_copy` without them for the error model:
+    #: for methods whose fit is cheap, so their fill loses none of the observations (the
+    #: hold-out stays hidden); never for a streaming fit. Such a method does not
+    #: :meth:`tune`.
     refit_with_validation: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
@@ -255,14 +256,17 @@ class Method(ABC):
         validation pixels.
         """
 
-    def keep_error_scale(self, calibrated: Method) -> None:
-        """After a refit with the validation pixels (:attr:`refit_with_validation`), keep
-        from ``calibrated``, the fit the error model learned on, what sets the scale of
-        the method's own spread (default: nothing).
+    def calibration_copy(self) -> Method:
+        """An unfitted copy of this fitted method that makes its choices, for the error model.
 
-        The error model maps the method's spread to a calibrated error: an input on
-        another scale would shift every error of the refitted model.
+        For a method fitted on every observation but the hold-out
+        (:attr:`refit_with_validation`), ``fit`` (the accessor's) fits this copy once more
+        without the validation pixels and learns the error model from its errors there.
+        The default copy has the same options and chooses again; a method whose fit
+        chooses something from the data (the number of EOF modes) fixes it here, so the
+        error model learns the error of a fit like the product's.
         """
+        return type(self)(**self.options_dict())
 
     def fit_streaming(self, cube: Cube, rng: np.random.Generator) -> None:
         """Learn from a dask-backed cube too large for memory, in a few passes over its blocks.
