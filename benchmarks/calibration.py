@@ -137,12 +137,12 @@ climatology regem --seeds 0 1 2``; MAE in m)::
 ``regem`` with its ridge chosen on hidden observations (``--cubes pacific hgt --methods
 regem --seeds 0 1 2 --option ridge=validate``, one thread, two runs side by side)::
 
-    pacific  regem           0    0.2563    0.2560   1.00   76.5%*  96.5%
-    pacific  regem           1    0.2414    0.2539   1.05   61.5%*  89.7%*
-    pacific  regem           2    0.2299    0.2264   0.98   76.1%*  96.7%
-    hgt      regem           0    7.9603    7.8105   0.98   73.1%*  94.5%
-    hgt      regem           1    8.6699    7.9472   0.92   70.3%   93.0%
-    hgt      regem           2    8.5564   10.1943   1.19*  74.1%*  95.5%
+    pacific  regem           0    0.2548    0.2581   1.01   71.0%   94.5%
+    pacific  regem           1    0.2414    0.2539   1.05   69.2%   94.3%
+    pacific  regem           2    0.2307    0.2274   0.99   73.0%   96.0%
+    hgt      regem           0    7.7588    7.9410   1.02   79.1%*  96.9%
+    hgt      regem           1    8.3031    7.8352   0.94   73.2%*  94.2%
+    hgt      regem           2    8.1070    9.4750   1.17*  78.1%*  96.7%
     a1b      regem           0    0.3456    0.3516   1.02   66.7%   93.8%   (--cubes a1b --seeds 0)
 
 The A1B row was measured without the error model's two beyond-adjacent features. On the

@@ -391,6 +391,22 @@ def test_regem_ridge_shrinks_with_the_observations_per_pixel() -> None:
                         max_iter=2)[0].fit_info["ridge"] == 0.3
 
 
+def test_calibration_copies_make_the_fitted_methods_choices() -> None:
+    """The error model's copy of a fitted method makes its choices: ``eof`` keeps its
+    number of modes and noise variance, ``regem`` the ridge it validated."""
+    field = low_rank(t=40)
+    x = gappy(field, random_mask(field.shape, 0.3))
+    with threadpool_limits(1):
+        eof = fit_fill("eof", x, max_modes=5)[0]
+        copy = eof.calibration_copy()
+        copy.fit(as_cube(np.where(random_mask(x.shape, 0.1, seed=5), np.nan, x)), RNG(1))
+        validated = fit_fill("regem", x, ridge="validate", max_iter=2)[0]
+    assert copy.fit_info["modes"] == eof.fit_info["modes"]
+    np.testing.assert_array_equal(copy.state_dict()["noise_var"], eof.state_dict()["noise_var"])
+    assert isinstance(validated.options.ridge, float)  # the fitted model keeps its choice
+    assert validated.calibration_copy().options.ridge == validated.options.ridge
+
+
 def test_regem_trace_sees_the_moments_after_every_step() -> None:
     """``regem``'s ``trace`` sees the moments after every round (three E-steps when
     accelerated, plain steps when fewer are left), with its change, and the last moments
