@@ -421,7 +421,8 @@ def test_eof_error_model_learns_from_a_fit_with_the_products_modes_and_noise(mon
         np.testing.assert_array_equal(model.method.state_dict()[name], product.state_dict()[name])
     first = learned_from[0]
     assert first.fit_info["modes"] == product.fit_info["modes"]
-    np.testing.assert_array_equal(first.state_dict()["noise_var"], product.state_dict()["noise_var"])
+    np.testing.assert_array_equal(first.state_dict()["noise_var"],
+                                  product.state_dict()["noise_var"])
     fixed = EOF()
     fixed.fit_array(cube.with_hide(hide | validation).values(), np.random.default_rng(0),
                     cube.coords().time, modes=product.fit_info["modes"])
