@@ -552,10 +552,10 @@ class EOF(Method):
 
         The error model then learns the error of a fit like the product's. With modes
         chosen again, on the 500 hPa height of ``benchmarks/calibration.py`` (seed 6) the
-        fit without the validation pixels took 7 modes, the product 12, and 25% less
-        error in the gaps: 85.9% of the errors fell within 1σ. The noise variance (the
-        cross-validated error, the floor of the posterior standard deviation) keeps the
-        scale of the error model's input.
+        copy took 7 modes and the product 12, whose error in the gaps was 25% smaller:
+        85.9% of its errors fell within 1σ. The noise variance (the cross-validated error,
+        the floor of the posterior standard deviation) keeps the scale of the error
+        model's input.
         """
         copy = EOF(**self.options_dict())
         if self._state is not None:
