@@ -117,19 +117,29 @@ def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     remove(old)
 
 
-def remove(path: str | os.PathLike, attempts: int = 20) -> None:
+#: Checks, 50 ms apart, that a removed directory must stay gone (see :func:`remove`).
+QUIET_CHECKS = 3
+
+
+def remove(path: str | os.PathLike, attempts: int = 40) -> None:
     """Remove a file or directory tree if it exists.
 
     A Zarr store whose write failed can still get chunks from writes that were under
-    way: the tree is removed again (every 50 ms, at most ``attempts`` times) until it
-    is gone.
+    way, and a chunk written after the tree is gone makes its directories again: the
+    tree is removed again (every 50 ms, at most ``attempts`` times) until it has stayed
+    gone for :data:`QUIET_CHECKS` checks in a row.
     """
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
+        gone = 0
         for _ in range(attempts):
-            shutil.rmtree(path, ignore_errors=True)
-            if not path.exists():
-                return
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                gone = 0
+            else:
+                gone += 1
+                if gone >= QUIET_CHECKS:
+                    return
             time.sleep(0.05)
     elif path.exists() or path.is_symlink():
         path.unlink(missing_ok=True)

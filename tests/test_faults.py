@@ -541,3 +541,30 @@ def test_killed_zarr_overwrite_never_loses_the_product(tmp_path, system):
         with xr.open_zarr(target) as out:
             np.testing.assert_array_equal(out.v.values, [0.0, 1.0, 2.0])  # the old one, back
     assert sorted(p.name for p in tmp_path.iterdir() if p.name not in "ab") == ["p.zarr"]
+
+
+def test_removing_a_failed_store_outlasts_writes_still_under_way(tmp_path):
+    """Chunk writes of a failed Zarr write that are still under way make the store's
+    directories again after they are removed: ``remove`` returns only once the tree has
+    stayed gone, so nothing is left when the writes end."""
+    import threading
+
+    from gapfill.atomic import remove
+
+    store = tmp_path / "p.zarr.tmp-0"
+    (store / "v" / "c").mkdir(parents=True)
+    stop = time.monotonic() + 0.3
+
+    def late_writes():
+        i = 0
+        while time.monotonic() < stop:
+            (store / "v" / "c").mkdir(parents=True, exist_ok=True)
+            (store / "v" / "c" / str(i)).write_bytes(b"chunk")
+            i += 1
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=late_writes)
+    writer.start()
+    remove(store)
+    writer.join()
+    assert not store.exists()
