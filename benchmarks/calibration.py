@@ -184,6 +184,7 @@ from common import load_ostia, parse_options  # noqa: E402
 
 import gapfill  # noqa: E402, F401  (registers the accessor)
 from gapfill import errors, masks  # noqa: E402
+from gapfill.diagnostics import time_block_draws  # noqa: E402
 
 #: Options of the learned methods: a short training budget on 2 CPU cores.
 OPTIONS = {
@@ -238,12 +239,6 @@ CUBES = {
 }
 
 
-#: The block bootstrap of the figures' standard errors: stretches of time it resamples
-#: (the punched gaps and the hold-out are a few drifting patches each, so their pixels are
-#: not independent), and how many resamples.
-BLOCKS, RESAMPLES = 10, 2000
-
-
 def block_bootstrap(
     n_time: int,
     holdout_time: np.ndarray,
@@ -255,22 +250,23 @@ def block_bootstrap(
 ) -> dict[str, float]:
     """Standard errors of the ratio and of the shares within 1σ and 2σ.
 
-    The ``n_time`` steps are cut into :data:`BLOCKS` stretches, which are drawn with
-    replacement :data:`RESAMPLES` times; the hold-out errors (at steps ``holdout_time``)
+    The ``n_time`` steps are cut into stretches, which are drawn with replacement
+    (:func:`gapfill.diagnostics.time_block_draws`, as for the product's ``mae_se``: the
+    punched gaps and the hold-out are a few drifting patches each, so their pixels are not
+    independent); the hold-out errors (at steps ``holdout_time``)
     and the errors in the punched gaps (at ``gap_time``, with their predicted sigma)
     of the same stretches are pooled in each resample.
     """
-    block = np.minimum(np.arange(n_time) * BLOCKS // max(n_time, 1), BLOCKS - 1)
+    block, draw = time_block_draws(n_time, seed)
 
     def sums(t: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return np.bincount(block[t], weights=w.astype(np.float64), minlength=BLOCKS)
+        return np.bincount(block[t], weights=w.astype(np.float64), minlength=draw.shape[1])
 
     h_sum, h_n = sums(holdout_time, holdout_abs), sums(holdout_time, np.ones(holdout_abs.size))
     g_n = sums(gap_time, np.ones(gap_abs.size))
     g_sum = sums(gap_time, gap_abs)
     g_one = sums(gap_time, gap_abs <= gap_sigma)
     g_two = sums(gap_time, gap_abs <= 2 * gap_sigma)
-    draw = np.random.default_rng(seed).integers(0, BLOCKS, size=(RESAMPLES, BLOCKS))
     with np.errstate(invalid="ignore", divide="ignore"):
         n = g_n[draw].sum(1)
         ratio = (h_sum[draw].sum(1) / h_n[draw].sum(1)) / (g_sum[draw].sum(1) / n)

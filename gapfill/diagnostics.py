@@ -62,6 +62,12 @@ MIN_VALIDATION_SOURCE = 200
 MIN_VALIDATION_PIXELS = 5000
 MAX_VALIDATION_DRAWS = 4
 
+#: The hold-out MAE's standard error (``mae_se``): a bootstrap that resamples this many
+#: stretches of time with replacement, this many times (the hold-out is a few drifting
+#: patches, so its pixels are not independent, and a stretch keeps a patch whole more often
+#: than not). Fewer than :data:`MIN_SE_BLOCKS` stretches holding hold-out pixels give NaN.
+TIME_BLOCKS, RESAMPLES, MIN_SE_BLOCKS = 10, 2000, 3
+
 #: Draws tried before a block's hold-out is given up as empty (the last two as clouds,
 #: then single pixels).
 ATTEMPTS = 6
@@ -509,7 +515,8 @@ class Diagnostics:
 
     @property
     def summary(self) -> dict[str, float]:
-        """MAE, RMSE, bias and count; error calibration when the method gives errors."""
+        """MAE (and its standard error, :func:`block_bootstrap_se`), RMSE, bias and count;
+        error calibration when the method gives errors."""
         e = self.errors
         out: dict[str, float] = {**error_summary(e), "unfilled": int(self.unfilled)}
         if self.predicted_error is not None and e.size:
@@ -518,6 +525,7 @@ class Diagnostics:
             # Shares of errors within one and two predicted sigma: 0.683 and 0.954 if the
             # error is calibrated (and Gaussian).
             out["within_1sigma"], out["within_2sigma"] = within_shares(np.abs(e), sigma)
+        out["mae_se"] = block_bootstrap_se(self.time_index, np.abs(e), len(self.times))
         out.update(self.extra)
         return out
 
@@ -567,6 +575,40 @@ class Diagnostics:
             f"<gapfill.Diagnostics method={self.method!r} held-out n={s['n']} "
             f"MAE={s['mae']:.4g} RMSE={s['rmse']:.4g} bias={s['bias']:+.3g}>"
         )
+
+
+def time_block_draws(
+    n_time: int, seed: int = 0, blocks: int = TIME_BLOCKS, resamples: int = RESAMPLES
+) -> tuple[np.ndarray, np.ndarray]:
+    """A block bootstrap over stretches of time.
+
+    Returns
+    -------
+    block
+        ``(n_time,)`` the stretch of each time step: ``blocks`` equal stretches in order.
+    draw
+        ``(resamples, blocks)`` stretches drawn with replacement, one resample per row.
+    """
+    block = np.minimum(np.arange(n_time) * blocks // max(n_time, 1), blocks - 1)
+    draw = np.random.default_rng(seed).integers(0, blocks, size=(resamples, blocks))
+    return block, draw
+
+
+def block_bootstrap_se(time_index: np.ndarray, values: np.ndarray, n_time: int) -> float:
+    """Standard error of the mean of ``values`` (at time steps ``time_index`` of
+    ``n_time``), from :func:`time_block_draws`; NaN when fewer than
+    :data:`MIN_SE_BLOCKS` stretches hold values."""
+    if not np.size(values):
+        return float("nan")
+    block, draw = time_block_draws(n_time)
+    where = block[np.asarray(time_index)]
+    total = np.bincount(where, weights=np.asarray(values, np.float64), minlength=TIME_BLOCKS)
+    count = np.bincount(where, minlength=TIME_BLOCKS).astype(np.float64)
+    if (count > 0).sum() < MIN_SE_BLOCKS:
+        return float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = total[draw].sum(1) / count[draw].sum(1)
+    return float(np.nanstd(means))
 
 
 def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:

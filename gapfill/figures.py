@@ -433,8 +433,10 @@ def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
     u = f" {units}" if units else ""
     for prefix, title in (("gapfill_holdout_", "held-out"), ("gapfill_punched_", "punched")):
         if f"{prefix}mae" in a:
+            se = float(a.get(f"{prefix}mae_se", np.nan))
+            pm = f" ± {_num(se)}" if np.isfinite(se) else ""
             rows.append((f"{title} MAE / RMSE",
-                         f"{_num(a[prefix + 'mae'])} / {_num(a[prefix + 'rmse'])}{u}"))
+                         f"{_num(a[prefix + 'mae'])}{pm} / {_num(a[prefix + 'rmse'])}{u}"))
             rows.append((f"{title} bias, n", f"{_num(a[prefix + 'bias'], sign=True)}{u}, "
                                              f"{int(a[prefix + 'n']):,}"))
     if "gapfill_holdout_within_1sigma" in a:

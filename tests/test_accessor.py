@@ -68,6 +68,7 @@ def test_fill_product_has_flags_error_attrs_and_coords(sst):
     assert out["sst_error"].attrs["standard_name"] == "sea_surface_temperature standard_error"
     assert out.attrs["gapfill_method"] == "eof"
     assert out.attrs["gapfill_holdout_n"] > 0 and np.isfinite(out.attrs["gapfill_holdout_mae"])
+    assert 0 < out.attrs["gapfill_holdout_mae_se"] < out.attrs["gapfill_holdout_mae"]
 
 
 def test_fill_never_observed_on_request(sst):

@@ -11,7 +11,9 @@ import gapfill
 from gapfill import errors, masks
 from gapfill.diagnostics import (
     HOLDOUT_STREAM,
+    TIME_BLOCKS,
     VALIDATION_STREAM,
+    block_bootstrap_se,
     borrowed_gaps,
     holdout_mask,
     resolve_process,
@@ -230,6 +232,26 @@ def test_reliability_table_compares_expected_and_observed_shares():
 
 
 # -- the hold-out ------------------------------------------------------------------------
+def test_holdout_mae_standard_error_is_the_spread_of_its_mean():
+    """Independent errors: σ/√n. Errors shared by stretches of time (the hold-out is a few
+    drifting patches): the spread of the stretches' means over √(number of stretches).
+    Too few stretches hold errors, or none: NaN."""
+    rng = np.random.default_rng(0)
+    n_time, n = 100, 20000
+    t = rng.integers(0, n_time, n)
+    noise = rng.standard_normal(n)
+    assert block_bootstrap_se(t, noise, n_time) == pytest.approx(1 / np.sqrt(n), rel=0.15)
+    stretch = t * TIME_BLOCKS // n_time
+    shared = rng.standard_normal(TIME_BLOCKS)[stretch] + 0.1 * noise
+    means = np.array([shared[stretch == b].mean() for b in range(TIME_BLOCKS)])
+    expected = means.std() / np.sqrt(TIME_BLOCKS)
+    assert block_bootstrap_se(t, shared, n_time) == pytest.approx(expected, rel=0.1)
+    assert expected > 10 / np.sqrt(n)  # far above what independent pixels would say
+    two = stretch < 2
+    assert np.isnan(block_bootstrap_se(t[two], shared[two], n_time))
+    assert np.isnan(block_bootstrap_se(t[:0], shared[:0], n_time))
+
+
 def test_holdout_is_never_inside_gaps_punched_with_the_same_seed():
     """Gaps punched with gapfill.masks seed 0, then a seed-0 fit: the hold-out is not empty."""
     truth, _ = noisy_cube(t=24, h=16, w=24)
