@@ -416,7 +416,10 @@ def _fmt(stats: dict[str, float], units: str | None) -> str:
     u = f" {units}" if units else ""
     nan = float("nan")
     mae, rmse, bias = (stats.get(k, nan) for k in ("mae", "rmse", "bias"))
-    return f"MAE {mae:.4g}{u}, RMSE {rmse:.4g}{u}, bias {bias:+.3g}{u} (n={stats.get('n', 0)})"
+    se = stats.get("mae_se", nan)
+    pm = f" ± {se:.2g}" if np.isfinite(se) else ""
+    return (f"MAE {mae:.4g}{pm}{u}, RMSE {rmse:.4g}{u}, bias {bias:+.3g}{u} "
+            f"(n={stats.get('n', 0)})")
 
 
 def _short(path: str | list[str]) -> str:
