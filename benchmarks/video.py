@@ -27,7 +27,7 @@ Usage::
     python benchmarks/video.py --gan-budget 60 --occlusions moving_bar
     python benchmarks/video.py --methods linear,eof --csv /tmp/video.csv
     python benchmarks/video.py --gan-options '{"recon_weight": 20, "width": 24}'
-    # moving_bar: the generator passes its guide only after ~650 steps
+    # moving_bar with a longer budget and other training settings
     python benchmarks/video.py --methods gan --occlusions moving_bar --gan-budget 480 \
         --gan-options '{"lr": 0.0001, "adv_weight": 0.1, "early_stopping_patience": null}'
 """
