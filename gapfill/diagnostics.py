@@ -64,8 +64,8 @@ MAX_VALIDATION_DRAWS = 4
 
 #: The hold-out MAE's standard error (``mae_se``): a bootstrap that resamples this many
 #: stretches of time with replacement, this many times (the hold-out is a few drifting
-#: patches, so its pixels are not independent, and a stretch keeps a patch whole more often
-#: than not). Fewer than :data:`MIN_SE_BLOCKS` stretches holding hold-out pixels give NaN.
+#: patches, so its pixels are not independent). Fewer than :data:`MIN_SE_BLOCKS` stretches
+#: holding hold-out pixels give NaN.
 TIME_BLOCKS, RESAMPLES, MIN_SE_BLOCKS = 10, 2000, 3
 
 #: Draws tried before a block's hold-out is given up as empty (the last two as clouds,
