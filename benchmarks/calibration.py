@@ -140,13 +140,18 @@ def block_bootstrap(
             "within_2sigma_se": float(np.nanstd(two))}
 
 
-def run(cube: str, method: str, seed: int, options: dict | None = None) -> dict[str, float]:
-    """Punch, fit, fill and score one method on one cube (``options`` over its defaults
-    and :data:`OPTIONS`)."""
+def punched(cube: str, seed: int) -> tuple[xr.DataArray, np.ndarray, xr.DataArray]:
+    """The cube's truth, the gaps punched into it (clouds of ``seed``) and the gappy cube."""
     load, punch = CUBES[cube]
     truth = load()
     hidden = masks.Cloud(seed=seed, **punch).sample(truth.shape)
-    gappy = truth.where(~hidden)
+    return truth, hidden, truth.where(~hidden)
+
+
+def run(cube: str, method: str, seed: int, options: dict | None = None) -> dict[str, float]:
+    """Punch, fit, fill and score one method on one cube (``options`` over its defaults
+    and :data:`OPTIONS`)."""
+    truth, hidden, gappy = punched(cube, seed)
     scored = hidden & np.isfinite(truth.values) & np.isfinite(gappy.values).any(0)
     t0 = time.perf_counter()
     model = gappy.gapfill.fit(method, seed=seed, **{**OPTIONS.get(method, {}), **(options or {})})

@@ -22,19 +22,15 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from calibration import CUBES, OPTIONS  # noqa: E402
+from calibration import CUBES, OPTIONS, punched  # noqa: E402
 
 import gapfill  # noqa: E402, F401  (registers the accessor)
-from gapfill import masks  # noqa: E402
 from gapfill.diagnostics import holdout_mask  # noqa: E402
 
 
 def run(cube: str, method: str, seed: int) -> dict[str, float]:
     """A, B and C (see the module docstring) for one cube, method and seed."""
-    load, punch = CUBES[cube]
-    truth = load()
-    hidden = masks.Cloud(seed=seed, **punch).sample(truth.shape)
-    gappy = truth.where(~hidden)
+    truth, hidden, gappy = punched(cube, seed)
     model = gappy.gapfill.fit(method, seed=seed, **OPTIONS.get(method, {}))
     observed = np.isfinite(gappy.values)
     hold = holdout_mask(observed[None], model.holdout, ~observed)[0]

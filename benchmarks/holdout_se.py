@@ -29,18 +29,14 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from calibration import CUBES, OPTIONS  # noqa: E402
+from calibration import OPTIONS, punched  # noqa: E402
 
 import gapfill  # noqa: E402, F401  (registers the accessor)
-from gapfill import masks  # noqa: E402
 
 
 def runs(cube: str, method: str, punch: int, seeds: list[int]) -> dict[str, np.ndarray]:
     """Hold-out MAE, its reported standard error and the true MAE for each fit seed."""
-    load, spec = CUBES[cube]
-    truth = load()
-    hidden = masks.Cloud(seed=punch, **spec).sample(truth.shape)
-    gappy = truth.where(~hidden)
+    truth, hidden, gappy = punched(cube, punch)
     scored = hidden & np.isfinite(truth.values) & np.isfinite(gappy.values).any(0)
     out: dict[str, list[float]] = {"holdout": [], "se": [], "true": []}
     for seed in seeds:
