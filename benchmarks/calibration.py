@@ -15,7 +15,8 @@ reports, their ratio (target 0.85–1.15), and the share of the true errors with
 2σ of ``<name>_error`` (targets 63–73 % and 92–98 %), with the hold-out's own shares and
 the standard errors of the ratio and of the two shares (``±`` columns, a block bootstrap
 over stretches of time: :func:`block_bootstrap`). ``*`` marks a figure outside its target
-band.
+band. The last column is the model's hold-out scale (``gapfill_holdout_scale``): the
+reported hold-out MAE is the scored one times it.
 
 Run::
 
@@ -24,6 +25,7 @@ Run::
     python benchmarks/calibration.py --methods combcn gan --seeds 0
     python benchmarks/calibration.py --cubes pacific hgt --methods regem --option ridge=validate
     python benchmarks/calibration.py --methods tgfnet stgconvnet flowfill --seeds 0
+    python benchmarks/calibration.py --cubes ostia --methods flowfill --seeds 2 --by-distance
 
 Run with seeds 0–6 (0–2 for the short-budget learned methods), the means over seeds and the
 runs out of band per cube and method are in ``docs/product.md`` ("How calibrated it is"),
@@ -148,6 +150,25 @@ def punched(cube: str, seed: int) -> tuple[xr.DataArray, np.ndarray, xr.DataArra
     return truth, hidden, truth.where(~hidden)
 
 
+#: Bins of distance (pixels) to the nearest observation for ``--by-distance``.
+DISTANCE_BINS = (0, 1.5, 2.5, 4.5, 8.5, 16.5, np.inf)
+
+
+def by_distance(observed: np.ndarray, err: np.ndarray, sig: np.ndarray,
+                where: np.ndarray) -> list[tuple[float, float, int, float, float, float, float]]:
+    """Per bin of :data:`DISTANCE_BINS`: its edges, the count, the MAE, the root mean square
+    σ and the shares of ``err`` within 1σ and 2σ, at the ``where`` pixels."""
+    distance = errors.space_distance(observed, cap=10**6)
+    rows = []
+    for lo, hi in zip(DISTANCE_BINS[:-1], DISTANCE_BINS[1:]):
+        sel = where & (distance >= lo) & (distance < hi)
+        if sel.any():
+            one, two = errors.within_shares(err[sel], sig[sel])
+            rows.append((lo, hi, int(sel.sum()), float(err[sel].mean()),
+                         float(np.sqrt((sig[sel] ** 2).mean())), one, two))
+    return rows
+
+
 def run(cube: str, method: str, seed: int, options: dict | None = None) -> dict[str, float]:
     """Punch, fit, fill and score one method on one cube (``options`` over its defaults
     and :data:`OPTIONS`)."""
@@ -180,6 +201,8 @@ def run(cube: str, method: str, seed: int, options: dict | None = None) -> dict[
         "holdout_process": model.holdout.process,
         "fit_s": fit_s,
         "calibration_s": float(model.info.get("calibration_seconds", np.nan)),
+        "scale": float(a.get("gapfill_holdout_scale", np.nan)),
+        "by_distance": by_distance(np.isfinite(gappy.values), abs_error, sigma, ok),
         **spread,
     }
 
@@ -197,11 +220,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="an option of every method run, e.g. --option ridge=validate "
                              "(the value is read as JSON, else as text)")
+    parser.add_argument("--by-distance", action="store_true",
+                        help="also print each run's MAE, σ and shares within 1σ and 2σ by "
+                             "distance to the nearest observation")
     args = parser.parse_args(argv)
     options = parse_options(args.option)
     print(f"{'cube':8} {'method':12} {'seed':>4} {'true MAE':>9} {'hold-out':>9} {'ratio':>7} "
           f"{'in 1σ':>7} {'in 2σ':>7} {'h 1σ':>6} {'h 2σ':>6} {'± ratio':>7} {'± 1σ':>6} "
-          f"{'± 2σ':>6} {'process':>10} {'fit s':>7} {'cal s':>6}")
+          f"{'± 2σ':>6} {'process':>10} {'fit s':>7} {'cal s':>6} {'scale':>6}")
     for cube in args.cubes:
         for method in args.methods:
             for seed in args.seeds:
@@ -220,9 +246,15 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['holdout_1sigma']:6.1%} {r['holdout_2sigma']:6.1%} "
                     f"{r['ratio_se']:7.2f} {r['within_1sigma_se']:6.1%} "
                     f"{r['within_2sigma_se']:6.1%} "
-                    f"{r['holdout_process']:>10} {r['fit_s']:7.1f} {r['calibration_s']:6.2f}",
+                    f"{r['holdout_process']:>10} {r['fit_s']:7.1f} {r['calibration_s']:6.2f} "
+                    f"{r['scale']:6.3f}",
                     flush=True,
                 )
+                if args.by_distance:
+                    for lo, hi, n, mae, sig, one, two in r["by_distance"]:
+                        print(f"    {lo:4.1f}–{hi:<4.1f} px  n {n:7d}  MAE {mae:9.4f}  "
+                              f"rms σ {sig:9.4f}  in 1σ {one:6.1%}  in 2σ {two:6.1%}",
+                              flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ of the seed) and each method, this fits the method as ``calibration.py`` does an
 true MAE in the punched gaps of the product (A) and of the fill with the model's hold-out
 hidden (B), and the hold-out MAE in that fill (C). ``B / A`` is what the hold-out's tenth
 of the observations is worth to the fill; ``C / B`` how well the hold-out predicts the
-error of the fill it is scored in.
+error of the fill it is scored in. ``A / B`` is the true factor that the model's hold-out
+scale (``model.info["holdout_scale"]``, printed last) estimates on its validation pixels.
 
 Run::
 
@@ -42,7 +43,7 @@ def run(cube: str, method: str, seed: int) -> dict[str, float]:
     a = float(np.abs(product - t)[gaps].mean())
     b = float(np.abs(scored - t)[gaps].mean())
     c = float(np.abs(scored - t)[hold & np.isfinite(scored)].mean())
-    return {"A": a, "B": b, "C": c}
+    return {"A": a, "B": b, "C": c, "scale": float(model.info["holdout_scale"])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,13 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     args = parser.parse_args(argv)
     print(f"{'cube':8} {'method':8} {'seed':>4} {'A product':>10} {'B scored':>10} "
-          f"{'B / A':>6} {'C hold-out':>10} {'C / B':>6}", flush=True)
+          f"{'B / A':>6} {'C hold-out':>10} {'C / B':>6} {'A / B':>6} {'scale':>6}", flush=True)
     for cube in args.cubes:
         for method in args.methods:
             for seed in args.seeds:
                 r = run(cube, method, seed)
                 print(f"{cube:8} {method:8} {seed:4d} {r['A']:10.4f} {r['B']:10.4f} "
-                      f"{r['B'] / r['A']:6.3f} {r['C']:10.4f} {r['C'] / r['B']:6.3f}", flush=True)
+                      f"{r['B'] / r['A']:6.3f} {r['C']:10.4f} {r['C'] / r['B']:6.3f} "
+                      f"{r['A'] / r['B']:6.3f} {r['scale']:6.3f}", flush=True)
 
 
 if __name__ == "__main__":

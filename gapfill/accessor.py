@@ -94,7 +94,8 @@ def fit_dataarray(
     # The validation pixels are filled with the hold-out observed, as the product's gaps
     # are: the hold-out stays out of every fit and is never scored here. The window's
     # data is the same for every draw, so it is read once (with the first draw's pixels).
-    frames, raw, val, coords = _validation_window(cube, data, validation)
+    frames, raw, val, hold, coords = _validation_window(cube, data, validation, hide)
+    validation_window = val
     draws = validation_draws(method_obj, int(val.sum()), stream)
     for draw in range(draws):
         model = fitted
@@ -113,6 +114,9 @@ def fit_dataarray(
                                 np.random.default_rng([seed, 3]), coords)
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
+    # What the hold-out's observations are worth to the fill: the hold-out MAE's scale.
+    scale = _holdout_scale(fitted, cube, raw, hold, validation_window, found[0][0], coords,
+                           seed, variability)
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error,
                                  variability=variability)
@@ -122,10 +126,39 @@ def fit_dataarray(
         "fit_seconds": round(fit_seconds, 3),
         "calibration_seconds": round(time.perf_counter() - start, 3),
         "validation_draws": draws,
+        "holdout_scale": scale,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "gapfill_version": __version__,
     }
     return FittedModel(method_obj, cube.normaliser, cube.dims, cube.name, spec, info, error_model)
+
+
+def _holdout_scale(
+    fitted: FittedModel, cube: Cube, raw: np.ndarray, hold: np.ndarray,
+    validation: np.ndarray, abs_error: np.ndarray, coords: Any, seed: int,
+    variability: np.ndarray | None,
+) -> float:
+    """How much smaller the product's error is than that of the fill its hold-out is
+    scored in (``info["holdout_scale"]``; :class:`~gapfill.diagnostics.Diagnostics`
+    multiplies the hold-out MAE by it).
+
+    The hold-out is scored in a fill without the held-out observations; the product has
+    them. Most held-out pieces border a real gap, so hiding them enlarges it. The fitted
+    model fills the validation pixels of the window ``raw`` once with the hold-out
+    (``hold``) observed (their ``abs_error``) and once with it hidden too; the factor is
+    the ratio of the two MAEs. The product has every observation the scored fill has, and
+    more, so a ratio above 1 is the validation pixels' chance and the factor is then 1.
+    NaN when there is nothing to compare.
+    """
+    if not validation.any() or not hold.any():
+        return float("nan")
+    with methods.limit_threads(fitted.method.options.threads, int(np.prod(cube.shape))):
+        without, _ = validation_errors(fitted, np.where(hold, np.nan, raw), validation, coords,
+                                       seed=seed, variability=variability)
+    ok = np.isfinite(abs_error) & np.isfinite(without)
+    if not ok.any() or not without[ok].sum() > 0:
+        return float("nan")
+    return float(min(1.0, abs_error[ok].mean() / without[ok].mean()))
 
 
 def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
@@ -139,16 +172,18 @@ def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:
 
 
 def _validation_window(
-    cube: Cube, data: Any, validation: Any
-) -> tuple[slice, np.ndarray, np.ndarray, Any]:
+    cube: Cube, data: Any, validation: Any, hide: Any
+) -> tuple[slice, np.ndarray, np.ndarray, np.ndarray, Any]:
     """The first frames of the cube (at most :data:`~gapfill.errors.WINDOW_PIXELS`),
     where the error model learns: the frames, their ``(C, T, H, W)`` data (NaN =
-    missing) and ``validation`` pixels (read in one pass), and their coordinates."""
+    missing), ``validation`` pixels and hold-out (``hide``), read in one pass, and their
+    coordinates."""
     frames = slice(0, window_frames(cube.shape))
-    raw, val = _first_frames(cube, [data if data.ndim == 4 else data[None], validation], frames)
+    raw, val, hold = _first_frames(
+        cube, [data if data.ndim == 4 else data[None], validation, hide], frames)
     coords = cube.coords()
     coords = None if coords is None else coords.isel(frames, slice(None), slice(None))
-    return frames, raw.astype(np.float64), val, coords
+    return frames, raw.astype(np.float64), val, hold, coords
 
 
 def _first_frames(cube: Cube, arrays: list[Any], frames: slice) -> list[np.ndarray]:

@@ -497,6 +497,11 @@ class Diagnostics:
         Time coordinate values (for the per-time table).
     method
         The method's name.
+    scale
+        The fitted model's ``info["holdout_scale"]``, measured by ``fit`` on its validation
+        pixels: how much smaller the product's error is than the error of the fill the
+        hold-out is scored in. The summary's ``mae``, ``mae_se`` and ``rmse`` are the
+        scored ones times ``scale``; ``scored_mae`` is the MAE as scored. 1 when unknown.
     """
 
     truth: np.ndarray
@@ -507,6 +512,7 @@ class Diagnostics:
     method: str
     unfilled: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
 
     @property
     def errors(self) -> np.ndarray:
@@ -515,17 +521,21 @@ class Diagnostics:
 
     @property
     def summary(self) -> dict[str, float]:
-        """MAE (and its standard error, :func:`block_bootstrap_se`), RMSE, bias and count;
+        """MAE (and its standard error, :func:`block_bootstrap_se`) and RMSE of the product
+        (the scored ones times :attr:`scale`), the scored MAE, the scale, bias and count;
         error calibration when the method gives errors."""
         e = self.errors
         out: dict[str, float] = {**error_summary(e), "unfilled": int(self.unfilled)}
+        out["scored_mae"], out["scale"] = out["mae"], float(self.scale)
+        out["mae"] *= self.scale
+        out["rmse"] *= self.scale
         if self.predicted_error is not None and e.size:
             sigma = self.predicted_error
             out["mean_predicted_error"] = float(np.sqrt((sigma**2).mean()))
             # Shares of errors within one and two predicted sigma: 0.683 and 0.954 if the
             # error is calibrated (and Gaussian).
             out["within_1sigma"], out["within_2sigma"] = within_shares(np.abs(e), sigma)
-        out["mae_se"] = block_bootstrap_se(self.time_index, np.abs(e), len(self.times))
+        out["mae_se"] = self.scale * block_bootstrap_se(self.time_index, np.abs(e), len(self.times))
         out.update(self.extra)
         return out
 
@@ -547,7 +557,8 @@ class Diagnostics:
         return pd.DataFrame({"k": ks, "expected": expected, "observed": observed})
 
     def to_dataframe(self) -> pd.DataFrame:
-        """Per-time-step MAE, RMSE, bias and count, with an ``all`` row last."""
+        """Per-time-step MAE, RMSE, bias and count, with an ``all`` row last (as scored:
+        without :attr:`scale`)."""
         e = self.errors
         frame = pd.DataFrame({"t": self.time_index, "abs": np.abs(e), "sq": e**2, "err": e})
         g = frame.groupby("t")
@@ -560,7 +571,7 @@ class Diagnostics:
             }
         )
         table.index = [str(self.times[i]) for i in table.index]
-        s = self.summary
+        s = error_summary(e)
         table.loc["all"] = [s["n"], s["mae"], s["rmse"], s["bias"]]
         table.index.name = "time"
         return table
@@ -573,7 +584,8 @@ class Diagnostics:
         s = self.summary
         return (
             f"<gapfill.Diagnostics method={self.method!r} held-out n={s['n']} "
-            f"MAE={s['mae']:.4g} RMSE={s['rmse']:.4g} bias={s['bias']:+.3g}>"
+            f"MAE={s['mae']:.4g} (scored {s['scored_mae']:.4g}, scale {s['scale']:.3g}) "
+            f"RMSE={s['rmse']:.4g} bias={s['bias']:+.3g}>"
         )
 
 
@@ -645,10 +657,16 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
         t_index = np.nonzero(hide)[1]
         parts.append((raw[hide][ok], predicted[ok], None if error is None else error[hide][ok],
                       t_index[ok], int((~ok).sum())))
-    return _joined(parts, times, model.name)
+    return _joined(parts, times, model.name, _scale(model))
 
 
-def _joined(parts: list[tuple], times: np.ndarray, method: str) -> Diagnostics:
+def _scale(model: FittedModel) -> float:
+    """The model's ``holdout_scale``; 1 when it has none."""
+    value = float(model.info.get("holdout_scale", float("nan")))
+    return value if np.isfinite(value) and value > 0 else 1.0
+
+
+def _joined(parts: list[tuple], times: np.ndarray, method: str, scale: float = 1.0) -> Diagnostics:
     """One :class:`Diagnostics` from the ``(truth, predicted, error, time index,
     unfilled)`` of each hold-out draw."""
     error = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
@@ -660,6 +678,7 @@ def _joined(parts: list[tuple], times: np.ndarray, method: str) -> Diagnostics:
         times=times,
         method=method,
         unfilled=sum(p[4] for p in parts),
+        scale=scale,
     )
 
 
@@ -695,7 +714,7 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
     ]
     if not with_error:
         parts = [(p[0], p[1], None, *p[3:]) for p in parts]
-    return _joined(parts, times, model.name)
+    return _joined(parts, times, model.name, _scale(model))
 
 
 def _held_out(raw: np.ndarray, hide: np.ndarray, filled: np.ndarray, *rest: Any) -> tuple:

@@ -408,8 +408,9 @@ def _histogram(ax: Any, errors: np.ndarray, punched: np.ndarray | None, units: s
     ax.tick_params(labelsize=8)
     if errors.size:
         mae, rmse, bias = np.abs(errors).mean(), np.sqrt((errors**2).mean()), errors.mean()
-        ax.set_title(f"(c) Held-out errors: MAE {_num(mae)}{u} · RMSE {_num(rmse)}{u} · "
-                     f"bias {_num(bias, sign=True)}{u}", loc="left", fontsize=10)
+        ax.set_title(f"(c) Held-out errors (scored): MAE {_num(mae)}{u} · "
+                     f"RMSE {_num(rmse)}{u} · bias {_num(bias, sign=True)}{u}",
+                     loc="left", fontsize=10)
     else:
         ax.set_title("(c) Errors at punched pixels", loc="left", fontsize=10)
 
@@ -443,6 +444,9 @@ def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
         rows.append(("held-out in 1σ / 2σ",
                      f"{float(a['gapfill_holdout_within_1sigma']):.0%} / "
                      f"{float(a.get('gapfill_holdout_within_2sigma', np.nan)):.0%}"))
+    if float(a.get("gapfill_holdout_scale", 1.0)) != 1.0:
+        rows.append(("held-out scale", f"{float(a['gapfill_holdout_scale']):.2f} (scored MAE "
+                                       f"{_num(a['gapfill_holdout_scored_mae'])}{u})"))
     ax.set_axis_off()
     ax.set_title("(d) Run", loc="left", fontsize=10)
     for i, (k, v) in enumerate(rows[:13]):

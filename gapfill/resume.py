@@ -87,6 +87,7 @@ class RunCache:
                     predicted_error=f["predicted_error"] if meta["has_error"] else None,
                     time_index=f["time_index"], times=f["times"], method=meta["method"],
                     unfilled=int(meta["unfilled"]), extra=dict(meta["extra"]),
+                    scale=float(meta.get("scale", 1.0)),
                 )
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring %s (%s): scoring again", path, err)
@@ -98,6 +99,7 @@ class RunCache:
         """Keep ``diag`` (a :class:`~gapfill.diagnostics.Diagnostics`), atomically."""
         self._ensure()
         meta = {"method": diag.method, "unfilled": int(diag.unfilled), "extra": diag.extra,
+                "scale": float(diag.scale),
                 "has_error": diag.predicted_error is not None}
         arrays = {
             "truth": diag.truth, "predicted": diag.predicted, "time_index": diag.time_index,

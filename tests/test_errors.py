@@ -476,7 +476,11 @@ def test_cheap_fit_with_few_validation_pixels_pools_more_draws(monkeypatch):
     monkeypatch.setattr(accessor, "refit", spy_refit)
     model = gappy.gapfill.fit("eof", seed=0, max_modes=4)
     assert seen[0].sum() < MIN_VALIDATION_PIXELS
-    assert len(seen) == MAX_VALIDATION_DRAWS == model.info["validation_draws"]
+    # one fill per draw, then the first draw's pixels again with the hold-out hidden too
+    # (the hold-out's scale)
+    assert len(seen) == MAX_VALIDATION_DRAWS + 1
+    assert MAX_VALIDATION_DRAWS == model.info["validation_draws"]
+    np.testing.assert_array_equal(seen[-1], seen[0])
     observed = np.isfinite(gappy.values)[None]
     missing = Cube(gappy).missing_pattern()
     for draw, hidden in refits:
@@ -484,7 +488,7 @@ def test_cheap_fit_with_few_validation_pixels_pools_more_draws(monkeypatch):
         np.testing.assert_array_equal(hidden, hide | validation)
         np.testing.assert_array_equal(seen[draw], validation)
     assert [d for d, _ in refits] == list(range(1, MAX_VALIDATION_DRAWS))
-    assert all((seen[0] != other).any() for other in seen[1:])
+    assert all((seen[0] != other).any() for other in seen[1:-1])
 
 
 def test_validation_draws_only_for_small_validation_sets_of_cheap_fits():
@@ -546,3 +550,37 @@ def test_holdout_never_takes_every_observation_of_a_pixel():
         lazy = holdout_mask(dask.array.from_array(observed, chunks=(1, 10, 20, 24)),
                             Holdout(0.3, process, 0))
         np.testing.assert_array_equal(lazy.compute(), hidden)
+
+
+def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypatch):
+    """The hold-out is scored in a fill without its observations; the product has them.
+    ``fit`` fills the validation pixels with the hold-out observed and hidden: the ratio of
+    the two MAEs (at most 1) scales the reported MAE, and the scored one is kept."""
+    from gapfill import accessor
+
+    _, gappy = noisy_cube(noise=0.0, t=24, h=12, w=16)
+    calls = []
+    real = accessor.validation_errors
+
+    def spy(model, raw, validation, *args, **kwargs):
+        out = real(model, raw, validation, *args, **kwargs)
+        calls.append((raw.copy(), out[0]))
+        return out
+
+    monkeypatch.setattr(accessor, "validation_errors", spy)
+    model = gappy.gapfill.fit("linear", seed=0)
+    (seen, with_holdout), (hidden, without) = calls[0], calls[-1]
+    assert np.isnan(hidden).sum() > np.isnan(seen).sum()  # the last fill hides the hold-out
+    ok = np.isfinite(with_holdout) & np.isfinite(without)
+    expected = min(1.0, with_holdout[ok].mean() / without[ok].mean())
+    assert model.info["holdout_scale"] == pytest.approx(expected)
+    assert model.info["holdout_scale"] < 1  # larger gaps, larger errors on a smooth field
+    diag = gappy.gapfill.score(model)
+    s = diag.summary
+    assert s["scale"] == pytest.approx(expected)
+    assert s["mae"] == pytest.approx(s["scored_mae"] * expected)
+    assert s["scored_mae"] == pytest.approx(np.abs(diag.errors).mean())
+    assert diag.to_dataframe().loc["all", "mae"] == pytest.approx(s["scored_mae"])
+    out = gappy.gapfill.fill(model, diagnostics=diag)
+    assert out.attrs["gapfill_holdout_mae"] == pytest.approx(s["mae"])
+    assert out.attrs["gapfill_holdout_scored_mae"] == pytest.approx(s["scored_mae"])
