@@ -584,3 +584,20 @@ def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypat
     out = gappy.gapfill.fill(model, diagnostics=diag)
     assert out.attrs["gapfill_holdout_mae"] == pytest.approx(s["mae"])
     assert out.attrs["gapfill_holdout_scored_mae"] == pytest.approx(s["scored_mae"])
+
+
+def test_resumed_run_keeps_the_holdout_scale(tmp_path):
+    """A resumed recipe run reuses the saved hold-out scores, scale included."""
+    from gapfill.diagnostics import Diagnostics
+    from gapfill.resume import RunCache
+
+    rng = np.random.default_rng(0)
+    diag = Diagnostics(truth=rng.normal(size=50), predicted=rng.normal(size=50),
+                       predicted_error=None, time_index=np.arange(50) % 5,
+                       times=np.arange(5), method="gan", scale=0.8)
+    cache = RunCache(tmp_path / "out.nc.partial", "key")
+    cache.save_diagnostics(diag)
+    again = RunCache(tmp_path / "out.nc.partial", "key").load_diagnostics()
+    assert again.scale == 0.8
+    assert again.summary["mae"] == pytest.approx(0.8 * again.summary["scored_mae"])
+    assert again.summary == pytest.approx(diag.summary, nan_ok=True)
