@@ -13,6 +13,10 @@ The draws come from their own random streams (:func:`stream_rng`): a hold-out
 drawn with seed 0 is independent of a :mod:`gapfill.masks` draw with seed 0
 (which a benchmark may have used to punch the gaps), and of the validation
 pixels that calibrate the error model (:mod:`gapfill.errors`).
+
+The product has the held-out observations that the scored fill lacks: the reported MAE is
+the scored one times what they are worth to the fill (:attr:`Diagnostics.scale`, measured
+by ``fit`` on the validation pixels).
 """
 
 from __future__ import annotations
