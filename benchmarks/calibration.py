@@ -169,9 +169,10 @@ def by_distance(observed: np.ndarray, err: np.ndarray, sig: np.ndarray,
     return rows
 
 
-def run(cube: str, method: str, seed: int, options: dict | None = None) -> dict[str, float]:
+def run(cube: str, method: str, seed: int, options: dict | None = None,
+        distances: bool = False) -> dict[str, float]:
     """Punch, fit, fill and score one method on one cube (``options`` over its defaults
-    and :data:`OPTIONS`)."""
+    and :data:`OPTIONS`); with ``distances``, also :func:`by_distance`."""
     truth, hidden, gappy = punched(cube, seed)
     scored = hidden & np.isfinite(truth.values) & np.isfinite(gappy.values).any(0)
     t0 = time.perf_counter()
@@ -202,7 +203,8 @@ def run(cube: str, method: str, seed: int, options: dict | None = None) -> dict[
         "fit_s": fit_s,
         "calibration_s": float(model.info.get("calibration_seconds", np.nan)),
         "scale": float(a.get("gapfill_holdout_scale", np.nan)),
-        "by_distance": by_distance(np.isfinite(gappy.values), abs_error, sigma, ok),
+        "by_distance": (by_distance(np.isfinite(gappy.values), abs_error, sigma, ok)
+                        if distances else []),
         **spread,
     }
 
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         for method in args.methods:
             for seed in args.seeds:
                 try:
-                    r = run(cube, method, seed, options)
+                    r = run(cube, method, seed, options, distances=args.by_distance)
                 except ValueError as err:  # a method's size limit (regem's max_pixels)
                     if "max_pixels" not in str(err):
                         raise
