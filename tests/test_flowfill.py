@@ -128,6 +128,28 @@ def test_it_learns_to_fill_a_travelling_wave():
     assert info["best_val_l1"] < info["initial_val_l1"], info
 
 
+def test_the_carry_weight_is_chosen_on_hidden_observations():
+    """Where the motion carries the values (a shifting texture) the carried values are used;
+    where frames are unrelated (independent textures) they are not; the pair chosen is the
+    one with the lowest MAE on the hidden observations."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(3)
+    moving = shifting_texture(t=8, h=24, w=24, shift=1, seed=3)[0]
+    unrelated = np.stack([gaussian_filter(rng.standard_normal((24, 24)), 2.0) for _ in range(8)])
+    hide = gapfill.masks.Cloud(coverage=0.3, length_scale=4.0, seed=3).sample(moving.shape)
+    chosen = {}
+    for name, field in (("moving", moving), ("unrelated", unrelated)):
+        m = FlowFill(**{**TINY, "steps": 4})
+        m.fit(Cube(xr.DataArray(np.where(hide, np.nan, field), dims=("time", "y", "x"),
+                                name="v")), np.random.default_rng(0))
+        info = m.fit_info
+        best = min(info["blend_mae"], key=info["blend_mae"].get)
+        assert best == f"{info['fallback']}, {info['carry']:g}", info
+        chosen[name] = info["carry"]
+    assert chosen["moving"] > 0 and chosen["unrelated"] == 0, chosen
+
+
 @pytest.fixture(scope="module")
 def fitted():
     _, da = travelling_wave(t=8, h=12, w=12)
@@ -188,6 +210,7 @@ def test_no_trusted_flow_still_fills():
 @pytest.mark.parametrize("bad", [
     {"window": (2, 0, 3)}, {"occlusion": "snow"}, {"coverage": 1.0}, {"fallback": "x"},
     {"fb_threshold": 0}, {"winsize": 1}, {"tv_weight": -1}, {"resume": True},
+    {"carry": 1.5}, {"carry": "yes"}, {"carry": True},
 ])
 def test_bad_options_are_refused(bad):
     name = next(iter(bad))

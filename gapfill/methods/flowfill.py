@@ -59,6 +59,9 @@ if TYPE_CHECKING:
     from gapfill.cube import Cube
 
 FALLBACKS = ("auto", "spatial", "time")
+#: Carry weights ``carry="auto"`` tries (the weight of the carried values, times the flow
+#: network's confidence, against the fallback's).
+CARRY_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -90,7 +93,13 @@ class FlowFillOptions(TrainingOptions):
         values): ``"time"`` (linear interpolation in time, a spatial fill where
         a pixel is never observed), ``"spatial"`` (normalised convolution of
         the frame's observed values), or ``"auto"``: the better of the two on
-        observed pixels hidden after training (cloud patches of ``coverage``).
+        observed pixels hidden after training (in the data's own gap patterns at
+        other times), chosen together with ``carry``.
+    carry
+        Weight of the values carried along the flows, in ``[0, 1]``, times the flow
+        network's confidence (the fallback has the rest): 1 trusts the carried values
+        as much as the network trusts the flow, 0 never uses them; ``"auto"``: the
+        weight of :data:`CARRY_WEIGHTS` that fills the hidden observed pixels best.
     sigma
         Gaussian scale (pixels) of the first spatial fallback pass.
     fill_window
@@ -123,6 +132,7 @@ class FlowFillOptions(TrainingOptions):
     levels: int = 3
     max_frames: int = 8
     fallback: str = "auto"
+    carry: float | str = "auto"
     sigma: float = 1.0
     fill_window: tuple[int, int, int] = (32, 128, 128)
     overlap: float = 0.25
@@ -154,6 +164,11 @@ class FlowFillOptions(TrainingOptions):
             bad("fb_threshold", "must be > 0 or None")
         if not self.sigma > 0:
             bad("sigma", "must be > 0")
+        if self.carry != "auto" and not (
+            isinstance(self.carry, (int, float)) and not isinstance(self.carry, bool)
+            and 0 <= self.carry <= 1
+        ):
+            bad("carry", 'must be "auto" or a number in [0, 1]')
         if not 0 <= self.overlap < 1:
             bad("overlap", "must be in [0, 1)")
 
@@ -379,9 +394,10 @@ class FlowFill(NetworkMethod):
             info = trainer.fit()
         else:  # nothing to learn from: keep the initial network
             info = {"steps": 0, "stopped_by": "no_trusted_flow", "best_val_l1": None}
-        scores = self._choose_fallback(x, seed)
+        scores = self._choose_blend(x, seed)
+        fallback, carry = self._blend()
         info.update(flow_scale=round(scale, 3), trusted_share=round(float(trust.mean()), 4),
-                    fallback=self._meta.get("fallback", o.fallback), fallback_mae=scores,
+                    fallback=fallback, carry=carry, blend_mae=scores,
                     seconds=round(time.monotonic() - run.started, 2))
         self.fit_info.update(info)
 
@@ -395,31 +411,41 @@ class FlowFill(NetworkMethod):
     ) -> FillResult:
         """Complete the flows of ``x`` and carry observed values along them (deterministic)."""
         self._check_fill(x, samples, self.net is not None)
-        fallback = self.options.fallback
-        if fallback == "auto":
-            fallback = self._meta.get("fallback", "time")
-        return FillResult(self._fill(x, (fallback,))[fallback], None)
+        blend = self._blend()
+        return FillResult(self._fill(x, [blend])[blend], None)
 
-    def _fill(self, x: np.ndarray, fallbacks: tuple[str, ...]) -> dict[str, np.ndarray]:
-        """The fill of ``x`` with each of ``fallbacks`` (flows computed once)."""
+    def _blend(self) -> tuple[str, float]:
+        """The fallback and the carry weight of the fills: the options', or those chosen in
+        ``fit`` where they are ``"auto"`` (a model without a choice: ``"time"``, 1)."""
+        o = self.options
+        fallback = o.fallback if o.fallback != "auto" else self._meta.get("fallback", "time")
+        carry = o.carry if o.carry != "auto" else self._meta.get("carry", 1.0)
+        return str(fallback), float(carry)
+
+    def _fill(
+        self, x: np.ndarray, blends: list[tuple[str, float]]
+    ) -> dict[tuple[str, float], np.ndarray]:
+        """The fill of ``x`` with each ``(fallback, carry weight)`` of ``blends`` (flows
+        computed once)."""
         o = self.options
         pre, flows, trust = self._flows(x)
         flows, conf = self.complete_flows(flows, trust)
         values, _ = propagate(x, flows, o.max_frames)
         obs = np.isfinite(x)
         reached = np.isfinite(values)
+        bases = {"time": pre}
         out = {}
-        for fallback in fallbacks:
-            base = pre
-            if fallback == "spatial":
+        for fallback, carry in blends:
+            if fallback not in bases:  # "spatial"
                 base = spatial_fill(x, ~obs, o.sigma)
-                base = np.where(np.isfinite(base), base, pre)
+                bases[fallback] = np.where(np.isfinite(base), base, pre)
+            base = bases[fallback]
             # trust a carried value as much as the flow that carried it (the completion's
-            # confidence); the fallback elsewhere
-            f = np.where(reached, conf[None] * np.nan_to_num(values) + (1 - conf[None]) * base,
-                         base)
+            # confidence) times the carry weight; the fallback has the rest
+            w = carry * conf[None]
+            f = np.where(reached, w * np.nan_to_num(values) + (1 - w) * base, base)
             f = np.where(obs, x, f)
-            out[fallback] = np.where(np.isfinite(f), f, 0.0).astype(np.float32)
+            out[(fallback, carry)] = np.where(np.isfinite(f), f, 0.0).astype(np.float32)
         return out
 
     def _process(self, name: str, coverage: float | None, x: np.ndarray, seed: int) -> Any:
@@ -431,21 +457,24 @@ class FlowFill(NetworkMethod):
             return masks.make("remove_pixels", coverage=0.0, seed=seed)
         return masks.for_data(name, missing, never, coverage, seed, **extra)
 
-    def _choose_fallback(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
-        """Set ``meta["fallback"]`` to the fallback with the lower MAE on observed pixels hidden
-        in the data's own gap patterns at other times."""
+    def _choose_blend(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
+        """Set ``meta["fallback"]`` and ``meta["carry"]`` (where the options say ``"auto"``)
+        to the pair with the lowest MAE on observed pixels hidden in the data's own gap
+        patterns at other times; returns the MAE of each pair tried (``"time, 0.5"``)."""
         o = self.options
-        if o.fallback != "auto":
+        fallbacks = ("time", "spatial") if o.fallback == "auto" else (o.fallback,)
+        carries = CARRY_WEIGHTS if o.carry == "auto" else (float(o.carry),)
+        if len(fallbacks) * len(carries) == 1:
             return None
         proc = self._process("empirical", None, x, seed)
         hide = proc.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
-        if hide.sum() < 10:
-            self._meta["fallback"] = "time"
+        if hide.sum() < 10:  # nothing to choose on: the fills of a model without a choice
             return None
-        fills = self._fill(np.where(hide, np.nan, x), ("time", "spatial"))
-        scores = {k: float(np.abs(v[hide] - x[hide]).mean()) for k, v in fills.items()}
-        self._meta["fallback"] = min(scores, key=lambda k: scores[k])
-        return scores
+        blends = [(f, c) for f in fallbacks for c in carries]
+        fills = self._fill(np.where(hide, np.nan, x), blends)
+        scores = {blend: float(np.abs(v[hide] - x[hide]).mean()) for blend, v in fills.items()}
+        self._meta["fallback"], self._meta["carry"] = min(scores, key=lambda b: scores[b])
+        return {f"{f}, {c:g}": round(v, 6) for (f, c), v in scores.items()}
 
     def complete_flows(self, flows: np.ndarray, trust: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Complete the untrusted vectors of ``(T, 4, H, W)`` flows with the network.
