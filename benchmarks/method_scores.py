@@ -106,7 +106,7 @@ RECOVERY_PROTOCOLS = ("salt_pepper", "single_region", "missing_frames")
 #: ``fit_info`` entries shown in the ``fit`` column, per method (optional).
 FIT_INFO_KEYS: dict[str, tuple[str, ...]] = {
     "stgconvnet": ("steps", "fill_steps"),
-    "flowfill": ("steps", "fallback"),
+    "flowfill": ("steps", "fallback", "carry"),
     "combcn": ("steps", "best_step", "guide_modes"),  # best_step=0: kept the guide
     "tgfnet": ("steps", "best_step", "guide_modes"),
 }
