@@ -105,7 +105,7 @@ VIDEO_OCCLUSIONS: dict[str, dict[str, Any]] = {
 RECOVERY_PROTOCOLS = ("salt_pepper", "single_region", "missing_frames")
 #: ``fit_info`` entries shown in the ``fit`` column, per method (optional).
 FIT_INFO_KEYS: dict[str, tuple[str, ...]] = {
-    "stgconvnet": ("steps", "fill_steps"),
+    "stgconvnet": ("steps", "init", "fill_steps"),
     "flowfill": ("steps", "fallback", "carry"),
     "combcn": ("steps", "best_step", "guide_modes"),  # best_step=0: kept the guide
     "tgfnet": ("steps", "best_step", "guide_modes"),

@@ -15,7 +15,9 @@ data with the paper's recovery algorithm; each iteration:
    recovered and the synthesised windows.
 
 Filling is Langevin recovery with the learned model: missing pixels start
-from a simple guess (``init``: linear in time, or the frame mean), then
+from a simple guess (``init``: linear in time, a spatial normalised convolution of
+the frame, or the frame mean; by default the one that fills observed pixels hidden
+in the data's own gap patterns best, chosen before training), then
 ``fill_steps`` steps follow and the value is the mean of the last
 ``fill_average`` iterates. By default the chain length is chosen on held-out
 pixels after training, so a weak model stays near its start (the choice and
@@ -54,7 +56,7 @@ from gapfill.windows import fill_windows
 if TYPE_CHECKING:
     from gapfill.cube import Cube
 
-INITS = ("linear", "mean")
+INITS = ("linear", "spatial", "mean")
 #: Chain lengths tried when ``fill_steps=None``.
 FILL_STEP_GRID = (5, 10, 20, 40, 80)
 #: Chain length without validation pixels to choose one (and while training).
@@ -93,8 +95,12 @@ class STGConvNetOptions(TrainingOptions):
     betas
         Adam's betas (its learning rate is ``lr``).
     init
-        Start of the missing pixels: ``"linear"`` (in time, spatial fill where a
-        pixel has no observation) or ``"mean"`` (the frame's mean).
+        Start of the missing pixels (of the training's recovered cube and of the
+        fills): ``"linear"`` (in time, spatial fill where a pixel has no
+        observation), ``"spatial"`` (a normalised convolution of the frame, linear
+        in time where the frame has no observation), ``"mean"`` (the frame's mean),
+        or ``"auto"``: the one of :data:`INITS` with the lowest MAE on observed
+        pixels hidden in the data's own gap patterns at other times.
     fill_steps
         Langevin steps when filling; ``None`` chooses them from
         :data:`FILL_STEP_GRID` on the validation pixels after training
@@ -129,7 +135,7 @@ class STGConvNetOptions(TrainingOptions):
     betas: tuple[float, float] = (0.5, 0.999)
     steps: int = 2000
     time_budget: float | None = 120.0
-    init: str = "linear"
+    init: str = "auto"
     fill_steps: int | None = None
     fill_average: int = 30
     fill_noise: float = 1.0
@@ -175,7 +181,7 @@ class STGConvNetOptions(TrainingOptions):
             bad("fill_noise", "must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             bad("betas", "must be two numbers in [0, 1)")
-        self._check_choices(synth_init=SYNTH_INITS, init=INITS)
+        self._check_choices(synth_init=SYNTH_INITS, init=(*INITS, "auto"))
         if not 0 <= self.overlap < 1:
             bad("overlap", "must be in [0, 1)")
         if not 0 <= self.val_share < 0.5:
@@ -187,11 +193,15 @@ def initial_guess(x: np.ndarray, kind: str = "linear") -> np.ndarray:
 
     ``"linear"``: linear interpolation in time, a spatial normalised
     convolution where a pixel has no observation at all, then the channel mean
-    (0 in normalised units). ``"mean"``: each frame's mean of its observations
-    (the channel mean for empty frames).
+    (0 in normalised units). ``"spatial"``: a spatial normalised convolution of
+    each frame, ``"linear"`` where the frame has no observation. ``"mean"``: each
+    frame's mean of its observations (the channel mean for empty frames).
     """
     obs = np.isfinite(x)
-    if kind == "linear":
+    if kind == "spatial":
+        out = spatial_fill(x, ~obs)
+        out = np.where(np.isfinite(out), out, initial_guess(x, "linear"))
+    elif kind == "linear":
         out = Linear().fill(x, np.random.default_rng(0)).values
         todo = ~np.isfinite(out)
         if todo.any():
@@ -239,9 +249,39 @@ class STGConvNet(NetworkMethod):
         truth = cube.values()
         run = start_run(self, cube, rng, truth)
         self._meta = {"window": [min(a, b) for a, b in zip(self.options.window, truth.shape[1:])]}
+        init_mae = self._choose_init(truth, run.seed)
         torch.manual_seed(run.seed)  # the network's initial weights
         self._build(truth.shape[0])
+        self.fit_info.update(init=self._init(), init_mae=init_mae)
         self.fit_info.update(_Trainer(self, run, truth).fit())
+
+    def _init(self) -> str:
+        """The start of the missing pixels: the option, or the one ``fit`` chose
+        (``"linear"`` for a model without a choice)."""
+        o = self.options
+        return o.init if o.init != "auto" else str(self._meta.get("init", "linear"))
+
+    def _choose_init(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
+        """With ``init="auto"``, set ``meta["init"]`` to the start of :data:`INITS` with the
+        lowest MAE on observed pixels of ``x`` hidden in the data's own gap patterns at
+        other times; returns each start's MAE."""
+        from gapfill import masks
+
+        if self.options.init != "auto":
+            return None
+        missing = ~np.isfinite(x).all(0)
+        never = missing.all(0)
+        if never.all():
+            return None
+        process = masks.for_data("empirical", missing, never, None, seed)
+        hide = process.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
+        if hide.sum() < 10:
+            return None
+        hidden = np.where(hide, np.nan, x)
+        scores = {kind: float(np.abs(initial_guess(hidden, kind)[hide] - x[hide]).mean())
+                  for kind in INITS}
+        self._meta["init"] = min(scores, key=lambda k: scores[k])
+        return {k: round(v, 6) for k, v in scores.items()}
 
     # -- fill -------------------------------------------------------------------------
     def fill(
@@ -278,7 +318,7 @@ class STGConvNet(NetworkMethod):
         steps = int(steps)
         keep = max(1, min(o.fill_average, steps))
         c = x.shape[0]
-        init = initial_guess(x, o.init)
+        init = initial_guess(x, self._init())
         stacked = np.concatenate([init, np.isfinite(x).astype(np.float32)], 0)
         langevin = self._langevin(o.fill_noise)
         gen = torch.Generator().manual_seed(seed)
@@ -363,7 +403,7 @@ class _Trainer(Trainer):
         self.truth, self.val = truth, val
         self.x = np.where(val, np.nan, truth).astype(np.float32)
         self.obs = np.isfinite(self.x)
-        self.rec = initial_guess(self.x, o.init)  # the persistent recovered cube
+        self.rec = initial_guess(self.x, method._init())  # the persistent recovered cube
         c = truth.shape[0]
         self.chains = torch.randn((o.n_chains, c, *self.window), generator=self.gen) * o.sigma
         self.opt = torch.optim.Adam(method.net.parameters(), lr=o.lr, betas=o.betas)
@@ -452,7 +492,7 @@ class _Trainer(Trainer):
         for s0 in self.val_windows:
             sl = (slice(None), *self._slices(s0))
             v = self.val[sl]
-            init = initial_guess(self.x[sl], self.options.init)
+            init = initial_guess(self.x[sl], self.m._init())
             errs += float(np.abs(init[v] - self.truth[sl][v]).sum())
             n += int(v.sum())
         return errs / max(n, 1)
