@@ -386,3 +386,17 @@ def test_property_any_shape_and_coverage(name, shape, coverage, seed):
         name, coverage=coverage, seed=seed
     )
     assert np.array_equal(m, again.sample(shape))
+
+
+def test_own_gap_hides_take_observed_pixels_only():
+    """Hides for choosing between fills: observed pixels only, reproducible from the seed;
+    none for a cube without gaps to borrow."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 12, 16, 16)).astype(np.float32)
+    gaps = masks.Cloud(coverage=0.3, length_scale=3.0, seed=2).sample(x.shape[1:])
+    gappy = np.where(gaps[None], np.nan, x)
+    hide = masks.own_gap_hides(gappy, seed=5)
+    assert hide is not None and hide.sum() >= 10
+    assert not (hide & np.isnan(gappy)).any()
+    np.testing.assert_array_equal(hide, masks.own_gap_hides(gappy, seed=5))
+    assert masks.own_gap_hides(x, seed=5) is None  # no gap to borrow

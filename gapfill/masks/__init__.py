@@ -39,6 +39,7 @@ __all__ = [
     "for_data",
     "make",
     "missing_share",
+    "own_gap_hides",
 ]
 
 
@@ -90,6 +91,20 @@ def for_data(
     if name == "empirical":
         return Empirical(missing, coverage=coverage, seed=seed, exclude=never, **options)
     return make(name, coverage=coverage, seed=seed, **options)
+
+
+def own_gap_hides(x: np.ndarray, seed: int, minimum: int = 10) -> np.ndarray | None:
+    """Observed pixels of a gappy ``(C, T, H, W)`` array to hide for choosing between fills:
+    the data's own gap patterns at other times (:class:`Empirical`), drawn from the stream
+    ``[seed, 3]``. ``None`` when fewer than ``minimum`` pixels would be hidden (no gaps to
+    borrow, or too few observations)."""
+    missing = ~np.isfinite(x).all(0)
+    never = missing.all(0)
+    if never.all():
+        return None
+    process = for_data("empirical", missing, never, None, seed)
+    hide = process.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
+    return hide if hide.sum() >= minimum else None
 
 
 def missing_share(

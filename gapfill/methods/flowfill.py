@@ -466,9 +466,8 @@ class FlowFill(NetworkMethod):
         carries = CARRY_WEIGHTS if o.carry == "auto" else (float(o.carry),)
         if len(fallbacks) * len(carries) == 1:
             return None
-        proc = self._process("empirical", None, x, seed)
-        hide = proc.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
-        if hide.sum() < 10:  # nothing to choose on: the fills of a model without a choice
+        hide = masks.own_gap_hides(x, seed)
+        if hide is None:  # nothing to choose on: the fills of a model without a choice
             return None
         blends = [(f, c) for f in fallbacks for c in carries]
         fills = self._fill(np.where(hide, np.nan, x), blends)

@@ -267,15 +267,8 @@ class STGConvNet(NetworkMethod):
         other times; returns each start's MAE."""
         from gapfill import masks
 
-        if self.options.init != "auto":
-            return None
-        missing = ~np.isfinite(x).all(0)
-        never = missing.all(0)
-        if never.all():
-            return None
-        process = masks.for_data("empirical", missing, never, None, seed)
-        hide = process.sample(x.shape[1:], np.random.default_rng([seed, 3]))[None] & np.isfinite(x)
-        if hide.sum() < 10:
+        hide = masks.own_gap_hides(x, seed) if self.options.init == "auto" else None
+        if hide is None:
             return None
         hidden = np.where(hide, np.nan, x)
         scores = {kind: float(np.abs(initial_guess(hidden, kind)[hide] - x[hide]).mean())
