@@ -94,11 +94,10 @@ def fit_dataarray(
     # The validation pixels are filled with the hold-out observed, as the product's gaps
     # are: the hold-out stays out of every fit and is never scored here. The window's
     # data is the same for every draw, so it is read once (with the first draw's pixels).
-    frames, raw, val, hold, coords = _validation_window(cube, data, validation, hide)
-    validation_window = val
-    draws = validation_draws(method_obj, int(val.sum()), stream)
+    frames, raw, first_val, hold, coords = _validation_window(cube, data, validation, hide)
+    draws = validation_draws(method_obj, int(first_val.sum()), stream)
     for draw in range(draws):
-        model = fitted
+        model, val = fitted, first_val
         if draw:
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
@@ -115,8 +114,7 @@ def fit_dataarray(
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
     # What the hold-out's observations are worth to the fill: the hold-out MAE's scale.
-    scale = _holdout_scale(fitted, cube, raw, hold, validation_window, found[0][0], coords,
-                           seed, variability)
+    scale = _holdout_scale(fitted, cube, raw, hold, first_val, found[0][0], coords, seed)
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error,
                                  variability=variability)
@@ -136,7 +134,6 @@ def fit_dataarray(
 def _holdout_scale(
     fitted: FittedModel, cube: Cube, raw: np.ndarray, hold: np.ndarray,
     validation: np.ndarray, abs_error: np.ndarray, coords: Any, seed: int,
-    variability: np.ndarray | None,
 ) -> float:
     """How much smaller the product's error is than that of the fill its hold-out is
     scored in (``info["holdout_scale"]``; :class:`~gapfill.diagnostics.Diagnostics`
@@ -154,7 +151,7 @@ def _holdout_scale(
         return float("nan")
     with methods.limit_threads(fitted.method.options.threads, int(np.prod(cube.shape))):
         without, _ = validation_errors(fitted, np.where(hold, np.nan, raw), validation, coords,
-                                       seed=seed, variability=variability)
+                                       seed=seed, features=False)
     ok = np.isfinite(abs_error) & np.isfinite(without)
     if not ok.any() or not without[ok].sum() > 0:
         return float("nan")

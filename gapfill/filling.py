@@ -38,13 +38,14 @@ def validation_errors(
     coords: Coords | None = None,
     seed: int | Sequence[int] = 0,
     variability: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    features: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The errors of a fitted method at its validation pixels, and what those pixels saw.
 
     ``raw`` (``(C, T, H, W)``, data units, NaN = missing) is filled once with the
     ``validation`` pixels hidden (they must have been hidden from the fit too).
     ``variability`` is the pixels' :func:`~gapfill.errors.time_variability`, for the
-    features.
+    features (``features=False``: the errors alone, features ``None``).
 
     Returns
     -------
@@ -56,12 +57,13 @@ def validation_errors(
     z_true = model.normaliser.normalise(raw)
     z = np.where(validation, np.nan, z_true).astype(np.float32)
     result = model.method.fill(z, np.random.default_rng(seed), samples=1, coords=coords)
+    abs_error = np.abs(result.values[validation].astype(np.float64) - z_true[validation])
+    if not features:
+        return abs_error, None
     native = result.error if model.method.provides_error else None
     filled = np.where(np.isfinite(z), z, result.values)
-    features = errors.gap_features(np.isfinite(z), native, variability=variability,
-                                   filled=filled)
-    abs_error = np.abs(result.values[validation].astype(np.float64) - z_true[validation])
-    return abs_error, features[:, validation]
+    seen = errors.gap_features(np.isfinite(z), native, variability=variability, filled=filled)
+    return abs_error, seen[:, validation]
 
 
 def _fill_block(
