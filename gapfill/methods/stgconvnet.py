@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gapfill import masks
 from gapfill.methods.base import Coords, FillResult, NetworkMethod
 from gapfill.methods.linear import Linear, spatial_fill
 from gapfill.training import Run, Trainer, TrainingOptions, start_run
@@ -200,7 +201,8 @@ def initial_guess(x: np.ndarray, kind: str = "linear") -> np.ndarray:
     obs = np.isfinite(x)
     if kind == "spatial":
         out = spatial_fill(x, ~obs)
-        out = np.where(np.isfinite(out), out, initial_guess(x, "linear"))
+        if not np.isfinite(out).all():  # frames without an observation
+            out = np.where(np.isfinite(out), out, initial_guess(x, "linear"))
     elif kind == "linear":
         out = Linear().fill(x, np.random.default_rng(0)).values
         todo = ~np.isfinite(out)
@@ -265,8 +267,6 @@ class STGConvNet(NetworkMethod):
         """With ``init="auto"``, set ``meta["init"]`` to the start of :data:`INITS` with the
         lowest MAE on observed pixels of ``x`` hidden in the data's own gap patterns at
         other times; returns each start's MAE."""
-        from gapfill import masks
-
         hide = masks.own_gap_hides(x, seed) if self.options.init == "auto" else None
         if hide is None:
             return None
