@@ -14,9 +14,11 @@ drawn with seed 0 is independent of a :mod:`gapfill.masks` draw with seed 0
 (which a benchmark may have used to punch the gaps), and of the validation
 pixels that calibrate the error model (:mod:`gapfill.errors`).
 
-The product has the held-out observations that the scored fill lacks: the reported MAE is
-the scored one times what they are worth to the fill (:attr:`Diagnostics.scale`, measured
-by ``fit`` on the validation pixels).
+The product has the held-out observations that the scored fill lacks, and its gaps are not
+the held-out pieces: the reported MAE is the scored one times what those observations are
+worth to the fill (:attr:`Diagnostics.scale`, measured by ``fit`` on the validation pixels)
+and times how much harder the real gaps are than the held-out pixels, as the error model
+sees them (:attr:`Diagnostics.transfer`, :func:`holdout_transfer`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from gapfill import core
-from gapfill.errors import within_shares
+from gapfill.errors import window_frames, within_shares
 from gapfill.metrics import error_summary
 
 if TYPE_CHECKING:
@@ -505,7 +507,13 @@ class Diagnostics:
         The fitted model's ``info["holdout_scale"]``, measured by ``fit`` on its validation
         pixels: how much smaller the product's error is than the error of the fill the
         hold-out is scored in. The summary's ``mae``, ``mae_se`` and ``rmse`` are the
-        scored ones times ``scale``; ``scored_mae`` is the MAE as scored. 1 when unknown.
+        scored ones times ``scale`` and ``transfer``; ``scored_mae`` is the MAE as scored.
+        1 when unknown.
+    transfer
+        How much harder the real gaps are than the held-out pixels in the scored fill, as
+        the error model sees them (:func:`holdout_transfer`; over several draws, their
+        transfers weighted by each draw's share of the scored absolute error). 1 when
+        the model has no error model.
     """
 
     truth: np.ndarray
@@ -517,6 +525,7 @@ class Diagnostics:
     unfilled: int = 0
     extra: dict[str, float] = field(default_factory=dict)
     scale: float = 1.0
+    transfer: float = 1.0
 
     @property
     def errors(self) -> np.ndarray:
@@ -526,20 +535,23 @@ class Diagnostics:
     @property
     def summary(self) -> dict[str, float]:
         """MAE (and its standard error, :func:`block_bootstrap_se`) and RMSE of the product
-        (the scored ones times :attr:`scale`), the scored MAE, the scale, bias and count;
-        error calibration when the method gives errors."""
+        (the scored ones times :attr:`scale` and :attr:`transfer`), the scored MAE, the
+        scale, the transfer, bias and count; error calibration when the method gives
+        errors."""
         e = self.errors
         out: dict[str, float] = {**error_summary(e), "unfilled": int(self.unfilled)}
         out["scored_mae"], out["scale"] = out["mae"], float(self.scale)
-        out["mae"] *= self.scale
-        out["rmse"] *= self.scale
+        out["transfer"] = float(self.transfer)
+        factor = self.scale * self.transfer
+        out["mae"] *= factor
+        out["rmse"] *= factor
         if self.predicted_error is not None and e.size:
             sigma = self.predicted_error
             out["mean_predicted_error"] = float(np.sqrt((sigma**2).mean()))
             # Shares of errors within one and two predicted sigma: 0.683 and 0.954 if the
             # error is calibrated (and Gaussian).
             out["within_1sigma"], out["within_2sigma"] = within_shares(np.abs(e), sigma)
-        out["mae_se"] = self.scale * block_bootstrap_se(self.time_index, np.abs(e), len(self.times))
+        out["mae_se"] = factor * block_bootstrap_se(self.time_index, np.abs(e), len(self.times))
         out.update(self.extra)
         return out
 
@@ -562,7 +574,7 @@ class Diagnostics:
 
     def to_dataframe(self) -> pd.DataFrame:
         """Per-time-step MAE, RMSE, bias and count, with an ``all`` row last (as scored:
-        without :attr:`scale`)."""
+        without :attr:`scale` and :attr:`transfer`)."""
         e = self.errors
         frame = pd.DataFrame({"t": self.time_index, "abs": np.abs(e), "sq": e**2, "err": e})
         g = frame.groupby("t")
@@ -588,7 +600,8 @@ class Diagnostics:
         s = self.summary
         return (
             f"<gapfill.Diagnostics method={self.method!r} held-out n={s['n']} "
-            f"MAE={s['mae']:.4g} (scored {s['scored_mae']:.4g}, scale {s['scale']:.3g}) "
+            f"MAE={s['mae']:.4g} (scored {s['scored_mae']:.4g}, scale {s['scale']:.3g}, "
+            f"transfer {s['transfer']:.3g}) "
             f"RMSE={s['rmse']:.4g} bias={s['bias']:+.3g}>"
         )
 
@@ -649,7 +662,8 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
     raw = np.asarray(cube.da.values, dtype=np.float64)
     raw = raw if raw.ndim == 4 else raw[None]
     observed = np.isfinite(raw)
-    parts = []
+    parts, transfers = [], []
+    frames = slice(0, window_frames(raw.shape))
     for fitted, hide in _draws(model, cube, observed, cube.missing_pattern()):
         gappy = np.where(hide, np.nan, raw)
         # Pixels whose every observation is held out are still ocean: ask for a value there too.
@@ -661,7 +675,9 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
         t_index = np.nonzero(hide)[1]
         parts.append((raw[hide][ok], predicted[ok], None if error is None else error[hide][ok],
                       t_index[ok], int((~ok).sum())))
-    return _joined(parts, times, model.name, _scale(model))
+        transfers.append(holdout_transfer(model, observed[:, frames], hide[:, frames],
+                                          filled[:, frames], observed.any(axis=1, keepdims=True)))
+    return _joined(parts, times, model.name, _scale(model), transfers)
 
 
 def _scale(model: FittedModel) -> float:
@@ -670,9 +686,61 @@ def _scale(model: FittedModel) -> float:
     return value if np.isfinite(value) and value > 0 else 1.0
 
 
-def _joined(parts: list[tuple], times: np.ndarray, method: str, scale: float = 1.0) -> Diagnostics:
+def holdout_transfer(
+    model: FittedModel, observed: np.ndarray, hide: np.ndarray, filled: np.ndarray,
+    ever: np.ndarray,
+) -> float:
+    """How much harder the real gaps are than the held-out pixels, as the error model sees
+    them: the mean of :meth:`~gapfill.errors.ErrorModel.relative_error` over the gaps over
+    its mean over the held-out pixels, both in the scored fill (the hold-out hidden).
+
+    The hold-out's pieces are pieces of real gaps, but not their mix: next to a large
+    gap, or lasting less, they can sit nearer the observations in space or in time than
+    the gaps do, and a fill whose error grows with the distance to the data is then
+    better on them than in the gaps. The transfer carries the hold-out MAE over to the
+    gaps by the features the error model weighs.
+
+    Parameters
+    ----------
+    model
+        The fitted model (its :attr:`~gapfill.fitted.FittedModel.error_model`).
+    observed, hide, filled
+        ``(C, T, H, W)``: the observed pixels, the hold-out, and the scored fill (data
+        units), over the frames compared (the first frames, as the error model learns on:
+        :func:`~gapfill.errors.window_frames`).
+    ever
+        ``(C, 1, H, W)`` pixels observed at some time (the others are not gaps).
+
+    Returns
+    -------
+    float
+        The ratio; 1 without an error model or without gap or held-out pixels.
+    """
+    from gapfill import errors
+
+    em = model.error_model
+    seen = observed & ~hide
+    gaps = ~observed & ever
+    held = hide & observed & np.isfinite(filled)
+    if em is None or not gaps.any() or not held.any():
+        return 1.0
+    z = model.normaliser.normalise(filled)
+    features = errors.gap_features(seen, None, variability=em.pixel_variability(seen.shape),
+                                   filled=z)
+    relative = em.relative_error(features[:, gaps | held])
+    which = held[gaps | held]
+    return float(relative[~which].mean() / relative[which].mean())
+
+
+def _joined(parts: list[tuple], times: np.ndarray, method: str, scale: float = 1.0,
+            transfers: list[float] | None = None) -> Diagnostics:
     """One :class:`Diagnostics` from the ``(truth, predicted, error, time index,
-    unfilled)`` of each hold-out draw."""
+    unfilled)`` of each hold-out draw and its transfer (:func:`holdout_transfer`)."""
+    transfer = 1.0
+    if transfers is not None:
+        weight = np.array([np.abs(p[1] - p[0]).sum() for p in parts])
+        if weight.sum() > 0:
+            transfer = float(np.dot(weight, transfers) / weight.sum())
     error = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
     return Diagnostics(
         truth=np.concatenate([p[0] for p in parts]),
@@ -683,6 +751,7 @@ def _joined(parts: list[tuple], times: np.ndarray, method: str, scale: float = 1
         method=method,
         unfilled=sum(p[4] for p in parts),
         scale=scale,
+        transfer=transfer,
     )
 
 
@@ -697,7 +766,8 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
     data = data if data.ndim == 4 else data[None]
     with_error = model.gives_error(1)
     t0 = np.concatenate([[0], np.cumsum(data.chunks[1])[:-1]])
-    draws = []
+    frames = slice(0, window_frames(data.shape))
+    draws, windows = [], []
     # each hold-out drawn once (persisted in bits), all draws scored in one pass
     for fitted, hide in _draws(model, cube, dsa.isfinite(data), None, persist=True):
         gappy = dsa.where(hide, np.nan, data)
@@ -711,14 +781,19 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
             dask.delayed(_held_out)(*(b[idx] for b in blocks), int(t0[idx[1]]))
             for idx in np.ndindex(*data.numblocks)
         ])
-    (results,) = dask.compute(draws)
+        windows.append((hide[:, frames], filled[:, frames]))
+    ever = dsa.isfinite(data).any(axis=1, keepdims=True)
+    results, windows, ever, first = dask.compute(draws, windows, ever, data[:, frames])
+    observed = np.isfinite(first)
+    transfers = [holdout_transfer(model, observed, np.asarray(hide), np.asarray(filled), ever)
+                 for hide, filled in windows]
     parts = [
         (*(np.concatenate([r[i] for r in draw]) for i in range(4)), int(sum(r[4] for r in draw)))
         for draw in results
     ]
     if not with_error:
         parts = [(p[0], p[1], None, *p[3:]) for p in parts]
-    return _joined(parts, times, model.name, _scale(model))
+    return _joined(parts, times, model.name, _scale(model), transfers)
 
 
 def _held_out(raw: np.ndarray, hide: np.ndarray, filled: np.ndarray, *rest: Any) -> tuple:

@@ -351,6 +351,19 @@ class ErrorModel:
         c = np.interp(log_s, self.log_scale, self.factor)
         return (c * np.exp(log_s)).astype(np.float32)
 
+    def relative_error(self, features: np.ndarray) -> np.ndarray:
+        """How hard each pixel is, from its features ``(len(FEATURES), ...)`` alone: the
+        regression's error without the method's own spread and without the calibration,
+        for comparing two sets of pixels (:func:`gapfill.diagnostics.holdout_transfer`).
+
+        The own spread is left out because it follows the coverage of the frame, and a
+        hold-out hides more of some frames than the validation pixels the slope was learned
+        on ever did."""
+        coef = np.array(self.coef, dtype=np.float64)
+        coef[1 + NATIVE] = 0.0
+        f = np.asarray(features, dtype=np.float64)
+        return np.exp(coef[0] + np.tensordot(coef[1:], f, axes=1))
+
     # -- persistence (arrays only) ------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays that rebuild the model (see :meth:`from_state`)."""

@@ -444,9 +444,11 @@ def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
         rows.append(("held-out in 1σ / 2σ",
                      f"{float(a['gapfill_holdout_within_1sigma']):.0%} / "
                      f"{float(a.get('gapfill_holdout_within_2sigma', np.nan)):.0%}"))
-    if float(a.get("gapfill_holdout_scale", 1.0)) != 1.0:
-        rows.append(("held-out scale", f"{float(a['gapfill_holdout_scale']):.2f} (scored MAE "
-                                       f"{_num(a['gapfill_holdout_scored_mae'])}{u})"))
+    scale = float(a.get("gapfill_holdout_scale", 1.0))
+    transfer = float(a.get("gapfill_holdout_transfer", 1.0))
+    if scale != 1.0 or transfer != 1.0:
+        rows.append(("held-out scale, transfer", f"{scale:.2f}, {transfer:.2f} (scored MAE "
+                                                 f"{_num(a['gapfill_holdout_scored_mae'])}{u})"))
     ax.set_axis_off()
     ax.set_title("(d) Run", loc="left", fontsize=10)
     for i, (k, v) in enumerate(rows[:13]):

@@ -88,6 +88,7 @@ class RunCache:
                     time_index=f["time_index"], times=f["times"], method=meta["method"],
                     unfilled=int(meta["unfilled"]), extra=dict(meta["extra"]),
                     scale=float(meta.get("scale", 1.0)),
+                    transfer=float(meta.get("transfer", 1.0)),
                 )
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring %s (%s): scoring again", path, err)
@@ -99,7 +100,7 @@ class RunCache:
         """Keep ``diag`` (a :class:`~gapfill.diagnostics.Diagnostics`), atomically."""
         self._ensure()
         meta = {"method": diag.method, "unfilled": int(diag.unfilled), "extra": diag.extra,
-                "scale": float(diag.scale),
+                "scale": float(diag.scale), "transfer": float(diag.transfer),
                 "has_error": diag.predicted_error is not None}
         arrays = {
             "truth": diag.truth, "predicted": diag.predicted, "time_index": diag.time_index,

@@ -578,7 +578,7 @@ def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypat
     diag = gappy.gapfill.score(model)
     s = diag.summary
     assert s["scale"] == pytest.approx(expected)
-    assert s["mae"] == pytest.approx(s["scored_mae"] * expected)
+    assert s["mae"] == pytest.approx(s["scored_mae"] * expected * s["transfer"])
     assert s["scored_mae"] == pytest.approx(np.abs(diag.errors).mean())
     assert diag.to_dataframe().loc["all", "mae"] == pytest.approx(s["scored_mae"])
     out = gappy.gapfill.fill(model, diagnostics=diag)
@@ -587,17 +587,50 @@ def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypat
 
 
 def test_resumed_run_keeps_the_holdout_scale(tmp_path):
-    """A resumed recipe run reuses the saved hold-out scores, scale included."""
+    """A resumed recipe run reuses the saved hold-out scores, scale and transfer included."""
     from gapfill.diagnostics import Diagnostics
     from gapfill.resume import RunCache
 
     rng = np.random.default_rng(0)
     diag = Diagnostics(truth=rng.normal(size=50), predicted=rng.normal(size=50),
                        predicted_error=None, time_index=np.arange(50) % 5,
-                       times=np.arange(5), method="gan", scale=0.8)
+                       times=np.arange(5), method="gan", scale=0.8, transfer=1.25)
     cache = RunCache(tmp_path / "out.nc.partial", "key")
     cache.save_diagnostics(diag)
     again = RunCache(tmp_path / "out.nc.partial", "key").load_diagnostics()
-    assert again.scale == 0.8
-    assert again.summary["mae"] == pytest.approx(0.8 * again.summary["scored_mae"])
+    assert (again.scale, again.transfer) == (0.8, 1.25)
+    assert again.summary["mae"] == pytest.approx(0.8 * 1.25 * again.summary["scored_mae"])
     assert again.summary == pytest.approx(diag.summary, nan_ok=True)
+
+
+def test_holdout_transfer_carries_the_holdout_to_gaps_farther_from_the_data():
+    """The transfer is the error model's mean relative error over the gaps over that over
+    the held-out pixels, in the fill without the hold-out: 1 when the held-out piece is
+    shaped and placed like the gap, above 1 when the gap is wider; the method's own
+    spread is left out; 1 without an error model."""
+    from types import SimpleNamespace
+
+    from gapfill.diagnostics import holdout_transfer
+
+    coef = np.zeros(1 + len(errors.FEATURES))
+    coef[1 + errors.FEATURES.index("space_distance")] = 1.0
+    coef[1 + errors.NATIVE] = 1.0
+    em = errors.ErrorModel(coef, np.zeros(1), np.full(1, 3.0), uses_native=True)
+    model = SimpleNamespace(error_model=em, normaliser=SimpleNamespace(normalise=lambda x: x))
+    observed = np.ones((1, 1, 20, 40), dtype=bool)
+    observed[..., 6:14, 4:12] = False  # the gap, 8 x 8
+    hide = np.zeros_like(observed)
+    hide[..., 6:14, 26:34] = True  # a held-out piece of the same size, away from it
+    filled = np.zeros(observed.shape)
+    ever = np.ones((1, 1, 20, 40), dtype=bool)
+    assert holdout_transfer(model, observed, hide, filled, ever) == pytest.approx(1.0)
+
+    thin = np.zeros_like(observed)
+    thin[..., 6:14, 26:27] = True  # a one-pixel strip: every pixel next to the data
+    distance = errors.space_distance(~(~observed | thin))
+    expected = (1 + distance[~observed]).mean() / (1 + distance[thin]).mean()
+    assert holdout_transfer(model, observed, thin, filled, ever) == pytest.approx(expected)
+    assert expected > 1.4  # the gap holds pixels up to 4 from the data, the strip none beyond 1
+
+    assert holdout_transfer(SimpleNamespace(error_model=None), observed, thin, filled,
+                            ever) == 1.0
