@@ -274,7 +274,8 @@ def test_lazy_score_equals_in_memory_score():
     lazy = da.chunk({"time": 5}).gapfill.score(model)
     assert lazy.summary["n"] == eager.summary["n"] > 0
     scale = eager.summary["mae"]
-    for key in ("mae", "mae_se", "rmse", "bias", "mean_predicted_error", "transfer"):  # float32 vs 64
+    keys = ("mae", "mae_se", "rmse", "bias", "mean_predicted_error", "transfer")
+    for key in keys:  # float32 vs float64
         assert lazy.summary[key] == pytest.approx(eager.summary[key], rel=1e-5, abs=1e-4 * scale)
 
 
