@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from gapfill import core
-from gapfill.errors import window_frames, within_shares
+from gapfill.errors import gap_features, window_frames, within_shares
 from gapfill.metrics import error_summary
 
 if TYPE_CHECKING:
@@ -664,6 +664,7 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
     observed = np.isfinite(raw)
     parts, transfers = [], []
     frames = slice(0, window_frames(raw.shape))
+    ever = observed.any(axis=1, keepdims=True)
     for fitted, hide in _draws(model, cube, observed, cube.missing_pattern()):
         gappy = np.where(hide, np.nan, raw)
         # Pixels whose every observation is held out are still ocean: ask for a value there too.
@@ -676,7 +677,7 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
         parts.append((raw[hide][ok], predicted[ok], None if error is None else error[hide][ok],
                       t_index[ok], int((~ok).sum())))
         transfers.append(holdout_transfer(model, observed[:, frames], hide[:, frames],
-                                          filled[:, frames], observed.any(axis=1, keepdims=True)))
+                                          filled[:, frames], ever))
     return _joined(parts, times, model.name, _scale(model), transfers)
 
 
@@ -716,8 +717,6 @@ def holdout_transfer(
     float
         The ratio; 1 without an error model or without gap or held-out pixels.
     """
-    from gapfill import errors
-
     em = model.error_model
     seen = observed & ~hide
     gaps = ~observed & ever
@@ -725,8 +724,7 @@ def holdout_transfer(
     if em is None or not gaps.any() or not held.any():
         return 1.0
     z = model.normaliser.normalise(filled)
-    features = errors.gap_features(seen, None, variability=em.pixel_variability(seen.shape),
-                                   filled=z)
+    features = gap_features(seen, None, variability=em.pixel_variability(seen.shape), filled=z)
     relative = em.relative_error(features[:, gaps | held])
     which = held[gaps | held]
     return float(relative[~which].mean() / relative[which].mean())
