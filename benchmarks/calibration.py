@@ -30,10 +30,10 @@ Run::
 
 Run with seeds 0–6, the means over seeds and the runs out of band per cube and method are
 in ``docs/product.md`` ("How calibrated it is"), single runs and the alternatives measured
-in ``docs/benchmarks.md`` ("The error model and the hold-out"). The figures of one run are uncertain: the punched gaps and the hold-out are a
-few drifting patches each, and the ``±`` columns (ratio 0.05–0.12, 1σ share 1–3 points) are
-as large as the room the bands leave, so a calibrated method misses a band in some runs by
-chance alone.
+in ``docs/benchmarks.md`` ("The error model and the hold-out"). The figures of one run are
+uncertain: the punched gaps and the hold-out are a few drifting patches each, and the ``±``
+columns (ratio 0.05–0.12, 1σ share 1–3 points) are as large as the room the bands leave, so
+a calibrated method misses a band in some runs by chance alone.
 """
 
 from __future__ import annotations
