@@ -125,6 +125,26 @@ def test_it_learns_to_fill_a_travelling_wave():
     assert info["best_val_mae"] < info["untrained_val_mae"], info
 
 
+def test_the_chain_length_may_be_zero_so_the_fill_is_never_worse_than_its_start():
+    """The chain lengths tried after training include 0 (the start itself), scored like the
+    others on the validation pixels, and the best is kept; a fill of 0 steps is the start."""
+    _, da = travelling_wave()
+    cube = Cube(da)
+    m = STGConvNet(**{**TINY, "fill_steps": None, "steps": 4, "val_share": 0.1})
+    m.fit(cube, np.random.default_rng(0))
+    scores, info = m.fit_info["fill_steps_val_mae"], m.fit_info
+    assert "0" in scores and scores["0"] == pytest.approx(info["init_val_mae"], rel=1e-6)
+    assert info["fill_steps"] == int(min(scores, key=scores.get)), scores
+    x = cube.values()
+    start = STGConvNet(**{**TINY, "fill_steps": 0})
+    start.load_state_dict(m.state_dict())
+    out = start.fill(x, np.random.default_rng(0), samples=2)
+    gaps = ~np.isfinite(x)
+    np.testing.assert_array_equal(out.values[gaps], initial_guess(x, start._init())[gaps])
+    np.testing.assert_array_equal(out.values[~gaps], x[~gaps])
+    assert (out.error == 0).all()
+
+
 # -- filling and state ---------------------------------------------------------------------
 def test_fill_is_finite_keeps_observations_and_samples_give_error(fitted):
     m, cube = fitted
@@ -193,7 +213,7 @@ def test_checkpoints_and_resume(tmp_path):
 @pytest.mark.parametrize("bad", [
     {"window": (0, 4, 4)}, {"sigma": 0}, {"step_size": -1}, {"init": "zeros"},
     {"widths": (4, 4), "kernels": ((3, 3, 3),)}, {"synth_init": "x"}, {"fill_noise": -1},
-    {"resume": True},
+    {"resume": True}, {"fill_steps": -1},
 ])
 def test_bad_options_are_refused(bad):
     name = next(iter(bad))

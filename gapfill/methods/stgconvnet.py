@@ -20,8 +20,8 @@ the frame, or the frame mean; by default the one that fills observed pixels hidd
 in the data's own gap patterns best, chosen before training), then
 ``fill_steps`` steps follow and the value is the mean of the last
 ``fill_average`` iterates. By default the chain length is chosen on held-out
-pixels after training, so a weak model stays near its start (the choice and
-the validation MAE of every length are in ``fit_info``). With ``samples > 1``
+pixels after training, 0 included, so a weak model stays at or near its start
+(the choice and the validation MAE of every length are in ``fit_info``). With ``samples > 1``
 independent chains run and the error is the spread of their pooled iterates.
 :meth:`STGConvNet.synthesize` samples new sequences (dynamic textures).
 
@@ -58,8 +58,9 @@ if TYPE_CHECKING:
     from gapfill.cube import Cube
 
 INITS = ("linear", "spatial", "mean")
-#: Chain lengths tried when ``fill_steps=None``.
-FILL_STEP_GRID = (5, 10, 20, 40, 80)
+#: Chain lengths tried when ``fill_steps=None`` (0: the start itself, kept when no chain
+#: beats it).
+FILL_STEP_GRID = (0, 5, 10, 20, 40, 80)
 #: Chain length without validation pixels to choose one (and while training).
 DEFAULT_FILL_STEPS = 40
 SYNTH_INITS = ("noise", "data")
@@ -103,7 +104,7 @@ class STGConvNetOptions(TrainingOptions):
         or ``"auto"``: the one of :data:`INITS` with the lowest MAE on observed
         pixels hidden in the data's own gap patterns at other times.
     fill_steps
-        Langevin steps when filling; ``None`` chooses them from
+        Langevin steps when filling (0: the start alone); ``None`` chooses them from
         :data:`FILL_STEP_GRID` on the validation pixels after training
         (:data:`DEFAULT_FILL_STEPS` without validation pixels).
     fill_average
@@ -176,8 +177,8 @@ class STGConvNetOptions(TrainingOptions):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 bad(name, "must be > 0")
-        if self.fill_steps is not None and int(self.fill_steps) < 1:
-            bad("fill_steps", "must be a positive integer or None")
+        if self.fill_steps is not None and int(self.fill_steps) < 0:
+            bad("fill_steps", "must be an integer >= 0 or None")
         if not (np.isfinite(self.fill_noise) and self.fill_noise >= 0):
             bad("fill_noise", "must be >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -263,6 +264,14 @@ class STGConvNet(NetworkMethod):
         o = self.options
         return o.init if o.init != "auto" else str(self._meta.get("init", "linear"))
 
+    def _fill_steps(self) -> int:
+        """Langevin steps of a fill: the option, or the chain length ``fit`` chose
+        (:data:`DEFAULT_FILL_STEPS` for a model without a choice)."""
+        if self.options.fill_steps is not None:
+            return int(self.options.fill_steps)
+        chosen = self._meta.get("fill_steps")
+        return DEFAULT_FILL_STEPS if chosen is None else int(chosen)
+
     def _choose_init(self, x: np.ndarray, seed: int) -> dict[str, float] | None:
         """With ``init="auto"``, set ``meta["init"]`` to the start of :data:`INITS` with the
         lowest MAE on observed pixels of ``x`` hidden in the data's own gap patterns at
@@ -307,11 +316,13 @@ class STGConvNet(NetworkMethod):
 
         o = self.options
         if steps is None:
-            steps = o.fill_steps or self._meta.get("fill_steps") or DEFAULT_FILL_STEPS
+            steps = self._fill_steps()
         steps = int(steps)
         keep = max(1, min(o.fill_average, steps))
         c = x.shape[0]
         init = initial_guess(x, self._init())
+        if steps == 0:  # the start itself
+            return init.astype(np.float32), np.zeros_like(init, dtype=np.float32)
         stacked = np.concatenate([init, np.isfinite(x).astype(np.float32)], 0)
         langevin = self._langevin(o.fill_noise)
         gen = torch.Generator().manual_seed(seed)
@@ -458,7 +469,9 @@ class _Trainer(Trainer):
         """Fill MAE on the validation pixels (chains of ``steps``; default: the fill's)."""
         if not self.val_windows:
             return None
-        steps = steps or self.options.fill_steps or DEFAULT_FILL_STEPS
+        if steps is None:  # training's chains: the option's length, not a former choice
+            o = self.options
+            steps = DEFAULT_FILL_STEPS if o.fill_steps is None else int(o.fill_steps)
         errs, n = 0.0, 0
         for s0 in self.val_windows:
             sl = (slice(None), *self._slices(s0))
@@ -472,7 +485,7 @@ class _Trainer(Trainer):
         """Set the fill's chain length: the option, or the best of :data:`FILL_STEP_GRID`."""
         o, meta = self.options, self.m._meta
         if o.fill_steps is not None or not self.val_windows:
-            meta["fill_steps"] = int(o.fill_steps or DEFAULT_FILL_STEPS)
+            meta["fill_steps"] = int(DEFAULT_FILL_STEPS if o.fill_steps is None else o.fill_steps)
             return None
         scores = {str(k): self.validate(k) for k in FILL_STEP_GRID}
         meta["fill_steps"] = int(min(scores, key=lambda k: scores[k]))
