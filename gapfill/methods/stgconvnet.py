@@ -466,7 +466,8 @@ class _Trainer(Trainer):
         return float(f_data.detach()), float(f_synth.detach())
 
     def validate(self, steps: int | None = None) -> float | None:
-        """Fill MAE on the validation pixels (chains of ``steps``; default: the fill's)."""
+        """Fill MAE on the validation pixels (chains of ``steps``; default: the option's length,
+        or :data:`DEFAULT_FILL_STEPS`)."""
         if not self.val_windows:
             return None
         if steps is None:  # training's chains: the option's length, not a former choice
