@@ -89,20 +89,22 @@ def fit_dataarray(
     fitted = FittedModel(calibrated, cube.normaliser, cube.dims, cube.name, spec)
     # The error model learns from the validation pixels; a method whose hold-out is drawn
     # more than once, or a cheap fit with few validation pixels, pools those of several
-    # draws, each refitted without its own.
+    # draws, each refitted without its own (or reusing a model that fills without
+    # training: known once the first draw has tuned it).
     found, variability = [], None
     # The validation pixels are filled with the hold-out observed, as the product's gaps
     # are: the hold-out stays out of every fit and is never scored here. The window's
     # data is the same for every draw, so it is read once (with the first draw's pixels).
     frames, raw, first_val, hold, coords = _validation_window(cube, data, validation, hide)
-    draws = validation_draws(method_obj, int(first_val.sum()), stream)
-    for draw in range(draws):
+    draw, draws = 0, 1
+    while draw < draws:
         model, val = fitted, first_val
         if draw:
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
-            model = refit(fitted, cube, draw_hide | draw_validation, draw, stream,
-                          method=method_obj.calibration_copy() if cheap else None)
+            if not calibrated.fills_without_training:
+                model = refit(fitted, cube, draw_hide | draw_validation, draw, stream,
+                              method=method_obj.calibration_copy() if cheap else None)
             (val,) = _first_frames(cube, [draw_validation], frames)
         if variability is None:  # how much each pixel changes, as the first fit saw it
             variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))
@@ -113,6 +115,9 @@ def fit_dataarray(
                                 np.random.default_rng([seed, 3]), coords)
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
+        if not draw:
+            draws = validation_draws(calibrated, int(first_val.sum()), stream)
+        draw += 1
     # What the hold-out's observations are worth to the fill: the hold-out MAE's scale.
     scale = _holdout_scale(fitted, cube, raw, hold, first_val, found[0][0], coords, seed)
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))

@@ -464,13 +464,24 @@ def refit(model: FittedModel, cube: Any, hidden: Any, draw: int,
                        model.info, model.error_model)
 
 
+def holdout_draws(method: Any) -> int:
+    """How many hold-out draws :func:`score` pools for the fitted ``method``: its
+    :attr:`~gapfill.methods.Method.holdout_draws`, or :data:`MAX_VALIDATION_DRAWS` for a
+    method that :attr:`~gapfill.methods.Method.fills_without_training` (its other draws
+    reuse it, so they cost only fills)."""
+    if method.fills_without_training:
+        return max(method.holdout_draws, MAX_VALIDATION_DRAWS)
+    return method.holdout_draws
+
+
 def validation_draws(method: Any, n_validation: int, stream: bool = False) -> int:
-    """How many draws' validation pixels the error model of ``method`` pools, given the
-    first draw's ``n_validation``: the method's :attr:`~gapfill.methods.Method.holdout_draws`,
-    raised for a cheap in-memory fit towards :data:`MIN_VALIDATION_PIXELS` pixels (at most
-    :data:`MAX_VALIDATION_DRAWS` draws)."""
-    draws = method.holdout_draws
-    if method.refit_with_validation and not stream and 0 < n_validation < MIN_VALIDATION_PIXELS:
+    """How many draws' validation pixels the error model of the fitted ``method`` pools,
+    given the first draw's ``n_validation``: :func:`holdout_draws`, raised for a cheap
+    in-memory fit (or one that reuses the model) towards :data:`MIN_VALIDATION_PIXELS`
+    pixels (at most :data:`MAX_VALIDATION_DRAWS` draws)."""
+    draws = holdout_draws(method)
+    cheap = method.refit_with_validation or method.fills_without_training
+    if cheap and not stream and 0 < n_validation < MIN_VALIDATION_PIXELS:
         wanted = -(-MIN_VALIDATION_PIXELS // n_validation)
         draws = max(draws, min(MAX_VALIDATION_DRAWS, wanted))
     return draws
@@ -478,13 +489,17 @@ def validation_draws(method: Any, n_validation: int, stream: bool = False) -> in
 
 def _draws(model: FittedModel, cube: Any, observed: Any, missing: np.ndarray | None,
            persist: bool = False) -> Iterator[tuple[FittedModel, Any]]:
-    """The repeated hold-out draws of :func:`score`: ``(model, hold-out)`` for each of the
-    method's :attr:`~gapfill.methods.Method.holdout_draws` (the first is the model's own
-    hold-out; the others refit the method without theirs and their validation pixels)."""
+    """The repeated hold-out draws of :func:`score`: ``(model, hold-out)`` for each of
+    :func:`holdout_draws` (the first is the model's own hold-out; the others refit the
+    method without theirs and their validation pixels, or reuse a model that
+    :attr:`~gapfill.methods.Method.fills_without_training`)."""
     yield model, holdout_mask(observed, model.holdout, missing, persist=persist)
-    for draw in range(1, model.method.holdout_draws):
+    for draw in range(1, holdout_draws(model.method)):
         hide, validation = fit_masks(observed, model.holdout, missing, persist, draw)
-        yield refit(model, cube, hide | validation, draw), hide
+        if model.method.fills_without_training:
+            yield model, hide
+        else:
+            yield refit(model, cube, hide | validation, draw), hide
 
 
 @dataclass

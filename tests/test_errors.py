@@ -491,6 +491,51 @@ def test_cheap_fit_with_few_validation_pixels_pools_more_draws(monkeypatch):
     assert all((seen[0] != other).any() for other in seen[1:-1])
 
 
+#: Tiny training runs of the learned methods that may fill without their network.
+UNTRAINED_FILLS = {
+    "stgconvnet": dict(widths=(4, 4), kernels=((3, 3, 3), (3, 3, 3)),
+                       strides=((1, 2, 2), (1, 1, 1)), window=(4, 8, 8), batch_size=1,
+                       n_chains=1, recover_steps=1, synth_steps=1, fill_average=1, steps=2,
+                       time_budget=None, progress="off"),
+    "flowfill": dict(window=(4, 12, 12), features=4, hidden=8, iterations=2, batch_size=1,
+                     steps=2, time_budget=None, progress="off"),
+}
+
+
+@pytest.mark.parametrize(("method", "options", "reuse"), [
+    ("stgconvnet", {"fill_steps": 0}, True), ("stgconvnet", {"fill_steps": 3}, False),
+    ("flowfill", {"carry": 0.0}, True), ("flowfill", {"carry": 0.5}, False)])
+def test_a_model_that_fills_without_training_pools_draws_without_refits(
+        method, options, reuse, monkeypatch):
+    """A learned model whose fill is its untrained start (``stgconvnet``'s chain of length
+    0, ``flowfill``'s fallback alone) fills every draw's pixels as a model trained without
+    them would: its error model and its score pool the draws of ``linear``, reusing it; one
+    whose fill uses the network trains once and scores one draw."""
+    from gapfill import accessor, diagnostics
+    from gapfill.diagnostics import MAX_VALIDATION_DRAWS
+
+    _, gappy = noisy_cube(t=16, h=12, w=16)
+    scored = []
+    real_fill = diagnostics.core.run_method
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("a model that fills without training is not fitted again")
+
+    def spy_fill(method, *args, **kwargs):
+        scored.append(method)
+        return real_fill(method, *args, **kwargs)
+
+    monkeypatch.setattr(accessor, "refit", no_refit)
+    monkeypatch.setattr(diagnostics, "refit", no_refit)
+    model = gappy.gapfill.fit(method, seed=0, **UNTRAINED_FILLS[method], **options)
+    draws = MAX_VALIDATION_DRAWS if reuse else 1
+    assert model.method.fills_without_training is reuse
+    assert model.info["validation_draws"] == diagnostics.holdout_draws(model.method) == draws
+    monkeypatch.setattr(diagnostics.core, "run_method", spy_fill)
+    diag = diagnostics.score(gappy, model)
+    assert len(scored) == draws and np.isfinite(diag.summary["mae"])
+
+
 def test_validation_draws_only_for_small_validation_sets_of_cheap_fits():
     from gapfill import methods
     from gapfill.diagnostics import MAX_VALIDATION_DRAWS, MIN_VALIDATION_PIXELS, validation_draws

@@ -256,6 +256,15 @@ class Method(ABC):
         validation pixels.
         """
 
+    @property
+    def fills_without_training(self) -> bool:
+        """Whether the fitted method fills without anything it trained (a learned method
+        that chose its untrained start, e.g. its first guess without the network): its fill
+        then depends on the fit's data only through discrete choices, and the repeated
+        hold-out and validation draws reuse it instead of training again
+        (:func:`gapfill.diagnostics.holdout_draws`). Default: ``False``."""
+        return False
+
     def calibration_copy(self) -> Method:
         """An unfitted copy of this fitted method that makes its choices, for the error model.
 

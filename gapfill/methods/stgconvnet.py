@@ -264,6 +264,12 @@ class STGConvNet(NetworkMethod):
         o = self.options
         return o.init if o.init != "auto" else str(self._meta.get("init", "linear"))
 
+    @property
+    def fills_without_training(self) -> bool:
+        """Whether the fill's chain has length 0: the fill is then its start, which the
+        network does not touch."""
+        return self.net is not None and self._fill_steps() == 0
+
     def _fill_steps(self) -> int:
         """Langevin steps of a fill: the option, or the chain length ``fit`` chose
         (:data:`DEFAULT_FILL_STEPS` for a model without a choice)."""
