@@ -575,6 +575,11 @@ def test_fill_keeps_the_share_of_the_correction_validation_chose():
     np.testing.assert_allclose(half[gaps], guide[gaps] + 0.5 * (whole - guide)[gaps], atol=1e-5)
     np.testing.assert_array_equal(half[~gaps], x[~gaps])
     assert np.abs(whole - guide)[gaps].max() > 1e-3  # the network did correct the guide
+    assert not gan.fills_without_training
+    gan._meta["correction_gain"] = 0.0  # none of it: the guide alone, without training
+    alone = gan.fill(x, np.random.default_rng(0), coords=coords).values
+    np.testing.assert_allclose(alone[gaps], guide[gaps], atol=1e-6)
+    assert gan.fills_without_training
 
 
 def _tuning_case(guide: str) -> tuple[GAN, Cube, np.ndarray, np.ndarray, np.ndarray, object]:
