@@ -560,6 +560,9 @@ class Trainer:
             net.load_state_dict(self.averaged.state_dict())
         net.eval()
         info.update(loop.summary(reason))
+        meta = getattr(self.method, "_meta", None)
+        if meta is not None:  # 0: the untrained weights kept (``fills_without_training``)
+            meta["best_step"] = loop.stopper.best_step
         if loop.first_val is not None:
             info["initial_" + self.val_name] = loop.first_val
         info.update(self.after_loop())

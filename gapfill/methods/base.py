@@ -258,12 +258,13 @@ class Method(ABC):
 
     @property
     def fills_without_training(self) -> bool:
-        """Whether the fitted method fills without anything it trained (a learned method
-        that chose its untrained start, e.g. its first guess without the network): its fill
-        then depends on the fit's data only through discrete choices, and the repeated
-        hold-out and validation draws reuse it instead of training again
-        (:func:`gapfill.diagnostics.holdout_draws`). Default: ``False``."""
-        return False
+        """Whether the fitted method fills without anything it trained: a learned method
+        whose validation never beat its untrained weights (``best_step`` 0 in its
+        ``_meta``), or that chose its untrained start (e.g. its first guess without the
+        network). Its fill then depends on the fit's data only through discrete choices,
+        and the repeated hold-out and validation draws reuse it instead of training again
+        (:func:`gapfill.diagnostics.holdout_draws`)."""
+        return getattr(self, "_meta", {}).get("best_step") == 0
 
     def calibration_copy(self) -> Method:
         """An unfitted copy of this fitted method that makes its choices, for the error model.

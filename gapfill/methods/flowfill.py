@@ -416,9 +416,10 @@ class FlowFill(NetworkMethod):
 
     @property
     def fills_without_training(self) -> bool:
-        """Whether the fill carries nothing along the flows (carry weight 0): it is then
+        """Also when the fill carries nothing along the flows (carry weight 0): it is then
         the fallback alone, which the network does not touch."""
-        return self.net is not None and self._blend()[1] == 0
+        return super().fills_without_training or (self.net is not None
+                                                   and self._blend()[1] == 0)
 
     def _blend(self) -> tuple[str, float]:
         """The fallback and the carry weight of the fills: the options', or those chosen in

@@ -666,10 +666,11 @@ class GAN(Method):
 
     @property
     def fills_without_training(self) -> bool:
-        """Whether validation chose none of the generator's correction (gain 0): the fill
-        is then the guide alone, which the generator does not touch."""
-        return (self.generator is not None and self.options.guide != "none"
-                and float(self._meta.get("correction_gain", 1.0)) == 0.0)
+        """Also when validation chose none of the generator's correction (gain 0): the
+        fill is then the guide alone, which the generator does not touch."""
+        return super().fills_without_training or (
+            self.generator is not None and self.options.guide != "none"
+            and float(self._meta.get("correction_gain", 1.0)) == 0.0)
 
     def _guide(self, x: np.ndarray) -> np.ndarray | None:
         """The guide of ``x`` with the kind and parameters chosen in ``fit``."""

@@ -266,9 +266,10 @@ class STGConvNet(NetworkMethod):
 
     @property
     def fills_without_training(self) -> bool:
-        """Whether the fill's chain has length 0: the fill is then its start, which the
+        """Also when the fill's chain has length 0: the fill is then its start, which the
         network does not touch."""
-        return self.net is not None and self._fill_steps() == 0
+        return super().fills_without_training or (self.net is not None
+                                                   and self._fill_steps() == 0)
 
     def _fill_steps(self) -> int:
         """Langevin steps of a fill: the option, or the chain length ``fit`` chose
