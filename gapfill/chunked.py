@@ -124,9 +124,6 @@ def fill_lazy(
     # The error model's time features look past the chunk too: they need the edges as well.
     time_features = calibrated and model.error_model.sees_time
     use_edges = (rule.time_edges or time_features) and n_t > 1
-    obs_any = None
-    if "time" not in whole and not use_edges and (flags or not fill_never_observed):
-        obs_any = dsa.isfinite(prepare(independent(data))).any(axis=1, keepdims=True)
 
     depth = {
         _AXIS[name]: int(w) for name, w in rule.halo.items()
@@ -136,8 +133,15 @@ def fill_lazy(
     # (the output goes back to the input's chunks at the end).
     grow = {ax: _at_least(xr_.chunks[ax], w) for ax, w in depth.items()
             if min(xr_.chunks[ax]) < w}
-    if grow:
-        xr_ = xr_.rechunk(grow)
+
+    def blocks(d: dsa.Array) -> dsa.Array:  # laid out as the blocks filled
+        d = prepare(d)
+        return d.rechunk(grow) if grow else d
+
+    xr_ = blocks(data)
+    obs_any = None
+    if "time" not in whole and not use_edges and (flags or not fill_never_observed):
+        obs_any = dsa.isfinite(blocks(independent(data))).any(axis=1, keepdims=True)
     block_src = overlap(xr_, depth, boundary="none") if depth else xr_
     extra: list[Any] = []
     if obs_any is not None:
@@ -145,7 +149,9 @@ def fill_lazy(
         extra.append(overlap(obs_any, space, boundary="none") if space else obs_any)
     edges = None
     if use_edges:  # two independent reads: group summaries, then the blocks' own edges
-        edges = _time_edges(prepare(independent(data)), prepare(independent(data, "again")))
+        # (a block with a time halo also holds its neighbours' observations next to it,
+        # so its chunk's edges serve it; those of the halo frames are trimmed away)
+        edges = _time_edges(blocks(independent(data)), blocks(independent(data, "again")))
     if edges is not None:
         extra.append(edges)
 

@@ -616,3 +616,12 @@ def test_gan_time_halo_fills_time_chunks(monkeypatch):
     observed = np.isfinite(da.values)
     np.testing.assert_array_equal(filled.values[observed], da.values[observed])
     assert np.isfinite(filled.values[lazy["sst_flag"].values == 1]).all()
+    # an error model that sees time needs each block's time edges, laid out as the
+    # merged blocks are
+    from gapfill.errors import TIME_FEATURES
+
+    model.error_model.coef[1 + np.array(TIME_FEATURES)] = 0.1
+    assert model.error_model.sees_time
+    again = da.chunk({"time": 8}).gapfill.fill(model).compute(scheduler="sync")
+    np.testing.assert_array_equal(again["sst"].values, filled.values)
+    assert np.isfinite(again["sst_error"].values[again["sst_flag"].values == 1]).all()
