@@ -529,6 +529,8 @@ class Diagnostics:
         the error model sees them (:func:`holdout_transfer`; over several draws, their
         transfers weighted by each draw's share of the scored absolute error). 1 when
         the model has no error model.
+    draws
+        How many hold-out draws were scored and pooled (:func:`holdout_draws`).
     """
 
     truth: np.ndarray
@@ -541,6 +543,7 @@ class Diagnostics:
     extra: dict[str, float] = field(default_factory=dict)
     scale: float = 1.0
     transfer: float = 1.0
+    draws: int = 1
 
     @property
     def errors(self) -> np.ndarray:
@@ -551,12 +554,12 @@ class Diagnostics:
     def summary(self) -> dict[str, float]:
         """MAE (and its standard error, :func:`block_bootstrap_se`) and RMSE of the product
         (the scored ones times :attr:`scale` and :attr:`transfer`), the scored MAE, the
-        scale, the transfer, bias and count; error calibration when the method gives
-        errors."""
+        scale, the transfer, bias and count (over all :attr:`draws`, also given); error
+        calibration when the method gives errors."""
         e = self.errors
         out: dict[str, float] = {**error_summary(e), "unfilled": int(self.unfilled)}
         out["scored_mae"], out["scale"] = out["mae"], float(self.scale)
-        out["transfer"] = float(self.transfer)
+        out["transfer"], out["draws"] = float(self.transfer), int(self.draws)
         factor = self.scale * self.transfer
         out["mae"] *= factor
         out["rmse"] *= factor
@@ -765,6 +768,7 @@ def _joined(parts: list[tuple], times: np.ndarray, method: str, scale: float = 1
         unfilled=sum(p[4] for p in parts),
         scale=scale,
         transfer=transfer,
+        draws=len(parts),
     )
 
 

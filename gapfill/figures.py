@@ -438,8 +438,10 @@ def _summary(ax: Any, out: xr.Dataset, variable: str, units: str) -> None:
             pm = f" ± {_num(se)}" if np.isfinite(se) else ""
             rows.append((f"{title} MAE / RMSE",
                          f"{_num(a[prefix + 'mae'])}{pm} / {_num(a[prefix + 'rmse'])}{u}"))
+            draws = int(a.get(f"{prefix}draws", 1))
+            pooled = f" ({draws} draws)" if draws > 1 else ""
             rows.append((f"{title} bias, n", f"{_num(a[prefix + 'bias'], sign=True)}{u}, "
-                                             f"{int(a[prefix + 'n']):,}"))
+                                             f"{int(a[prefix + 'n']):,}{pooled}"))
     if "gapfill_holdout_within_1sigma" in a:
         rows.append(("held-out in 1σ / 2σ",
                      f"{float(a['gapfill_holdout_within_1sigma']):.0%} / "

@@ -89,6 +89,7 @@ class RunCache:
                     unfilled=int(meta["unfilled"]), extra=dict(meta["extra"]),
                     scale=float(meta.get("scale", 1.0)),
                     transfer=float(meta.get("transfer", 1.0)),
+                    draws=int(meta.get("draws", 1)),
                 )
         except (OSError, ValueError, KeyError) as err:
             log.warning("ignoring %s (%s): scoring again", path, err)
@@ -101,6 +102,7 @@ class RunCache:
         self._ensure()
         meta = {"method": diag.method, "unfilled": int(diag.unfilled), "extra": diag.extra,
                 "scale": float(diag.scale), "transfer": float(diag.transfer),
+                "draws": int(diag.draws),
                 "has_error": diag.predicted_error is not None}
         arrays = {
             "truth": diag.truth, "predicted": diag.predicted, "time_index": diag.time_index,

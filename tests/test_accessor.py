@@ -91,6 +91,7 @@ def test_holdout_pixels_are_hidden_from_fit(sst):
     assert len(draws) > 1 and not (draws[0] == draws[1]).all()
     diag = sst.gapfill.score(model)
     assert diag.summary["n"] == sum(d.sum() for d in draws) and diag.summary["unfilled"] == 0
+    assert diag.summary["draws"] == len(draws)
 
 
 def test_dataset_accessor_keeps_other_variables(sst):

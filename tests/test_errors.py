@@ -534,6 +534,7 @@ def test_a_model_that_fills_without_training_pools_draws_without_refits(
     monkeypatch.setattr(diagnostics.core, "run_method", spy_fill)
     diag = diagnostics.score(gappy, model)
     assert len(scored) == draws and np.isfinite(diag.summary["mae"])
+    assert diag.summary["draws"] == draws
 
 
 def test_validation_draws_only_for_small_validation_sets_of_cheap_fits():
@@ -632,18 +633,19 @@ def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypat
 
 
 def test_resumed_run_keeps_the_holdout_scale(tmp_path):
-    """A resumed recipe run reuses the saved hold-out scores, scale and transfer included."""
+    """A resumed recipe run reuses the saved hold-out scores, scale, transfer and number of
+    draws included."""
     from gapfill.diagnostics import Diagnostics
     from gapfill.resume import RunCache
 
     rng = np.random.default_rng(0)
     diag = Diagnostics(truth=rng.normal(size=50), predicted=rng.normal(size=50),
                        predicted_error=None, time_index=np.arange(50) % 5,
-                       times=np.arange(5), method="gan", scale=0.8, transfer=1.25)
+                       times=np.arange(5), method="gan", scale=0.8, transfer=1.25, draws=4)
     cache = RunCache(tmp_path / "out.nc.partial", "key")
     cache.save_diagnostics(diag)
     again = RunCache(tmp_path / "out.nc.partial", "key").load_diagnostics()
-    assert (again.scale, again.transfer) == (0.8, 1.25)
+    assert (again.scale, again.transfer, again.draws) == (0.8, 1.25, 4)
     assert again.summary["mae"] == pytest.approx(0.8 * 1.25 * again.summary["scored_mae"])
     assert again.summary == pytest.approx(diag.summary, nan_ok=True)
 
