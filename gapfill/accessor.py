@@ -102,9 +102,8 @@ def fit_dataarray(
         if draw:
             draw_hide, draw_validation = fit_masks(observed, spec, missing, persist=stream,
                                                    draw=draw)
-            if not calibrated.fills_without_training:
-                model = refit(fitted, cube, draw_hide | draw_validation, draw, stream,
-                              method=method_obj.calibration_copy() if cheap else None)
+            model = refit(fitted, cube, draw_hide | draw_validation, draw, stream,
+                          method=method_obj.calibration_copy() if cheap else None)
             (val,) = _first_frames(cube, [draw_validation], frames)
         if variability is None:  # how much each pixel changes, as the first fit saw it
             variability = time_variability(cube.normaliser.normalise(np.where(val, np.nan, raw)))

@@ -447,10 +447,14 @@ def refit(model: FittedModel, cube: Any, hidden: Any, draw: int,
     """``model`` with its method fitted again on ``cube`` without the ``hidden`` pixels:
     the model of a repeated hold-out draw (its error model is ``model``'s). ``method``:
     the unfitted method to fit (``None``: a new one with ``model``'s options).
-    ``stream``: as ``streaming_fit`` of :meth:`~gapfill.accessor.GapfillAccessor.fit`."""
+    ``stream``: as ``streaming_fit`` of :meth:`~gapfill.accessor.GapfillAccessor.fit`.
+    A model that :attr:`~gapfill.methods.Method.fills_without_training` is returned as it
+    is: a fit without ``hidden`` would fill them alike."""
     from gapfill import methods, streaming
     from gapfill.fitted import FittedModel
 
+    if model.method.fills_without_training:
+        return model
     if method is None:
         method = methods.get(model.name)(**model.method.options_dict())
     rng = np.random.default_rng([model.holdout.seed, draw])
@@ -490,16 +494,12 @@ def validation_draws(method: Any, n_validation: int, stream: bool = False) -> in
 def _draws(model: FittedModel, cube: Any, observed: Any, missing: np.ndarray | None,
            persist: bool = False) -> Iterator[tuple[FittedModel, Any]]:
     """The repeated hold-out draws of :func:`score`: ``(model, hold-out)`` for each of
-    :func:`holdout_draws` (the first is the model's own hold-out; the others refit the
-    method without theirs and their validation pixels, or reuse a model that
-    :attr:`~gapfill.methods.Method.fills_without_training`)."""
+    :func:`holdout_draws` (the first is the model's own hold-out; the others :func:`refit`
+    the method without theirs and their validation pixels)."""
     yield model, holdout_mask(observed, model.holdout, missing, persist=persist)
     for draw in range(1, holdout_draws(model.method)):
         hide, validation = fit_masks(observed, model.holdout, missing, persist, draw)
-        if model.method.fills_without_training:
-            yield model, hide
-        else:
-            yield refit(model, cube, hide | validation, draw), hide
+        yield refit(model, cube, hide | validation, draw), hide
 
 
 @dataclass

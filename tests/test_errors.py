@@ -511,28 +511,31 @@ def test_a_model_that_fills_without_training_pools_draws_without_refits(
     0, ``flowfill``'s fallback alone) fills every draw's pixels as a model trained without
     them would: its error model and its score pool the draws of ``linear``, reusing it; one
     whose fill uses the network trains once and scores one draw."""
-    from gapfill import accessor, diagnostics
+    from gapfill import diagnostics, methods
     from gapfill.diagnostics import MAX_VALIDATION_DRAWS
 
     _, gappy = noisy_cube(t=16, h=12, w=16)
-    scored = []
+    scored, fits = [], []
     real_fill = diagnostics.core.run_method
+    cls = methods.get(method)
+    real_fit = cls.fit
 
-    def no_refit(*args, **kwargs):
-        raise AssertionError("a model that fills without training is not fitted again")
+    def spy_fit(self, *args, **kwargs):
+        fits.append(self)
+        return real_fit(self, *args, **kwargs)
 
     def spy_fill(method, *args, **kwargs):
         scored.append(method)
         return real_fill(method, *args, **kwargs)
 
-    monkeypatch.setattr(accessor, "refit", no_refit)
-    monkeypatch.setattr(diagnostics, "refit", no_refit)
+    monkeypatch.setattr(cls, "fit", spy_fit)
     model = gappy.gapfill.fit(method, seed=0, **UNTRAINED_FILLS[method], **options)
     draws = MAX_VALIDATION_DRAWS if reuse else 1
     assert model.method.fills_without_training is reuse
     assert model.info["validation_draws"] == diagnostics.holdout_draws(model.method) == draws
     monkeypatch.setattr(diagnostics.core, "run_method", spy_fill)
     diag = diagnostics.score(gappy, model)
+    assert len(fits) == 1, "a model that fills without training is not fitted again"
     assert len(scored) == draws and np.isfinite(diag.summary["mae"])
     assert diag.summary["draws"] == draws
 

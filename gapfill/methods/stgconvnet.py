@@ -325,11 +325,11 @@ class STGConvNet(NetworkMethod):
         if steps is None:
             steps = self._fill_steps()
         steps = int(steps)
-        keep = max(1, min(o.fill_average, steps))
-        c = x.shape[0]
         init = initial_guess(x, self._init())
         if steps == 0:  # the start itself
             return init.astype(np.float32), np.zeros_like(init, dtype=np.float32)
+        keep = max(1, min(o.fill_average, steps))
+        c = x.shape[0]
         stacked = np.concatenate([init, np.isfinite(x).astype(np.float32)], 0)
         langevin = self._langevin(o.fill_noise)
         gen = torch.Generator().manual_seed(seed)
@@ -472,14 +472,19 @@ class _Trainer(Trainer):
         self.optimise(loss, self.opt)
         return float(f_data.detach()), float(f_synth.detach())
 
+    @property
+    def option_steps(self) -> int:
+        """The option's chain length, or :data:`DEFAULT_FILL_STEPS` (training's chains)."""
+        o = self.options
+        return DEFAULT_FILL_STEPS if o.fill_steps is None else int(o.fill_steps)
+
     def validate(self, steps: int | None = None) -> float | None:
-        """Fill MAE on the validation pixels (chains of ``steps``; default: the option's length,
-        or :data:`DEFAULT_FILL_STEPS`)."""
+        """Fill MAE on the validation pixels (chains of ``steps``; default:
+        :attr:`option_steps`, not a former choice)."""
         if not self.val_windows:
             return None
-        if steps is None:  # training's chains: the option's length, not a former choice
-            o = self.options
-            steps = DEFAULT_FILL_STEPS if o.fill_steps is None else int(o.fill_steps)
+        if steps is None:
+            steps = self.option_steps
         errs, n = 0.0, 0
         for s0 in self.val_windows:
             sl = (slice(None), *self._slices(s0))
@@ -493,7 +498,7 @@ class _Trainer(Trainer):
         """Set the fill's chain length: the option, or the best of :data:`FILL_STEP_GRID`."""
         o, meta = self.options, self.m._meta
         if o.fill_steps is not None or not self.val_windows:
-            meta["fill_steps"] = int(DEFAULT_FILL_STEPS if o.fill_steps is None else o.fill_steps)
+            meta["fill_steps"] = self.option_steps
             return None
         scores = {str(k): self.validate(k) for k in FILL_STEP_GRID}
         meta["fill_steps"] = int(min(scores, key=lambda k: scores[k]))
