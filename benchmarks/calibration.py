@@ -15,10 +15,11 @@ reports, their ratio (target 0.85–1.15), and the share of the true errors with
 2σ of ``<name>_error`` (targets 63–73 % and 92–98 %), with the hold-out's own shares and
 the standard errors of the ratio and of the two shares (``±`` columns, a block bootstrap
 over stretches of time: :func:`block_bootstrap`). ``*`` marks a figure outside its target
-band. The last three columns are the model's hold-out scale (``gapfill_holdout_scale``) and
+band. ``scale`` and ``trans`` are the model's hold-out scale (``gapfill_holdout_scale``) and
 the scored fill's transfer (``gapfill_holdout_transfer``): the reported hold-out MAE is the
-scored one times both; and ``draws``, how many validation draws the error model pooled
-(``info["validation_draws"]``).
+scored one times both; ``draws``, how many validation draws the error model pooled
+(``info["validation_draws"]``), and ``ctl``, the factor a one-draw error model was rescaled
+by (``info["validation_control"]``).
 
 Run::
 
@@ -206,6 +207,7 @@ def run(cube: str, method: str, seed: int, options: dict | None = None,
         "scale": float(a.get("gapfill_holdout_scale", np.nan)),
         "transfer": float(a.get("gapfill_holdout_transfer", np.nan)),
         "draws": int(model.info.get("validation_draws", 1)),
+        "control": float(model.info.get("validation_control", 1.0)),
         "by_distance": (by_distance(np.isfinite(gappy.values), abs_error, sigma, ok)
                         if distances else []),
         **spread,
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'cube':8} {'method':12} {'seed':>4} {'true MAE':>9} {'hold-out':>9} {'ratio':>7} "
           f"{'in 1σ':>7} {'in 2σ':>7} {'h 1σ':>6} {'h 2σ':>6} {'± ratio':>7} {'± 1σ':>6} "
           f"{'± 2σ':>6} {'process':>10} {'fit s':>7} {'cal s':>6} {'scale':>6} {'trans':>6} "
-          f"{'draws':>5}")
+          f"{'draws':>5} {'ctl':>5}")
     for cube in args.cubes:
         for method in args.methods:
             for seed in args.seeds:
@@ -253,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['ratio_se']:7.2f} {r['within_1sigma_se']:6.1%} "
                     f"{r['within_2sigma_se']:6.1%} "
                     f"{r['holdout_process']:>10} {r['fit_s']:7.1f} {r['calibration_s']:6.2f} "
-                    f"{r['scale']:6.3f} {r['transfer']:6.3f} {r['draws']:5d}",
+                    f"{r['scale']:6.3f} {r['transfer']:6.3f} {r['draws']:5d} {r['control']:5.3f}",
                     flush=True,
                 )
                 if args.by_distance:

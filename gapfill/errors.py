@@ -32,7 +32,7 @@ is :func:`gapfill.filling.validation_errors`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -331,6 +331,10 @@ class ErrorModel:
         """Whether the error depends on the time features (so that the fill of a time
         chunk needs each pixel's nearest observations outside it)."""
         return bool(np.any(self.coef[1 + np.array(TIME_FEATURES)] != 0))
+
+    def rescaled(self, factor: float) -> ErrorModel:
+        """The same model with every predicted error multiplied by ``factor``."""
+        return replace(self, factor=np.asarray(self.factor, np.float64) * float(factor))
 
     # -- applying -----------------------------------------------------------------
     def pixel_variability(self, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -540,6 +540,51 @@ def test_a_model_that_fills_without_training_pools_draws_without_refits(
     assert diag.summary["draws"] == draws
 
 
+def test_a_model_that_trains_rescales_its_error_by_linears_draws(monkeypatch):
+    """A model that trains learns its error model from one draw of validation pixels; its
+    errors are rescaled by what that draw does to ``linear``'s error model: the median,
+    over the real gaps, of ``linear``'s error learned from four draws over that learned
+    from the first (the two models ``fit("linear")`` makes with four draws and with one).
+    A model that pools draws is not rescaled."""
+    from gapfill import accessor
+    from gapfill.diagnostics import MAX_VALIDATION_DRAWS
+
+    _, gappy = noisy_cube(t=16, h=12, w=16)
+    seen = []
+    real_errors = accessor.validation_errors
+
+    def spy_errors(model, *args, **kwargs):
+        out = real_errors(model, *args, **kwargs)
+        seen.append((model.method.name, out))
+        return out
+
+    monkeypatch.setattr(accessor, "validation_errors", spy_errors)
+    options = {**UNTRAINED_FILLS["flowfill"], "carry": 0.5}
+    model = gappy.gapfill.fit("flowfill", seed=0, **options)
+    assert model.info["validation_draws"] == 1
+    linear = [out for name, out in seen if name == "linear"]
+    assert len(linear) == MAX_VALIDATION_DRAWS + 1  # each draw, then the real gaps
+    features = linear[-1][1]
+    seen = np.isfinite(gappy.values)
+    assert features.shape[1] == (~seen & seen.any(0)).sum()  # land is no gap
+    monkeypatch.setattr(accessor, "validation_errors", real_errors)
+    pooled = gappy.gapfill.fit("linear", seed=0)
+    monkeypatch.setattr(accessor, "validation_draws", lambda *args, **kwargs: 1)
+    one = gappy.gapfill.fit("linear", seed=0)
+    assert pooled.info["validation_draws"] == MAX_VALIDATION_DRAWS
+    ok = np.isfinite(features).all(0)
+    expected = np.median(pooled.error_model.predict(features[:, ok])
+                         / one.error_model.predict(features[:, ok]))
+    assert model.info["validation_control"] == pytest.approx(expected, rel=1e-5)
+    assert model.info["validation_control"] != 1.0
+    for fitted in (pooled, one):
+        assert fitted.info["validation_control"] == 1.0
+    monkeypatch.setattr(accessor, "_draw_control", lambda *args, **kwargs: 1.0)
+    plain = gappy.gapfill.fit("flowfill", seed=0, **options)
+    np.testing.assert_allclose(model.error_model.factor,
+                               model.info["validation_control"] * plain.error_model.factor)
+
+
 def test_validation_draws_only_for_small_validation_sets_of_cheap_fits():
     from gapfill import methods
     from gapfill.diagnostics import MAX_VALIDATION_DRAWS, MIN_VALIDATION_PIXELS, validation_draws
