@@ -125,11 +125,12 @@ def fit_dataarray(
                                  variability=variability)
     # A model that trained learns its error from one draw of validation pixels, whose
     # patches may be easier or harder than most: correct its scale by what one draw
-    # does to the error model of a cheap fill of the same cube.
-    control = 1.0
+    # does to the error model of a cheap fill of the same cube, as far as the two fills
+    # find the same pixels hard.
+    control, slope = 1.0, 0.0
     if draws == 1 and not cheap and not stream and first_val.any():
-        control = _draw_control(cube, observed, spec, missing, (hide, validation), frames, raw,
-                                coords, seed, variability)
+        control, slope = _draw_control(cube, observed, spec, missing, (hide, validation),
+                                       frames, raw, coords, seed, variability, found[0][0])
         error_model = error_model.rescaled(control)
     info = {
         "variable": cube.name,
@@ -138,6 +139,7 @@ def fit_dataarray(
         "calibration_seconds": round(time.perf_counter() - start, 3),
         "validation_draws": draws,
         "validation_control": control,
+        "validation_control_slope": slope,
         "holdout_scale": scale,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "gapfill_version": __version__,
@@ -175,17 +177,21 @@ def _holdout_scale(
 def _draw_control(
     cube: Cube, observed: Any, spec: Holdout, missing: np.ndarray | None,
     first_masks: tuple[Any, Any], frames: slice, raw: np.ndarray, coords: Any, seed: int,
-    variability: np.ndarray | None,
-) -> float:
-    """How much the error model of a one-draw fit should be rescaled
-    (``info["validation_control"]``): a control variate for the draw's chance.
+    variability: np.ndarray | None, first_errors: np.ndarray,
+) -> tuple[float, float]:
+    """How much the error model of a one-draw fit is rescaled, a control variate for the
+    draw's chance: ``(factor, slope)`` (``info["validation_control"]`` and
+    ``info["validation_control_slope"]``).
 
-    ``linear`` (cheap, and about as hard to fill for as any method in the same gaps) is
-    fitted for :data:`~gapfill.diagnostics.MAX_VALIDATION_DRAWS` draws of hold-out and
-    validation pixels, the first being the fit's own (``first_masks``); the factor is the
-    median of the error its model predicts from all draws over the error it predicts from
-    the first draw alone, over the real gaps of the window ``raw``. 1 when there is
-    nothing to compare.
+    ``linear`` (cheap) is fitted for :data:`~gapfill.diagnostics.MAX_VALIDATION_DRAWS`
+    draws of hold-out and validation pixels, the first being the fit's own
+    (``first_masks``). Its draw's chance, ``c``, is the median over the real gaps of the
+    window ``raw`` of the error its model predicts from all draws over the error it
+    predicts from the first draw alone. A draw whose pixels are easy for ``linear`` is
+    easy for the method as far as their errors go together: ``slope`` is that of the
+    method's log error (``first_errors``, at the first draw's validation pixels) on
+    ``linear``'s at the same pixels, clipped to ``[0, 1]``, and the factor is
+    ``c ** slope``. ``(1, 0)`` when there is nothing to compare.
     """
     found = []
     for draw in range(MAX_VALIDATION_DRAWS):
@@ -196,25 +202,42 @@ def _draw_control(
         model = FittedModel(linear, cube.normaliser, cube.dims, cube.name, spec)
         (val,) = _first_frames(cube, [validation], frames)
         if not val.any():
-            return 1.0
+            return 1.0, 0.0
         with methods.limit_threads(linear.options.threads, int(np.prod(cube.shape))):
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
+    slope = _log_slope(first_errors, found[0][0])
     one = ErrorModel.fit(*found[0], variability=variability)
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     pooled = ErrorModel.fit(abs_error, features, variability=variability)
     # compared where it matters: the real gaps of the window, as linear fills them
     seen = np.isfinite(raw)
     gaps = ~seen & seen.any(1, keepdims=True)
-    if not gaps.any():
-        return 1.0
+    if not gaps.any() or slope == 0.0:
+        return 1.0, slope
     with methods.limit_threads(linear.options.threads, int(np.prod(cube.shape))):
         _, features = validation_errors(model, raw, gaps, coords, seed=seed,
                                         variability=variability)
     ok = np.isfinite(features).all(0)
     ratio = pooled.predict(features[:, ok]) / one.predict(features[:, ok])
-    factor = float(np.median(ratio)) if ratio.size else float("nan")
-    return factor if np.isfinite(factor) and factor > 0 else 1.0
+    chance = float(np.median(ratio)) if ratio.size else float("nan")
+    if not (np.isfinite(chance) and chance > 0):
+        return 1.0, slope
+    return chance**slope, slope
+
+
+def _log_slope(y: np.ndarray, x: np.ndarray) -> float:
+    """Least-squares slope of ``log y`` on ``log x`` (absolute errors at the same pixels,
+    each offset by 1% of its median), clipped to ``[0, 1]``; 0 with fewer than 3 pairs."""
+    ok = np.isfinite(y) & np.isfinite(x)
+    if ok.sum() < 3:
+        return 0.0
+    ly, lx = (np.log(v[ok] + max(1e-2 * float(np.median(v[ok])), 1e-12)) for v in (y, x))
+    spread = float(np.var(lx))
+    if not spread > 0:
+        return 0.0
+    slope = float(np.mean((lx - lx.mean()) * (ly - ly.mean())) / spread)
+    return float(np.clip(slope, 0.0, 1.0))
 
 
 def _fit_method(method: Any, fit_cube: Cube, seed: int, stream: bool) -> None:

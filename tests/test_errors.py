@@ -544,8 +544,9 @@ def test_a_model_that_trains_rescales_its_error_by_linears_draws(monkeypatch):
     """A model that trains learns its error model from one draw of validation pixels; its
     errors are rescaled by what that draw does to ``linear``'s error model: the median,
     over the real gaps, of ``linear``'s error learned from four draws over that learned
-    from the first (the two models ``fit("linear")`` makes with four draws and with one).
-    A model that pools draws is not rescaled."""
+    from the first (the two models ``fit("linear")`` makes with four draws and with one),
+    to the power of how much the two fills' errors go together. A model that pools draws
+    is not rescaled."""
     from gapfill import accessor
     from gapfill.diagnostics import MAX_VALIDATION_DRAWS
 
@@ -573,16 +574,31 @@ def test_a_model_that_trains_rescales_its_error_by_linears_draws(monkeypatch):
     one = gappy.gapfill.fit("linear", seed=0)
     assert pooled.info["validation_draws"] == MAX_VALIDATION_DRAWS
     ok = np.isfinite(features).all(0)
-    expected = np.median(pooled.error_model.predict(features[:, ok])
-                         / one.error_model.predict(features[:, ok]))
-    assert model.info["validation_control"] == pytest.approx(expected, rel=1e-5)
+    chance = np.median(pooled.error_model.predict(features[:, ok])
+                       / one.error_model.predict(features[:, ok]))
+    slope = model.info["validation_control_slope"]
+    assert 0.0 < slope <= 1.0
+    assert model.info["validation_control"] == pytest.approx(chance**slope, rel=1e-5)
     assert model.info["validation_control"] != 1.0
     for fitted in (pooled, one):
         assert fitted.info["validation_control"] == 1.0
-    monkeypatch.setattr(accessor, "_draw_control", lambda *args, **kwargs: 1.0)
+    monkeypatch.setattr(accessor, "_draw_control", lambda *args, **kwargs: (1.0, 0.0))
     plain = gappy.gapfill.fit("flowfill", seed=0, **options)
     np.testing.assert_allclose(model.error_model.factor,
                                model.info["validation_control"] * plain.error_model.factor)
+
+
+def test_control_slope_is_how_much_two_fills_errors_go_together():
+    from gapfill.accessor import _log_slope
+
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(size=2000)
+    assert _log_slope(x, x) == pytest.approx(1.0)
+    assert _log_slope(np.sqrt(x), x) == pytest.approx(0.5, abs=0.01)
+    assert _log_slope(x**2, x) == 1.0  # at most 1: a draw's chance is not amplified
+    assert _log_slope(1.0 / x, x) == 0.0
+    assert abs(_log_slope(rng.lognormal(size=2000), x)) < 0.05
+    assert _log_slope(x[:2], x[:2]) == 0.0
 
 
 def test_validation_draws_only_for_small_validation_sets_of_cheap_fits():
