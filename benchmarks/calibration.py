@@ -20,7 +20,8 @@ the scored fill's transfer (``gapfill_holdout_transfer``): the reported hold-out
 scored one times both; ``draws``, how many validation draws the error model pooled
 (``info["validation_draws"]``); ``ctl`` and ``slope``, the factor a one-draw error model
 was rescaled by and the weight given to ``linear``'s draws in it
-(``info["validation_control"]``, ``info["validation_control_slope"]``).
+(``info["validation_control"]``, ``info["validation_control_slope"]``), and ``1σ/ctl`` and
+``2σ/ctl`` the true shares with σ not rescaled.
 
 Run::
 
@@ -189,6 +190,8 @@ def run(cube: str, method: str, seed: int, options: dict | None = None,
     ok = scored & np.isfinite(abs_error) & np.isfinite(sigma)
     err, sig = abs_error[ok], sigma[ok]
     one, two = errors.within_shares(err, sig)
+    control = float(model.info.get("validation_control", 1.0))
+    one_plain, two_plain = errors.within_shares(err, sig / control)
     a = out.attrs
     true_mae = float(err.mean())
     spread = block_bootstrap(truth.shape[0], np.asarray(diagnostics.time_index),
@@ -208,7 +211,9 @@ def run(cube: str, method: str, seed: int, options: dict | None = None,
         "scale": float(a.get("gapfill_holdout_scale", np.nan)),
         "transfer": float(a.get("gapfill_holdout_transfer", np.nan)),
         "draws": int(model.info.get("validation_draws", 1)),
-        "control": float(model.info.get("validation_control", 1.0)),
+        "control": control,
+        "within_1sigma_plain": one_plain,
+        "within_2sigma_plain": two_plain,
         "control_slope": float(model.info.get("validation_control_slope", 0.0)),
         "by_distance": (by_distance(np.isfinite(gappy.values), abs_error, sigma, ok)
                         if distances else []),
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'cube':8} {'method':12} {'seed':>4} {'true MAE':>9} {'hold-out':>9} {'ratio':>7} "
           f"{'in 1σ':>7} {'in 2σ':>7} {'h 1σ':>6} {'h 2σ':>6} {'± ratio':>7} {'± 1σ':>6} "
           f"{'± 2σ':>6} {'process':>10} {'fit s':>7} {'cal s':>6} {'scale':>6} {'trans':>6} "
-          f"{'draws':>5} {'ctl':>5} {'slope':>5}")
+          f"{'draws':>5} {'ctl':>5} {'slope':>5} {'1σ/ctl':>6} {'2σ/ctl':>6}")
     for cube in args.cubes:
         for method in args.methods:
             for seed in args.seeds:
@@ -258,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['within_2sigma_se']:6.1%} "
                     f"{r['holdout_process']:>10} {r['fit_s']:7.1f} {r['calibration_s']:6.2f} "
                     f"{r['scale']:6.3f} {r['transfer']:6.3f} {r['draws']:5d} {r['control']:5.3f} "
-                    f"{r['control_slope']:5.2f}",
+                    f"{r['control_slope']:5.2f} {r['within_1sigma_plain']:6.1%} "
+                    f"{r['within_2sigma_plain']:6.1%}",
                     flush=True,
                 )
                 if args.by_distance:
