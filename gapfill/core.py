@@ -98,6 +98,11 @@ def predict_error(
         after = np.nan_to_num(
             np.asarray(edges.after_index, np.float64) - (edges.start + n_time - 1), nan=far
         )
+        # A block with a time halo holds its chunk's edges, which may lie inside it: the
+        # halo frames before (after) them have no known observation outside the block
+        # (they are trimmed after the fill).
+        before = np.where(before > 0, before, far)
+        after = np.where(after > 0, after, far)
     use_native = native if error_model.uses_native else None
     variability = error_model.pixel_variability(observed.shape)
     if not error_model.coef[1 + errors.GRADIENT]:  # a slope of 0: the fill's gradient is unused
