@@ -129,8 +129,9 @@ def fit_dataarray(
     # find the same pixels hard.
     control, slope = 1.0, 0.0
     if draws == 1 and not cheap and not stream and first_val.any():
-        control, slope = _draw_control(cube, observed, spec, missing, (hide, validation),
-                                       frames, raw, coords, seed, variability, found[0][0])
+        control, slope = _draw_control(cube, observed, spec, missing, hide | validation,
+                                       first_val, frames, raw, coords, seed, variability,
+                                       found[0][0])
         error_model = error_model.rescaled(control)
     info = {
         "variable": cube.name,
@@ -175,8 +176,8 @@ def _holdout_scale(
 
 
 def _draw_control(
-    cube: Cube, observed: Any, spec: Holdout, missing: np.ndarray | None,
-    first_masks: tuple[Any, Any], frames: slice, raw: np.ndarray, coords: Any, seed: int,
+    cube: Cube, observed: Any, spec: Holdout, missing: np.ndarray | None, first_hidden: Any,
+    first_val: np.ndarray, frames: slice, raw: np.ndarray, coords: Any, seed: int,
     variability: np.ndarray | None, first_errors: np.ndarray,
 ) -> tuple[float, float]:
     """How much the error model of a one-draw fit is rescaled, a control variate for the
@@ -184,39 +185,46 @@ def _draw_control(
     ``info["validation_control_slope"]``).
 
     ``linear`` (cheap) is fitted for :data:`~gapfill.diagnostics.MAX_VALIDATION_DRAWS`
-    draws of hold-out and validation pixels, the first being the fit's own
-    (``first_masks``). Its draw's chance, ``c``, is the median over the real gaps of the
-    window ``raw`` of the error its model predicts from all draws over the error it
-    predicts from the first draw alone. A draw whose pixels are easy for ``linear`` is
-    easy for the method as far as their errors go together: ``slope`` is that of the
-    method's log error (``first_errors``, at the first draw's validation pixels) on
-    ``linear``'s at the same pixels, clipped to ``[0, 1]``, and the factor is
-    ``c ** slope``. ``(1, 0)`` when there is nothing to compare.
+    draws of hold-out and validation pixels, the first being the fit's own (its hidden
+    pixels ``first_hidden``, its validation pixels ``first_val`` in the window ``raw``).
+    A draw whose pixels are easy for ``linear`` is easy for the method as far as their
+    errors go together: ``slope`` is that of the method's log error (``first_errors``, at
+    the first draw's validation pixels) on ``linear``'s at the same pixels, clipped to
+    ``[0, 1]``. ``linear``'s draw's chance, ``c``, is the median over the window's real
+    gaps of the error its model predicts from all draws over the error it predicts from
+    the first draw alone, and the factor is ``c ** slope``. ``(1, 0)`` when there is
+    nothing to compare.
     """
-    found = []
+    linear = methods.get("linear")()
+    _fit_method(linear, cube.with_hide(first_hidden), seed, False)
+    first = FittedModel(linear, cube.normaliser, cube.dims, cube.name, spec)
+    threads = (linear.options.threads, int(np.prod(cube.shape)))
+    found, slope = [], 0.0
     for draw in range(MAX_VALIDATION_DRAWS):
-        hide, validation = first_masks if not draw else fit_masks(observed, spec, missing,
-                                                                 draw=draw)
-        linear = methods.get("linear")()
-        _fit_method(linear, cube.with_hide(hide | validation), seed, False)
-        model = FittedModel(linear, cube.normaliser, cube.dims, cube.name, spec)
-        (val,) = _first_frames(cube, [validation], frames)
+        model, val = first, first_val
+        if draw:
+            hide, validation = fit_masks(observed, spec, missing, draw=draw)
+            model = refit(first, cube, hide | validation, draw)
+            (val,) = _first_frames(cube, [validation], frames)
         if not val.any():
             return 1.0, 0.0
-        with methods.limit_threads(linear.options.threads, int(np.prod(cube.shape))):
+        with methods.limit_threads(*threads):
             found.append(validation_errors(model, raw, val, coords, seed=seed,
                                            variability=variability))
-    slope = _log_slope(first_errors, found[0][0])
+        if not draw:
+            slope = _log_slope(first_errors, found[0][0])
+            if slope == 0.0:  # nothing of linear's chance is the method's
+                return 1.0, 0.0
     one = ErrorModel.fit(*found[0], variability=variability)
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     pooled = ErrorModel.fit(abs_error, features, variability=variability)
     # compared where it matters: the real gaps of the window, as linear fills them
     seen = np.isfinite(raw)
     gaps = ~seen & seen.any(1, keepdims=True)
-    if not gaps.any() or slope == 0.0:
+    if not gaps.any():
         return 1.0, slope
-    with methods.limit_threads(linear.options.threads, int(np.prod(cube.shape))):
-        _, features = validation_errors(model, raw, gaps, coords, seed=seed,
+    with methods.limit_threads(*threads):
+        _, features = validation_errors(first, raw, gaps, coords, seed=seed,
                                         variability=variability)
     ok = np.isfinite(features).all(0)
     ratio = pooled.predict(features[:, ok]) / one.predict(features[:, ok])
