@@ -21,7 +21,9 @@ scored one times both; ``draws``, how many validation draws the error model pool
 (``info["validation_draws"]``); ``ctl`` and ``slope``, the factor a one-draw error model
 was rescaled by and the weight given to ``linear``'s draws in it
 (``info["validation_control"]``, ``info["validation_control_slope"]``), and ``1σ/ctl`` and
-``2σ/ctl`` the true shares with σ not rescaled.
+``2σ/ctl`` the true shares with σ not rescaled by it; ``gain``, the factor for the
+observations the validation fill lacks (``info["observation_gain"]``), and ``1σ/gain`` and
+``2σ/gain`` the true shares with σ not multiplied by it.
 
 Run::
 
@@ -192,6 +194,8 @@ def run(cube: str, method: str, seed: int, options: dict | None = None,
     one, two = errors.within_shares(err, sig)
     control = float(model.info.get("validation_control", 1.0))
     one_plain, two_plain = errors.within_shares(err, sig / control)
+    gain = float(model.info.get("observation_gain", 1.0))
+    one_gain, two_gain = errors.within_shares(err, sig / gain)
     a = out.attrs
     true_mae = float(err.mean())
     spread = block_bootstrap(truth.shape[0], np.asarray(diagnostics.time_index),
@@ -215,6 +219,9 @@ def run(cube: str, method: str, seed: int, options: dict | None = None,
         "within_1sigma_plain": one_plain,
         "within_2sigma_plain": two_plain,
         "control_slope": float(model.info.get("validation_control_slope", 0.0)),
+        "gain": gain,
+        "within_1sigma_gain": one_gain,
+        "within_2sigma_gain": two_gain,
         "by_distance": (by_distance(np.isfinite(gappy.values), abs_error, sigma, ok)
                         if distances else []),
         **spread,
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'cube':8} {'method':12} {'seed':>4} {'true MAE':>9} {'hold-out':>9} {'ratio':>7} "
           f"{'in 1σ':>7} {'in 2σ':>7} {'h 1σ':>6} {'h 2σ':>6} {'± ratio':>7} {'± 1σ':>6} "
           f"{'± 2σ':>6} {'process':>10} {'fit s':>7} {'cal s':>6} {'scale':>6} {'trans':>6} "
-          f"{'draws':>5} {'ctl':>5} {'slope':>5} {'1σ/ctl':>6} {'2σ/ctl':>6}")
+          f"{'draws':>5} {'ctl':>5} {'slope':>5} {'1σ/ctl':>6} {'2σ/ctl':>6} {'gain':>5} "
+          f"{'1σ/gain':>7} {'2σ/gain':>7}")
     for cube in args.cubes:
         for method in args.methods:
             for seed in args.seeds:
@@ -264,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['holdout_process']:>10} {r['fit_s']:7.1f} {r['calibration_s']:6.2f} "
                     f"{r['scale']:6.3f} {r['transfer']:6.3f} {r['draws']:5d} {r['control']:5.3f} "
                     f"{r['control_slope']:5.2f} {r['within_1sigma_plain']:6.1%} "
-                    f"{r['within_2sigma_plain']:6.1%}",
+                    f"{r['within_2sigma_plain']:6.1%} {r['gain']:5.3f} "
+                    f"{r['within_1sigma_gain']:7.1%} {r['within_2sigma_gain']:7.1%}",
                     flush=True,
                 )
                 if args.by_distance:

@@ -119,7 +119,8 @@ def fit_dataarray(
             draws = validation_draws(calibrated, int(first_val.sum()), stream)
         draw += 1
     # What the hold-out's observations are worth to the fill: the hold-out MAE's scale.
-    scale = _holdout_scale(fitted, cube, raw, hold, first_val, found[0][0], coords, seed)
+    scale, hidden_hold = _holdout_scale(fitted, cube, raw, hold, first_val, found[0][0], coords,
+                                        seed, variability)
     abs_error, features = (np.concatenate(parts, axis=-1) for parts in zip(*found))
     error_model = ErrorModel.fit(abs_error, features, uses_native=method_obj.provides_error,
                                  variability=variability)
@@ -133,6 +134,11 @@ def fit_dataarray(
                                        first_val, frames, raw, coords, seed, variability,
                                        found[0][0])
         error_model = error_model.rescaled(control)
+    # The validation pixels are scored in a fill that lacks them; the product has them.
+    # What observations of the kind are worth beyond what the error model's features say
+    # is measured with the hold-out's, and scales the error.
+    gain = _observation_gain(error_model, found[0], hidden_hold)
+    error_model = error_model.rescaled(gain)
     info = {
         "variable": cube.name,
         "shape": list(cube.shape),
@@ -142,6 +148,7 @@ def fit_dataarray(
         "validation_control": control,
         "validation_control_slope": slope,
         "holdout_scale": scale,
+        "observation_gain": gain,
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "gapfill_version": __version__,
     }
@@ -151,10 +158,13 @@ def fit_dataarray(
 def _holdout_scale(
     fitted: FittedModel, cube: Cube, raw: np.ndarray, hold: np.ndarray,
     validation: np.ndarray, abs_error: np.ndarray, coords: Any, seed: int,
-) -> float:
+    variability: np.ndarray | None = None,
+) -> tuple[float, tuple[np.ndarray, np.ndarray] | None]:
     """How much smaller the product's error is than that of the fill its hold-out is
     scored in (``info["holdout_scale"]``; :class:`~gapfill.diagnostics.Diagnostics`
-    multiplies the hold-out MAE by it).
+    multiplies the hold-out MAE by it), and the validation pixels' errors and features in
+    the fill with the hold-out hidden (for :func:`_observation_gain`; ``None`` when there
+    is nothing to compare).
 
     The hold-out is scored in a fill without the held-out observations; the product has
     them. Most held-out pieces border a real gap, so hiding them enlarges it. The fitted
@@ -165,14 +175,42 @@ def _holdout_scale(
     NaN when there is nothing to compare.
     """
     if not validation.any() or not hold.any():
-        return float("nan")
+        return float("nan"), None
     with methods.limit_threads(fitted.method.options.threads, int(np.prod(cube.shape))):
-        without, _ = validation_errors(fitted, np.where(hold, np.nan, raw), validation, coords,
-                                       seed=seed, features=False)
+        without, features = validation_errors(fitted, np.where(hold, np.nan, raw), validation,
+                                              coords, seed=seed, variability=variability)
     ok = np.isfinite(abs_error) & np.isfinite(without)
     if not ok.any() or not without[ok].sum() > 0:
-        return float("nan")
-    return float(min(1.0, abs_error[ok].mean() / without[ok].mean()))
+        return float("nan"), None
+    return float(min(1.0, abs_error[ok].mean() / without[ok].mean())), (without, features)
+
+
+def _observation_gain(
+    error_model: ErrorModel, with_hold: tuple[np.ndarray, np.ndarray],
+    without_hold: tuple[np.ndarray, np.ndarray] | None,
+) -> float:
+    """The factor on the error model's σ for the observations its validation fill lacks
+    (``info["observation_gain"]``, at most 1).
+
+    The error model learns from validation pixels scored in a fill without them, and the
+    product's gaps are filled with them observed. Whatever more observations do to the
+    error beyond what the features (distances, gap length) say is measured with the
+    hold-out's: the validation pixels' errors with the hold-out observed and hidden
+    (``(abs_error, features)`` each) change by the ratio of their MAEs, the model's
+    prediction by the ratio of its means; the factor is the first ratio over the second.
+    1 when there is nothing to compare.
+    """
+    if without_hold is None:
+        return 1.0
+    (e1, f1), (e0, f0) = with_hold, without_hold
+    ok = (np.isfinite(e1) & np.isfinite(e0) & np.isfinite(f1).all(0) & np.isfinite(f0).all(0))
+    if not ok.any():
+        return 1.0
+    s1, s0 = (error_model.predict(f[:, ok]).astype(np.float64).mean() for f in (f1, f0))
+    actual, predicted = e1[ok].mean() / e0[ok].mean(), s1 / s0
+    if not (np.isfinite(actual) and np.isfinite(predicted) and actual > 0 and predicted > 0):
+        return 1.0
+    return float(min(1.0, actual / predicted))
 
 
 def _draw_control(

@@ -696,12 +696,18 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
                       t_index[ok], int((~ok).sum())))
         transfers.append(holdout_transfer(model, observed[:, frames], hide[:, frames],
                                           filled[:, frames], ever))
-    return _joined(parts, times, model.name, _scale(model), transfers)
+    return _joined(parts, times, model.name, _scale(model), transfers, _gain(model))
 
 
 def _scale(model: FittedModel) -> float:
     """The model's ``holdout_scale``; 1 when it has none."""
     value = float(model.info.get("holdout_scale", float("nan")))
+    return value if np.isfinite(value) and value > 0 else 1.0
+
+
+def _gain(model: FittedModel) -> float:
+    """The model's ``observation_gain``; 1 when it has none."""
+    value = float(model.info.get("observation_gain", float("nan")))
     return value if np.isfinite(value) and value > 0 else 1.0
 
 
@@ -749,15 +755,19 @@ def holdout_transfer(
 
 
 def _joined(parts: list[tuple], times: np.ndarray, method: str, scale: float = 1.0,
-            transfers: list[float] | None = None) -> Diagnostics:
+            transfers: list[float] | None = None, gain: float = 1.0) -> Diagnostics:
     """One :class:`Diagnostics` from the ``(truth, predicted, error, time index,
-    unfilled)`` of each hold-out draw and its transfer (:func:`holdout_transfer`)."""
+    unfilled)`` of each hold-out draw and its transfer (:func:`holdout_transfer`).
+
+    The scored fill lacks the held-out observations, as the fill the error model learned
+    in lacks the validation pixels: its predicted error is the product's over ``gain``
+    (the model's ``observation_gain``)."""
     transfer = 1.0
     if transfers is not None:
         weight = np.array([np.abs(p[1] - p[0]).sum() for p in parts])
         if weight.sum() > 0:
             transfer = float(np.dot(weight, transfers) / weight.sum())
-    error = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+    error = None if parts[0][2] is None else np.concatenate([p[2] for p in parts]) / gain
     return Diagnostics(
         truth=np.concatenate([p[0] for p in parts]),
         predicted=np.concatenate([p[1] for p in parts]),
@@ -810,7 +820,7 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
     ]
     if not with_error:
         parts = [(p[0], p[1], None, *p[3:]) for p in parts]
-    return _joined(parts, times, model.name, _scale(model), transfers)
+    return _joined(parts, times, model.name, _scale(model), transfers, _gain(model))
 
 
 def _held_out(raw: np.ndarray, hide: np.ndarray, filled: np.ndarray, *rest: Any) -> tuple:

@@ -696,6 +696,62 @@ def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypat
     assert out.attrs["gapfill_holdout_scored_mae"] == pytest.approx(s["scored_mae"])
 
 
+def test_observation_gain_is_what_observations_do_beyond_the_features():
+    """The validation pixels are scored in a fill without them; the product has them. The
+    error shrinks by what the hold-out's observations do to the validation errors, less
+    what the error model's features already say of them; never grows."""
+    from gapfill.accessor import _observation_gain
+    from gapfill.errors import FEATURES, ErrorModel
+
+    rng = np.random.default_rng(0)
+    coef = np.zeros(1 + len(FEATURES))
+    coef[1] = 1.0  # the error doubles with log1p(distance) up by log 2
+    model = ErrorModel(coef, np.zeros(1), np.ones(1))
+    e0 = rng.lognormal(size=500)
+    f0 = np.zeros((len(FEATURES), 500))
+    f0[0] = rng.uniform(1.0, 2.0, 500)
+    same = f0.copy()
+    nearer = f0.copy()
+    nearer[0] -= np.log(2.0)  # the model predicts half the error
+    assert _observation_gain(model, (0.5 * e0, same), (e0, f0)) == pytest.approx(0.5)
+    assert _observation_gain(model, (0.5 * e0, nearer), (e0, f0)) == pytest.approx(1.0)
+    assert _observation_gain(model, (0.25 * e0, nearer), (e0, f0)) == pytest.approx(0.5)
+    assert _observation_gain(model, (2.0 * e0, same), (e0, f0)) == 1.0
+    assert _observation_gain(model, (e0, f0), None) == 1.0
+
+
+def test_error_is_scaled_by_the_observation_gain_and_the_holdout_scored_without_it(
+        monkeypatch):
+    """``fit`` measures the gain from the validation pixels filled with the hold-out
+    observed and hidden, and multiplies the error by it; the hold-out, scored in a fill
+    without its observations, is scored against the error without the gain."""
+    from gapfill import accessor
+
+    _, gappy = noisy_cube(noise=0.0, t=24, h=12, w=16)
+    calls = []
+    real = accessor.validation_errors
+
+    def spy(model, raw, validation, *args, **kwargs):
+        out = real(model, raw, validation, *args, **kwargs)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(accessor, "validation_errors", spy)
+    model = gappy.gapfill.fit("linear", seed=0)
+    (e1, f1), (e0, f0) = calls[0], calls[-1]
+    em = model.error_model
+    ok = np.isfinite(e1) & np.isfinite(e0)
+    predicted = em.predict(f1[:, ok]).mean() / em.predict(f0[:, ok]).mean()
+    gain = min(1.0, e1[ok].mean() / e0[ok].mean() / predicted)
+    assert model.info["observation_gain"] == pytest.approx(gain, rel=1e-5)
+    assert 0.0 < gain < 1.0
+    monkeypatch.setitem(model._run, "observation_gain", 1.0)
+    plain = gappy.gapfill.score(model).predicted_error
+    monkeypatch.setitem(model._run, "observation_gain", 0.5)
+    np.testing.assert_allclose(gappy.gapfill.score(model).predicted_error, 2.0 * plain,
+                               rtol=1e-6)
+
+
 def test_resumed_run_keeps_the_holdout_scale(tmp_path):
     """A resumed recipe run reuses the saved hold-out scores, scale, transfer and number of
     draws included."""
