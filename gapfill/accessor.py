@@ -18,11 +18,14 @@ from gapfill import methods, streaming
 from gapfill.cube import Cube
 from gapfill.diagnostics import (
     MAX_VALIDATION_DRAWS,
+    MIN_SE_BLOCKS,
+    TIME_BLOCKS,
     Diagnostics,
     fit_masks,
     refit,
     resolve_process,
     score,
+    time_block_draws,
     validation_draws,
 )
 from gapfill.dims import find_dims, is_single_frame
@@ -137,7 +140,8 @@ def fit_dataarray(
     # The validation pixels are scored in a fill that lacks them; the product has them.
     # What observations of the kind are worth beyond what the error model's features say
     # is measured with the hold-out's, and scales the error.
-    gain = _observation_gain(error_model, found[0], hidden_hold)
+    gain = _observation_gain(error_model, found[0], hidden_hold, np.nonzero(first_val)[1],
+                             first_val.shape[1])
     error_model = error_model.rescaled(gain)
     info = {
         "variable": cube.name,
@@ -187,7 +191,7 @@ def _holdout_scale(
 
 def _observation_gain(
     error_model: ErrorModel, with_hold: tuple[np.ndarray, np.ndarray],
-    without_hold: tuple[np.ndarray, np.ndarray] | None,
+    without_hold: tuple[np.ndarray, np.ndarray] | None, time_index: np.ndarray, n_time: int,
 ) -> float:
     """The factor on the error model's σ for the observations its validation fill lacks
     (``info["observation_gain"]``, at most 1).
@@ -196,9 +200,13 @@ def _observation_gain(
     product's gaps are filled with them observed. Whatever more observations do to the
     error beyond what the features (distances, gap length) say is measured with the
     hold-out's: the validation pixels' errors with the hold-out observed and hidden
-    (``(abs_error, features)`` each) change by the ratio of their MAEs, the model's
-    prediction by the ratio of its means; the factor is the first ratio over the second.
-    1 when there is nothing to compare.
+    (``(abs_error, features)`` each; ``time_index``, the frame of each pixel of the
+    ``n_time`` frames) change by the ratio of their MAEs, the model's prediction by the
+    ratio of its means; their quotient ``g`` is measured with a standard error ``se`` (a
+    block bootstrap over stretches of time, :func:`~gapfill.diagnostics.time_block_draws`)
+    and shrunk towards 1 by its precision: ``log g · L² / (L² + se²)`` with
+    ``L = log g``. 1 when there is nothing to compare, when fewer than
+    :data:`~gapfill.diagnostics.MIN_SE_BLOCKS` stretches hold pixels, or when ``g >= 1``.
     """
     if without_hold is None:
         return 1.0
@@ -206,11 +214,23 @@ def _observation_gain(
     ok = (np.isfinite(e1) & np.isfinite(e0) & np.isfinite(f1).all(0) & np.isfinite(f0).all(0))
     if not ok.any():
         return 1.0
-    s1, s0 = (error_model.predict(f[:, ok]).astype(np.float64).mean() for f in (f1, f0))
-    actual, predicted = e1[ok].mean() / e0[ok].mean(), s1 / s0
-    if not (np.isfinite(actual) and np.isfinite(predicted) and actual > 0 and predicted > 0):
+    p1, p0 = (error_model.predict(f[:, ok]).astype(np.float64) for f in (f1, f0))
+    block, draw = time_block_draws(n_time)
+    where = block[np.asarray(time_index)[ok]]
+    if np.unique(where).size < MIN_SE_BLOCKS:
         return 1.0
-    return float(min(1.0, actual / predicted))
+    # sums by stretch of time of the four means' terms: the point estimate, then resamples
+    sums = np.stack([np.bincount(where, weights=v, minlength=TIME_BLOCKS)
+                     for v in (e1[ok], e0[ok], p1, p0)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_g = np.log(sums[0].sum() * sums[3].sum() / (sums[1].sum() * sums[2].sum()))
+        drawn = sums[:, draw].sum(-1)
+        resampled = np.log(drawn[0] * drawn[3] / (drawn[1] * drawn[2]))
+    se = float(np.nanstd(resampled[np.isfinite(resampled)])) if np.isfinite(resampled).any() \
+        else float("nan")
+    if not (np.isfinite(log_g) and log_g < 0 and np.isfinite(se)):
+        return 1.0
+    return float(np.exp(log_g * log_g**2 / (log_g**2 + se**2)))
 
 
 def _draw_control(

@@ -699,7 +699,8 @@ def test_holdout_mae_is_scaled_to_the_product_by_the_validation_pixels(monkeypat
 def test_observation_gain_is_what_observations_do_beyond_the_features():
     """The validation pixels are scored in a fill without them; the product has them. The
     error shrinks by what the hold-out's observations do to the validation errors, less
-    what the error model's features already say of them; never grows."""
+    what the error model's features already say of them, shrunk towards 1 as far as it is
+    uncertain; it never grows."""
     from gapfill.accessor import _observation_gain
     from gapfill.errors import FEATURES, ErrorModel
 
@@ -707,17 +708,28 @@ def test_observation_gain_is_what_observations_do_beyond_the_features():
     coef = np.zeros(1 + len(FEATURES))
     coef[1] = 1.0  # the error doubles with log1p(distance) up by log 2
     model = ErrorModel(coef, np.zeros(1), np.ones(1))
-    e0 = rng.lognormal(size=500)
-    f0 = np.zeros((len(FEATURES), 500))
-    f0[0] = rng.uniform(1.0, 2.0, 500)
+    n, frames = 500, 20
+    times = rng.integers(0, frames, n)
+    e0 = rng.lognormal(size=n)
+    f0 = np.zeros((len(FEATURES), n))
+    f0[0] = rng.uniform(1.0, 2.0, n)
     same = f0.copy()
     nearer = f0.copy()
     nearer[0] -= np.log(2.0)  # the model predicts half the error
-    assert _observation_gain(model, (0.5 * e0, same), (e0, f0)) == pytest.approx(0.5)
-    assert _observation_gain(model, (0.5 * e0, nearer), (e0, f0)) == pytest.approx(1.0)
-    assert _observation_gain(model, (0.25 * e0, nearer), (e0, f0)) == pytest.approx(0.5)
-    assert _observation_gain(model, (2.0 * e0, same), (e0, f0)) == 1.0
-    assert _observation_gain(model, (e0, f0), None) == 1.0
+
+    def gain(e1, f1, without=(e0, f0)):
+        return _observation_gain(model, (e1, f1), without, times, frames)
+
+    assert gain(0.5 * e0, same) == pytest.approx(0.5)  # exact: no uncertainty
+    assert gain(0.5 * e0, nearer) == pytest.approx(1.0)
+    assert gain(0.25 * e0, nearer) == pytest.approx(0.5)
+    assert gain(2.0 * e0, same) == 1.0
+    assert gain(0.5 * e0, same, None) == 1.0
+    noisy = 0.9 * e0 * rng.lognormal(-0.5, 1.0, size=n)  # a change measured with noise
+    raw = noisy.mean() / e0.mean()
+    assert raw < gain(noisy, same) < 1.0
+    strong = 0.5 * e0 * rng.lognormal(sigma=0.1, size=n)
+    assert gain(strong, same) == pytest.approx(strong.mean() / e0.mean(), rel=0.01)
 
 
 def test_error_is_scaled_by_the_observation_gain_and_the_holdout_scored_without_it(
@@ -733,18 +745,20 @@ def test_error_is_scaled_by_the_observation_gain_and_the_holdout_scored_without_
 
     def spy(model, raw, validation, *args, **kwargs):
         out = real(model, raw, validation, *args, **kwargs)
-        calls.append(out)
+        calls.append((validation, out))
         return out
 
     monkeypatch.setattr(accessor, "validation_errors", spy)
     model = gappy.gapfill.fit("linear", seed=0)
-    (e1, f1), (e0, f0) = calls[0], calls[-1]
-    em = model.error_model
+    (validation, (e1, f1)), (_, (e0, f0)) = calls[0], calls[-1]
+    em = model.error_model  # the gain rescales it, which leaves the ratio of its means
     ok = np.isfinite(e1) & np.isfinite(e0)
-    predicted = em.predict(f1[:, ok]).mean() / em.predict(f0[:, ok]).mean()
-    gain = min(1.0, e1[ok].mean() / e0[ok].mean() / predicted)
-    assert model.info["observation_gain"] == pytest.approx(gain, rel=1e-5)
-    assert 0.0 < gain < 1.0
+    raw = e1[ok].mean() / e0[ok].mean() / (em.predict(f1[:, ok]).mean()
+                                             / em.predict(f0[:, ok]).mean())
+    gain = model.info["observation_gain"]
+    assert gain == pytest.approx(accessor._observation_gain(
+        em, (e1, f1), (e0, f0), np.nonzero(validation)[1], validation.shape[1]), rel=1e-5)
+    assert raw <= gain < 1.0
     monkeypatch.setitem(model._run, "observation_gain", 1.0)
     plain = gappy.gapfill.score(model).predicted_error
     monkeypatch.setitem(model._run, "observation_gain", 0.5)
