@@ -138,8 +138,8 @@ def fit_dataarray(
                                        found[0][0])
         error_model = error_model.rescaled(control)
     # The validation pixels are scored in a fill that lacks them; the product has them.
-    # What observations of the kind are worth beyond what the error model's features say
-    # is measured with the hold-out's, and scales the error.
+    # What more observations are worth beyond what the error model's features say is
+    # measured with the hold-out's, and scales the error.
     gain = _observation_gain(error_model, found[0], hidden_hold, np.nonzero(first_val)[1],
                              first_val.shape[1])
     error_model = error_model.rescaled(gain)
@@ -204,7 +204,7 @@ def _observation_gain(
     ``n_time`` frames) change by the ratio of their MAEs, the model's prediction by the
     ratio of its means; their quotient ``g`` is measured with a standard error ``se`` (a
     block bootstrap over stretches of time, :func:`~gapfill.diagnostics.time_block_draws`)
-    and shrunk towards 1 by its precision: ``log g · L² / (L² + se²)`` with
+    and shrunk towards 1 by its precision, to ``exp(L · L² / (L² + se²))`` with
     ``L = log g``. 1 when there is nothing to compare, when fewer than
     :data:`~gapfill.diagnostics.MIN_SE_BLOCKS` stretches hold pixels, or when ``g >= 1``.
     """
@@ -226,8 +226,8 @@ def _observation_gain(
         log_g = np.log(sums[0].sum() * sums[3].sum() / (sums[1].sum() * sums[2].sum()))
         drawn = sums[:, draw].sum(-1)
         resampled = np.log(drawn[0] * drawn[3] / (drawn[1] * drawn[2]))
-    se = float(np.nanstd(resampled[np.isfinite(resampled)])) if np.isfinite(resampled).any() \
-        else float("nan")
+    finite = resampled[np.isfinite(resampled)]
+    se = float(np.std(finite)) if finite.size else float("nan")
     if not (np.isfinite(log_g) and log_g < 0 and np.isfinite(se)):
         return 1.0
     return float(np.exp(log_g * log_g**2 / (log_g**2 + se**2)))
