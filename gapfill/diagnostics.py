@@ -696,18 +696,14 @@ def score(da: xr.DataArray, model: FittedModel, seed: int = 0) -> Diagnostics:
                       t_index[ok], int((~ok).sum())))
         transfers.append(holdout_transfer(model, observed[:, frames], hide[:, frames],
                                           filled[:, frames], ever))
-    return _joined(parts, times, model.name, _scale(model), transfers, _gain(model))
+    return _joined(parts, times, model.name, _factor(model, "holdout_scale"), transfers,
+                   _factor(model, "observation_gain"))
 
 
-def _scale(model: FittedModel) -> float:
-    """The model's ``holdout_scale``; 1 when it has none."""
-    value = float(model.info.get("holdout_scale", float("nan")))
-    return value if np.isfinite(value) and value > 0 else 1.0
-
-
-def _gain(model: FittedModel) -> float:
-    """The model's ``observation_gain``; 1 when it has none."""
-    value = float(model.info.get("observation_gain", float("nan")))
+def _factor(model: FittedModel, key: str) -> float:
+    """The positive factor ``model.info[key]`` (``holdout_scale``, ``observation_gain``);
+    1 when it has none."""
+    value = float(model.info.get(key, float("nan")))
     return value if np.isfinite(value) and value > 0 else 1.0
 
 
@@ -820,7 +816,8 @@ def _score_lazy(cube: Any, model: FittedModel, seed: int, times: np.ndarray) -> 
     ]
     if not with_error:
         parts = [(p[0], p[1], None, *p[3:]) for p in parts]
-    return _joined(parts, times, model.name, _scale(model), transfers, _gain(model))
+    return _joined(parts, times, model.name, _factor(model, "holdout_scale"), transfers,
+                   _factor(model, "observation_gain"))
 
 
 def _held_out(raw: np.ndarray, hide: np.ndarray, filled: np.ndarray, *rest: Any) -> tuple:
