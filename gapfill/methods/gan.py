@@ -291,7 +291,7 @@ class GANOptions(TrainingOptions):
     supervision: str = "unsupervised"
     val_share: float = 0.05
     eval_every: int = 100
-    early_stopping_patience: int | None = 8
+    early_stopping_patience: int | None = 24
     min_gain: float = 0.01
     checkpoint_dir: str | None = None
     checkpoint_every: int = 500
