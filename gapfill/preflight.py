@@ -208,7 +208,8 @@ def memory_estimate(
         return None
     c, cube = shape[0], shape[1:]
     clip = lambda w: float(np.prod([min(int(a), n) for a, n in zip(w, cube)]))  # noqa: E731
-    width = float(getattr(opts, "width", 32))
+    width = getattr(opts, "width", 32)
+    width = float(16 if width is None else width)  # None: gan picks 8 or 16 by the device
     layers = 4 + 2 * float(getattr(opts, "n_down", 2)) + 2 * float(getattr(opts, "n_res_blocks", 2))
     held = float(np.prod(cube)) if chunk is None else float(np.prod(chunk)) * float(
         getattr(opts, "fit_blocks", 1))

@@ -89,7 +89,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Budget", "CSVLogger", "CheckpointManager", "EarlyStopping", "Progress", "Run",
     "TrainLoop", "Trainer", "TrainingOptions", "load_checkpoint", "load_weights",
-    "pick_device", "rng_state", "save_checkpoint", "set_rng_state", "start_run", "torch_threads",
+    "amp_enabled", "pick_device", "rng_state", "save_checkpoint", "set_rng_state", "start_run",
+    "torch_threads",
 ]
 
 PROGRESS_MODES = ("auto", "bar", "log", "off")
@@ -258,6 +259,12 @@ def cpu_has_bf16() -> bool:
 
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def amp_enabled(device: torch.device, amp: bool) -> bool:
+    """Whether the training steps run in mixed precision: ``amp``, on a CUDA device or on a
+    CPU that computes bfloat16 natively (:func:`cpu_has_bf16`)."""
+    return bool(amp) and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
 
 
 def amp_precision(device: torch.device) -> str:
@@ -464,9 +471,7 @@ class Trainer:
     def amp(self) -> bool:
         """Whether mixed precision is on: ``amp``, on a CUDA device or on a CPU with
         native bfloat16 (:func:`cpu_has_bf16`)."""
-        if not getattr(self.options, "amp", False):
-            return False
-        return self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
+        return amp_enabled(self.device, getattr(self.options, "amp", False))
 
     @property
     def precision(self) -> str:

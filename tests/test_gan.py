@@ -355,6 +355,21 @@ def test_cpu_training_steps_run_in_bfloat16_only_where_the_cpu_computes_it(
     np.testing.assert_array_equal(res.values[np.isfinite(x)], x[np.isfinite(x)])
 
 
+@pytest.mark.parametrize("native, amp, width, expected", [
+    (True, True, None, 16), (False, True, None, 8), (True, False, None, 8), (True, True, 4, 4)])
+def test_default_width_is_wider_where_the_training_steps_run_in_mixed_precision(
+        monkeypatch, native, amp, width, expected):
+    from gapfill import training
+
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: native)
+    _, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    gan = GAN(**{**TINY, "width": width, "steps": 1, "val_share": 0.0, "device": "cpu",
+                 "amp": amp})
+    gan.fit(Cube(da), np.random.default_rng(0))
+    assert gan._meta["generator"]["width"] == expected
+    assert gan.generator.config.width == expected
+
+
 def test_fill_is_deterministic_and_keeps_observations(fitted):
     gan, cube = fitted
     x = cube.values()

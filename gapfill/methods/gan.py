@@ -57,6 +57,7 @@ from gapfill.methods.gan_data import (
 from gapfill.methods.gan_train import GANTrainer, choose_gain
 from gapfill.training import (
     TrainingOptions,
+    amp_enabled,
     amp_precision,
     pick_device,
     start_run,
@@ -96,6 +97,9 @@ LOSSES = ("hinge", "log", "lsgan")
 SUPERVISION = ("unsupervised", "paired", "unpaired")
 FLIPS = ("none", "time", "all")
 NOISE = ("dropout", "channel", "none")
+#: The generator's default width where the training steps run in mixed precision (CUDA,
+#: or bfloat16 on a CPU that computes it natively), and where they run in float32.
+WIDTH_MIXED, WIDTH_FLOAT32 = 16, 8
 #: Share of ``time_budget`` after which no more guides are added to the pool.
 GUIDE_POOL_SHARE = 0.25
 
@@ -110,7 +114,9 @@ class GANOptions(TrainingOptions):
         Training and filling window ``(T, H, W)``, clipped to the cube.
     width
         Generator channels at full resolution (doubled at each of ``n_down`` halvings).
-        On a CPU without AMX a step of width 16 costs about 2.8 times a step of width 8.
+        ``None``: 16 where the training steps run in mixed precision (CUDA, or bfloat16
+        on a CPU that computes it natively), else 8: on a CPU with AVX2 only a step of
+        width 16 costs about 2.8 times a step of width 8, and fewer steps fit the budget.
     n_down
         Spatial halvings in the generator.
     n_res_blocks
@@ -257,7 +263,7 @@ class GANOptions(TrainingOptions):
     """
 
     window: tuple[int, int, int] = (16, 32, 32)
-    width: int = 8
+    width: int | None = None
     n_down: int = 2
     n_res_blocks: int = 2
     attention: bool = True
@@ -322,6 +328,8 @@ class GANOptions(TrainingOptions):
         bad = self._bad
         for name in ("width", "d_width", "d_layers", "d_steps", "fill_batch_size", "guide_pool",
                      "fit_blocks"):
+            if name == "width" and self.width is None:
+                continue
             if int(getattr(self, name)) < 1:
                 bad(name, "must be a positive integer")
         for name in ("n_down", "n_res_blocks", "guide_refresh"):
@@ -423,7 +431,7 @@ class GAN(Method):
             return np.zeros((0, t, h, w), dtype=np.float32)
         return np.stack(chans).astype(np.float32)
 
-    def _build(self, channels: int, extra: int, residual_scale: float = 1.0,
+    def _build(self, channels: int, extra: int, width: int, residual_scale: float = 1.0,
                base_scale: float = 1.0) -> None:
         from gapfill.models import Generator, GeneratorConfig
 
@@ -432,7 +440,7 @@ class GAN(Method):
             channels=channels,
             extra_channels=extra + (1 if o.noise == "channel" else 0),
             guide=o.guide != "none",
-            width=o.width,
+            width=width,
             n_down=o.n_down,
             n_res_blocks=o.n_res_blocks,
             attention=o.attention,
@@ -492,7 +500,8 @@ class GAN(Method):
         # Seeded torch RNG for initialisation and dropout, without disturbing the caller's.
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(run.seed)
-            self._build(data.channels, data.extras.shape[1], data.guide_error(),
+            width = o.width or (WIDTH_MIXED if amp_enabled(device, o.amp) else WIDTH_FLOAT32)
+            self._build(data.channels, data.extras.shape[1], width, data.guide_error(),
                         data.base_spread())
             # time_budget counts the whole fit: training gets what the set-up leaves, less
             # the estimated time of the guide choice and fills that ``fit`` does after it
