@@ -368,6 +368,7 @@ def test_default_width_is_wider_where_the_training_steps_run_in_mixed_precision(
     gan.fit(Cube(da), np.random.default_rng(0))
     assert gan._meta["generator"]["width"] == expected
     assert gan.generator.config.width == expected
+    assert gan.options.width == expected  # in the run's identity: resumed only alike
 
 
 def test_fill_is_deterministic_and_keeps_observations(fitted):

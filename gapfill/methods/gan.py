@@ -117,6 +117,7 @@ class GANOptions(TrainingOptions):
         ``None``: 16 where the training steps run in mixed precision (CUDA, or bfloat16
         on a CPU that computes it natively), else 8: on a CPU with AVX2 only a step of
         width 16 costs about 2.8 times a step of width 8, and fewer steps fit the budget.
+        ``fit`` sets it to the width it trains, so a checkpoint resumes only at that width.
     n_down
         Spatial halvings in the generator.
     n_res_blocks
@@ -431,7 +432,7 @@ class GAN(Method):
             return np.zeros((0, t, h, w), dtype=np.float32)
         return np.stack(chans).astype(np.float32)
 
-    def _build(self, channels: int, extra: int, width: int, residual_scale: float = 1.0,
+    def _build(self, channels: int, extra: int, residual_scale: float = 1.0,
                base_scale: float = 1.0) -> None:
         from gapfill.models import Generator, GeneratorConfig
 
@@ -440,7 +441,7 @@ class GAN(Method):
             channels=channels,
             extra_channels=extra + (1 if o.noise == "channel" else 0),
             guide=o.guide != "none",
-            width=width,
+            width=o.width,
             n_down=o.n_down,
             n_res_blocks=o.n_res_blocks,
             attention=o.attention,
@@ -491,17 +492,18 @@ class GAN(Method):
         import torch
 
         o = self.options
+        device = pick_device(o.device)
+        if o.width is None:  # fixed before the run's identity: a checkpoint resumes only
+            o.width = WIDTH_MIXED if amp_enabled(device, o.amp) else WIDTH_FLOAT32  # alike
         run = start_run(self, cube, rng, None if blocks else cube.values())
         setup = np.random.default_rng([run.seed, 0])
         deadline = None if o.time_budget is None else t0 + GUIDE_POOL_SHARE * o.time_budget
         data = TrainingData.build(self, cube, setup, clean, blocks, deadline)
-        device = pick_device(o.device)
         devices = [device.index or 0] if device.type == "cuda" else []
         # Seeded torch RNG for initialisation and dropout, without disturbing the caller's.
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(run.seed)
-            width = o.width or (WIDTH_MIXED if amp_enabled(device, o.amp) else WIDTH_FLOAT32)
-            self._build(data.channels, data.extras.shape[1], width, data.guide_error(),
+            self._build(data.channels, data.extras.shape[1], data.guide_error(),
                         data.base_spread())
             # time_budget counts the whole fit: training gets what the set-up leaves, less
             # the estimated time of the guide choice and fills that ``fit`` does after it
