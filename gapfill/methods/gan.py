@@ -493,8 +493,9 @@ class GAN(Method):
 
         o = self.options
         device = pick_device(o.device)
-        if o.width is None:  # fixed before the run's identity: a checkpoint resumes only
-            o.width = WIDTH_MIXED if amp_enabled(device, o.amp) else WIDTH_FLOAT32  # alike
+        # the width is fixed before the run's identity, so a checkpoint resumes only at it
+        if o.width is None:
+            o.width = WIDTH_MIXED if amp_enabled(device, o.amp) else WIDTH_FLOAT32
         run = start_run(self, cube, rng, None if blocks else cube.values())
         setup = np.random.default_rng([run.seed, 0])
         deadline = None if o.time_budget is None else t0 + GUIDE_POOL_SHARE * o.time_budget
