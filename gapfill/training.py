@@ -197,6 +197,22 @@ class TrainingOptions(Options):
             if getattr(self, name) not in allowed:
                 self._bad(name, f"must be one of {sorted(allowed)}")
 
+    def _check_occlusion_options(self, *processes: str) -> None:
+        """Refuse ``occlusion_options`` that one of the occlusion ``processes`` the
+        method may build does not take, before any work."""
+        from gapfill.masks import process_options
+
+        for name in processes:
+            takes = process_options(name)
+            wrong = sorted(set(self.occlusion_options) - set(takes))
+            if wrong:
+                why = f"{wrong} not taken by the {name!r} occlusion process (it takes {takes})"
+                if self.occlusion != name:
+                    why += (f", which occlusion={self.occlusion!r} uses when the data has"
+                            " enough gaps of its own: set occlusion to the process these"
+                            " options are for, or drop them")
+                self._bad("occlusion_options", why)
+
     def _check_windows(self, *names: str) -> None:
         for name in names:
             v = getattr(self, name)

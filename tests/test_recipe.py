@@ -87,6 +87,24 @@ def test_bundled_recipe_is_valid_and_identical_to_repo_copy(tmp_path, monkeypatc
     assert r.output.path == str(tmp_path / "outputs" / "ostia_sst_eof.nc")
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_method_sections_are_valid(path):
+    """Every shipped recipe's method and options pass the checks `gapfill run` makes
+    before anything runs (the inputs of the HPC recipe are not shipped)."""
+    data = yaml.safe_load(path.read_text())
+    rc.MethodConfig(**data.get("method", {}))
+
+
+def test_occlusion_options_for_another_process_are_refused_before_the_fit():
+    from gapfill import methods
+
+    with pytest.raises(ValueError, match=r"'periodic'.*'empirical'.*occlusion='auto'"):
+        methods.get("gan")(occlusion_options={"periodic": [False, True]})
+    methods.get("gan")(occlusion="cloud", occlusion_options={"periodic": [False, True]})
+    with pytest.raises(ValueError, match="not taken by the 'cloud'"):
+        methods.get("gan")(occlusion="cloud", occlusion_options={"seed": 1})
+
+
 def test_readme_documents_every_key():
     readme = (ROOT / "recipes" / "README.md").read_text()
     assert rc.docs_markdown() in readme, "regenerate with: python -m gapfill.recipe"

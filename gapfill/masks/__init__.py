@@ -19,6 +19,7 @@ masks. Pass an explicit ``rng`` to control the stream from outside.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "make",
     "missing_share",
     "own_gap_hides",
+    "process_options",
 ]
 
 
@@ -72,6 +74,17 @@ def make(name: str, **kwargs: Any) -> OcclusionProcess:
             f"unknown occlusion process {name!r}; valid names are {sorted(PROCESSES)}"
         ) from None
     return cls(**kwargs)
+
+
+#: Keyword arguments a method sets itself when it builds a process.
+SET_BY_METHOD = ("missing", "coverage", "seed", "exclude")
+
+
+def process_options(name: str) -> list[str]:
+    """The keyword options of the process ``name`` a user may set (``occlusion_options``):
+    its constructor's, less those a method sets itself (:data:`SET_BY_METHOD`)."""
+    params = inspect.signature(PROCESSES[name].__init__).parameters
+    return [k for k in params if k != "self" and k not in SET_BY_METHOD]
 
 
 def for_data(

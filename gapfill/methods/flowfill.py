@@ -155,6 +155,7 @@ class FlowFillOptions(TrainingOptions):
         if self.winsize < 3:
             bad("winsize", "must be >= 3")
         self._check_choices(occlusion=masks.PROCESSES, fallback=FALLBACKS)
+        self._check_occlusion_options(self.occlusion)
         if not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1)")
         for name in ("l1_weight", "tv_weight", "consistency_weight"):

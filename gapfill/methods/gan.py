@@ -163,7 +163,9 @@ class GANOptions(TrainingOptions):
         Coverage of that process; ``None`` takes the data's missing fraction
         over the pixels observed at least once.
     occlusion_options
-        Extra keyword arguments of the process (e.g. ``{"length_scale": 4}``).
+        Extra keyword arguments of the process (e.g. ``{"length_scale": 4}`` with
+        ``occlusion="cloud"``); with ``"auto"`` they must suit both processes it may
+        use, so set ``occlusion`` to give a process's own options.
     loss
         ``"hinge"``, ``"log"`` (the paper's objective, non-saturating) or ``"lsgan"``.
     adv_weight
@@ -344,6 +346,9 @@ class GANOptions(TrainingOptions):
 
         if self.occlusion not in PROCESSES and self.occlusion != "auto":
             bad("occlusion", f"must be 'auto' or one of {sorted(PROCESSES)}")
+        self._check_occlusion_options(
+            *(("empirical", "cloud") if self.occlusion == "auto" else (self.occlusion,))
+        )
         for name in ("coverage", "recon_coverage"):
             v = getattr(self, name)
             if v is not None and not 0 < v < 1:

@@ -155,6 +155,7 @@ class SelfSupervisedOptions(TrainingOptions):
         if self.guide_modes is not None and int(self.guide_modes) < 1:
             bad("guide_modes", "must be >= 1 or None")
         self._check_choices(guide=GUIDES, occlusion=masks.PROCESSES)
+        self._check_occlusion_options(self.occlusion)
         if self.coverage is not None and not 0 < self.coverage < 1:
             bad("coverage", "must be in (0, 1) or None")
         for name in ("hole_weight", "valid_weight"):
