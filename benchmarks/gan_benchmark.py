@@ -224,6 +224,8 @@ def fit_gan(
             "guide_val_mae": method.fit_info.get("guide_val_mae"),
             "best_val_mae": method.fit_info.get("best_val_mae"),
             "correction_gain": method.fit_info.get("correction_gain"),
+            "correction_gain_scores": method.fit_info.get("correction_gain_scores"),
+            "guide_scores": method.fit_info.get("guide_scores"),
             "training_guide_kind": str(_guide_name(method.fit_info.get("guide_training")))}
     info["steps_s"] = info["steps"] / max(method.fit_info.get("train_seconds") or 1e-9, 1e-9)
     if trained_gain is not None:

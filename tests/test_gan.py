@@ -638,6 +638,39 @@ def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
     assert gan._meta["correction_gain"] == 0.375
 
 
+def test_a_share_of_the_correction_must_beat_the_guide_alone_by_min_gain():
+    """A share whose MAE is less than ``min_gain`` below the guide's is noise: share 0."""
+    from gapfill.methods.gan_train import choose_gain
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=1000)
+    guide = truth + rng.choice([-1.0, 1.0], size=1000)
+    fill = guide + 0.04 * (truth - guide)  # each share g lowers the MAE by 0.04 g
+    gains = (1.0, 0.5, 0.0)
+    assert choose_gain(guide, fill, truth, gains)[0] == 1.0
+    assert choose_gain(guide, fill, truth, gains, min_gain=0.03)[0] == 1.0
+    assert choose_gain(guide, fill, truth, gains, min_gain=0.05)[0] == 0.0
+    assert choose_gain(guide, fill, truth, (1.0, 0.5), min_gain=0.05)[0] == 1.0  # no 0
+
+
+def test_tune_keeps_the_guide_alone_when_no_share_beats_it_by_min_gain():
+    gan, cube, _, val, x_in, coords = _tuning_case("eof")
+    x = cube.values()
+    gan._meta["correction_gain"] = 1.0
+    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
+    guide = gan._guide(x_in)
+    noise = np.random.default_rng(1).choice([-1.0, 1.0], size=x.shape) * np.abs(whole - guide)
+    truth = np.where(val, guide + 0.375 * (whole - guide) + 0.2 * noise, x)
+    gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+    scores = gan.fit_info["correction_gain_scores"]
+    best = min(scores.values())
+    assert best < scores["0.0"] and gan.fit_info["correction_gain"] > 0
+    gan.options.min_gain = 1 - best / scores["0.0"] + 0.01
+    gan._meta["correction_gain"] = 1.0
+    gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+    assert gan.fit_info["correction_gain"] == gan._meta["correction_gain"] == 0.0
+
+
 def test_tune_chooses_the_guide_again_on_its_pixels():
     """Replace a guide that is poor on the pixels ``tune`` is given by the one best there.
 

@@ -225,7 +225,8 @@ class GANOptions(TrainingOptions):
         Share by which the trained generator must beat its guide (the untrained
         generator) on the validation pixels to be kept; below it the fitted model
         fills with the guide. The default, 1%, is above the validation's noise (on
-        A1B a 0.6% validation gain came with a 0.7% loss in the real gaps).
+        A1B a 0.6% validation gain came with a 0.7% loss in the real gaps). ``fit`` applies
+        the same share to the correction it keeps (:meth:`GAN.tune`).
     checkpoint_dir
         Directory for checkpoints and ``log.csv``; ``None`` writes none.
     checkpoint_every
@@ -549,7 +550,8 @@ class GAN(Method):
         (``"harmonic"``), which training does not use: it gives the generator no EOF
         base. A guide the generator was not trained on is often best alone (share 0).
         With each, the generator fills once with its whole correction and the shares of
-        :data:`TUNED_GAINS` are scored (0 keeps that guide alone). The guide and share
+        :data:`TUNED_GAINS` are scored (0 keeps that guide alone; another share must score
+        at least ``min_gain`` below it, as training's generator must). The guide and share
         with the lowest MAE on ``validation`` are kept (ties keep the training's guide
         and the larger share); their MAEs are in ``fit_info["correction_gain_scores"]``
         and ``fit_info["guide_scores"]``.
@@ -590,8 +592,9 @@ class GAN(Method):
         self._meta["correction_gain"] = 1.0
         results: list[tuple[float, Guide, float, list[float]]] = []
         for recipe, guide in candidates:
-            gain, scores = self._share_scores(x, guide, extras, seed, validation, truth, weights)
-            results.append((min(scores), recipe, gain, scores))
+            gain, scores = self._share_scores(x, guide, extras, seed, validation, truth, weights,
+                                              self.options.min_gain)
+            results.append((scores[TUNED_GAINS.index(gain)], recipe, gain, scores))
         guide_scores = {str(r[1]): r[0] for r in results}
         best = min(results, key=lambda r: r[0])  # ties keep training's guide
         switch = None
@@ -642,13 +645,14 @@ class GAN(Method):
     def _share_scores(
         self, x: np.ndarray, guide: np.ndarray, extras: np.ndarray, seed: int,
         pixels: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None,
+        min_gain: float = 0.0,
     ) -> tuple[float, list[float]]:
         """Fill ``x`` with ``guide`` and the whole correction, and score each share of
         :data:`TUNED_GAINS` at ``pixels`` against ``truth`` (:func:`choose_gain`)."""
         with torch_threads(self.options.threads):
             whole = self._fill(x, guide, extras, 1, seed)
         return choose_gain(guide[: x.shape[0]][pixels], whole[pixels], truth[pixels],
-                           TUNED_GAINS, weights)
+                           TUNED_GAINS, weights, min_gain)
 
     # -- fill -----------------------------------------------------------------------
     def fill(
