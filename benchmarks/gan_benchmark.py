@@ -46,7 +46,9 @@ the error model's validation pixels out of the fit (as a user's fit does); witho
 chooses the guide and the share of the generator's correction on its validation pixels,
 weighted to the real gaps' distances to the data (:meth:`gapfill.methods.gan.GAN.tune`); a
 row ``gan@G`` gives the same fit filled with the guide and the share ``G`` its training
-chose. The ``guide`` row is the guide the fill uses.
+chose. The ``guide`` row is the guide the fill uses. ``--shares`` adds the same fit filled
+at every share ``S`` of :data:`gapfill.methods.gan.TUNED_GAINS` of the correction of the
+guide the fill uses (rows ``gan share S``; share 0 is that guide alone).
 """
 
 from __future__ import annotations
@@ -184,13 +186,16 @@ def _threads(method: Any, cube: Any) -> Any:
 
 
 def fit_gan(
-    gappy: xr.DataArray, options: dict[str, Any], seed: int, via_fit: bool = False
+    gappy: xr.DataArray, options: dict[str, Any], seed: int, via_fit: bool = False,
+    shares: bool = False,
 ) -> tuple[Any, Any, dict]:
     """Fit ``gan``; returns ``(fill, guide, info)`` as arrays in ``gappy``'s dims.
 
     ``via_fit``: fit with ``gappy.gapfill.fit`` (its default hold-out and the error
     model's validation pixels kept out of the fit, as a user's fit does) instead of on
     every observed pixel; the fill and the guide then use every observation.
+    ``shares``: ``info["fills_at_shares"]`` holds the fill at every share of
+    ``TUNED_GAINS`` of the correction of the fill's guide.
     """
     from gapfill.cube import Cube
     from gapfill.methods.gan import GAN
@@ -219,6 +224,17 @@ def fit_gan(
         with _threads(method, cube):
             at_trained = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
         method._meta["correction_gain"], method._meta["guide"] = tuned
+    at_shares = {}
+    if shares:
+        from gapfill.methods.gan import TUNED_GAINS
+
+        kept = method._meta.get("correction_gain")
+        for share in TUNED_GAINS:
+            method._meta["correction_gain"] = share
+            with _threads(method, cube):
+                z = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
+            at_shares[share] = back(z)
+        method._meta["correction_gain"] = kept
     info = {"train_s": train_s, "steps": method.fit_info.get("steps", 0),
             "guide_kind": str(_guide_name(method.fit_info.get("guide"))),
             "guide_val_mae": method.fit_info.get("guide_val_mae"),
@@ -231,6 +247,8 @@ def fit_gan(
     if trained_gain is not None:
         info["training_gain"] = trained_gain
         info["fill_at_training_gain"] = back(at_trained)
+    if at_shares:
+        info["fills_at_shares"] = at_shares
     return back(res.values), back(method._guide(x)), info
 
 
@@ -263,7 +281,8 @@ def _guide_name(d: dict | None) -> str:
 
 
 def run_case(
-    name: str, rows: list[str], options: dict[str, Any], seed: int, via_fit: bool = False
+    name: str, rows: list[str], options: dict[str, Any], seed: int, via_fit: bool = False,
+    shares: bool = False,
 ) -> list[dict]:
     """Every row of one case (``via_fit``: the ``gan`` rows fitted as :func:`fit_gan` says)."""
     import gapfill  # noqa: F401  (the accessor)
@@ -307,11 +326,14 @@ def run_case(
             add(row, filled, seconds)
         elif row in GAN_ROWS:
             opts = {**options, **GAN_ROWS[row]}
-            filled, g, info = fit_gan(gappy, opts, seed, via_fit)
+            filled, g, info = fit_gan(gappy, opts, seed, via_fit, shares)
             at_trained = info.pop("fill_at_training_gain", None)
+            at_shares = info.pop("fills_at_shares", {})
             add(row, filled, info.pop("train_s"), **info)
             if at_trained is not None:  # the same fit with training's guide and share
                 add(f"{row}@{info['training_gain']}", at_trained)
+            for share, z in at_shares.items():
+                add(f"{row} share {share}", z)
             if guide is None or row == "gan":
                 guide = g
     if "guide" in rows:
@@ -334,6 +356,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--via-fit", action="store_true",
                    help="fit the gan rows with da.gapfill.fit (default hold-out and "
                         "validation pixels kept out of the fit), as a user's fit is")
+    p.add_argument("--shares", action="store_true",
+                   help="also score each gan fit at every share of its correction")
     args = p.parse_args(argv)
     options = parse_options(args.option)
     if args.threads:
@@ -342,7 +366,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [r for r in args.rows.split(",") if r]
     results: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
-        results += run_case(case, rows, options, args.seed, args.via_fit)
+        results += run_case(case, rows, options, args.seed, args.via_fit, args.shares)
     print("\n| case | row | MAE | RMSE / PSNR | realism grad | realism spec | train (s) "
           "| steps/s |\n|---|---|---|---|---|---|---|---|")
     for r in results:
