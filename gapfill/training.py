@@ -208,9 +208,9 @@ class TrainingOptions(Options):
             if wrong:
                 why = f"{wrong} not taken by the {name!r} occlusion process (it takes {takes})"
                 if self.occlusion != name:
-                    why += (f", which occlusion={self.occlusion!r} uses when the data has"
-                            " enough gaps of its own: set occlusion to the process these"
-                            " options are for, or drop them")
+                    why += (f", one of those occlusion={self.occlusion!r} may use (the data's"
+                            " own gaps when it has enough of them, else clouds): set occlusion"
+                            " to the process these options are for, or drop them")
                 self._bad("occlusion_options", why)
 
     def _check_windows(self, *names: str) -> None:

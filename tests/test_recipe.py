@@ -98,11 +98,14 @@ def test_shipped_recipes_method_sections_are_valid(path):
 def test_occlusion_options_for_another_process_are_refused_before_the_fit():
     from gapfill import methods
 
-    with pytest.raises(ValueError, match=r"'periodic'.*'empirical'.*occlusion='auto'"):
+    with pytest.raises(ValueError, match=r"'periodic'.*'empirical'.*occlusion='auto' may use"):
         methods.get("gan")(occlusion_options={"periodic": [False, True]})
     methods.get("gan")(occlusion="cloud", occlusion_options={"periodic": [False, True]})
     with pytest.raises(ValueError, match="not taken by the 'cloud'"):
         methods.get("gan")(occlusion="cloud", occlusion_options={"seed": 1})
+    with pytest.raises(ValueError, match="'flip'.*'cloud'.*occlusion='auto' may use"):
+        methods.get("gan")(occlusion_options={"flip": True})
+    methods.get("gan")(occlusion="empirical", occlusion_options={"flip": True})
 
 
 def test_readme_documents_every_key():
