@@ -216,25 +216,26 @@ def fit_gan(
     def back(z: np.ndarray) -> xr.DataArray:
         return cube.to_dataarray(cube.normaliser.denormalise(np.where(np.isfinite(x), x, z)))
 
+    def fill_at(share: float, guide: dict | None = None) -> np.ndarray:
+        """The same fit filled with ``share`` of its correction (of ``guide``, if given)."""
+        saved = {k: method._meta[k] for k in ("correction_gain", "guide") if k in method._meta}
+        method._meta["correction_gain"] = share
+        if guide is not None:
+            method._meta["guide"] = guide
+        try:
+            with _threads(method, cube):
+                return method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
+        finally:
+            method._meta.update(saved)
+
     trained_gain = method.fit_info.get("correction_gain_training")
     if trained_gain is not None:  # the fill with training's guide and share, before ``tune``
-        tuned = method._meta["correction_gain"], method._meta["guide"]
-        method._meta["correction_gain"] = trained_gain
-        method._meta["guide"] = method.fit_info.get("guide_training", tuned[1])
-        with _threads(method, cube):
-            at_trained = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
-        method._meta["correction_gain"], method._meta["guide"] = tuned
+        at_trained = fill_at(trained_gain, method.fit_info.get("guide_training"))
     at_shares = {}
     if shares:
         from gapfill.methods.gan import TUNED_GAINS
 
-        kept = method._meta.get("correction_gain")
-        for share in TUNED_GAINS:
-            method._meta["correction_gain"] = share
-            with _threads(method, cube):
-                z = method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
-            at_shares[share] = back(z)
-        method._meta["correction_gain"] = kept
+        at_shares = {share: back(fill_at(share)) for share in TUNED_GAINS}
     info = {"train_s": train_s, "steps": method.fit_info.get("steps", 0),
             "guide_kind": str(_guide_name(method.fit_info.get("guide"))),
             "guide_val_mae": method.fit_info.get("guide_val_mae"),
