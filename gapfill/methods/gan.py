@@ -405,12 +405,9 @@ class GAN(Method):
         if name == "auto":
             enough = missing.shape[0] > 1 and missing[:, ~never].mean() >= MIN_GAP_SHARE
             name = "empirical" if enough and not streaming and (~never).any() else "cloud"
-        if name == "empirical":
-            return masks.Empirical(
-                missing, coverage=coverage, seed=seed, exclude=never, **o.occlusion_options
-            )
-        cov = coverage if coverage is not None else masks.missing_share(missing, never, 0.02, 0.9)
-        return masks.make(name, coverage=cov, seed=seed, **o.occlusion_options)
+        if name != "empirical" and coverage is None:  # the empirical process keeps None
+            coverage = masks.missing_share(missing, never, 0.02, 0.9)
+        return masks.for_data(name, missing, never, coverage, seed, **o.occlusion_options)
 
     def _extras(self, coords: Coords | None, shape: tuple[int, int, int]) -> np.ndarray:
         """Conditioning channels ``(E, T, H, W)`` (time of year, coordinates)."""
