@@ -653,6 +653,40 @@ def test_a_share_of_the_correction_must_beat_the_guide_alone_by_min_gain():
     assert choose_gain(guide, fill, truth, (1.0, 0.5), min_gain=0.05)[0] == 1.0  # no 0
 
 
+def test_a_share_is_chosen_up_to_largest():
+    """``largest`` bounds the share chosen; every share is still scored."""
+    from gapfill.methods.gan_train import choose_gain
+
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=1000)
+    guide = truth + rng.choice([-1.0, 1.0], size=1000)
+    fill = guide + (truth - guide)  # the whole correction is best
+    gains = (1.0, 0.5, 0.0)
+    best, scores = choose_gain(guide, fill, truth, gains, largest=0.5)
+    assert best == 0.5 and len(scores) == 3 and scores[0] < scores[1]
+    assert choose_gain(guide, fill, truth, gains, largest=0.25)[0] == 0.0
+    assert choose_gain(guide, fill, truth, gains, largest=1.0)[0] == 1.0
+
+
+def test_tune_keeps_no_more_of_the_correction_than_training_chose():
+    """On training's guide the share is at most training's, even where ``tune``'s
+    pixels rate a larger share best: the fill's input is denser than training's."""
+    gan, cube, _, val, x_in, coords = _tuning_case("eof")
+    x = cube.values()
+    gan._meta["correction_gain"] = 1.0
+    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
+    guide = gan._guide(x_in)
+    truth = np.where(val, guide + 0.875 * (whole - guide), x)
+    assert np.abs(whole - guide)[val].max() > 1e-3  # shares that differ
+    gan._meta["guide_frames"] = x.shape[1] + 1  # only training's guide is tried
+    gan._meta["correction_gain"] = 0.5  # training chose half of the correction
+    gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
+    scores = gan.fit_info["correction_gain_scores"]
+    assert min(scores, key=scores.get) == "0.875"
+    assert gan._meta["correction_gain"] == gan.fit_info["correction_gain"] == 0.5
+    assert gan.fit_info["correction_gain_training"] == 0.5
+
+
 def test_tune_keeps_the_guide_alone_when_no_share_beats_it_by_min_gain():
     gan, cube, _, val, x_in, coords = _tuning_case("eof")
     x = cube.values()

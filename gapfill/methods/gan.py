@@ -548,10 +548,13 @@ class GAN(Method):
         base. A guide the generator was not trained on is often best alone (share 0).
         With each, the generator fills once with its whole correction and the shares of
         :data:`TUNED_GAINS` are scored (0 keeps that guide alone; another share must score
-        at least ``min_gain`` below it, as training's generator must). The guide and share
-        with the lowest MAE on ``validation`` are kept (ties keep the training's guide
-        and the larger share); their MAEs are in ``fit_info["correction_gain_scores"]``
-        and ``fit_info["guide_scores"]``.
+        at least ``min_gain`` below it, as training's generator must). On training's guide
+        the share is at most the one training chose: the fill's input is denser than
+        training's and its guide better there, so it needs no more of the correction,
+        and one bar of a video or a few gaps are too few pixels to say otherwise.
+        The guide and share with the lowest MAE on ``validation`` are kept (ties keep
+        the training's guide and the larger share); their MAEs are in
+        ``fit_info["correction_gain_scores"]`` and ``fit_info["guide_scores"]``.
 
         The MAEs are weighted so that the pixels' distances to the nearest observation
         (:data:`TUNE_DISTANCES`) are distributed as those of the real gaps of ``x``
@@ -589,8 +592,10 @@ class GAN(Method):
         self._meta["correction_gain"] = 1.0
         results: list[tuple[float, Guide, float, list[float]]] = []
         for recipe, guide in candidates:
+            # on training's guide, no more of the correction than training chose
             gain, scores = self._share_scores(x, guide, extras, seed, validation, truth, weights,
-                                              self.options.min_gain)
+                                              self.options.min_gain,
+                                              trained_gain if recipe is trained else None)
             results.append((scores[TUNED_GAINS.index(gain)], recipe, gain, scores))
         guide_scores = {str(r[1]): r[0] for r in results}
         best = min(results, key=lambda r: r[0])  # ties keep training's guide
@@ -642,14 +647,14 @@ class GAN(Method):
     def _share_scores(
         self, x: np.ndarray, guide: np.ndarray, extras: np.ndarray, seed: int,
         pixels: np.ndarray, truth: np.ndarray, weights: np.ndarray | None = None,
-        min_gain: float = 0.0,
+        min_gain: float = 0.0, largest: float | None = None,
     ) -> tuple[float, list[float]]:
         """Fill ``x`` with ``guide`` and the whole correction, and score each share of
         :data:`TUNED_GAINS` at ``pixels`` against ``truth`` (:func:`choose_gain`)."""
         with torch_threads(self.options.threads):
             whole = self._fill(x, guide, extras, 1, seed)
         return choose_gain(guide[: x.shape[0]][pixels], whole[pixels], truth[pixels],
-                           TUNED_GAINS, weights, min_gain)
+                           TUNED_GAINS, weights, min_gain, largest)
 
     # -- fill -----------------------------------------------------------------------
     def fill(

@@ -42,19 +42,23 @@ CORRECTION_GAINS = (1.0, 0.75, 0.5, 0.25)
 
 def choose_gain(
     guide: np.ndarray, fill: np.ndarray, truth: np.ndarray, gains: tuple[float, ...],
-    weights: np.ndarray | None = None, min_gain: float = 0.0,
+    weights: np.ndarray | None = None, min_gain: float = 0.0, largest: float | None = None,
 ) -> tuple[float, list[float]]:
     """Find the share of the correction ``fill - guide`` with the lowest MAE against ``truth``.
 
     Returns the share (ties keep the first of ``gains``) and the MAE of each share,
     weighted by ``weights`` (one per value) when given. When 0 (the guide alone) is among
     ``gains``, another share is chosen only if its MAE is at least ``min_gain`` (a share)
-    below the guide's: a smaller gain is within the noise of the pixels scored.
+    below the guide's: a smaller gain is within the noise of the pixels scored. With
+    ``largest``, only the shares up to it are chosen from (every share is still scored).
     """
     scores = [float(np.average(np.abs(guide + g * (fill - guide) - truth), weights=weights))
               for g in gains]
-    best = gains[scores.index(min(scores))]
-    if 0.0 in gains and min(scores) > scores[gains.index(0.0)] * (1.0 - min_gain):
+    allowed = [i for i, g in enumerate(gains) if largest is None or g <= largest] or list(
+        range(len(gains)))
+    i = min(allowed, key=scores.__getitem__)
+    best = gains[i]
+    if 0.0 in gains and scores[i] > scores[gains.index(0.0)] * (1.0 - min_gain):
         best = 0.0
     return best, scores
 
