@@ -185,9 +185,38 @@ def _threads(method: Any, cube: Any) -> Any:
     return methods.limit_threads(method.options.threads, int(np.prod(cube.shape)))
 
 
+def draw_shares(method: Any, x: np.ndarray, extras: np.ndarray, seed: int,
+                draws: int) -> list[float]:
+    """The share of the correction of ``method``'s guide best on each of ``draws`` draws of
+    observed pixels of ``x`` hidden in the shapes of its own gaps, each about
+    ``gan.SWITCH_SHARE`` of the observations (as ``GAN.tune`` checks a switch of guide)."""
+    from gapfill.guides import Guide
+    from gapfill.methods.gan import SWITCH_SHARE
+    from gapfill.methods.gan_data import validation_pixels
+
+    seen = np.isfinite(x)
+    missing, never = ~seen.any(0), ~seen.any(axis=(0, 1))
+    rng = np.random.default_rng([seed, 99])
+    process = method._process(missing, never, None, int(rng.integers(2**31 - 1)))
+    recipe = Guide.from_dict(method._meta["guide"])
+    with_base = bool(method._meta["generator"].get("guide_base"))
+    saved = method._meta["correction_gain"]
+    method._meta["correction_gain"] = 1.0  # the whole correction; each share is scored
+    try:
+        best = []
+        for _ in range(draws):
+            pixels = validation_pixels(missing, never, SWITCH_SHARE, rng, process)[0][None] & seen
+            hidden = np.where(pixels, np.nan, x).astype(np.float32)
+            best.append(method._share_scores(hidden, recipe.stacked(hidden, with_base), extras,
+                                             seed, pixels, x)[0])
+        return best
+    finally:
+        method._meta["correction_gain"] = saved
+
+
 def fit_gan(
     gappy: xr.DataArray, options: dict[str, Any], seed: int, via_fit: bool = False,
-    shares: bool = False,
+    shares: bool = False, draws: int = 0,
 ) -> tuple[Any, Any, dict]:
     """Fit ``gan``; returns ``(fill, guide, info)`` as arrays in ``gappy``'s dims.
 
@@ -195,7 +224,9 @@ def fit_gan(
     model's validation pixels kept out of the fit, as a user's fit does) instead of on
     every observed pixel; the fill and the guide then use every observation.
     ``shares``: ``info["fills_at_shares"]`` holds the fill at every share of
-    ``TUNED_GAINS`` of the correction of the fill's guide.
+    ``TUNED_GAINS`` of the correction of the fill's guide. ``draws``:
+    ``info["draw_shares"]``, the share best on that many draws of gap-shaped pixels
+    (:func:`draw_shares`).
     """
     from gapfill.cube import Cube
     from gapfill.methods.gan import GAN
@@ -245,6 +276,10 @@ def fit_gan(
             "guide_scores": method.fit_info.get("guide_scores"),
             "training_guide_kind": str(_guide_name(method.fit_info.get("guide_training")))}
     info["steps_s"] = info["steps"] / max(method.fit_info.get("train_seconds") or 1e-9, 1e-9)
+    if draws and method.fit_info.get("correction_gain") is not None:
+        with _threads(method, cube):
+            info["draw_shares"] = draw_shares(method, x, method._extras(cube.coords(),
+                                                                        x.shape[1:]), seed, draws)
     if trained_gain is not None:
         info["training_gain"] = trained_gain
         info["fill_at_training_gain"] = back(at_trained)
@@ -283,7 +318,7 @@ def _guide_name(d: dict | None) -> str:
 
 def run_case(
     name: str, rows: list[str], options: dict[str, Any], seed: int, via_fit: bool = False,
-    shares: bool = False,
+    shares: bool = False, draws: int = 0,
 ) -> list[dict]:
     """Every row of one case (``via_fit``: the ``gan`` rows fitted as :func:`fit_gan` says)."""
     import gapfill  # noqa: F401  (the accessor)
@@ -327,10 +362,13 @@ def run_case(
             add(row, filled, seconds)
         elif row in GAN_ROWS:
             opts = {**options, **GAN_ROWS[row]}
-            filled, g, info = fit_gan(gappy, opts, seed, via_fit, shares)
+            filled, g, info = fit_gan(gappy, opts, seed, via_fit, shares, draws)
             at_trained = info.pop("fill_at_training_gain", None)
             at_shares = info.pop("fills_at_shares", {})
             add(row, filled, info.pop("train_s"), **info)
+            if "draw_shares" in info:
+                print(f"  {row}: share best on {draws} gap-shaped draws: "
+                      f"{info['draw_shares']}", flush=True)
             if at_trained is not None:  # the same fit with training's guide and share
                 add(f"{row}@{info['training_gain']}", at_trained)
             for share, z in at_shares.items():
@@ -359,6 +397,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "validation pixels kept out of the fit), as a user's fit is")
     p.add_argument("--shares", action="store_true",
                    help="also score each gan fit at every share of its correction")
+    p.add_argument("--draws", type=int, default=0, metavar="N",
+                   help="also print, per gan fit, the share of its correction best on N "
+                        "draws of observed pixels hidden in the shapes of the cube's gaps")
     args = p.parse_args(argv)
     options = parse_options(args.option)
     if args.threads:
@@ -367,7 +408,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [r for r in args.rows.split(",") if r]
     results: list[dict] = []
     for case in [c for c in args.cases.split(",") if c]:
-        results += run_case(case, rows, options, args.seed, args.via_fit, args.shares)
+        results += run_case(case, rows, options, args.seed, args.via_fit, args.shares,
+                            args.draws)
     print("\n| case | row | MAE | RMSE / PSNR | realism grad | realism spec | train (s) "
           "| steps/s |\n|---|---|---|---|---|---|---|---|")
     for r in results:
