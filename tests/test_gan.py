@@ -614,6 +614,23 @@ def _tuning_case(guide: str) -> tuple[GAN, Cube, np.ndarray, np.ndarray, np.ndar
     return gan, cube, field, val, np.where(val, np.nan, x), cube.coords()
 
 
+def _share_case(share: float) -> tuple[GAN, np.ndarray, np.ndarray, np.ndarray, object,
+                                         np.ndarray]:
+    """A :func:`_tuning_case` whose truth at the validation pixels lies ``share`` of the
+    way from the guide to the generator's whole correction of it.
+
+    Returns the model (its share set to 1), the cube's values, the validation pixels, the
+    values with them hidden, the coordinates and the truth.
+    """
+    gan, cube, _, val, x_in, coords = _tuning_case("eof")
+    x = cube.values()
+    gan._meta["correction_gain"] = 1.0
+    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
+    guide = gan._guide(x_in)
+    assert np.abs(whole - guide)[val].max() > 1e-3  # shares that differ
+    return gan, x, val, x_in, coords, np.where(val, guide + share * (whole - guide), x)
+
+
 def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
     """Keep the share of the correction best on the pixels ``tune`` is given.
 
@@ -621,13 +638,7 @@ def test_tune_keeps_the_share_of_the_correction_best_on_its_pixels():
     """
     from gapfill.methods.gan import TUNED_GAINS
 
-    gan, cube, _, val, x_in, coords = _tuning_case("eof")
-    x = cube.values()
-    gan._meta["correction_gain"] = 1.0
-    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
-    guide = gan._guide(x_in)
-    truth = np.where(val, guide + 0.375 * (whole - guide), x)
-    assert np.abs(whole - guide)[val].max() > 1e-3  # shares that differ
+    gan, _, val, x_in, coords, truth = _share_case(0.375)
     gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
     assert gan._meta["correction_gain"] == gan.fit_info["correction_gain"] == 0.375
     scores = gan.fit_info["correction_gain_scores"]
@@ -671,13 +682,7 @@ def test_a_share_is_chosen_up_to_largest():
 def test_tune_keeps_no_more_of_the_correction_than_training_chose():
     """On training's guide the share is at most training's, even where ``tune``'s
     pixels rate a larger share best: the fill's input is denser than training's."""
-    gan, cube, _, val, x_in, coords = _tuning_case("eof")
-    x = cube.values()
-    gan._meta["correction_gain"] = 1.0
-    whole = gan.fill(x_in, np.random.default_rng(0), coords=coords).values
-    guide = gan._guide(x_in)
-    truth = np.where(val, guide + 0.875 * (whole - guide), x)
-    assert np.abs(whole - guide)[val].max() > 1e-3  # shares that differ
+    gan, x, val, x_in, coords, truth = _share_case(0.875)
     gan._meta["guide_frames"] = x.shape[1] + 1  # only training's guide is tried
     gan._meta["correction_gain"] = 0.5  # training chose half of the correction
     gan.tune(x_in, truth, val, np.random.default_rng(0), coords)
