@@ -54,11 +54,13 @@ guide the fill uses (rows ``gan share S``; share 0 is that guide alone).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -185,33 +187,33 @@ def _threads(method: Any, cube: Any) -> Any:
     return methods.limit_threads(method.options.threads, int(np.prod(cube.shape)))
 
 
+@contextlib.contextmanager
+def at_share(method: Any, share: float, guide: dict | None = None) -> Iterator[None]:
+    """``method`` filling with ``share`` of its correction (of ``guide``, if given) inside."""
+    saved = {k: method._meta[k] for k in ("correction_gain", "guide") if k in method._meta}
+    method._meta["correction_gain"] = share
+    if guide is not None:
+        method._meta["guide"] = guide
+    try:
+        yield
+    finally:
+        method._meta.update(saved)
+
+
 def draw_shares(method: Any, x: np.ndarray, extras: np.ndarray, seed: int,
                 draws: int) -> list[float]:
     """The share of the correction of ``method``'s guide best on each of ``draws`` draws of
-    observed pixels of ``x`` hidden in the shapes of its own gaps, each about
-    ``gan.SWITCH_SHARE`` of the observations (as ``GAN.tune`` checks a switch of guide)."""
+    observed pixels of ``x`` hidden in the shapes of its own gaps (as ``GAN.tune`` checks
+    a switch of guide: ``GAN._gap_shaped_draws``)."""
     from gapfill.guides import Guide
-    from gapfill.methods.gan import SWITCH_SHARE
-    from gapfill.methods.gan_data import validation_pixels
 
-    seen = np.isfinite(x)
-    missing, never = ~seen.any(0), ~seen.any(axis=(0, 1))
-    rng = np.random.default_rng([seed, 99])
-    process = method._process(missing, never, None, int(rng.integers(2**31 - 1)))
     recipe = Guide.from_dict(method._meta["guide"])
     with_base = bool(method._meta["generator"].get("guide_base"))
-    saved = method._meta["correction_gain"]
-    method._meta["correction_gain"] = 1.0  # the whole correction; each share is scored
-    try:
-        best = []
-        for _ in range(draws):
-            pixels = validation_pixels(missing, never, SWITCH_SHARE, rng, process)[0][None] & seen
-            hidden = np.where(pixels, np.nan, x).astype(np.float32)
-            best.append(method._share_scores(hidden, recipe.stacked(hidden, with_base), extras,
-                                             seed, pixels, x)[0])
-        return best
-    finally:
-        method._meta["correction_gain"] = saved
+    with at_share(method, 1.0):  # the whole correction; each share is scored
+        return [method._share_scores(hidden, recipe.stacked(hidden, with_base), extras, seed,
+                                     pixels, x)[0]
+                for hidden, pixels in method._gap_shaped_draws(
+                    x, np.random.default_rng([seed, 99]), draws)]
 
 
 def fit_gan(
@@ -249,15 +251,8 @@ def fit_gan(
 
     def fill_at(share: float, guide: dict | None = None) -> np.ndarray:
         """The same fit filled with ``share`` of its correction (of ``guide``, if given)."""
-        saved = {k: method._meta[k] for k in ("correction_gain", "guide") if k in method._meta}
-        method._meta["correction_gain"] = share
-        if guide is not None:
-            method._meta["guide"] = guide
-        try:
-            with _threads(method, cube):
-                return method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
-        finally:
-            method._meta.update(saved)
+        with at_share(method, share, guide), _threads(method, cube):
+            return method.fill(x, np.random.default_rng(seed), coords=cube.coords()).values
 
     trained_gain = method.fit_info.get("correction_gain_training")
     if trained_gain is not None:  # the fill with training's guide and share, before ``tune``

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -628,21 +629,30 @@ class GAN(Method):
         shapes of its own gaps: :data:`SWITCH_DRAWS` draws of
         :func:`~gapfill.methods.gan_data.validation_pixels` (whole gaps, in runs of
         frames, as far from the data as the real gaps). 0 when no draw hides anything."""
-        seen = np.isfinite(x)
-        missing = ~seen.any(0)
-        never = ~seen.any(axis=(0, 1))
-        process = self._process(missing, never, None, int(rng.integers(2**31 - 1)))
         with_base = bool(self._meta["generator"].get("guide_base"))
         changes = []
-        for _ in range(SWITCH_DRAWS):
-            pixels = validation_pixels(missing, never, SWITCH_SHARE, rng, process)[0][None] & seen
-            if not pixels.any():
-                continue
-            hidden = np.where(pixels, np.nan, x).astype(np.float32)
+        for hidden, pixels in self._gap_shaped_draws(x, rng, SWITCH_DRAWS):
             best = [min(self._share_scores(hidden, recipe.stacked(hidden, with_base), extras,
                                            seed, pixels, x)[1]) for recipe in recipes]
             changes.append(best[1] / max(best[0], 1e-12) - 1.0)
         return float(np.mean(changes)) if changes else 0.0
+
+    def _gap_shaped_draws(
+        self, x: np.ndarray, rng: np.random.Generator, draws: int,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(x with the pixels hidden, the pixels)`` for each of ``draws`` draws of
+        observed pixels of ``x`` hidden in the shapes of its own gaps, each about
+        :data:`SWITCH_SHARE` of the observations
+        (:func:`~gapfill.methods.gan_data.validation_pixels`); draws that hide nothing
+        are skipped."""
+        seen = np.isfinite(x)
+        missing = ~seen.any(0)
+        never = ~seen.any(axis=(0, 1))
+        process = self._process(missing, never, None, int(rng.integers(2**31 - 1)))
+        for _ in range(draws):
+            pixels = validation_pixels(missing, never, SWITCH_SHARE, rng, process)[0][None] & seen
+            if pixels.any():
+                yield np.where(pixels, np.nan, x).astype(np.float32), pixels
 
     def _share_scores(
         self, x: np.ndarray, guide: np.ndarray, extras: np.ndarray, seed: int,
