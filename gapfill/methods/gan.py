@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from gapfill.diagnostics import MAX_VALIDATION_DRAWS
 from gapfill.errors import window_frames
 from gapfill.guides import GUIDES, Guide, choose_guide
 from gapfill.methods.base import (
@@ -64,6 +65,7 @@ from gapfill.training import (
     start_run,
     torch_threads,
 )
+from gapfill.windows import count_windows
 
 #: The shares of the generator's correction of its guide :meth:`GAN.tune` scores.
 TUNED_GAINS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125, 0.0)
@@ -81,6 +83,18 @@ TUNE_DISTANCES: tuple[str, ...] = ("space",)
 SWITCH_TOLERANCE = 0.125
 SWITCH_DRAWS = 2
 SWITCH_SHARE = 0.1
+
+#: Generator fills and guides that :meth:`GAN.tune` runs besides choosing a guide again
+#: (training leaves their time, :meth:`GAN.after_fit_seconds`): a fill with each of two
+#: guides (building training's), and on each draw of the switch check a fill and a guide
+#: with each of two guides.
+TUNE_FILLS = 2 + 2 * SWITCH_DRAWS
+TUNE_GUIDES = 1 + 2 * SWITCH_DRAWS
+
+#: The time reserved after training is the estimate times this: room for what the
+#: estimate does not count (the error model's own fits) and for a machine that slows
+#: down after training.
+AFTER_FIT_MARGIN = 1.25
 
 if TYPE_CHECKING:
     import torch
@@ -666,6 +680,28 @@ class GAN(Method):
         return choose_gain(guide[: x.shape[0]][pixels], whole[pixels], truth[pixels],
                            TUNED_GAINS, weights, min_gain, largest)
 
+    def after_fit_seconds(
+        self, data: TrainingData, after_shape: tuple[int, int, int], window_seconds: float,
+    ) -> float:
+        """Estimated seconds of what :func:`gapfill.accessor.fit_dataarray` does once
+        training on ``data`` ends, on a cube of ``after_shape``, times
+        :data:`AFTER_FIT_MARGIN`; ``window_seconds`` is the generator's time per window.
+
+        :meth:`tune` chooses the guide again (as long as training's choice) and runs
+        :data:`TUNE_FILLS` fills and :data:`TUNE_GUIDES` guides. The error model then
+        fills its validation pixels and the hold-out's, with some of the generator's
+        correction a fill and a guide each; with none of it (share 0) only the guide,
+        for each of up to ``MAX_VALIDATION_DRAWS`` draws and the hold-out's. The larger
+        of the two is reserved, and a guide for ``linear``'s control of the draw (five
+        fills of ``linear``, 0.3 to 0.8 of a guide on the cubes measured).
+        """
+        share = np.prod(after_shape) / max(int(np.prod(data.x.shape[2:])), 1)
+        fill = count_windows(after_shape, data.window, self.options.overlap) * window_seconds
+        guide = share * data.guide_seconds
+        error_model = max(2 * (fill + guide), (MAX_VALIDATION_DRAWS + 1) * guide) + guide
+        return AFTER_FIT_MARGIN * (share * data.choice_seconds + TUNE_FILLS * fill
+                                   + TUNE_GUIDES * guide + error_model)
+
     # -- fill -----------------------------------------------------------------------
     def fill(
         self,
@@ -679,16 +715,22 @@ class GAN(Method):
         With ``samples > 1`` the generator runs that many times with its noise
         (dropout kept on, or fresh noise channels): ``values`` is their mean and
         ``error`` their standard deviation. With ``samples=1`` the fill is
-        deterministic (dropout off, zero noise) and ``error`` is ``None``.
+        deterministic (dropout off, zero noise) and ``error`` is ``None``. Where
+        validation chose none of the generator's correction (share 0), the fill is the
+        guide and the generator does not run (``error`` is then 0).
         """
         config = self._meta.get("generator", {})
         self._check_fill(x, samples, self.generator is not None, config.get("channels"))
         guide = self._generator_guide(x)
-        extras = self._extras(coords, x.shape[1:])
+        c = x.shape[0]
         seed = int(rng.integers(2**31 - 1))
+        if guide is not None and float(self._meta.get("correction_gain", 1.0)) == 0.0:
+            # none of the correction: the fill is the guide, the generator need not run
+            values = np.where(np.isfinite(x), x, guide[:c]).astype(np.float32)
+            return FillResult(values, np.zeros_like(values) if samples > 1 else None)
+        extras = self._extras(coords, x.shape[1:])
         with torch_threads(self.options.threads):
             out = self._fill(x, guide, extras, samples, seed)
-        c = x.shape[0]
         runs = out.reshape(samples, c, *x.shape[1:])
         values = runs.mean(0)
         error = runs.std(0, ddof=1) if samples > 1 else None

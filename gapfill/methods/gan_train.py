@@ -66,19 +66,6 @@ def choose_gain(
 #: share of the training time: on a large cube, where a guide is costly, it is done less often.
 REFRESH_SHARE = 0.2
 
-#: Generator fills and guides built after training (:meth:`GANTrainer.after_fit_seconds`):
-#: :meth:`~gapfill.methods.gan.GAN.tune` fills with two guides (building training's),
-#: and checks a switch of guide with four fills and four guides (two draws of gap-shaped
-#: pixels, ``SWITCH_DRAWS``); the error model's fill builds one guide.
-AFTER_FIT_FILLS = 7
-AFTER_FIT_GUIDES = 6
-
-#: The time reserved after training is the estimate times this: on small cubes the
-#: estimate falls about 10% short (fixed costs it does not count), and a machine that
-#: slows down after training needs room too.
-AFTER_FIT_MARGIN = 1.25
-
-
 # ----------------------------------------------------------------------------- losses
 def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """Discriminator loss on raw scores of real and fake patches."""
@@ -108,7 +95,8 @@ class GANTrainer(Trainer):
     The networks are the generator (kept at its best, averaged with ``ema``) and
     the two discriminators; ``deadline`` (a :func:`time.monotonic` time) ends the
     whole fit, the set-up before the loop and the work after it included: training
-    stops early enough to leave the estimated time of :meth:`after_fit_seconds`.
+    stops early enough to leave the estimated time of
+    :meth:`~gapfill.methods.gan.GAN.after_fit_seconds`.
     ``after_shape`` is the ``(T, H, W)`` of the cube that work fills (``None``: the
     training input's).
     """
@@ -136,7 +124,7 @@ class GANTrainer(Trainer):
         self.m, self.data, self.deadline = method, data, deadline
         o = self.o = method.options
         self.after_shape = after_shape or data.x.shape[2:]
-        self.reserved = self.after_fit_seconds(0.0)
+        self.reserved = method.after_fit_seconds(data, self.after_shape, 0.0)
         c = data.channels
         # The bare networks (G_net, Df_net, Ds_net) and what the steps call (G, Df,
         # Ds): the same modules, wrapped for gradient averaging when distributed.
@@ -175,18 +163,6 @@ class GANTrainer(Trainer):
         if self.deadline is not None and budget is not None:
             budget.seconds = max(self.deadline - self.reserved - budget.start, 0.0)
         return {}
-
-    def after_fit_seconds(self, window_seconds: float) -> float:
-        """Estimated seconds of what :func:`gapfill.accessor.fit_dataarray` does once
-        training ends, on a cube of ``after_shape``: :meth:`GAN.tune` (the guide chosen
-        again, guides built and fills; :data:`AFTER_FIT_GUIDES`, :data:`AFTER_FIT_FILLS`)
-        and the error model's fill, times :data:`AFTER_FIT_MARGIN`. ``window_seconds``
-        is the generator's time per window."""
-        d = self.data
-        share = np.prod(self.after_shape) / max(int(np.prod(d.x.shape[2:])), 1)
-        windows = count_windows(self.after_shape, d.window, self.o.overlap)
-        return AFTER_FIT_MARGIN * (share * (d.choice_seconds + AFTER_FIT_GUIDES * d.guide_seconds)
-                                   + AFTER_FIT_FILLS * windows * window_seconds)
 
     # -- tensors --------------------------------------------------------------------
     def tensors(self, recon: bool) -> dict[str, torch.Tensor]:
@@ -295,7 +271,8 @@ class GANTrainer(Trainer):
                 guides.append(guide[:len(out)][val] if guide is not None else out[val])
                 truths.append(d.truth[b][part][val])
             fill, guide, truth = map(np.concatenate, (fills, guides, truths))
-            self.reserved = self.after_fit_seconds((time.monotonic() - start) / max(windows, 1))
+            self.reserved = self.m.after_fit_seconds(d, self.after_shape,
+                                                     (time.monotonic() - start) / max(windows, 1))
             gains = CORRECTION_GAINS if d.guides[0] is not None else (1.0,)
             gain, scores = choose_gain(guide, fill, truth, gains)
             mae = min(scores)
