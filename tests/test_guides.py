@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -292,6 +294,24 @@ def test_time_budget_bounds_the_whole_fit_through_the_accessor(clock, learns):
     # reserve held it: the whole call is inside the budget (a step may overrun it)
     assert 0 < after <= info["reserved_seconds"], (after, info["reserved_seconds"])
     assert clock.now - t0 <= budget + clock.STEP, (clock.now - t0, info)
+
+
+def test_a_budget_that_leaves_training_little_time_warns(clock):
+    pytest.importorskip("torch")
+    import gapfill  # noqa: F401  (the accessor)
+
+    truth = _cube(t=48, h=32, w=48)[0]
+    hidden = masks.Cloud(coverage=0.35, seed=3, length_scale=3).sample(truth.shape)
+    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
+                      coords={"lat": np.arange(32.0), "lon": np.arange(48.0)})
+    options = dict(window=(8, 16, 16), width=8, n_res_blocks=1, batch_size=2, steps=10**6,
+                   progress="off", seed=0, threads=1, **LEARNS[False])
+    with pytest.warns(UserWarning, match="Raise time_budget"):
+        model = da.gapfill.fit("gan", time_budget=30.0, **options)
+    assert model.method.fit_info["steps"] <= 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Raise time_budget")
+        da.gapfill.fit("gan", time_budget=60.0, **options)
 
 
 @pytest.mark.parametrize("cycle", [0.0, 40.0])

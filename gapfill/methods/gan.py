@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -95,6 +96,10 @@ TUNE_GUIDES = 1 + 2 * SWITCH_DRAWS
 #: estimate does not count (the error model's own fits) and for a machine that slows
 #: down after training.
 AFTER_FIT_MARGIN = 1.25
+
+#: A time budget that leaves training less than this share of it (after the set-up and
+#: the reserve for what ``fit`` does after training) gets a warning.
+SHORT_TRAINING = 0.1
 
 if TYPE_CHECKING:
     import torch
@@ -217,7 +222,8 @@ class GANOptions(TrainingOptions):
         Seconds of the whole fit, guide set-up included, and of what
         ``da.gapfill.fit`` does after it (the guide and share chosen again, the error
         model's fill): training stops early enough to leave their estimated time
-        (``fit_info["reserved_seconds"]``). ``None``: steps only. Runs stopped by
+        (``fit_info["reserved_seconds"]``); a budget that leaves training less than
+        :data:`SHORT_TRAINING` of it warns. ``None``: steps only. Runs stopped by
         time are not bit-reproducible; set ``time_budget=None`` for that.
     supervision
         ``"unsupervised"``, ``"paired"`` (``fit(..., clean=)`` gives the matching
@@ -536,6 +542,15 @@ class GAN(Method):
         info["setup_seconds"] = round(data.setup_seconds, 2)
         info["reserved_seconds"] = round(float(trainer.reserved), 2)
         self.fit_info.update(info)
+        budget = o.time_budget
+        left = None if budget is None else budget - data.setup_seconds - trainer.reserved
+        if left is not None and left < SHORT_TRAINING * budget:
+            warnings.warn(
+                f"gan: time_budget={budget:g} s left training {max(left, 0):.0f} s "
+                f"({info['steps']} steps): its set-up took {data.setup_seconds:.0f} s and what "
+                f"da.gapfill.fit does after training is estimated at {trainer.reserved:.0f} s. "
+                "Raise time_budget for the generator to learn: with so few steps the fill "
+                "is its guide or close to it.", UserWarning, stacklevel=2)
 
     def tune(
         self,
