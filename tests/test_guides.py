@@ -34,6 +34,17 @@ def _cube(t: int = 40, h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
     return field[None].astype(np.float32)
 
 
+def _gappy(t: int, h: int, w: int, seed: int = 0, coverage: float = 0.35,
+           length_scale: float = 3, cycle: float = 0.0) -> xr.DataArray:
+    """:func:`_cube` (plus a seasonal cycle of amplitude ``cycle``) under clouds."""
+    truth = _cube(t=t, h=h, w=w, seed=seed)[0]
+    if cycle:
+        truth = truth + cycle * np.sin(np.arange(t) * np.pi / 6)[:, None, None]
+    hidden = masks.Cloud(coverage=coverage, seed=3, length_scale=length_scale).sample(truth.shape)
+    return xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
+                        coords={"lat": np.arange(float(h)), "lon": np.arange(float(w))})
+
+
 def test_guide_is_never_worse_than_eof_or_linear():
     truth = _cube()
     hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
@@ -244,10 +255,7 @@ def test_gan_validates_on_the_data_gap_shapes_and_keeps_the_time_budget(clock):
     from gapfill.cube import Cube
     from gapfill.methods.gan import GAN
 
-    truth = _cube(t=24, h=16, w=24)[0]
-    hidden = masks.Cloud(coverage=0.35, seed=3, length_scale=3).sample(truth.shape)
-    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
-                      coords={"lat": np.arange(16.0), "lon": np.arange(24.0)})
+    da = _gappy(24, 16, 24)
     budget = 20.0
     gan = GAN(window=(8, 16, 16), width=8, n_res_blocks=1, batch_size=2, steps=10**6,
               time_budget=budget, eval_every=5, progress="off", seed=0, guide_pool=50)
@@ -276,11 +284,8 @@ def test_time_budget_bounds_the_whole_fit_through_the_accessor(clock, learns):
     pytest.importorskip("torch")
     import gapfill  # noqa: F401  (the accessor)
 
-    truth = _cube(t=48, h=32, w=48, seed=int(learns))[0]
-    hidden = masks.Cloud(coverage=0.35 - 0.05 * learns, seed=3,
-                         length_scale=3 - learns).sample(truth.shape)
-    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
-                      coords={"lat": np.arange(32.0), "lon": np.arange(48.0)})
+    da = _gappy(48, 32, 48, seed=int(learns), coverage=0.35 - 0.05 * learns,
+                length_scale=3 - learns)
     budget = 60.0
     t0 = clock.now
     model = da.gapfill.fit("gan", window=(8, 16, 16), width=8, n_res_blocks=1, batch_size=2,
@@ -300,10 +305,7 @@ def test_a_budget_that_leaves_training_little_time_warns(clock):
     pytest.importorskip("torch")
     import gapfill  # noqa: F401  (the accessor)
 
-    truth = _cube(t=48, h=32, w=48)[0]
-    hidden = masks.Cloud(coverage=0.35, seed=3, length_scale=3).sample(truth.shape)
-    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
-                      coords={"lat": np.arange(32.0), "lon": np.arange(48.0)})
+    da = _gappy(48, 32, 48)
     options = dict(window=(8, 16, 16), width=8, n_res_blocks=1, batch_size=2, steps=10**6,
                    progress="off", seed=0, threads=1, **LEARNS[False])
     with pytest.warns(UserWarning, match="Raise time_budget"):
@@ -325,11 +327,7 @@ def test_training_lowers_the_validation_mae_below_the_guide(cycle):
     from gapfill.cube import Cube
     from gapfill.methods.gan import GAN
 
-    truth = _cube(t=16, h=16, w=16, seed=1)[0]
-    truth = truth + cycle * np.sin(np.arange(16) * np.pi / 6)[:, None, None]
-    hidden = masks.Cloud(coverage=0.3, seed=3, length_scale=2).sample(truth.shape)
-    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
-                      coords={"lat": np.arange(16.0), "lon": np.arange(16.0)})
+    da = _gappy(16, 16, 16, seed=1, coverage=0.3, length_scale=2, cycle=cycle)
     gan = GAN(window=(8, 16, 16), width=8, n_res_blocks=1, attention=False, batch_size=2,
               steps=60, time_budget=None, eval_every=10, progress="off", seed=0, guide_pool=2,
               lr=3e-3, ema=None, guide="eof", val_share=0.1, time_channels=False)
@@ -348,10 +346,7 @@ def test_gan_keeps_its_guide_unless_training_beats_it_by_min_gain():
     from gapfill.cube import Cube
     from gapfill.methods.gan import GAN
 
-    truth = _cube(t=16, h=16, w=16, seed=1)[0]
-    hidden = masks.Cloud(coverage=0.3, seed=3, length_scale=2).sample(truth.shape)
-    da = xr.DataArray(np.where(hidden, np.nan, truth), dims=("time", "lat", "lon"),
-                      coords={"lat": np.arange(16.0), "lon": np.arange(16.0)})
+    da = _gappy(16, 16, 16, seed=1, coverage=0.3, length_scale=2)
     cube = Cube(da)
     gan = GAN(window=(8, 16, 16), width=8, n_res_blocks=1, attention=False, batch_size=2,
               steps=30, time_budget=None, eval_every=10, progress="off", seed=0, guide_pool=2,
