@@ -86,7 +86,7 @@ SWITCH_DRAWS = 2
 SWITCH_SHARE = 0.1
 
 #: Generator fills and guides that :meth:`GAN.tune` runs besides choosing a guide again
-#: (training leaves their time, :meth:`GAN.after_fit_seconds`): a fill with each of two
+#: (training leaves their time, :meth:`GAN._after_fit_seconds`): a fill with each of two
 #: guides (building training's), and on each draw of the switch check a fill and a guide
 #: with each of two guides.
 TUNE_FILLS = 2 + 2 * SWITCH_DRAWS
@@ -695,7 +695,7 @@ class GAN(Method):
         return choose_gain(guide[: x.shape[0]][pixels], whole[pixels], truth[pixels],
                            TUNED_GAINS, weights, min_gain, largest)
 
-    def after_fit_seconds(
+    def _after_fit_seconds(
         self, data: TrainingData, after_shape: tuple[int, int, int], window_seconds: float,
     ) -> float:
         """Estimated seconds of what :func:`gapfill.accessor.fit_dataarray` does once

@@ -96,7 +96,7 @@ class GANTrainer(Trainer):
     the two discriminators; ``deadline`` (a :func:`time.monotonic` time) ends the
     whole fit, the set-up before the loop and the work after it included: training
     stops early enough to leave the estimated time of
-    :meth:`~gapfill.methods.gan.GAN.after_fit_seconds`.
+    :meth:`~gapfill.methods.gan.GAN._after_fit_seconds`.
     ``after_shape`` is the ``(T, H, W)`` of the cube that work fills (``None``: the
     training input's).
     """
@@ -124,7 +124,7 @@ class GANTrainer(Trainer):
         self.m, self.data, self.deadline = method, data, deadline
         o = self.o = method.options
         self.after_shape = after_shape or data.x.shape[2:]
-        self.reserved = method.after_fit_seconds(data, self.after_shape, 0.0)
+        self.reserved = method._after_fit_seconds(data, self.after_shape, 0.0)
         c = data.channels
         # The bare networks (G_net, Df_net, Ds_net) and what the steps call (G, Df,
         # Ds): the same modules, wrapped for gradient averaging when distributed.
@@ -271,8 +271,8 @@ class GANTrainer(Trainer):
                 guides.append(guide[:len(out)][val] if guide is not None else out[val])
                 truths.append(d.truth[b][part][val])
             fill, guide, truth = map(np.concatenate, (fills, guides, truths))
-            self.reserved = self.m.after_fit_seconds(d, self.after_shape,
-                                                     (time.monotonic() - start) / max(windows, 1))
+            per_window = (time.monotonic() - start) / max(windows, 1)
+            self.reserved = self.m._after_fit_seconds(d, self.after_shape, per_window)
             gains = CORRECTION_GAINS if d.guides[0] is not None else (1.0,)
             gain, scores = choose_gain(guide, fill, truth, gains)
             mae = min(scores)
