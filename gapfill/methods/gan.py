@@ -542,15 +542,16 @@ class GAN(Method):
         info["setup_seconds"] = round(data.setup_seconds, 2)
         info["reserved_seconds"] = round(float(trainer.reserved), 2)
         self.fit_info.update(info)
-        budget = o.time_budget
-        left = None if budget is None else budget - data.setup_seconds - trainer.reserved
-        if left is not None and left < SHORT_TRAINING * budget:
-            warnings.warn(
-                f"gan: time_budget={budget:g} s left training {max(left, 0):.0f} s "
-                f"({info['steps']} steps): its set-up took {data.setup_seconds:.0f} s and what "
-                f"da.gapfill.fit does after training is estimated at {trainer.reserved:.0f} s. "
-                "Raise time_budget for the generator to learn: with so few steps the fill "
-                "is its guide or close to it.", UserWarning, stacklevel=2)
+        if o.time_budget is not None:
+            left = o.time_budget - data.setup_seconds - trainer.reserved
+            if left < SHORT_TRAINING * o.time_budget:
+                warnings.warn(
+                    f"gan: time_budget={o.time_budget:g} s left training {max(left, 0):.0f} s "
+                    f"({info['steps']} steps): its set-up took {data.setup_seconds:.0f} s and "
+                    "what da.gapfill.fit does after training is estimated at "
+                    f"{trainer.reserved:.0f} s. Raise time_budget for the generator to learn: "
+                    "with so few steps the fill is its guide or close to it.",
+                    UserWarning, stacklevel=2)
 
     def tune(
         self,
@@ -604,7 +605,7 @@ class GAN(Method):
         if self.generator is None or self.options.guide == "none" or not validation.any():
             return
         extras = self._extras(coords, x.shape[1:])
-        trained_gain = float(self._meta.get("correction_gain", 1.0))
+        trained_gain = self._share
         trained = Guide.from_dict(self._meta["guide"])
         candidates = [(trained, self._generator_guide(x))]  # each guide, as the generator takes it
         seen = np.isfinite(x)
@@ -739,7 +740,7 @@ class GAN(Method):
         guide = self._generator_guide(x)
         c = x.shape[0]
         seed = int(rng.integers(2**31 - 1))
-        if guide is not None and float(self._meta.get("correction_gain", 1.0)) == 0.0:
+        if guide is not None and self._share == 0.0:
             # none of the correction: the fill is the guide, the generator need not run
             values = np.where(np.isfinite(x), x, guide[:c]).astype(np.float32)
             return FillResult(values, np.zeros_like(values) if samples > 1 else None)
@@ -760,7 +761,12 @@ class GAN(Method):
         fill is then the guide alone, which the generator does not touch."""
         return super().fills_without_training or (
             self.generator is not None and self.options.guide != "none"
-            and float(self._meta.get("correction_gain", 1.0)) == 0.0)
+            and self._share == 0.0)
+
+    @property
+    def _share(self) -> float:
+        """The share of the generator's correction of its guide that the fill keeps."""
+        return float(self._meta.get("correction_gain", 1.0))
 
     def _guide(self, x: np.ndarray) -> np.ndarray | None:
         """The guide of ``x`` with the kind and parameters chosen in ``fit``."""
@@ -797,7 +803,7 @@ class GAN(Method):
         stacked = np.concatenate(parts, 0).astype(np.float32)
         gc = guide.shape[0] if guide is not None else 0  # the guide, and its base
         noise_channel = self.options.noise == "channel"
-        gain = float(self._meta.get("correction_gain", 1.0)) if guide is not None else 1.0
+        gain = self._share if guide is not None else 1.0
         was_training = gen.training
         gen.eval()
         gen.set_sampling(samples > 1)
