@@ -462,23 +462,33 @@ def test_validate_refuses_what_memory_cannot_hold(project, monkeypatch, option):
     big = synthetic_sst(t=64, h=64, w=256)  # a 64 x 64 x 256 cube: windows are clipped to it
     big.to_dataset(name="sst").to_netcdf(project / "big.nc")
     set_recipe(project, input__path="big.nc", method__name="gan", method__options=option)
-    t0 = time.perf_counter()
+
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("validate set up training: the check must come before any work")
+
+    # the estimate is arithmetic on the options: no training data, no network
+    monkeypatch.setattr("gapfill.methods.gan_data.TrainingData.build", never)
+    monkeypatch.setattr("gapfill.methods.gan.GAN._build", never)
     code, err = validate(project)
     assert code == 2 and "method.options" in err and "GiB of memory" in err, err
     assert "this machine has 2 GiB" in err
-    assert time.perf_counter() - t0 < 30
 
 
-def test_billion_laughs_recipe_is_refused_fast(project):
+def test_billion_laughs_recipe_is_refused_before_anything_is_built(project, monkeypatch):
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip("abcdefgh", "bcdefghi"):
         lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
     recipe = project / "recipe.yaml"
     recipe.write_text("\n".join(lines) + "\n" + recipe.read_text())
-    t0 = time.perf_counter()
+
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("the recipe's values were built: its aliases could expand")
+
+    # refused while the document is composed, before any value (and any expansion) exists
+    monkeypatch.setattr(rc._RecipeLoader, "construct_document", never)
     code, err = validate(project)
     assert code == 2 and "aliases (*a) are not allowed" in err
-    assert time.perf_counter() - t0 < 5 and len(err) < 500
+    assert len(err) < 500
 
 
 def test_overwrite_replaces_only_diagnostics_csv_gapfill_wrote(project):
