@@ -382,6 +382,13 @@ def test_corrupt_chunk_and_unreadable_file_are_one_line_errors(project):
     assert code == 2 and "bad.nc" in err and len(err.strip().splitlines()) == 1
 
 
+def forbidden(why: str):  # noqa: ANN201
+    """A stand-in for a function that must not run: it fails the test with ``why``."""
+    def never(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError(why)
+    return never
+
+
 def validate(project: Path, *args: str) -> tuple[int, str]:
     from contextlib import redirect_stderr, redirect_stdout
     from io import StringIO
@@ -462,11 +469,8 @@ def test_validate_refuses_what_memory_cannot_hold(project, monkeypatch, option):
     big = synthetic_sst(t=64, h=64, w=256)  # a 64 x 64 x 256 cube: windows are clipped to it
     big.to_dataset(name="sst").to_netcdf(project / "big.nc")
     set_recipe(project, input__path="big.nc", method__name="gan", method__options=option)
-
-    def never(*args, **kwargs):  # noqa: ANN002, ANN003
-        raise AssertionError("validate set up training: the check must come before any work")
-
     # the estimate is arithmetic on the options: no training data, no network
+    never = forbidden("validate set up training: the check must come before any work")
     monkeypatch.setattr("gapfill.methods.gan_data.TrainingData.build", never)
     monkeypatch.setattr("gapfill.methods.gan.GAN._build", never)
     code, err = validate(project)
@@ -480,12 +484,9 @@ def test_billion_laughs_recipe_is_refused_before_anything_is_built(project, monk
         lines.append(f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]")
     recipe = project / "recipe.yaml"
     recipe.write_text("\n".join(lines) + "\n" + recipe.read_text())
-
-    def never(*args, **kwargs):  # noqa: ANN002, ANN003
-        raise AssertionError("the recipe's values were built: its aliases could expand")
-
     # refused while the document is composed, before any value (and any expansion) exists
-    monkeypatch.setattr(rc._RecipeLoader, "construct_document", never)
+    monkeypatch.setattr(rc._RecipeLoader, "construct_document",
+                        forbidden("the recipe's values were built: its aliases could expand"))
     code, err = validate(project)
     assert code == 2 and "aliases (*a) are not allowed" in err
     assert len(err) < 500
