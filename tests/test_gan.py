@@ -496,6 +496,20 @@ def test_supervised_variants_run(supervision):
         GAN(**{**TINY, "steps": 1, "supervision": supervision}).fit(cube, np.random.default_rng(0))
 
 
+@pytest.mark.parametrize("supervision", ["paired", "unpaired"])
+def test_clean_data_holds_nothing_at_the_validation_pixels(supervision):
+    # the validation MAE (early stopping) must score pixels training never learned
+    truth, da = smooth_cube(t=12, h=16, w=16, missing=0.3, seed=1)
+    cube = Cube(da)
+    clean = xr.DataArray(truth, dims=da.dims, coords=da.coords)
+    gan = GAN(**{**TINY, "supervision": supervision, "val_share": 0.2})
+    data = TrainingData.build(gan, cube, np.random.default_rng(0), clean)
+    assert data.val.any()
+    assert np.isnan(data.clean[data.val]).all()
+    expected = cube.normaliser.normalise(np.asarray(truth)[None])[None]
+    np.testing.assert_allclose(data.clean[~data.val], expected[~data.val], rtol=1e-6)
+
+
 def test_tiny_cube_with_eof_guide_and_empirical_masks():
     truth, da = smooth_cube(t=4, h=5, w=6, missing=0.3, seed=2)
     cube = Cube(da)

@@ -228,7 +228,8 @@ class GANOptions(TrainingOptions):
     supervision
         ``"unsupervised"``, ``"paired"`` (``fit(..., clean=)`` gives the matching
         gap-free cube: the discriminators see clean sequences, plus an L1 to it)
-        or ``"unpaired"`` (clean sequences from other windows as the real ones).
+        or ``"unpaired"`` (clean sequences from other windows as the real ones);
+        the clean cube is hidden at the validation pixels, as the input is.
     val_share
         Share of the observed pixels held out for validation (0 turns it off),
         in the shapes of the data's own gaps when it has enough of them

@@ -426,6 +426,8 @@ class TrainingData:
             raise ValueError(f"supervision={o.supervision!r} needs fit(..., clean=...)")
         if clean_arr is not None and clean_arr.shape != truth.shape[1:]:
             raise ValueError(f"clean has shape {clean_arr.shape}, expected {truth.shape[1:]}")
+        if clean_arr is not None:  # validation scores pixels training never learned
+            clean_arr = np.where(val[0], np.nan, clean_arr).astype(np.float32)
         return cls(
             x, truth, val, never, extras, guides, hides, process, recon_process,
             None if clean_arr is None else clean_arr[None],
