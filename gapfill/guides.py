@@ -16,6 +16,9 @@ the package's own classical methods, so ``guide="eof"`` means the same code
     into each frame's gaps by Laplace's equation (:func:`harmonic_interpolation`),
     optionally screened so the correction fades far from observations, then
     optionally blended with ``"linear"`` where an observation is near in time.
+    Its EOF reconstruction may have its smaller modes tapered (:data:`TAPERS`):
+    what a tapered mode leaves out of the gaps, the interpolated residuals put
+    back near the observations.
 ``"harmonic"``
     The same interpolation of the values themselves (no EOF), optionally
     blended with ``"linear"``; when asked for, or among the candidates of
@@ -41,6 +44,9 @@ GUIDES = ("auto", "eof", "linear", "eof_interp", "harmonic", "none")
 #: Screening of the harmonic interpolation tried: 0 (plain Laplace) and one that lets the
 #: correction fade about 3 pixels from the observations.
 SCREENS = (0.0, 0.1)
+#: Tapers of the EOF modes tried under ``"eof_interp"`` (``EOFOptions.taper``): none, and
+#: mode ``j`` of ``k`` weighted ``1 - j/k``.
+TAPERS = (0.0, 1.0)
 #: Time scales (frames) tried for blending in the linear guide near observations in time.
 BLEND_TAUS = (0.5, 1.0, 2.0, 4.0)
 
@@ -58,25 +64,40 @@ def linear_guide(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0).astype(np.float32)
 
 
-def eof_guide(x: np.ndarray, modes: int | None = None) -> tuple[np.ndarray, int]:
+def eof_guide(
+    x: np.ndarray, modes: int | None = None, taper: float = 0.0,
+) -> tuple[np.ndarray, int]:
     """DINEOF reconstruction of a gappy ``(C, T, H, W)`` array and its number of modes.
 
     Runs :class:`gapfill.methods.eof.EOF` with ``modes`` fixed (``None``: chosen
-    by its cross-validation) and fills every pixel by projecting each frame on
-    the EOFs. Deterministic (fixed seed); 0 where nothing is known. Degenerate
-    inputs (fewer than two frames or observations) fall back to the linear guide.
+    by its cross-validation) and ``taper`` (:class:`~gapfill.methods.eof.EOFOptions`),
+    and fills every pixel by projecting each frame on the EOFs. Deterministic
+    (fixed seed); 0 where nothing is known. Degenerate inputs (fewer than two
+    frames or observations) fall back to the linear guide.
     """
+    fields, k = eof_guides(x, modes, (taper,))
+    return fields[0], k
+
+
+def eof_guides(
+    x: np.ndarray, modes: int | None = None, tapers: tuple[float, ...] = (0.0,),
+) -> tuple[list[np.ndarray], int]:
+    """:func:`eof_guide` for each of ``tapers``, from one DINEOF fit."""
     from gapfill.methods.eof import EOF
 
     if np.isfinite(x).sum() < 2 or x.shape[1] < 2:
-        return linear_guide(x), int(modes or 1)
+        return [linear_guide(x)] * len(tapers), int(modes or 1)
     eof = EOF()
+    fields = []
     try:
         eof.fit_array(x, np.random.default_rng(0), modes=modes)
-        out = eof.fill(x, np.random.default_rng(0)).values
+        for taper in tapers:
+            eof.options.taper = float(taper)
+            fields.append(np.nan_to_num(eof.fill(x, np.random.default_rng(0)).values, nan=0.0)
+                          .astype(np.float32))
     except (ValueError, np.linalg.LinAlgError):  # degenerate tiny inputs
-        return linear_guide(x), int(modes or 1)
-    return np.nan_to_num(out, nan=0.0).astype(np.float32), int(eof.fit_info.get("modes", 1))
+        return [linear_guide(x)] * len(tapers), int(modes or 1)
+    return fields, int(eof.fit_info.get("modes", 1))
 
 
 def harmonic_interpolation(x: np.ndarray, base: np.ndarray, screen: float = 0.0) -> np.ndarray:
@@ -169,6 +190,8 @@ class Guide:
         ``"eof"``, ``"linear"``, ``"eof_interp"``, ``"harmonic"`` or ``"none"``.
     modes
         EOF modes (``"eof"``, ``"eof_interp"``).
+    taper
+        Taper of the EOF modes (``"eof_interp"``; :data:`TAPERS`), ``None``: none.
     screen
         Screening of the harmonic interpolation (``"eof_interp"``, ``"harmonic"``;
         ``None``: no interpolation).
@@ -181,6 +204,7 @@ class Guide:
 
     kind: str = "eof"
     modes: int | None = None
+    taper: float | None = None
     screen: float | None = None
     tau: float | None = None
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -204,7 +228,7 @@ class Guide:
         if self.kind == "harmonic":
             base = np.zeros(x.shape, dtype=np.float32)
         else:
-            base, modes = eof_guide(x, self.modes)
+            base, modes = eof_guide(x, self.modes, self.taper or 0.0)
             if self.modes is None:
                 self.modes = modes
             if self.kind == "eof":
@@ -239,6 +263,8 @@ class Guide:
         if self.kind not in ("eof_interp", "harmonic"):
             return self.kind if self.modes is None else f"{self.kind} (k={self.modes})"
         parts = [f"k={self.modes}"] if self.kind == "eof_interp" else []
+        if self.taper:
+            parts.append(f"taper={self.taper}")
         if self.screen is not None:
             parts.append(f"screen={self.screen}")
         if self.tau is not None:
@@ -308,10 +334,13 @@ def choose_guide(
         consider("linear", Guide("linear"), linear, linear)
     bases: list[tuple[Guide, np.ndarray]] = []
     if kind in ("auto", "eof", "eof_interp"):
-        eof, k = eof_guide(x, modes)
+        tapers = TAPERS if kind != "eof" else TAPERS[:1]
+        fields, k = eof_guides(x, modes, tapers)
+        eof = fields[0]
         consider("eof", Guide("eof", modes=k), eof, eof)
         if kind != "eof":
-            bases.append((Guide("eof_interp", modes=k), eof))
+            bases += [(Guide("eof_interp", modes=k, taper=taper or None), field)
+                      for taper, field in zip(tapers, fields)]
     if kind == "harmonic" or (kind == "auto" and values):
         bases.append((Guide("harmonic"), np.zeros(x.shape, dtype=np.float32)))
     if bases and not has_val:  # nothing to choose on: the first base, plain Laplace

@@ -87,6 +87,12 @@ class EOFOptions(Options):
         Weight of the Gaussian prior ``N(0, s_k²/T)`` on the EOF coefficients in
         :meth:`EOF.fill`: 1 gives the Bayesian posterior mean, 0 plain least
         squares (DINEOF's fixed point). The error always uses weight 1.
+    taper
+        Shrinks the coefficient of mode ``j`` (``j = 0`` the largest, of ``k`` modes)
+        by the factor ``1 - taper·j/k`` in :meth:`EOF.fill`: 0 keeps every mode whole
+        (DINEOF), 1 shrinks them linearly from the first mode to near 0 at the last.
+        The smaller modes are the ones a frame's observations determine least. The
+        error is that of the untapered fill.
     """
 
     max_modes: int = 20
@@ -98,6 +104,7 @@ class EOFOptions(Options):
     alpha: float = 0.01
     numit: int = 3
     ridge: float = 1.0
+    taper: float = 0.0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range."""
@@ -113,6 +120,7 @@ class EOFOptions(Options):
         _check(_is_real(self.alpha) and 0 <= self.alpha <= 0.5, "alpha", "in [0, 0.5]")
         _check(_is_int(self.numit) and self.numit >= 1, "numit", "an integer >= 1")
         _check(_is_real(self.ridge) and self.ridge >= 0, "ridge", "a number >= 0")
+        _check(_is_real(self.taper) and 0 <= self.taper <= 1, "taper", "in [0, 1]")
 
 
 def _is_int(value: Any) -> bool:
@@ -602,6 +610,8 @@ class EOF(Method):
         ridge = max(self.options.ridge, 1e-6)
         shrunk = cov if ridge == 1 else np.linalg.inv(prec + np.diag(ridge * prior_prec))
         coef = (shrunk @ (U.T @ D / noise_var).T[:, :, None])[..., 0]  # (T, k)
+        if self.options.taper:
+            coef = coef * (1.0 - self.options.taper * np.arange(k) / k)
         values = U @ coef.T
         var = np.empty((n_pix, n_time))
         cov_flat = cov.reshape(n_time, k * k).T
