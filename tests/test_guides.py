@@ -126,6 +126,36 @@ def test_eof_guide_is_the_eof_method():
     assert k == eof.fit_info["modes"]
 
 
+def test_taper_shrinks_the_smaller_modes_and_is_a_candidate():
+    from gapfill.methods.eof import EOF
+
+    truth = _cube(t=30, h=12, w=16)
+    x = np.where(np.random.default_rng(0).random(truth.shape) < 0.3, np.nan, truth)
+    eof = EOF()
+    eof.fit_array(x, np.random.default_rng(0), modes=3)
+    plain = eof.fill(x, np.random.default_rng(0)).values
+    eof.options.taper = 1.0
+    tapered = eof.fill(x, np.random.default_rng(0)).values
+    st = eof._state
+    fitted, gaps = st["fitted"], np.isnan(x).reshape(x.shape[1], -1)  # (T, pixels)
+    U, mean = st["U"].astype(np.float64), st["mean"].astype(np.float64)
+    for t in range(x.shape[1]):  # in each frame's gaps: mean + U c, with c tapered
+        g = gaps[t] & fitted
+        c_plain, c_taper = (
+            np.linalg.lstsq(U[g], f.reshape(x.shape[1], -1)[t, g] - mean[g], rcond=None)[0]
+            for f in (plain, tapered))
+        np.testing.assert_allclose(c_taper, c_plain * [1, 2 / 3, 1 / 3], atol=1e-3)
+    with pytest.raises(ValueError, match="taper"):
+        EOF(taper=1.5)
+    # both tapers are candidates of eof_interp, from one DINEOF fit, and the guide rebuilds
+    val = np.isfinite(x) & (np.random.default_rng(1).random(x.shape) < 0.1)
+    xv = np.where(val, np.nan, x)
+    guide, field, _ = choose_guide(xv, val, x, "eof_interp", modes=3)
+    assert any("taper=1.0" in name for name in guide.scores)
+    assert any("taper" not in name and name.startswith("eof_interp") for name in guide.scores)
+    np.testing.assert_allclose(Guide.from_dict(guide.to_dict()).make(xv), field, atol=1e-5)
+
+
 def test_harmonic_interpolation_fills_planes_exactly_and_keeps_coasts():
     t, h, w = 3, 12, 20
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
