@@ -6,6 +6,7 @@ have a known truth; land is NaN and never scored.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -90,4 +91,19 @@ def parse_options(pairs: list[str]) -> dict:
             options[key] = json.loads(text)
         except json.JSONDecodeError:
             options[key] = text
+    return options
+
+
+def add_gan_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--option KEY=VALUE`` (a ``gan`` option; see :func:`parse_options`)."""
+    parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a gan option, e.g. time_budget=300 (the value is read as JSON)")
+
+
+def gan_options(args: argparse.Namespace) -> dict:
+    """The ``gan`` options of :func:`add_gan_option_arguments`'s arguments."""
+    options = parse_options(args.option)
+    if args.threads:
+        options.setdefault("threads", args.threads)
     return options

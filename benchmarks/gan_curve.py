@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_gan_option_arguments, gan_options  # noqa: E402
 from gan_benchmark import load_case  # noqa: E402
 
 SHARES = (0.0, 0.5, 1.0)
@@ -88,13 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--case", default="ostia")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=3, help="score every n-th validation")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a GANOptions value (JSON), e.g. time_budget=300")
+    add_gan_option_arguments(p)
     args = p.parse_args(argv)
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
-    if args.threads:
-        options["threads"] = args.threads
+    options = gan_options(args)
     rows = curve(args.case, args.seed, args.every, options)
     print("| step | seconds | validation MAE | gaps: guide | share 0.5 | share 1 |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")

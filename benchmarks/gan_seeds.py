@@ -22,12 +22,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import add_gan_option_arguments, gan_options  # noqa: E402
 from gan_benchmark import _threads, at_share, load_case  # noqa: E402
 
 SHARES = (0.25, 0.5, 0.625, 0.75, 1.0)
@@ -55,13 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--case", default="ostia")
     p.add_argument("--seed", type=int, default=0, help="seed of the punched gaps")
     p.add_argument("--seeds", default="0,1", help="seeds of the fits")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a GANOptions value (JSON)")
+    add_gan_option_arguments(p)
     args = p.parse_args(argv)
-    options = {k: json.loads(v) for k, v in (o.split("=", 1) for o in args.option)}
-    if args.threads:
-        options["threads"] = args.threads
+    options = gan_options(args)
     truth, gappy, hidden, is_video = load_case(args.case, args.seed)
     if is_video:
         raise ValueError("the seeds are compared on the cubes, not on video")
