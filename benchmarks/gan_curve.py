@@ -1,7 +1,7 @@
 """``gan``'s error in the punched gaps along training, next to its validation error.
 
 One case of :mod:`gan_benchmark` (the same data and punched gaps), ``gan`` fitted on
-every observed pixel with the default options (and ``--option``\\ s). Every
+every observed pixel with the default options (and any ``--option``). Every
 ``--every``-th validation of the training loop also fills the whole training input
 with the generator in place (the averaged weights) on training's guide and scores
 the punched gaps: the guide alone, half the correction and the whole correction.
