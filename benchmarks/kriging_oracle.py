@@ -1,4 +1,4 @@
-"""Kriging with the covariance of the complete cube: how low any linear fill can go.
+"""Kriging each frame with the complete cube's covariance: a floor for fills of a frame.
 
 For each case of :mod:`gan_benchmark` (the same data and punched gaps), each frame's
 hidden pixels are predicted from that frame's observations by simple kriging, with the
@@ -47,7 +47,8 @@ def krige(truth: np.ndarray, hidden: np.ndarray, ridges: tuple[float, ...]) -> n
     Parameters
     ----------
     truth
-        ``(T, P)`` complete values (the pixels that are never missing).
+        ``(T, P)`` complete values (the pixels that are never missing; the scored pixels of
+        every case are among them).
     hidden
         ``(T, P)`` booleans: the pixels predicted; the others of their frame are observed.
     ridges
