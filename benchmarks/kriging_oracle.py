@@ -1,4 +1,4 @@
-"""Kriging each frame with the complete cube's covariance: a floor for fills of a frame.
+"""Kriging each frame with the complete cube's covariance: a floor for linear fills.
 
 For each case of :mod:`gan_benchmark` (the same data and punched gaps), each frame's
 hidden pixels are predicted from that frame's observations by simple kriging, with the
