@@ -1,4 +1,4 @@
-"""Kriging each frame with the complete cube's covariance: a floor for linear fills.
+"""Kriging each frame with the complete cube's covariance: how low a fill can go.
 
 For each case of :mod:`gan_benchmark` (the same data and punched gaps), each frame's
 hidden pixels are predicted from that frame's observations by simple kriging, with the
@@ -11,17 +11,23 @@ The covariance is held in its sample form ``A`` (frames x pixels), so a frame co
 ``n x n`` eigendecomposition, ``n`` the number of other frames:
 ``C_ho (C_oo + mu I)^-1 r_o = A_h^T (A_o A_o^T + mu' I)^-1 A_o r_o``.
 
-The figure bounds the linear fills of a frame from its own observations; it does not
-bound fills that use other frames' observations, or non-linear ones. How much the other
-frames could add is measured by a second oracle: the kriging error at each hidden pixel
+A sample covariance of fewer frames than pixels is noisy at long range. With
+``--lengths`` the oracle also uses it *localised*, as ensemble data assimilation does:
+multiplied element by element by the Gaspari-Cohn function of the pixels' chordal distance
+(zero beyond twice the length, in km; the product stays a covariance), for each length
+given, again at the best ridge.
+
+Neither figure is a bound: a better estimate of the covariance, or a fill that uses other
+frames' observations or is non-linear, can go lower. How much the other frames could add
+is measured by a third figure: the (unlocalised) kriging error at each hidden pixel
 regressed (least squares, two coefficients for the whole cube) on the pixel's *true*
-values a frame before and a frame after, each less the kriged value. On a short cube
-(OSTIA: 54 frames) the covariance is estimated from few frames and the oracle is weaker.
+values a frame before and a frame after, each less the kriged value.
 
 Usage::
 
-    python benchmarks/kriging_oracle.py                          # the four cubes, seed 0, ~1 min
+    python benchmarks/kriging_oracle.py                          # the four cubes, seed 0, ~10 s
     python benchmarks/kriging_oracle.py --cases a1b --seed 1
+    python benchmarks/kriging_oracle.py --cases a1b,pacific,hgt --lengths 2000,4000
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +82,50 @@ def krige(truth: np.ndarray, hidden: np.ndarray, ridges: tuple[float, ...]) -> n
     return out
 
 
+def gaspari_cohn(r: np.ndarray) -> np.ndarray:
+    """Gaspari and Cohn's compactly supported correlation at ``r`` = distance / length
+    (1 at 0, 0 from 2 on)."""
+    r = np.abs(r)
+    out = np.zeros_like(r)
+    near, far = r <= 1, (r > 1) & (r < 2)
+    x = r[near]
+    out[near] = -0.25 * x**5 + 0.5 * x**4 + 0.625 * x**3 - 5 / 3 * x**2 + 1
+    x = r[far]
+    out[far] = x**5 / 12 - 0.5 * x**4 + 0.625 * x**3 + 5 / 3 * x**2 - 5 * x + 4 - 2 / (3 * x)
+    return out
+
+
+def chordal_km(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Chordal distances (km) between every pair of points given in degrees."""
+    la, lo = np.deg2rad(lat), np.deg2rad(lon)
+    xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
+    return 6371.0 * np.sqrt(np.maximum(((xyz[:, None] - xyz[None]) ** 2).sum(-1), 0.0))
+
+
+def krige_localised(truth: np.ndarray, hidden: np.ndarray, taper: np.ndarray,
+                    ridges: tuple[float, ...]) -> np.ndarray:
+    """:func:`krige` with the other frames' covariance multiplied by ``taper`` ``(P, P)``."""
+    n_t = truth.shape[0]
+    total, outer = truth.sum(0), truth.T @ truth
+    out = np.zeros((len(ridges), int(hidden.sum())))
+    pos = 0
+    for t in range(n_t):
+        hid = hidden[t]
+        if not hid.any():
+            continue
+        x = truth[t]
+        mean = (total - x) / (n_t - 1)
+        cov = (outer - np.outer(x, x) - (n_t - 1) * np.outer(mean, mean)) / (n_t - 2) * taper
+        obs = ~hid
+        c_oo, c_ho = cov[np.ix_(obs, obs)], cov[np.ix_(hid, obs)]
+        scale = float(np.diag(cov).mean())
+        for i, ridge in enumerate(ridges):
+            w = np.linalg.solve(c_oo + ridge * scale * np.eye(int(obs.sum())), x[obs] - mean[obs])
+            out[i, pos:pos + hid.sum()] = mean[hid] + c_ho @ w
+        pos += int(hid.sum())
+    return out
+
+
 def with_neighbours(truth: np.ndarray, hidden: np.ndarray, pred: np.ndarray) -> float:
     """MAE of the kriged values ``pred`` corrected by the pixel's true values a frame before
     and after (least squares over the hidden pixels that have both)."""
@@ -88,10 +139,12 @@ def with_neighbours(truth: np.ndarray, hidden: np.ndarray, pred: np.ndarray) -> 
     return float(np.abs(err - feats @ coef).mean())
 
 
-def oracle(case: str, seed: int, ridges: tuple[float, ...] = RIDGES) -> dict[str, float]:
+def oracle(case: str, seed: int, ridges: tuple[float, ...] = RIDGES,
+           lengths: tuple[float, ...] = ()) -> dict[str, Any]:
     """The best MAE in the punched gaps (``"mae"``), its ridge, and on the hidden pixels of
     the inner frames the MAE before (``"inner"``) and after the neighbours' correction
-    (``"neighbours"``, :func:`with_neighbours`)."""
+    (``"neighbours"``, :func:`with_neighbours`); ``"localised"``: per length (km), the
+    best MAE and ridge of the localised covariance."""
     truth, _, hidden, is_video = load_case(case, seed)
     if is_video:
         raise ValueError("the kriging oracle is measured on the cubes, not on video")
@@ -101,6 +154,15 @@ def oracle(case: str, seed: int, ridges: tuple[float, ...] = RIDGES) -> dict[str
     hidden = hidden.reshape(n_t, -1)
     sea = np.isfinite(values).all(0)
     values, hidden = values[:, sea], hidden[:, sea]
+    localised = {}
+    if lengths:
+        lat, lon = (np.asarray(truth[d].values, dtype=np.float64) for d in truth.dims[1:])
+        lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
+        dist = chordal_km(lat2.ravel()[sea], lon2.ravel()[sea])
+        for length in lengths:
+            maes = np.abs(krige_localised(values, hidden, gaspari_cohn(dist / length), ridges)
+                          - values[hidden]).mean(1)
+            localised[length] = (float(maes.min()), ridges[int(np.argmin(maes))])
     pred = krige(values, hidden, ridges)
     maes = np.abs(pred - values[hidden]).mean(1)
     i = int(np.argmin(maes))
@@ -109,7 +171,7 @@ def oracle(case: str, seed: int, ridges: tuple[float, ...] = RIDGES) -> dict[str
     return {
         "mae": float(maes[i]), "ridge": ridges[i],
         "inner": float(np.abs(pred[i] - values[hidden])[inner[hidden]].mean()),
-        "neighbours": with_neighbours(values, hidden, pred[i]),
+        "neighbours": with_neighbours(values, hidden, pred[i]), "localised": localised,
     }
 
 
@@ -119,14 +181,22 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", default="ostia,a1b,pacific,hgt")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lengths", default="",
+                   help="localisation lengths in km, comma-separated (none by default)")
+    p.add_argument("--ridges", default="", help="ridges tried, comma-separated (RIDGES)")
     args = p.parse_args(argv)
+    lengths = tuple(float(v) for v in args.lengths.split(",") if v)
+    ridges = tuple(float(v) for v in args.ridges.split(",")) if args.ridges else RIDGES
     print(f"| case (seed {args.seed}) | kriging oracle MAE | ridge | inner frames | "
-          "with the true values a frame before and after |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+          "with the true values a frame before and after |"
+          + "".join(f" localised {v:g} km (ridge) |" for v in lengths))
+    print("| --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(lengths))
     for case in args.cases.split(","):
-        r = oracle(case, args.seed)
+        r = oracle(case, args.seed, ridges, lengths)
         print(f"| {case} | {r['mae']:.4g} | {r['ridge']:g} | {r['inner']:.4g} | "
-              f"{r['neighbours']:.4g} ({r['neighbours'] / r['inner'] - 1:+.1%}) |", flush=True)
+              f"{r['neighbours']:.4g} ({r['neighbours'] / r['inner'] - 1:+.1%}) |"
+              + "".join(f" {m:.4g} ({rd:g}) |" for m, rd in r["localised"].values()),
+              flush=True)
 
 
 if __name__ == "__main__":
