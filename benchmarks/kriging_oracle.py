@@ -106,6 +106,8 @@ def krige_localised(truth: np.ndarray, hidden: np.ndarray, taper: np.ndarray,
                     ridges: tuple[float, ...]) -> np.ndarray:
     """:func:`krige` with the other frames' covariance multiplied by ``taper`` ``(P, P)``."""
     n_t = truth.shape[0]
+    centre = truth.mean(0)  # less cancellation in the sums of products below
+    truth = truth - centre
     total, outer = truth.sum(0), truth.T @ truth
     out = np.zeros((len(ridges), int(hidden.sum())))
     pos = 0
@@ -121,7 +123,7 @@ def krige_localised(truth: np.ndarray, hidden: np.ndarray, taper: np.ndarray,
         scale = float(np.diag(cov).mean())
         for i, ridge in enumerate(ridges):
             w = np.linalg.solve(c_oo + ridge * scale * np.eye(int(obs.sum())), x[obs] - mean[obs])
-            out[i, pos:pos + hid.sum()] = mean[hid] + c_ho @ w
+            out[i, pos:pos + hid.sum()] = centre[hid] + mean[hid] + c_ho @ w
         pos += int(hid.sum())
     return out
 
