@@ -38,6 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gan_benchmark import load_case  # noqa: E402
 
 RIDGES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
+
+
+def _hidden_frames(hidden: np.ndarray) -> Iterator[tuple[int, np.ndarray, slice]]:
+    """``(t, hid, at)`` for each frame ``t`` with hidden pixels ``hid``: ``at`` is their
+    slice of the flat output (frame by frame)."""
+    pos = 0
+    for t, hid in enumerate(hidden):
+        if hid.any():
+            n = int(hid.sum())
+            yield t, hid, slice(pos, pos + n)
+            pos += n
 
 
 def krige(truth: np.ndarray, hidden: np.ndarray, ridges: tuple[float, ...]) -> np.ndarray:
@@ -63,11 +75,7 @@ def krige(truth: np.ndarray, hidden: np.ndarray, ridges: tuple[float, ...]) -> n
     """
     n_t = truth.shape[0]
     out = np.zeros((len(ridges), int(hidden.sum())))
-    pos = 0
-    for t in range(n_t):
-        hid = hidden[t]
-        if not hid.any():
-            continue
+    for t, hid, at in _hidden_frames(hidden):
         others = np.delete(truth, t, axis=0)
         mean = others.mean(0)
         a = others - mean
@@ -77,8 +85,7 @@ def krige(truth: np.ndarray, hidden: np.ndarray, ridges: tuple[float, ...]) -> n
         scale = (n_t - 2) * float(a.var(0).mean())
         for i, ridge in enumerate(ridges):
             w = evecs @ (proj / (np.maximum(evals, 0) + ridge * scale))
-            out[i, pos:pos + hid.sum()] = mean[hid] + a_h.T @ w
-        pos += int(hid.sum())
+            out[i, at] = mean[hid] + a_h.T @ w
     return out
 
 
@@ -110,11 +117,7 @@ def krige_localised(truth: np.ndarray, hidden: np.ndarray, taper: np.ndarray,
     truth = truth - centre
     total, outer = truth.sum(0), truth.T @ truth
     out = np.zeros((len(ridges), int(hidden.sum())))
-    pos = 0
-    for t in range(n_t):
-        hid = hidden[t]
-        if not hid.any():
-            continue
+    for t, hid, at in _hidden_frames(hidden):
         x = truth[t]
         mean = (total - x) / (n_t - 1)
         cov = (outer - np.outer(x, x) - (n_t - 1) * np.outer(mean, mean)) / (n_t - 2) * taper
@@ -123,8 +126,7 @@ def krige_localised(truth: np.ndarray, hidden: np.ndarray, taper: np.ndarray,
         scale = float(np.diag(cov).mean())
         for i, ridge in enumerate(ridges):
             w = np.linalg.solve(c_oo + ridge * scale * np.eye(int(obs.sum())), x[obs] - mean[obs])
-            out[i, pos:pos + hid.sum()] = centre[hid] + mean[hid] + c_ho @ w
-        pos += int(hid.sum())
+            out[i, at] = centre[hid] + mean[hid] + c_ho @ w
     return out
 
 
