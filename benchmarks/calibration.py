@@ -30,7 +30,7 @@ Run::
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/calibration.py
     python benchmarks/calibration.py --methods eof linear climatology --seeds 0 1 2
     python benchmarks/calibration.py --methods combcn gan --seeds 0
-    python benchmarks/calibration.py --cubes pacific hgt --methods regem --option ridge=validate
+    python benchmarks/calibration.py --cubes pacific hgt --methods regem --option length=null
     python benchmarks/calibration.py --methods tgfnet stgconvnet flowfill --seeds 0
     python benchmarks/calibration.py --cubes ostia --methods flowfill --seeds 2 --by-distance
 

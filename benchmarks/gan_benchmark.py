@@ -25,8 +25,10 @@ Cases (gaps punched into gap-free real data, whose hidden pixels are the truth):
 
 Rows: ``pydineof`` (pyDINEOF ``run_2D``, nev 5; not on video; given the data plus
 300 where it is an anomaly, since it drops values <= 0), ``eof``,
-``regem`` (up to its ``max_pixels``: not OSTIA; ``regem-validate``, not run by default:
-with ``ridge="validate"``) and ``linear`` (the package's methods),
+``regem`` (up to its ``max_pixels``: not OSTIA; ``regem-unlocalised``, not run by default:
+with ``length=None, ridge=None, fill_ridge=0.02``, nothing validated; ``regem-validate``,
+not run by default: the same with ``ridge="validate"``) and ``linear`` (the package's
+methods),
 ``guide`` (the guide the default ``gan`` chose, alone), ``gan-l1`` (the L1 term
 alone), ``gan-adv`` (L1 plus the frame/sequence discriminators, ``adv_weight`` 0.1) and
 ``gan`` (default options). Scores on the hidden pixels: MAE, RMSE (PSNR for video), and the
@@ -77,6 +79,11 @@ CASES = ("ostia", "a1b", "pacific", "hgt", "bikes-moving_bar", "bikes-raindrops"
 #: Cases :func:`load_case` knows that the default run leaves out.
 EXTRA_CASES = ("e1",)
 ROWS = ("pydineof", "eof", "regem", "linear", "guide", "gan-l1", "gan-adv", "gan")
+#: ``regem`` without localisation (rows not run by default).
+REGEM_ROWS: dict[str, dict[str, Any]] = {
+    "regem-unlocalised": {"length": None, "ridge": None, "fill_ridge": 0.02},
+    "regem-validate": {"length": None, "ridge": "validate", "fill_ridge": 0.02},
+}
 #: Options of each gan row over the method's defaults.
 GAN_ROWS: dict[str, dict[str, Any]] = {
     "gan-l1": {"adv_weight": 0.0},
@@ -349,10 +356,10 @@ def run_case(
             offset = DINEOF_OFFSET if float(truth.min()) < 50 else 0.0
             t0 = time.perf_counter()
             add(row, pydineof_fill(gappy, offset), time.perf_counter() - t0)
-        elif row in ("eof", "regem", "linear", "regem-validate"):
+        elif row in ("eof", "regem", "linear") or row in REGEM_ROWS:
             try:
-                if row == "regem-validate":
-                    filled, seconds = fit_classical("regem", gappy, seed, ridge="validate")
+                if row in REGEM_ROWS:
+                    filled, seconds = fit_classical("regem", gappy, seed, **REGEM_ROWS[row])
                 else:
                     filled, seconds = fit_classical(row, gappy, seed)
             except ValueError as err:  # regem's max_pixels

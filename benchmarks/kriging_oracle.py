@@ -46,6 +46,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gan_benchmark import load_case  # noqa: E402
 
+from gapfill.localisation import gaspari_cohn, grid_distances  # noqa: E402
+
 RIDGES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
@@ -87,26 +89,6 @@ def krige(truth: np.ndarray, hidden: np.ndarray, ridges: tuple[float, ...]) -> n
             w = evecs @ (proj / (np.maximum(evals, 0) + ridge * scale))
             out[i, at] = mean[hid] + a_h.T @ w
     return out
-
-
-def gaspari_cohn(r: np.ndarray) -> np.ndarray:
-    """Gaspari and Cohn's compactly supported correlation at ``r`` = distance / length
-    (1 at 0, 0 from 2 on)."""
-    r = np.abs(r)
-    out = np.zeros_like(r)
-    near, far = r <= 1, (r > 1) & (r < 2)
-    x = r[near]
-    out[near] = -0.25 * x**5 + 0.5 * x**4 + 0.625 * x**3 - 5 / 3 * x**2 + 1
-    x = r[far]
-    out[far] = x**5 / 12 - 0.5 * x**4 + 0.625 * x**3 + 5 / 3 * x**2 - 5 * x + 4 - 2 / (3 * x)
-    return out
-
-
-def chordal_km(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
-    """Chordal distances (km) between every pair of points given in degrees."""
-    la, lo = np.deg2rad(lat), np.deg2rad(lon)
-    xyz = np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], axis=1)
-    return 6371.0 * np.sqrt(np.maximum(((xyz[:, None] - xyz[None]) ** 2).sum(-1), 0.0))
 
 
 def krige_localised(truth: np.ndarray, hidden: np.ndarray, taper: np.ndarray,
@@ -161,8 +143,7 @@ def oracle(case: str, seed: int, ridges: tuple[float, ...] = RIDGES,
     localised = {}
     if lengths:
         lat, lon = (np.asarray(truth[d].values, dtype=np.float64) for d in truth.dims[1:])
-        lat2, lon2 = np.meshgrid(lat, lon, indexing="ij")
-        dist = chordal_km(lat2.ravel()[sea], lon2.ravel()[sea])
+        dist = grid_distances(lat, lon)[np.ix_(sea, sea)]
         for length in lengths:
             maes = np.abs(krige_localised(values, hidden, gaspari_cohn(dist / length), ridges)
                           - values[hidden]).mean(1)

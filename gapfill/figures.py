@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from gapfill.localisation import is_lonlat
+
 __all__ = [
     "central_longitude", "coastline_file", "diagnostics_figure", "error_map", "reliability_panel",
     "unwrap_longitudes",
@@ -109,7 +111,7 @@ def diagnostics_figure(
     field = np.asarray(da.isel({dims.time: time_index}).values, dtype=float)
     status = np.asarray(flag.isel({dims.time: time_index}).values)
     x, y = _coord(da, dims.x), _coord(da, dims.y)
-    geographic = _is_lonlat(da, dims)
+    geographic = is_lonlat(da, dims)
     if geographic:
         x = unwrap_longitudes(x)
 
@@ -180,7 +182,7 @@ def error_map(fig: Any, spec: Any, error: xr.DataArray, time_index: int, status:
     error = error.transpose(*dims.core)
     field = np.asarray(error.isel({dims.time: time_index}).values, dtype=float)
     x, y = _coord(error, dims.x), _coord(error, dims.y)
-    geographic = _is_lonlat(error, dims)
+    geographic = is_lonlat(error, dims)
     if geographic:
         x = unwrap_longitudes(x)
     ax = _map_axes(fig, spec, x, geographic)
@@ -235,15 +237,6 @@ def _coord(da: xr.DataArray, dim: str) -> np.ndarray:
     if dim in da.coords and np.issubdtype(da[dim].dtype, np.number):
         return np.asarray(da[dim].values, dtype=float)
     return np.arange(da.sizes[dim], dtype=float)
-
-
-def _is_lonlat(da: xr.DataArray, dims: Any) -> bool:
-    def units(d: str) -> str:
-        return str(da[d].attrs.get("units", "")).lower() if d in da.coords else ""
-
-    lon = units(dims.x).startswith("degree") or dims.x.lower() in ("lon", "longitude")
-    lat = units(dims.y).startswith("degree") or dims.y.lower() in ("lat", "latitude")
-    return lon and lat and dims.x in da.coords and dims.y in da.coords
 
 
 def _aspect(x: np.ndarray, y: np.ndarray, geographic: bool) -> float:

@@ -26,6 +26,7 @@ from gapfill.testing import check_fill, check_method
 #: Options that keep each method fast enough for property tests on CPU.
 FAST_OPTIONS: dict[str, dict] = {
     "eof": {"max_modes": 4},
+    "regem": {"max_iter": 3},
     "gan": {"steps": 2, "batch_size": 1, "window": (4, 8, 8), "width": 4},
     "combcn": {"steps": 2, "batch_size": 1, "window": (4, 8, 8), "width3d": 4, "width2d": 4,
                "progress": "off"},

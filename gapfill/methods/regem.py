@@ -2,8 +2,9 @@
 frame's gaps filled by their conditional expectation given the frame's observations.
 
 Schneider (2001, *J. Climate* 14, 853–871), the method of many climate-field
-reconstructions, with ridges set by the number of observations per pixel instead of
-chosen per frame by generalised cross-validation:
+reconstructions, with its covariance localised as in ensemble data assimilation and its
+ridges chosen on hidden observations instead of per frame by generalised
+cross-validation:
 
 1. Stack the cube into a matrix ``Y`` (time × pixels; channels are stacked into
    space) and start with the DINEOF fill (:mod:`gapfill.methods.eof`) in the gaps,
@@ -13,25 +14,31 @@ chosen per frame by generalised cross-validation:
    ``μ_m + Σ_mo (Σ_oo + h² d I)⁻¹ (y_o − μ_o)`` (``m`` its gaps, ``o`` its
    observations, ``d`` the mean variance, ``h²`` the ridge), and sum the conditional
    covariances ``Σ_mm − Σ_mo (Σ_oo + h² d I)⁻¹ Σ_om`` for the next covariance
-   (M-step). Both come from the precision matrix ``(Σ + h² d I)⁻¹``, inverted once per
-   iteration, with one solve per frame of the size of its gaps (:func:`conditional`).
-   With many values missing EM creeps towards its fixed point, so its steps are
-   accelerated by SQUAREM (Varadhan & Roland 2008): two steps, an extrapolation along
-   them, one step from there (:func:`regem`). Stop when a round changes the imputed
-   values by less than ``tol`` of the data's spread.
+   (M-step). On a latitude/longitude grid the new covariance is multiplied element by
+   element by Gaspari and Cohn's taper of the pixels' distance
+   (:mod:`gapfill.localisation`): with fewer frames than pixels, the sample
+   covariance's long-range correlations are mostly noise. Both steps come from the
+   precision matrix ``(Σ + h² d I)⁻¹``, inverted once per iteration, with one solve per
+   frame of the size of its gaps (:func:`conditional`). With many values missing EM
+   creeps towards its fixed point, so its steps are accelerated by SQUAREM (Varadhan &
+   Roland 2008): two steps, an extrapolation along them, one step from there
+   (:func:`regem`). Stop when a round changes the imputed values by less than ``tol``
+   of the data's spread.
+3. The localisation length, the EM ridge and the fill ridge (below) are chosen by the
+   error of short EM fits on a tenth of the observations hidden in the shapes of the
+   cube's gaps (:func:`choose`), which also scale the conditional standard deviation
+   so that it holds 68% of their errors.
 
 Filling applies the last step with the fitted ``μ`` and ``Σ`` (to the fitted cube or to
 new frames on the same grid) and a smaller ridge, ``fill_ridge``: the EM ridge
 regularises a covariance estimated from few values per pixel, while at the fill it acts
-as the observations' own noise (measured on three cubes:
-``benchmarks/regem_ridges.py``). The error is the square root of the conditional
-variance. Unlike DINEOF (:mod:`gapfill.methods.eof`), which keeps a few EOFs, the
-covariance keeps every mode, shrunk by the ridge, and its estimate accounts for the
+as the observations' own noise. The error is the square root of the conditional
+variance, scaled. Unlike DINEOF (:mod:`gapfill.methods.eof`), which keeps a few EOFs,
+the covariance keeps every mode, shrunk by the ridge, and its estimate accounts for the
 uncertainty of what it imputes. Time and memory grow as pixels³ and pixels²: the method
 is meant for grids of up to a few thousand ever-observed pixels (coarse climate fields,
 regional boxes); above ``max_pixels`` it says so before any work.
 """
-
 from __future__ import annotations
 
 import logging
@@ -44,6 +51,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 
+from gapfill.localisation import gaspari_cohn, grid_distances, is_lonlat
 from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy, check_grid
 from gapfill.methods.climatology import pixel_moments
 from gapfill.methods.eof import EOF, _from_matrix, _to_matrix
@@ -60,17 +68,28 @@ class RegEMOptions(Options):
 
     Attributes
     ----------
+    length
+        Localisation length (km): each covariance estimate is multiplied element by
+        element by Gaspari and Cohn's correlation of the pixels' chordal distance over
+        ``length``, zero beyond twice it (:mod:`gapfill.localisation`). Needs latitude
+        and longitude coordinates in degrees. ``None``: no localisation.
+        ``"validate"``: chosen on hidden observations among :data:`VALIDATION_LENGTHS`
+        with the ridges (:func:`choose`); on a grid without latitude and longitude, no
+        localisation. (Fits without localisation are not among the candidates: on small
+        cubes their validation error is too noisy to rank them against the localised
+        ones, which were better in the gaps of every cube measured.)
     ridge
         ``h²`` of the EM fit: the ridge added to ``Σ_oo`` while the covariance is
-        estimated, as a share of the mean variance. ``None``: 20 over the mean number
-        of observations per pixel, within [0.05, 1] (:func:`default_ridge`).
-        ``"validate"``: the one of :data:`VALIDATION_RIDGES` that fills best a tenth of
-        the observations hidden in the shapes of the cube's own gaps (an EM fit per
-        candidate, each started from the one before, and the fit on every observation
-        from the one chosen; :func:`choose_ridge`); the fitted model's ``ridge`` is then
-        the one chosen.
+        estimated, as a share of the mean variance. ``None``: without localisation, 20
+        over the mean number of observations per pixel, within [0.05, 1]
+        (:func:`default_ridge`); with it, :data:`LOCALISED_RIDGES`' first.
+        ``"validate"``: the one of :data:`VALIDATION_RIDGES` (with localisation,
+        :data:`LOCALISED_RIDGES`) that fills best a tenth of the observations hidden in
+        the shapes of the cube's own gaps (:func:`choose`).
     fill_ridge
-        ``h²`` of the fill (and of the conditional standard deviation).
+        ``h²`` of the fill (and of the conditional standard deviation). ``"validate"``:
+        the one of :data:`FILL_RIDGES` that fills the hidden observations best, scored
+        with every EM fit :func:`choose` makes (one when no other option is validated).
     tol
         Stop when a round of SQUAREM (three E-steps) changes the imputed values by less
         than this share of the data's standard deviation (RMS).
@@ -81,8 +100,9 @@ class RegEMOptions(Options):
         covariance has ``max_pixels²`` entries and each iteration inverts it.
     """
 
-    ridge: float | str | None = None
-    fill_ridge: float = 0.02
+    length: float | str | None = "validate"
+    ridge: float | str | None = "validate"
+    fill_ridge: float | str = "validate"
     tol: float = 2e-3
     max_iter: int = 40
     max_pixels: int = 4000
@@ -90,9 +110,12 @@ class RegEMOptions(Options):
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option when a value is out of range."""
         for name, ok, what in (
+            ("length", self.length is None or self.length == "validate"
+             or (_real(self.length) and self.length > 0), "a number > 0, 'validate' or None"),
             ("ridge", self.ridge is None or self.ridge == "validate"
              or (_real(self.ridge) and self.ridge > 0), "a number > 0, 'validate' or None"),
-            ("fill_ridge", _real(self.fill_ridge) and self.fill_ridge > 0, "a number > 0"),
+            ("fill_ridge", self.fill_ridge == "validate"
+             or (_real(self.fill_ridge) and self.fill_ridge > 0), "a number > 0 or 'validate'"),
             ("tol", _real(self.tol) and 0 < self.tol < 1, "in (0, 1)"),
             ("max_iter", _int(self.max_iter) and self.max_iter >= 1, "an integer >= 1"),
             ("max_pixels", _int(self.max_pixels) and self.max_pixels >= 2, "an integer >= 2"),
@@ -165,7 +188,7 @@ def conditional(
     if info:
         raise np.linalg.LinAlgError(f"regem: the precision of a frame's gaps is not positive "
                                     f"definite (LAPACK dpotrf info {info})")
-    rhs = precision[np.ix_(m, o)] @ (y[o] - mean[o])
+    rhs = (precision @ np.where(o, y - mean, 0.0))[m]  # Q_mo (y_o − μ_o), rows gathered
     values = mean[m] - scipy.linalg.lapack.dpotrs(chol, rhs, lower=1)[0]
     inverse = scipy.linalg.lapack.dpotri(chol, lower=1)[0]  # lower triangle of Q_mm⁻¹
     if with_cov:
@@ -178,12 +201,14 @@ def conditional(
 
 def em_step(
     y: np.ndarray, observed: np.ndarray, mean: np.ndarray, cov: np.ndarray, ridge: float,
+    taper: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One EM iteration from the moments ``(mean, cov)`` of ``y`` (time × pixels).
 
     E-step: each frame's gaps filled by their conditional expectation, with the sum of
     their conditional covariances. M-step: the mean and covariance of the completed
-    matrix plus that sum. Returns ``(mean, cov, filled)``.
+    matrix plus that sum, times ``taper`` element by element when given (localisation).
+    Returns ``(mean, cov, filled)``.
     """
     n_time, n_pix = y.shape
     nugget = nugget_of(cov, ridge)
@@ -197,15 +222,20 @@ def em_step(
         filled[t, gaps], c = conditional(y[t], observed[t], mean, precision, nugget,
                                          with_cov=True)
         extra[np.ix_(gaps, gaps)] += c  # lower triangles: the gaps' indices increase
-    mean, cov = _moments(filled, symmetric(extra))
+    mean, cov = _moments(filled, symmetric(extra), taper)
     return mean, cov, filled
 
 
-def _moments(filled: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the completed matrix plus the imputations' covariance."""
+def _moments(filled: np.ndarray, extra: np.ndarray,
+             taper: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the completed matrix plus the imputations' covariance, the
+    covariance times ``taper`` (element by element) when given."""
     mean = filled.mean(0)
     dev = filled - mean
-    return mean, (dev.T @ dev + extra) / len(filled)
+    cov = (dev.T @ dev + extra) / len(filled)
+    if taper is not None:
+        cov *= taper
+    return mean, cov
 
 
 def extrapolate(
@@ -245,7 +275,7 @@ def regem(
     y: np.ndarray, start: np.ndarray | tuple[np.ndarray, np.ndarray], ridge: float,
     tol: float, max_iter: int,
     trace: Callable[[int, np.ndarray, np.ndarray, float], None] | None = None,
-    accelerate: bool = True,
+    accelerate: bool = True, taper: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int, float]:
     """The EM estimate of the mean and covariance of ``y`` (time × pixels, NaN = missing),
     from the first guess ``start`` in the gaps, or from moments ``start = (mean, cov)``
@@ -258,6 +288,7 @@ def regem(
     Without it, a round is one EM step. EM stops after the first round whose imputed
     values change by less than ``tol`` (RMS, over the observations' standard deviation),
     or after ``max_iter`` E-steps (plain steps when fewer than three are left).
+    ``taper`` (pixels × pixels), when given, localises every covariance (:func:`em_step`).
 
     Returns ``(mean, cov, steps, change)``: ``steps`` E-steps in all, ``change`` that of
     the last round. ``trace(steps, mean, cov, change)``, when given, sees the moments
@@ -267,23 +298,25 @@ def regem(
     spread = max(float(np.std(y[observed])), 1e-12)
     steps, change = 0, np.inf
     if isinstance(start, tuple):
-        mean, cov, filled = em_step(y, observed, *start, ridge)
+        mean, cov, filled = em_step(y, observed, *start, ridge, taper)
         steps = 1
     else:
         filled = np.where(observed, y, start)
-        mean, cov = _moments(filled, np.zeros((y.shape[1], y.shape[1])))
+        mean, cov = _moments(filled, np.zeros((y.shape[1], y.shape[1])), taper)
     if trace is not None:
         trace(steps, mean, cov, change)
     while steps < max_iter:
         if accelerate and steps + 3 <= max_iter:
-            one = em_step(y, observed, mean, cov, ridge)[:2]
-            two = em_step(y, observed, *one, ridge)[:2]
-            mean, cov, new = em_step(y, observed, *extrapolate((mean, cov), one, two), ridge)
+            one = em_step(y, observed, mean, cov, ridge, taper)[:2]
+            two = em_step(y, observed, *one, ridge, taper)[:2]
+            mean, cov, new = em_step(y, observed, *extrapolate((mean, cov), one, two), ridge,
+                                     taper)
             steps += 3
         else:
-            mean, cov, new = em_step(y, observed, mean, cov, ridge)
+            mean, cov, new = em_step(y, observed, mean, cov, ridge, taper)
             steps += 1
-        change = float(np.sqrt(np.mean((new - filled)[~observed] ** 2))) / spread
+        moved = (new - filled)[~observed]
+        change = float(np.sqrt(np.mean(moved**2))) / spread if moved.size else 0.0
         filled = new
         if trace is not None:
             trace(steps, mean, cov, change)
@@ -292,25 +325,72 @@ def regem(
     return mean, cov, steps, change
 
 
-#: The EM ridges ``ridge="validate"`` chooses from, and the share of the observations it
-#: hides to choose.
-VALIDATION_RIDGES, VALIDATION_SHARE = (0.05, 0.2, 0.8), 0.1
+#: What validation chooses from: the EM ridges without localisation, the localisation
+#: lengths (km), the EM ridges with localisation, the fill ridges, and the share of the
+#: observations hidden to choose.
+VALIDATION_RIDGES = (0.05, 0.2, 0.8)
+VALIDATION_LENGTHS = (8000.0, 4000.0, 2000.0, 1000.0, 500.0, 250.0)
+LOCALISED_RIDGES = (0.01, 0.003)
+FILL_RIDGES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.02)
+VALIDATION_SHARE = 0.1
+#: The length the search along :data:`VALIDATION_LENGTHS` starts from (km), and the most
+#: E-steps of the first candidate's EM fit (two rounds of SQUAREM, from DINEOF) and of each
+#: later one (one round, from the moments of the candidate before): enough to rank them.
+FIRST_LENGTH, VALIDATION_STEPS = 4000.0, (6, 3)
 
 
-def choose_ridge(
-    x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None, tol: float,
-    max_iter: int, fill_ridge: float,
-) -> tuple[float, dict[float, float], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The EM ridge of :data:`VALIDATION_RIDGES` that fills hidden observations best.
+@dataclass
+class Choice:
+    """What :func:`choose` chose: the options, every candidate's validation MAE (keyed
+    ``"length=…,ridge=…,fill_ridge=…"``), the chosen fit ``(fitted, mean, cov)`` and the
+    factor that calibrates its conditional standard deviation (:func:`sigma_scale`)."""
+
+    length: float | None
+    ridge: float
+    fill_ridge: float
+    scores: dict[str, float]
+    fit: tuple[np.ndarray, np.ndarray, np.ndarray]
+    sigma_scale: float = 1.0
+
+
+def sigma_scale(errors: np.ndarray, sigma: np.ndarray) -> float:
+    """The factor that puts 68.3% of the absolute ``errors`` within their ``sigma``: the
+    conditional standard deviation of an estimated covariance leaves out the error of the
+    estimate, which depends on the ridges and the localisation (1 with no errors)."""
+    ok = np.isfinite(errors) & np.isfinite(sigma) & (sigma > 0)
+    if not ok.any():
+        return 1.0
+    return float(np.quantile(errors[ok] / sigma[ok], 0.6827))
+
+
+def _key(length: float | None, ridge: float, fill_ridge: float) -> str:
+    return f"length={length if length is None else f'{length:g}'},ridge={ridge:g}," \
+        f"fill_ridge={fill_ridge:g}"
+
+
+def choose(
+    x: np.ndarray, rng: np.random.Generator, times: np.ndarray | None,
+    lengths: tuple[float | None, ...], ridge: float | str | None,
+    fill_ridges: tuple[float, ...], tol: float, max_iter: int,
+    distances: np.ndarray | None = None, default: float = 0.2,
+) -> Choice:
+    """The localisation length, EM ridge and fill ridge that fill hidden observations best.
 
     :data:`VALIDATION_SHARE` of the observed pixels of the normalised ``(C, T, H, W)``
     ``x`` are hidden in pieces of other frames' gaps
-    (:func:`gapfill.diagnostics.borrowed_gaps`), EM is fitted on the rest with each
-    ridge, largest first (from one DINEOF first guess, then from the moments of the
-    ridge before, which EM with the next ridge leaves in fewer steps), and the hidden
-    pixels are filled with ``fill_ridge``. Returns the ridge with the lowest MAE there,
-    every ridge's MAE, and that ridge's fit ``(fitted, mean, cov)`` (pixels fitted as in
-    :meth:`RegEM.fit_array`), a start for the fit on every observation.
+    (:func:`gapfill.diagnostics.borrowed_gaps`) and EM is fitted on the rest (at most
+    :data:`VALIDATION_STEPS` E-steps), each fit started from the moments of the one
+    before (the first from a DINEOF fill). First along ``lengths`` (``None``: no
+    localisation), ordered from the longest: from :data:`FIRST_LENGTH` (or the first)
+    to shorter lengths while the error falls, and when the first step does not lower
+    it, to longer ones while it falls. Then, when ``ridge`` is ``"validate"``, with the
+    other ridges at the best length. A fit's EM ridge is ``ridge`` when it is a number;
+    otherwise ``default`` (the :func:`default_ridge` of the whole cube; when ``ridge`` is
+    ``"validate"``, the largest of :data:`VALIDATION_RIDGES`) without localisation and
+    the first of :data:`LOCALISED_RIDGES` with it. Every fit fills the hidden pixels
+    with each of ``fill_ridges`` and is scored by their MAE. ``distances`` (km) between
+    the pixels of ``x``'s rows (channels stacked as :func:`gapfill.methods.eof._to_matrix`
+    does) are needed for a length that is not ``None``.
     """
     from gapfill.diagnostics import borrowed_gaps
 
@@ -319,27 +399,79 @@ def choose_ridge(
     hide = np.broadcast_to(
         borrowed_gaps(~observed, observed, VALIDATION_SHARE, rng, exclude=never), x.shape)
     fit_input = np.where(hide, np.nan, x)
+    frames = hide.any((0, 2, 3))  # the frames the candidates fill and are scored on
     y = _to_matrix(fit_input).T.astype(np.float64)
     fitted = np.isfinite(y).any(0)
     first = EOF()
     first.fit_array(fit_input, rng, times)
-    start: np.ndarray | tuple[np.ndarray, np.ndarray] = \
+    moments: np.ndarray | tuple[np.ndarray, np.ndarray] = \
         _to_matrix(first.fill(fit_input, rng).values).T[:, fitted].astype(np.float64)
-    probe = RegEM(fill_ridge=fill_ridge)
+    probe = RegEM()
     grid = np.asarray(x.shape)[[0, 2, 3]]
-    scores: dict[float, float] = {}
-    best: tuple[float, np.ndarray, np.ndarray] | None = None  # ridge, mean, cov
-    for ridge in sorted(VALIDATION_RIDGES, reverse=True):
-        mean, cov = regem(y[:, fitted], start, ridge, tol, max_iter)[:2]
-        start = (mean, cov)
+    scores: dict[str, float] = {}
+    best: dict[str, Any] = {"mae": np.inf}
+
+    def candidates(length: float | None) -> tuple[float, ...]:
+        if _real(ridge):
+            return (float(ridge),)
+        if length is not None:
+            return LOCALISED_RIDGES if ridge == "validate" else LOCALISED_RIDGES[:1]
+        if ridge == "validate":
+            return tuple(sorted(VALIDATION_RIDGES, reverse=True))
+        return (default,)
+
+    def evaluate(length: float | None, em_ridge: float) -> float:
+        nonlocal moments
+        taper = None if length is None else _taper(distances, length, fitted)
+        steps = VALIDATION_STEPS[isinstance(moments, tuple)]
+        mean, cov = regem(y[:, fitted], moments, em_ridge, tol, min(max_iter, steps),
+                          taper=taper)[:2]
+        moments = (mean, cov)
         probe.load_state_dict({"grid": grid, "fitted": fitted, "mean": mean, "cov": cov})
-        errors = np.abs(probe.fill(fit_input, rng).values - x)[hide]
-        errors = errors[np.isfinite(errors)]  # a pixel hidden wherever it was observed
-        scores[ridge] = float(errors.mean()) if errors.size else np.inf
-        if best is None or scores[ridge] < scores[best[0]]:
-            best = (ridge, mean, cov)
-    assert best is not None
-    return best[0], {r: scores[r] for r in VALIDATION_RIDGES}, (fitted, best[1], best[2])
+        if not frames.any():  # nothing hidden (too few observations): nothing to score
+            return np.inf
+        for fill_ridge in fill_ridges:
+            probe.options.fill_ridge = fill_ridge
+            filled = probe.fill(fit_input[:, frames], rng)
+            errors = np.abs(filled.values - x[:, frames])[hide[:, frames]]
+            sigma = filled.error[hide[:, frames]]
+            seen = np.isfinite(errors)  # a pixel hidden wherever it was observed is not
+            mae = float(errors[seen].mean()) if seen.any() else np.inf
+            scores[_key(length, em_ridge, fill_ridge)] = mae
+            if mae < best["mae"]:
+                best.update(mae=mae, length=length, ridge=em_ridge, fill_ridge=fill_ridge,
+                            mean=mean, cov=cov, scale=sigma_scale(errors, sigma))
+        return min(scores[_key(length, em_ridge, f)] for f in fill_ridges)
+
+    def score(i: int) -> float:
+        return evaluate(lengths[i], candidates(lengths[i])[0])
+
+    origin = lengths.index(FIRST_LENGTH) if FIRST_LENGTH in lengths else 0
+    low = score(origin)
+    if not np.isfinite(low):  # no pixel could be hidden: the first fit, unscored
+        length = lengths[origin]
+        return Choice(length, candidates(length)[0], max(fill_ridges), scores,
+                      (fitted, *moments))
+    for way in (1, -1):  # shorter, then (when shorter did not help) longer
+        i = origin + way
+        while 0 <= i < len(lengths):
+            mae = score(i)
+            if mae >= low:
+                break
+            low, i = mae, i + way
+        if i != origin + way:
+            break
+    for em_ridge in candidates(best["length"])[1:]:
+        evaluate(best["length"], em_ridge)
+    return Choice(best["length"], best["ridge"], best["fill_ridge"], scores,
+                  (fitted, best["mean"], best["cov"]), best.get("scale", 1.0))
+
+
+def _taper(distances: np.ndarray | None, length: float, fitted: np.ndarray) -> np.ndarray:
+    """Gaspari and Cohn's correlation between the ``fitted`` pixels at ``length`` km."""
+    if distances is None:
+        raise ValueError("regem: a localisation length needs the pixels' distances")
+    return gaspari_cohn(distances[np.ix_(fitted, fitted)] / length)
 
 
 class RegEM(Method):
@@ -356,15 +488,32 @@ class RegEM(Method):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._state: dict[str, np.ndarray] | None = None
+        self._sigma_scale = 1.0
 
     def fit(self, cube: Cube, rng: np.random.Generator) -> None:
         """Estimate the mean and covariance of the cube's observed pixels."""
-        self.fit_array(cube.values(), rng, cube.coords().time)
+        distances = None
+        if self.options.length is not None:
+            if is_lonlat(cube.da, cube.dims):
+                coords = cube.coords()
+                distances = grid_distances(coords.y, coords.x)
+            elif self.options.length == "validate":
+                log.info("regem: no latitude/longitude coordinates, so no localisation")
+                self.options.length = None
+            else:
+                raise ValueError(
+                    f"regem option length={self.options.length!r} needs latitude and "
+                    f"longitude coordinates in degrees on dims {cube.dims.y!r} and "
+                    f"{cube.dims.x!r} (units 'degrees_north'/'degrees_east', or names "
+                    "lat/lon). Pass length=None to fit without localisation.")
+        self.fit_array(cube.values(), rng, cube.coords().time, distances)
 
     def fit_array(self, x: np.ndarray, rng: np.random.Generator,
-                  times: np.ndarray | None = None) -> None:
+                  times: np.ndarray | None = None,
+                  distances: np.ndarray | None = None) -> None:
         """Fit on a normalised ``(C, T, H, W)`` array (NaN = missing); ``rng`` and the
-        frames' ``times`` are for the DINEOF first guess."""
+        frames' ``times`` are for the DINEOF first guess, ``distances`` (km, between the
+        ``H·W`` pixels of a frame, row by row) for localisation."""
         n_chan, n_time, height, width = x.shape
         y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = np.isfinite(y).any(0)
@@ -377,24 +526,42 @@ class RegEM(Method):
                 "method='eof' (DINEOF), coarsen or cut the grid, or pass max_pixels= if the "
                 "machine can take it."
             )
+        opts = self.options
+        if distances is None and opts.length == "validate":
+            opts.length = None  # no coordinates to localise with
+        elif distances is None and opts.length is not None:
+            raise ValueError(f"regem option length={opts.length!r} needs the pixels' "
+                             "distances; fit through a cube with latitude/longitude "
+                             "coordinates, or pass length=None")
+        if distances is not None and n_chan > 1:
+            distances = np.tile(distances, (n_chan, n_chan))
         clock = time.perf_counter()
-        ridge, scores = self.options.ridge, None
+        scores, scale = None, float(self._sigma_scale)
         start: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None
-        if ridge == "validate":
-            ridge, scores, (chosen, mean, cov) = choose_ridge(
-                x, rng, times, self.options.tol, self.options.max_iter,
-                self.options.fill_ridge)
-            self.options.ridge = ridge  # a refit (and the saved model) keeps the choice
+        default = default_ridge(float(np.isfinite(y[:, fitted]).sum(0).mean()))
+        if "validate" in (opts.length, opts.ridge, opts.fill_ridge):
+            lengths = VALIDATION_LENGTHS if opts.length == "validate" else (opts.length,)
+            fill_ridges = FILL_RIDGES if opts.fill_ridge == "validate" else (opts.fill_ridge,)
+            choice = choose(x, rng, times, lengths, opts.ridge, fill_ridges, opts.tol,
+                            opts.max_iter, distances, default)
+            # a refit (and the saved model) keeps the choice
+            opts.length, opts.ridge, opts.fill_ridge = \
+                choice.length, choice.ridge, choice.fill_ridge
+            scores, scale = choice.scores, choice.sigma_scale
+            self._sigma_scale = scale  # a refit keeps it with the choice
+            chosen, mean, cov = choice.fit
             if np.array_equal(chosen, fitted):  # else a pixel was observed only where hidden
                 start = (mean, cov)
-        elif ridge is None:
-            ridge = default_ridge(float(np.isfinite(y[:, fitted]).sum(0).mean()))
+        ridge = opts.ridge
+        if ridge is None:
+            ridge = default if opts.length is None else LOCALISED_RIDGES[0]
+        taper = None if opts.length is None else _taper(distances, opts.length, fitted)
         if start is None:
             first = EOF()
             first.fit_array(x, rng, times)
             start = _to_matrix(first.fill(x, rng).values).T[:, fitted].astype(np.float64)
-        mean, cov, iterations, change = regem(y[:, fitted], start, ridge,
-                                              self.options.tol, self.options.max_iter)
+        mean, cov, iterations, change = regem(y[:, fitted], start, ridge, opts.tol,
+                                              opts.max_iter, taper=taper)
         log.info("regem: %d pixels, %d iterations, last change %.2g, %.1f s", n_pix,
                  iterations, change, time.perf_counter() - clock)
         self._state = {
@@ -402,13 +569,15 @@ class RegEM(Method):
             "fitted": fitted,
             "mean": mean.astype(np.float64),
             "cov": cov.astype(np.float64),
+            "sigma_scale": np.float64(scale),
         }
-        self.fit_info = {"pixels": n_pix, "ridge": round(ridge, 6), "iterations": iterations,
+        self.fit_info = {"pixels": n_pix, "length": opts.length, "ridge": round(ridge, 6),
+                         "fill_ridge": opts.fill_ridge, "sigma_scale": round(scale, 4),
+                         "iterations": iterations,
                          "last_change": round(change, 6),
-                         "converged": bool(change < self.options.tol)}
+                         "converged": bool(change < opts.tol)}
         if scores is not None:
-            self.fit_info["ridge_validation_mae"] = {str(k): round(v, 6)
-                                                     for k, v in scores.items()}
+            self.fit_info["validation_mae"] = {k: round(v, 6) for k, v in scores.items()}
 
     def chunking(self) -> Chunking:
         """Any time chunks, whole frames: each frame is filled from its own observations."""
@@ -429,7 +598,10 @@ class RegEM(Method):
         n_chan, n_time, height, width = x.shape
         y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = st["fitted"]
-        mean, cov = st["mean"], st["cov"]
+        mean, cov, scale = st["mean"], st["cov"], float(st["sigma_scale"])
+        if not _real(self.options.fill_ridge):
+            raise RuntimeError("regem: fill_ridge='validate' is chosen by fit; call fit, or "
+                               "set fill_ridge to a number before filling a loaded state")
         nugget = nugget_of(cov, self.options.fill_ridge)
         precision = precision_of(cov, nugget)
         values = y.copy()
@@ -442,7 +614,7 @@ class RegEM(Method):
                 continue
             v, var = conditional(yf[t], observed, mean, precision, nugget)
             vf[t, ~observed] = v
-            ef[t, ~observed] = np.sqrt(np.maximum(var, 1e-12))
+            ef[t, ~observed] = np.sqrt(np.maximum(var, 1e-12)) * scale
         values[:, fitted], error[:, fitted] = vf, ef
         # A pixel the fit never saw observed, observed here: its own mean and spread.
         rest = ~fitted & np.isfinite(y).any(0)
@@ -454,8 +626,14 @@ class RegEM(Method):
             error[:, rest] = sd
         return FillResult(_from_matrix(values.T, x.shape), _from_matrix(error.T, x.shape))
 
+    def calibration_copy(self) -> RegEM:
+        """An unfitted copy with this fit's options and ``sigma_scale``, as validation chose."""
+        copy = RegEM(**self.options_dict())
+        copy._sigma_scale = self._sigma_scale
+        return copy
+
     def state_dict(self) -> dict[str, Any]:
-        """Grid, fitted-pixel mask, mean and covariance."""
+        """Grid, fitted-pixel mask, mean, covariance and the factor of the spread."""
         return {} if self._state is None else dict(self._state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -465,4 +643,6 @@ class RegEM(Method):
             "fitted": as_numpy(state["fitted"]).astype(bool),
             "mean": as_numpy(state["mean"]).astype(np.float64),
             "cov": as_numpy(state["cov"]).astype(np.float64),
+            "sigma_scale": np.float64(as_numpy(state.get("sigma_scale", 1.0))),
         }
+        self._sigma_scale = float(self._state["sigma_scale"])
