@@ -82,7 +82,7 @@ class RegEMOptions(Options):
         ``h²`` of the EM fit: the ridge added to ``Σ_oo`` while the covariance is
         estimated, as a share of the mean variance. ``None``: without localisation, 20
         over the mean number of observations per pixel, within [0.05, 1]
-        (:func:`default_ridge`); with it, :data:`LOCALISED_RIDGES`' first.
+        (:func:`default_ridge`); with it, :data:`FIRST_RIDGE`.
         ``"validate"``: the one of :data:`VALIDATION_RIDGES` (with localisation,
         :data:`LOCALISED_RIDGES`) that fills best a tenth of the observations hidden in
         the shapes of the cube's own gaps (:func:`choose`).
@@ -285,6 +285,9 @@ def regem(
     With ``accelerate`` (SQUAREM), each round is two EM steps, an extrapolation along
     them (:func:`extrapolate`) and one EM step from there: three E-steps that go as far
     as many plain ones where EM converges slowly, as it does with many values missing.
+    With a ``taper``, whose M-step is no longer EM's, the extrapolation can overshoot
+    again and again: after a round that changes the imputed values more than the round
+    before, the rest are plain EM steps.
     Without it, a round is one EM step. EM stops after the first round whose imputed
     values change by less than ``tol`` (RMS, over the observations' standard deviation),
     or after ``max_iter`` E-steps (plain steps when fewer than three are left).
@@ -305,6 +308,7 @@ def regem(
         mean, cov = _moments(filled, np.zeros((y.shape[1], y.shape[1])), taper)
     if trace is not None:
         trace(steps, mean, cov, change)
+    last = np.inf
     while steps < max_iter:
         if accelerate and steps + 3 <= max_iter:
             one = em_step(y, observed, mean, cov, ridge, taper)[:2]
@@ -317,6 +321,9 @@ def regem(
             steps += 1
         moved = (new - filled)[~observed]
         change = float(np.sqrt(np.mean(moved**2))) / spread if moved.size else 0.0
+        if accelerate and taper is not None and change > last:  # overshoot: plain EM now on
+            accelerate = False
+        last = change
         filled = new
         if trace is not None:
             trace(steps, mean, cov, change)
@@ -330,13 +337,16 @@ def regem(
 #: observations hidden to choose.
 VALIDATION_RIDGES = (0.05, 0.2, 0.8)
 VALIDATION_LENGTHS = (8000.0, 4000.0, 2000.0, 1000.0, 500.0, 250.0)
-LOCALISED_RIDGES = (0.01, 0.003)
-FILL_RIDGES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.02)
+LOCALISED_RIDGES = (0.3, 0.1, 0.03, 0.01, 0.003)
+FILL_RIDGES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 VALIDATION_SHARE = 0.1
-#: The length the search along :data:`VALIDATION_LENGTHS` starts from (km), and the most
-#: E-steps of the first candidate's EM fit (two rounds of SQUAREM, from DINEOF) and of each
-#: later one (one round, from the moments of the candidate before): enough to rank them.
-FIRST_LENGTH, VALIDATION_STEPS = 4000.0, (6, 3)
+#: Where the searches along :data:`VALIDATION_LENGTHS` (km) and :data:`LOCALISED_RIDGES`
+#: start, and the most E-steps of the first candidate's EM fit (two rounds of SQUAREM,
+#: from DINEOF) and of each later one (one round, from the moments of the candidate
+#: before): enough to rank them.
+FIRST_LENGTH, FIRST_RIDGE, VALIDATION_STEPS = 4000.0, 0.01, (6, 3)
+#: The fill ridge when no observation can be hidden to choose one.
+UNVALIDATED_FILL_RIDGE = 0.02
 
 
 @dataclass
@@ -383,11 +393,13 @@ def choose(
     before (the first from a DINEOF fill). First along ``lengths`` (``None``: no
     localisation), ordered from the longest: from :data:`FIRST_LENGTH` (or the first)
     to shorter lengths while the error falls, and when the first step does not lower
-    it, to longer ones while it falls. Then, when ``ridge`` is ``"validate"``, with the
-    other ridges at the best length. A fit's EM ridge is ``ridge`` when it is a number;
-    otherwise ``default`` (the :func:`default_ridge` of the whole cube; when ``ridge`` is
-    ``"validate"``, the largest of :data:`VALIDATION_RIDGES`) without localisation and
-    the first of :data:`LOCALISED_RIDGES` with it. Every fit fills the hidden pixels
+    it, to longer ones while it falls (:func:`_search`). A fit's EM ridge is ``ridge``
+    when it is a number; otherwise ``default`` (the :func:`default_ridge` of the whole
+    cube; when ``ridge`` is ``"validate"``, the largest of :data:`VALIDATION_RIDGES`)
+    without localisation and :data:`FIRST_RIDGE` with it. Then, when ``ridge`` is
+    ``"validate"``, at the best length: with localisation, a search along
+    :data:`LOCALISED_RIDGES` from :data:`FIRST_RIDGE` (smaller first); without, the other
+    :data:`VALIDATION_RIDGES`, largest first. Every fit fills the hidden pixels
     with each of ``fill_ridges`` and is scored by their MAE. ``distances`` (km) between
     the pixels of ``x``'s rows (channels stacked as :func:`gapfill.methods.eof._to_matrix`
     does) are needed for a length that is not ``None``.
@@ -411,14 +423,12 @@ def choose(
     scores: dict[str, float] = {}
     best: dict[str, Any] = {"mae": np.inf}
 
-    def candidates(length: float | None) -> tuple[float, ...]:
+    def first_ridge(length: float | None) -> float:
         if _real(ridge):
-            return (float(ridge),)
+            return float(ridge)
         if length is not None:
-            return LOCALISED_RIDGES if ridge == "validate" else LOCALISED_RIDGES[:1]
-        if ridge == "validate":
-            return tuple(sorted(VALIDATION_RIDGES, reverse=True))
-        return (default,)
+            return FIRST_RIDGE
+        return max(VALIDATION_RIDGES) if ridge == "validate" else default
 
     def evaluate(length: float | None, em_ridge: float) -> float:
         nonlocal moments
@@ -441,30 +451,43 @@ def choose(
             if mae < best["mae"]:
                 best.update(mae=mae, length=length, ridge=em_ridge, fill_ridge=fill_ridge,
                             mean=mean, cov=cov, scale=sigma_scale(errors, sigma))
+        return scores_low(length, em_ridge)
+
+    def scores_low(length: float | None, em_ridge: float) -> float:
         return min(scores[_key(length, em_ridge, f)] for f in fill_ridges)
 
-    def score(i: int) -> float:
-        return evaluate(lengths[i], candidates(lengths[i])[0])
-
     origin = lengths.index(FIRST_LENGTH) if FIRST_LENGTH in lengths else 0
-    low = score(origin)
+    low = evaluate(lengths[origin], first_ridge(lengths[origin]))
     if not np.isfinite(low):  # no pixel could be hidden: the first fit, unscored
         length = lengths[origin]
-        return Choice(length, candidates(length)[0], max(fill_ridges), scores,
-                      (fitted, *moments))
-    for way in (1, -1):  # shorter, then (when shorter did not help) longer
+        fill = fill_ridges[0] if len(fill_ridges) == 1 else UNVALIDATED_FILL_RIDGE
+        return Choice(length, first_ridge(length), fill, scores, (fitted, *moments))
+    _search(len(lengths), origin, low, lambda i: evaluate(lengths[i], first_ridge(lengths[i])))
+    length = best["length"]
+    if ridge == "validate" and length is not None:
+        ladder = LOCALISED_RIDGES
+        _search(len(ladder), ladder.index(FIRST_RIDGE), scores_low(length, FIRST_RIDGE),
+                lambda i: evaluate(length, ladder[i]))
+    elif ridge == "validate":
+        for em_ridge in sorted(VALIDATION_RIDGES, reverse=True)[1:]:
+            evaluate(length, em_ridge)
+    return Choice(best["length"], best["ridge"], best["fill_ridge"], scores,
+                  (fitted, best["mean"], best["cov"]), best.get("scale", 1.0))
+
+
+def _search(n: int, origin: int, low: float, score: Callable[[int], float]) -> None:
+    """Line search along candidates ``0..n-1`` ordered by size, ``origin`` scored ``low``:
+    score the next ones up while the error falls, and when the first of them does not
+    lower it, the ones down while it falls."""
+    for way in (1, -1):
         i = origin + way
-        while 0 <= i < len(lengths):
+        while 0 <= i < n:
             mae = score(i)
             if mae >= low:
                 break
             low, i = mae, i + way
         if i != origin + way:
             break
-    for em_ridge in candidates(best["length"])[1:]:
-        evaluate(best["length"], em_ridge)
-    return Choice(best["length"], best["ridge"], best["fill_ridge"], scores,
-                  (fitted, best["mean"], best["cov"]), best.get("scale", 1.0))
 
 
 def _taper(distances: np.ndarray | None, length: float, fitted: np.ndarray) -> np.ndarray:
@@ -554,7 +577,7 @@ class RegEM(Method):
                 start = (mean, cov)
         ridge = opts.ridge
         if ridge is None:
-            ridge = default if opts.length is None else LOCALISED_RIDGES[0]
+            ridge = default if opts.length is None else FIRST_RIDGE
         taper = None if opts.length is None else _taper(distances, opts.length, fitted)
         if start is None:
             first = EOF()
