@@ -51,6 +51,7 @@ import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
 
+from gapfill.errors import ONE_SIGMA
 from gapfill.localisation import gaspari_cohn, grid_distances, is_lonlat
 from gapfill.methods.base import Chunking, Coords, FillResult, Method, Options, as_numpy, check_grid
 from gapfill.methods.climatology import pixel_moments
@@ -370,7 +371,7 @@ def sigma_scale(errors: np.ndarray, sigma: np.ndarray) -> float:
     ok = np.isfinite(errors) & np.isfinite(sigma) & (sigma > 0)
     if not ok.any():
         return 1.0
-    return float(np.quantile(errors[ok] / sigma[ok], 0.6827))
+    return float(np.quantile(errors[ok] / sigma[ok], ONE_SIGMA))
 
 
 def _key(length: float | None, ridge: float, fill_ridge: float) -> str:
