@@ -156,6 +156,40 @@ def test_taper_shrinks_the_smaller_modes_and_is_a_candidate():
     np.testing.assert_allclose(Guide.from_dict(guide.to_dict()).make(xv), field, atol=1e-5)
 
 
+def test_regem_guide_is_a_candidate_on_a_latitude_longitude_grid():
+    """A field of many smooth modes (more than DINEOF keeps) on a 1° grid: the conditional
+    expectation with a localised covariance (``"regem"``) is tried, chosen, better than
+    ``eof`` in the real gaps, and rebuilt by its recipe; without a grid it is not tried."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    t, h, w = 60, 14, 18
+    truth = ndimage.gaussian_filter(rng.standard_normal((t, h, w)), (0, 2.5, 2.5))[None]
+    truth = (truth / truth.std()).astype(np.float32)
+    hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
+    x = np.where(hidden, np.nan, truth)
+    val = np.isfinite(x) & (rng.random(x.shape) < 0.1)
+    xv = np.where(val, np.nan, x)
+    grid = (np.arange(30.0, 30.0 + h), np.arange(-40.0, -40.0 + w))
+    plain = choose_guide(xv, val, x, "auto")[0]
+    assert not any(name.startswith("regem") for name in plain.scores)
+    guide, field, base = choose_guide(xv, val, x, "auto", grid=grid)
+    assert guide.kind == "regem", guide.scores
+    assert guide.scores[str(guide)] < 0.9 * min(plain.scores.values())
+    np.testing.assert_array_equal(base, eof_guide(xv)[0])  # its base is DINEOF's
+    np.testing.assert_allclose(field[np.isfinite(xv)], xv[np.isfinite(xv)], atol=1e-5)
+    mae = lambda f: np.abs(f[hidden] - truth[hidden]).mean()  # noqa: E731
+    assert mae(guide.make(x)) < 0.9 * mae(eof_guide(x)[0])  # in the real gaps too
+    # the recipe rebuilds the field from a DINEOF fit with the same modes (no CV pass)
+    assert np.abs(Guide.from_dict(guide.to_dict()).make(xv) - field).mean() < 0.02
+    with pytest.raises(ValueError, match="latitude and longitude"):
+        choose_guide(xv, val, x, "regem")
+    with pytest.raises(ValueError, match="at most 4000 ever-observed pixels"):
+        choose_guide(np.tile(xv, (1, 1, 1, 20)), np.tile(val, (1, 1, 1, 20)),
+                     np.tile(x, (1, 1, 1, 20)), "regem",
+                     grid=(grid[0], np.linspace(-40.0, 40.0, 20 * w)))
+
+
 def test_harmonic_interpolation_fills_planes_exactly_and_keeps_coasts():
     t, h, w = 3, 12, 20
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
@@ -257,7 +291,7 @@ def clock(monkeypatch):
     def elements(x, *args, **kwargs):
         return fake.ELEMENT * x.size
 
-    for name in ("eof_guide", "harmonic_interpolation"):
+    for name in ("eof_guide", "harmonic_interpolation", "regem_fields"):
         monkeypatch.setattr(guides, name, charged(getattr(guides, name), elements))
     # linear's fill: the linear guide, and the error model's control draws
     monkeypatch.setattr(Linear, "fill",
@@ -344,6 +378,43 @@ def test_a_budget_that_leaves_training_little_time_warns(clock):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*Raise time_budget")
         da.gapfill.fit("gan", time_budget=60.0, **options)
+
+
+def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monkeypatch):
+    pytest.importorskip("torch")
+    from gapfill.cube import Cube
+    from gapfill.methods import gan_data
+    from gapfill.methods.gan import GAN
+
+    options = dict(window=(8, 16, 16), width=8, n_res_blocks=1, attention=False,
+                   batch_size=2, steps=4, eval_every=2, progress="off", seed=0, guide_pool=2)
+
+    def fit(da: xr.DataArray, **more) -> GAN:
+        gan = GAN(**options, **more)
+        gan.fit(Cube(da), np.random.default_rng(0))
+        return gan
+
+    da = _gappy(24, 16, 24)  # lat/lon in degrees
+    gan = fit(da, time_budget=None)
+    assert gan._meta["guide_grid"] == [list(da.lat.values), list(da.lon.values)]
+    assert any(name.startswith("regem") for name in gan._meta["guide"]["scores"])
+    # the recipe holds the grid: a copy fills alike from its state alone
+    cube = Cube(da)
+    x = cube.values()
+    copy = GAN(**options)
+    copy.load_state_dict(gan.state_dict())
+    np.testing.assert_array_equal(
+        copy.fill(x, np.random.default_rng(0), coords=cube.coords()).values,
+        gan.fill(x, np.random.default_rng(0), coords=cube.coords()).values)
+    # a guide that would take more than its share of the time budget is not tried
+    monkeypatch.setattr(gan_data, "REGEM_BUDGET_SHARE", 1e-9)
+    tight = fit(da, time_budget=600.0)
+    assert tight._meta["guide_grid"] is None
+    assert not any(name.startswith("regem") for name in tight._meta["guide"]["scores"])
+    monkeypatch.undo()
+    # nor on a grid without latitudes and longitudes
+    plain = fit(da.rename(lat="y", lon="x"), time_budget=None)
+    assert plain._meta["guide_grid"] is None
 
 
 @pytest.mark.parametrize("cycle", [0.0, 40.0])

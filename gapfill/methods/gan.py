@@ -10,8 +10,10 @@ PatchGAN, with frame differences when the masks move), learn to tell real
 observed sequences ``(y, m)`` from re-occluded fills ``(G(y) m_hat, m_hat)``.
 
 The generator corrects a *guide* (:mod:`gapfill.guides`): a classical fill of
-the whole cube (DINEOF, linear time interpolation, or DINEOF plus
-interpolated residuals and a linear blend), chosen per cube on validation
+the whole cube (DINEOF, linear time interpolation, DINEOF plus
+interpolated residuals and a linear blend, or, on small latitude/longitude
+grids, the conditional expectation with a localised covariance of a short
+RegEM fit), chosen per cube on validation
 pixels hidden in the shapes of the cube's own gaps
 (:mod:`gapfill.methods.gan_data`). The guide gives the basin-scale context a
 windowed network cannot see; guides used in training are computed without
@@ -154,16 +156,18 @@ class GANOptions(TrainingOptions):
         Add sin/cos of the time of year as input channels (datetime time axes only).
     guide
         The first guess the generator corrects (:mod:`gapfill.guides`):
-        ``"auto"`` chooses among ``"eof"``, ``"linear"`` and ``"eof_interp"``
-        (and their parameters) by the MAE on the validation pixels; one of those, or
+        ``"auto"`` chooses among ``"eof"``, ``"linear"``, ``"eof_interp"`` and, on a
+        latitude/longitude grid of at most 4000 ever-observed pixels where one such guide
+        is estimated to cost at most 1/40 of ``time_budget``, ``"regem"`` (and their
+        parameters) by the MAE on the validation pixels; one of those, or
         ``"harmonic"``, fixes the kind; ``"none"`` is the plain method of the paper.
     guide_modes
         EOF modes of the guide; ``None`` lets DINEOF's cross-validation choose them.
     guide_base
         Also give the generator the guide's smooth base (the EOF reconstruction of an
-        ``eof_interp`` guide), and the observations' departure from it: the guide itself
-        passes through the observations, so it hides that signal. The guides kept for
-        training take twice the memory.
+        ``eof_interp`` or ``regem`` guide), and the observations' departure from it: the
+        guide itself passes through the observations, so it hides that signal. The
+        guides kept for training take twice the memory.
     guide_pool
         Guides precomputed with different extra-hidden pixels for the L1 term
         (fewer when building them takes a quarter of ``time_budget``).
@@ -616,7 +620,8 @@ class GAN(Method):
         if x.shape[1] >= int(self._meta.get("guide_frames", x.shape[1] + 1)):
             dense, field, base = choose_guide(x, validation, truth, self.options.guide,
                                               self.options.guide_modes, values=True,
-                                              weights=weights)
+                                              weights=weights,
+                                              grid=self._meta.get("guide_grid"))
             if _recipe(dense) != _recipe(trained):
                 with_base = bool(self._meta["generator"].get("guide_base"))
                 candidates.append((dense, np.concatenate([field, base]) if with_base else field))

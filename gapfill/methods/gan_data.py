@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.guides import choose_guide
+from gapfill.guides import choose_guide, regem_seconds
+from gapfill.localisation import is_lonlat
 from gapfill.training import random_flips
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 #: The data's own gaps give the validation shapes when they cover at least this share of
 #: the pixels observed at least once (below it, the occlusion process's shapes are used).
 MIN_GAP_SHARE = 0.05
+#: Under ``guide="auto"`` with a time budget, the ``"regem"`` guide is a candidate only
+#: where one costs at most this share of it (:func:`~gapfill.guides.regem_seconds`): a
+#: fit builds a pool of guides, redraws them and builds a dozen more after training.
+REGEM_BUDGET_SHARE = 1 / 40
 
 
 def validation_pattern(
@@ -386,7 +391,19 @@ class TrainingData:
             # The guide's kind and parameters are chosen on the block with most validation.
             ref = int(np.argmax(val.reshape(n, -1).sum(1)))
             started = time.monotonic()
-            guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes)
+            # a regem guide needs the latitudes and longitudes of a whole grid, and a fit
+            # builds a few dozen guides: one may take a small share of the time budget
+            if blocks and o.guide == "regem":
+                raise ValueError("guide='regem' needs the whole grid: a streaming gan fit "
+                                 "trains on sampled blocks; use guide='auto' or 'eof_interp'")
+            grid = (None if blocks or not is_lonlat(cube.da, cube.dims)
+                    else [[float(v) for v in coords.y], [float(v) for v in coords.x]])
+            if grid is not None and o.guide == "auto" and o.time_budget is not None and \
+                    regem_seconds(x[ref]) > REGEM_BUDGET_SHARE * o.time_budget:
+                grid = None
+            meta["guide_grid"] = grid
+            guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes,
+                                         grid=grid)
             meta["guide"] = guide.to_dict()
             meta["guide_frames"] = int(t)  # how many frames it was chosen on
             choice_seconds = guide_seconds = time.monotonic() - started

@@ -534,10 +534,13 @@ class RegEM(Method):
 
     def fit_array(self, x: np.ndarray, rng: np.random.Generator,
                   times: np.ndarray | None = None,
-                  distances: np.ndarray | None = None) -> None:
+                  distances: np.ndarray | None = None,
+                  first_guess: np.ndarray | None = None) -> None:
         """Fit on a normalised ``(C, T, H, W)`` array (NaN = missing); ``rng`` and the
         frames' ``times`` are for the DINEOF first guess, ``distances`` (km, between the
-        ``H·W`` pixels of a frame, row by row) for localisation."""
+        ``H·W`` pixels of a frame, row by row) for localisation. ``first_guess`` (like
+        ``x``), when given, is the first guess in the gaps instead of the DINEOF fill of
+        ``x`` (where validation chose the options, EM starts from its fit instead)."""
         n_chan, n_time, height, width = x.shape
         y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = np.isfinite(y).any(0)
@@ -580,6 +583,8 @@ class RegEM(Method):
         if ridge is None:
             ridge = default if opts.length is None else FIRST_RIDGE
         taper = None if opts.length is None else _taper(distances, opts.length, fitted)
+        if start is None and first_guess is not None:
+            start = _to_matrix(first_guess).T[:, fitted].astype(np.float64)
         if start is None:
             first = EOF()
             first.fit_array(x, rng, times)
