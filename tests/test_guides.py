@@ -406,11 +406,13 @@ def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monk
     np.testing.assert_array_equal(
         copy.fill(x, np.random.default_rng(0), coords=cube.coords()).values,
         gan.fill(x, np.random.default_rng(0), coords=cube.coords()).values)
-    # a guide that would take more than its share of the time budget is not tried
+    # a guide that would take more than its share of the time budget (of the default one
+    # without a budget) is not tried
     monkeypatch.setattr(gan_data, "REGEM_BUDGET_SHARE", 1e-9)
-    tight = fit(da, time_budget=600.0)
-    assert tight._meta["guide_grid"] is None
-    assert not any(name.startswith("regem") for name in tight._meta["guide"]["scores"])
+    for budget in (600.0, None):
+        tight = fit(da, time_budget=budget)
+        assert tight._meta["guide_grid"] is None
+        assert not any(name.startswith("regem") for name in tight._meta["guide"]["scores"])
     monkeypatch.undo()
     # nor on a grid without latitudes and longitudes
     plain = fit(da.rename(lat="y", lon="x"), time_budget=None)

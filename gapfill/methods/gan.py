@@ -158,7 +158,8 @@ class GANOptions(TrainingOptions):
         The first guess the generator corrects (:mod:`gapfill.guides`):
         ``"auto"`` chooses among ``"eof"``, ``"linear"``, ``"eof_interp"`` and, on a
         latitude/longitude grid of at most 4000 ever-observed pixels where one such guide
-        is estimated to cost at most 1/40 of ``time_budget``, ``"regem"`` (and their
+        is estimated to cost at most 1/40 of ``time_budget`` (of its default when
+        ``None``), ``"regem"`` (and their
         parameters) by the MAE on the validation pixels; one of those, or
         ``"harmonic"``, fixes the kind; ``"none"`` is the plain method of the paper.
     guide_modes

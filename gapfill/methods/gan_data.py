@@ -15,6 +15,7 @@ process.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -35,9 +36,10 @@ if TYPE_CHECKING:
 #: The data's own gaps give the validation shapes when they cover at least this share of
 #: the pixels observed at least once (below it, the occlusion process's shapes are used).
 MIN_GAP_SHARE = 0.05
-#: Under ``guide="auto"`` with a time budget, the ``"regem"`` guide is a candidate only
-#: where one costs at most this share of it (:func:`~gapfill.guides.regem_seconds`): a
-#: fit builds a pool of guides, redraws them and builds a dozen more after training.
+#: Under ``guide="auto"``, the ``"regem"`` guide is a candidate only where one costs at
+#: most this share of ``time_budget`` (of its default when ``None``;
+#: :func:`~gapfill.guides.regem_seconds`): a fit builds a pool of guides, redraws them as
+#: it trains and builds a dozen more after training.
 REGEM_BUDGET_SHARE = 1 / 40
 
 
@@ -398,8 +400,11 @@ class TrainingData:
                                  "trains on sampled blocks; use guide='auto' or 'eof_interp'")
             grid = (None if blocks or not is_lonlat(cube.da, cube.dims)
                     else [[float(v) for v in coords.y], [float(v) for v in coords.x]])
-            if grid is not None and o.guide == "auto" and o.time_budget is not None and \
-                    regem_seconds(x[ref]) > REGEM_BUDGET_SHARE * o.time_budget:
+            budget = o.time_budget
+            if budget is None:  # the default budget's share: the pool's redraws never stop
+                budget = {f.name: f.default for f in dataclasses.fields(o)}["time_budget"]
+            if grid is not None and o.guide == "auto" and \
+                    regem_seconds(x[ref]) > REGEM_BUDGET_SHARE * budget:
                 grid = None
             meta["guide_grid"] = grid
             guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes,
