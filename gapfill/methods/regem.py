@@ -415,10 +415,8 @@ def choose(
     frames = hide.any((0, 2, 3))  # the frames the candidates fill and are scored on
     y = _to_matrix(fit_input).T.astype(np.float64)
     fitted = np.isfinite(y).any(0)
-    first = EOF()
-    first.fit_array(fit_input, rng, times)
     moments: np.ndarray | tuple[np.ndarray, np.ndarray] = \
-        _to_matrix(first.fill(fit_input, rng).values).T[:, fitted].astype(np.float64)
+        _first_guess(fit_input, fitted, rng, times)
     probe = RegEM()
     grid = np.asarray(x.shape)[[0, 2, 3]]
     scores: dict[str, float] = {}
@@ -474,6 +472,17 @@ def choose(
             evaluate(length, em_ridge)
     return Choice(best["length"], best["ridge"], best["fill_ridge"], scores,
                   (fitted, best["mean"], best["cov"]), best.get("scale", 1.0))
+
+
+def _first_guess(x: np.ndarray, fitted: np.ndarray, rng: np.random.Generator,
+                 times: np.ndarray | None, given: np.ndarray | None = None) -> np.ndarray:
+    """EM's first guess at the ``fitted`` pixels, time × pixels: ``given`` (like ``x``), or
+    the DINEOF fill of ``x``."""
+    if given is None:
+        first = EOF()
+        first.fit_array(x, rng, times)
+        given = first.fill(x, rng).values
+    return _to_matrix(given).T[:, fitted].astype(np.float64)
 
 
 def _search(n: int, origin: int, low: float, score: Callable[[int], float]) -> None:
@@ -583,12 +592,8 @@ class RegEM(Method):
         if ridge is None:
             ridge = default if opts.length is None else FIRST_RIDGE
         taper = None if opts.length is None else _taper(distances, opts.length, fitted)
-        if start is None and first_guess is not None:
-            start = _to_matrix(first_guess).T[:, fitted].astype(np.float64)
         if start is None:
-            first = EOF()
-            first.fit_array(x, rng, times)
-            start = _to_matrix(first.fill(x, rng).values).T[:, fitted].astype(np.float64)
+            start = _first_guess(x, fitted, rng, times, first_guess)
         mean, cov, iterations, change = regem(y[:, fitted], start, ridge, opts.tol,
                                               opts.max_iter, taper=taper)
         log.info("regem: %d pixels, %d iterations, last change %.2g, %.1f s", n_pix,
