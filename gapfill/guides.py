@@ -26,8 +26,9 @@ the package's own classical methods, so ``guide="eof"`` means the same code
 ``"regem"``
     Each frame's gaps filled by their conditional expectation given its observations,
     with the field's mean and localised covariance estimated by a short EM fit
-    (:class:`gapfill.methods.regem.RegEM`, :data:`REGEM_STEPS` E-steps from the DINEOF
-    fill, localisation length :data:`REGEM_LENGTH`); on a latitude/longitude grid
+    (:class:`gapfill.methods.regem.RegEM`: a few E-steps from the DINEOF fill at
+    localisation length :data:`REGEM_LENGTH`, the EM ridge one of :data:`REGEM_RIDGES`);
+    on a latitude/longitude grid
     (``grid``) of at most :data:`REGEM_MAX_PIXELS` ever-observed pixels. Its base is
     the DINEOF reconstruction it starts from.
 
@@ -59,9 +60,13 @@ SCREENS = (0.0, 0.1)
 TAPERS = (0.0, 1.0)
 #: Time scales (frames) tried for blending in the linear guide near observations in time.
 BLEND_TAUS = (0.5, 1.0, 2.0, 4.0)
-#: The ``"regem"`` guide's EM fit: localisation length (km), EM ridge and E-steps (one
-#: round of SQUAREM), the fill ridges tried, and the most ever-observed pixels (× channels).
-REGEM_LENGTH, REGEM_RIDGE, REGEM_STEPS = 4000.0, 0.01, 3
+#: The ``"regem"`` guide's EM fit: localisation length (km), the EM ridges tried, the
+#: E-step counts it may take (rounds of SQUAREM; the caller picks one by cost, a recipe
+#: without one takes the first, as one without an EM ridge takes the first ridge), the
+#: fill ridges tried, and the most ever-observed pixels (× channels).
+REGEM_LENGTH = 4000.0
+REGEM_RIDGES = (0.01, 0.001, 0.0001)
+REGEM_STEPS = (3, 6, 9)
 REGEM_FILL_RIDGES = (0.0001, 0.001, 0.01, 0.1)
 REGEM_MAX_PIXELS = 4000
 #: Floating-point operations per second of one CPU core in :func:`regem_seconds`.
@@ -119,12 +124,13 @@ def eof_guides(
 
 def regem_fields(
     x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], fill_ridges: tuple[float, ...],
+    em_ridge: float = REGEM_RIDGES[0], steps: int = REGEM_STEPS[0],
 ) -> list[np.ndarray] | None:
     """The ``"regem"`` guide of ``x`` for each of ``fill_ridges``, from one short EM fit.
 
-    EM (:class:`gapfill.methods.regem.RegEM`) starts from ``base`` (the DINEOF fill)
-    in the gaps and takes :data:`REGEM_STEPS` E-steps with the covariance localised at
-    :data:`REGEM_LENGTH` on ``grid`` (latitudes and longitudes of ``x``'s rows and
+    EM (:class:`gapfill.methods.regem.RegEM`, ridge ``em_ridge``) starts from ``base``
+    (the DINEOF fill) in the gaps and takes ``steps`` E-steps with the covariance
+    localised at :data:`REGEM_LENGTH` on ``grid`` (latitudes and longitudes of ``x``'s rows and
     columns, degrees). ``None`` when the grid has more than :data:`REGEM_MAX_PIXELS`
     ever-observed pixels or the fit fails (degenerate input); pixels never observed
     keep ``base``.
@@ -136,8 +142,8 @@ def regem_fields(
     if pixels > REGEM_MAX_PIXELS or np.isfinite(x).sum() < 2 or x.shape[1] < 2:
         return None
     lat, lon = (np.asarray(v, dtype=np.float64) for v in grid)
-    model = RegEM(length=REGEM_LENGTH, ridge=REGEM_RIDGE, fill_ridge=fill_ridges[0],
-                  max_iter=REGEM_STEPS, max_pixels=REGEM_MAX_PIXELS)
+    model = RegEM(length=REGEM_LENGTH, ridge=float(em_ridge), fill_ridge=fill_ridges[0],
+                  max_iter=int(steps), max_pixels=REGEM_MAX_PIXELS)
     rng = np.random.default_rng(0)
     fields = []
     try:
@@ -151,22 +157,23 @@ def regem_fields(
     return fields
 
 
-def regem_seconds(x: np.ndarray) -> float:
-    """Estimated seconds of one ``"regem"`` guide of ``x`` on one CPU core.
+def regem_seconds(x: np.ndarray, steps: int = REGEM_STEPS[0]) -> float:
+    """Estimated seconds of one ``"regem"`` guide of ``x`` (``steps`` E-steps) on one
+    CPU core.
 
     Each E-step and the fill invert the ``n × n`` covariance (``n`` ever-observed pixels
     × channels), solve each frame's ``g`` gaps (``g³``) and sum its ``T`` frames
-    (``T n²``): ``(REGEM_STEPS + 1) (n³ + Σ g³ + 2 T n²)`` operations at
-    :data:`REGEM_FLOPS` per second. On one core of a CPU with AVX-512, a guide of the
-    Pacific anomaly (50 × 18 × 30, 39% gaps), the 500 hPa height (65 × 29 × 49, 40%) and
-    A1B (240 × 37 × 49, 35%) took 0.3, 4.9 and 17.9 s (estimated 0.1, 5.0 and 22 s);
+    (``T n²``): ``(steps + 1) (n³ + Σ g³ + 2 T n²)`` operations at
+    :data:`REGEM_FLOPS` per second. On one core of a CPU with AVX-512, a 3-step guide of
+    the Pacific anomaly (50 × 18 × 30, 39% gaps), the 500 hPa height (65 × 29 × 49, 40%)
+    and A1B (240 × 37 × 49, 35%) took 0.3, 4.9 and 17.9 s (estimated 0.1, 5.0 and 22 s);
     with 15% more of the values hidden, 0.4, 6.1 and 26.7 s (0.2, 8.4 and 45 s).
     """
     seen = np.isfinite(x).reshape(x.shape[0], x.shape[1], -1)  # (C, T, pixels)
     fitted = seen.any(1)  # (C, pixels)
     n = float(fitted.sum())
     gaps = (~seen & fitted[:, None]).sum((0, 2)).astype(np.float64)  # per frame
-    flops = (REGEM_STEPS + 1) * (n**3 + float((gaps**3).sum()) + 2 * x.shape[1] * n**2)
+    flops = (steps + 1) * (n**3 + float((gaps**3).sum()) + 2 * x.shape[1] * n**2)
     return flops / REGEM_FLOPS
 
 
@@ -271,6 +278,9 @@ class Guide:
         ``None``: none).
     fill_ridge
         Fill ridge of the conditional expectation (``"regem"``).
+    em_ridge, steps
+        EM ridge and E-steps of its EM fit (``"regem"``; ``None``: the first of
+        :data:`REGEM_RIDGES` and :data:`REGEM_STEPS`).
     grid
         Latitudes and longitudes (degrees) of the rows and columns (``"regem"``).
     scores
@@ -283,6 +293,8 @@ class Guide:
     screen: float | None = None
     tau: float | None = None
     fill_ridge: float | None = None
+    em_ridge: float | None = None
+    steps: int | None = None
     grid: list[list[float]] | None = None
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -315,7 +327,9 @@ class Guide:
                 if self.grid is None:
                     raise ValueError("a regem guide needs its grid's latitudes and longitudes")
                 ridge = self.fill_ridge or REGEM_FILL_RIDGES[0]
-                fields = regem_fields(x, base, self.grid, (ridge,))
+                fields = regem_fields(x, base, self.grid, (ridge,),
+                                      self.em_ridge or REGEM_RIDGES[0],
+                                      self.steps or REGEM_STEPS[0])
                 if fields is None:  # too many pixels, or too little to fit: DINEOF's
                     log.warning("regem guide: %d ever-observed pixels or too few values to "
                                 "fit; the DINEOF reconstruction is the guide",
@@ -350,7 +364,8 @@ class Guide:
 
     def __str__(self) -> str:
         if self.kind == "regem":
-            return f"regem (k={self.modes}, fill_ridge={self.fill_ridge})"
+            return (f"regem (k={self.modes}, em_ridge={self.em_ridge}, steps={self.steps}, "
+                    f"fill_ridge={self.fill_ridge})")
         if self.kind not in ("eof_interp", "harmonic"):
             return self.kind if self.modes is None else f"{self.kind} (k={self.modes})"
         parts = [f"k={self.modes}"] if self.kind == "eof_interp" else []
@@ -366,7 +381,7 @@ class Guide:
 def choose_guide(
     x: np.ndarray, val: np.ndarray, truth: np.ndarray, kind: str = "auto",
     modes: int | None = None, values: bool = False, weights: np.ndarray | None = None,
-    grid: tuple[Any, Any] | None = None,
+    grid: tuple[Any, Any] | None = None, regem_steps: int = REGEM_STEPS[0],
 ) -> tuple[Guide, np.ndarray | None, np.ndarray | None]:
     """Choose a guide for ``x`` by its MAE on the held-out pixels ``val``.
 
@@ -396,7 +411,11 @@ def choose_guide(
     grid
         Latitudes and longitudes (degrees) of ``x``'s rows and columns, or ``None`` (the
         grid is not a latitude/longitude grid): with them ``"auto"`` also tries
-        ``"regem"`` (at each of :data:`REGEM_FILL_RIDGES`), which needs them.
+        ``"regem"`` (one EM fit of ``regem_steps`` E-steps at each of
+        :data:`REGEM_RIDGES`, each filled at each of :data:`REGEM_FILL_RIDGES`), which
+        needs them.
+    regem_steps
+        E-steps of the ``"regem"`` candidates' EM fits.
 
     Returns
     -------
@@ -444,19 +463,21 @@ def choose_guide(
         if kind in ("auto", "regem") and grid is not None:
             on = [list(map(float, np.asarray(v, dtype=np.float64))) for v in grid]
             ridges = REGEM_FILL_RIDGES if has_val else REGEM_FILL_RIDGES[:1]
-            regem = regem_fields(x, eof, on, ridges)
-            if regem is None and kind == "regem":
-                raise ValueError(
-                    f"guide='regem' takes at most {REGEM_MAX_PIXELS} ever-observed pixels "
-                    f"(× channels) and two frames; this cube has "
-                    f"{int(np.isfinite(x).any(1).sum())} and {x.shape[1]}: use "
-                    "guide='auto' or 'eof_interp'")
-            for ridge, field in zip(ridges, regem or []):
-                g = Guide("regem", modes=k, fill_ridge=ridge, grid=on)
-                if not has_val and kind == "regem":  # nothing to choose on: as asked
-                    g.scores = scores
-                    return g, field, eof
-                consider(str(g), g, field, eof)
+            for em_ridge in REGEM_RIDGES if has_val else REGEM_RIDGES[:1]:
+                regem = regem_fields(x, eof, on, ridges, em_ridge, regem_steps)
+                if regem is None and kind == "regem":
+                    raise ValueError(
+                        f"guide='regem' takes at most {REGEM_MAX_PIXELS} ever-observed "
+                        f"pixels (× channels) and two frames; this cube has "
+                        f"{int(np.isfinite(x).any(1).sum())} and {x.shape[1]}: use "
+                        "guide='auto' or 'eof_interp'")
+                for ridge, field in zip(ridges, regem or []):
+                    g = Guide("regem", modes=k, fill_ridge=ridge, em_ridge=em_ridge,
+                              steps=int(regem_steps), grid=on)
+                    if not has_val and kind == "regem":  # nothing to choose on: as asked
+                        g.scores = scores
+                        return g, field, eof
+                    consider(str(g), g, field, eof)
     if kind == "harmonic" or (kind == "auto" and values):
         bases.append((Guide("harmonic"), np.zeros(x.shape, dtype=np.float32)))
     if bases and not has_val:  # nothing to choose on: the first base, plain Laplace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -10,6 +11,8 @@ import xarray as xr
 
 from gapfill import masks
 from gapfill.guides import (
+    REGEM_RIDGES,
+    REGEM_STEPS,
     Guide,
     choose_guide,
     eof_guide,
@@ -176,12 +179,24 @@ def test_regem_guide_is_a_candidate_on_a_latitude_longitude_grid():
     guide, field, base = choose_guide(xv, val, x, "auto", grid=grid)
     assert guide.kind == "regem", guide.scores
     assert guide.scores[str(guide)] < 0.9 * min(plain.scores.values())
+    tried = {name.split("em_ridge=")[1].split(",")[0] for name in guide.scores
+             if name.startswith("regem")}
+    assert tried == {str(r) for r in REGEM_RIDGES}  # each EM ridge is validated
+    assert guide.steps == REGEM_STEPS[0]
     np.testing.assert_array_equal(base, eof_guide(xv)[0])  # its base is DINEOF's
     np.testing.assert_allclose(field[np.isfinite(xv)], xv[np.isfinite(xv)], atol=1e-5)
     mae = lambda f: np.abs(f[hidden] - truth[hidden]).mean()  # noqa: E731
     assert mae(guide.make(x)) < 0.9 * mae(eof_guide(x)[0])  # in the real gaps too
     # the recipe rebuilds the field from a DINEOF fit with the same modes (no CV pass)
     assert np.abs(Guide.from_dict(guide.to_dict()).make(xv) - field).mean() < 0.02
+    # a recipe without EM ridge and E-steps takes the first of each
+    bare = {k: v for k, v in guide.to_dict().items() if k not in ("em_ridge", "steps")}
+    first = dataclasses.replace(guide, em_ridge=REGEM_RIDGES[0], steps=REGEM_STEPS[0])
+    np.testing.assert_array_equal(Guide.from_dict(bare).make(xv), first.make(xv))
+    # more E-steps fit the field's covariance better (closer to EM's fixed point)
+    longer = choose_guide(xv, val, x, "regem", grid=grid, regem_steps=REGEM_STEPS[-1])[0]
+    assert longer.steps == REGEM_STEPS[-1]
+    assert longer.scores[str(longer)] < guide.scores[str(guide)]
     with pytest.raises(ValueError, match="latitude and longitude"):
         choose_guide(xv, val, x, "regem")
     with pytest.raises(ValueError, match="at most 4000 ever-observed pixels"):
@@ -397,6 +412,7 @@ def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monk
     da = _gappy(24, 16, 24)  # lat/lon in degrees
     gan = fit(da, time_budget=None)
     assert gan._meta["guide_grid"] == [list(da.lat.values), list(da.lon.values)]
+    assert gan._meta["guide_regem_steps"] == REGEM_STEPS[-1]  # the most it can afford
     assert any(name.startswith("regem") for name in gan._meta["guide"]["scores"])
     # the recipe holds the grid: a copy fills alike from its state alone
     cube = Cube(da)

@@ -44,7 +44,7 @@ import numpy as np
 
 from gapfill.diagnostics import MAX_VALIDATION_DRAWS
 from gapfill.errors import window_frames
-from gapfill.guides import GUIDES, Guide, choose_guide
+from gapfill.guides import GUIDES, REGEM_STEPS, Guide, choose_guide
 from gapfill.methods.base import (
     Chunking,
     Coords,
@@ -159,7 +159,7 @@ class GANOptions(TrainingOptions):
         ``"auto"`` chooses among ``"eof"``, ``"linear"``, ``"eof_interp"`` and, on a
         latitude/longitude grid of at most 4000 ever-observed pixels where one such guide
         is estimated to cost at most 1/40 of ``time_budget`` (of its default when
-        ``None``), ``"regem"`` (and their
+        ``None``; with 9, 6 or 3 E-steps, the most that fit), ``"regem"`` (and their
         parameters) by the MAE on the validation pixels; one of those, or
         ``"harmonic"``, fixes the kind; ``"none"`` is the plain method of the paper.
     guide_modes
@@ -622,7 +622,9 @@ class GAN(Method):
             dense, field, base = choose_guide(x, validation, truth, self.options.guide,
                                               self.options.guide_modes, values=True,
                                               weights=weights,
-                                              grid=self._meta.get("guide_grid"))
+                                              grid=self._meta.get("guide_grid"),
+                                              regem_steps=self._meta.get(
+                                                  "guide_regem_steps", REGEM_STEPS[0]))
             if _recipe(dense) != _recipe(trained):
                 with_base = bool(self._meta["generator"].get("guide_base"))
                 candidates.append((dense, np.concatenate([field, base]) if with_base else field))

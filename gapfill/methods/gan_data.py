@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.guides import choose_guide, regem_seconds
+from gapfill.guides import REGEM_STEPS, choose_guide, regem_seconds
 from gapfill.localisation import is_lonlat
 from gapfill.training import random_flips
 
@@ -38,8 +38,9 @@ if TYPE_CHECKING:
 MIN_GAP_SHARE = 0.05
 #: Under ``guide="auto"``, the ``"regem"`` guide is a candidate only where one costs at
 #: most this share of ``time_budget`` (of its default when ``None``;
-#: :func:`~gapfill.guides.regem_seconds`): a fit builds a pool of guides, redraws them as
-#: it trains and builds a dozen more after training.
+#: :func:`~gapfill.guides.regem_seconds`), with the most E-steps of
+#: :data:`~gapfill.guides.REGEM_STEPS` that keep it there: a fit builds a pool of guides,
+#: redraws them as it trains and builds a dozen more after training.
 REGEM_BUDGET_SHARE = 1 / 40
 
 
@@ -403,12 +404,15 @@ class TrainingData:
             budget = o.time_budget
             if budget is None:  # the default budget's share: the pool's redraws never stop
                 budget = {f.name: f.default for f in dataclasses.fields(o)}["time_budget"]
-            if grid is not None and o.guide == "auto" and \
-                    regem_seconds(x[ref]) > REGEM_BUDGET_SHARE * budget:
+            affordable = [s for s in REGEM_STEPS
+                          if regem_seconds(x[ref], s) <= REGEM_BUDGET_SHARE * budget]
+            steps = max(affordable, default=REGEM_STEPS[0])
+            if grid is not None and o.guide == "auto" and not affordable:
                 grid = None
             meta["guide_grid"] = grid
+            meta["guide_regem_steps"] = steps
             guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes,
-                                         grid=grid)
+                                         grid=grid, regem_steps=steps)
             meta["guide"] = guide.to_dict()
             meta["guide_frames"] = int(t)  # how many frames it was chosen on
             choice_seconds = guide_seconds = time.monotonic() - started
