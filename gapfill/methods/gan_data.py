@@ -15,7 +15,6 @@ process.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable
@@ -401,14 +400,15 @@ class TrainingData:
                                  "trains on sampled blocks; use guide='auto' or 'eof_interp'")
             grid = (None if blocks or not is_lonlat(cube.da, cube.dims)
                     else [[float(v) for v in coords.y], [float(v) for v in coords.x]])
-            budget = o.time_budget
-            if budget is None:  # the default budget's share: the pool's redraws never stop
-                budget = {f.name: f.default for f in dataclasses.fields(o)}["time_budget"]
-            affordable = [s for s in REGEM_STEPS
-                          if regem_seconds(x[ref], s) <= REGEM_BUDGET_SHARE * budget]
-            steps = max(affordable, default=REGEM_STEPS[0])
-            if grid is not None and o.guide == "auto" and not affordable:
-                grid = None
+            steps = REGEM_STEPS[0]
+            if grid is not None:
+                # the default budget's share without one: the pool's redraws never stop
+                budget = type(o).time_budget if o.time_budget is None else o.time_budget
+                affordable = [s for s in REGEM_STEPS
+                              if regem_seconds(x[ref], s) <= REGEM_BUDGET_SHARE * budget]
+                steps = max(affordable, default=steps)
+                if o.guide == "auto" and not affordable:
+                    grid = None
             meta["guide_grid"] = grid
             meta["guide_regem_steps"] = steps
             guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes,
