@@ -17,6 +17,7 @@ from gapfill.guides import (
     choose_guide,
     eof_guide,
     harmonic_interpolation,
+    regem_seconds,
     time_distance,
 )
 from gapfill.methods.gan_data import gaps_in_runs, validation_pattern
@@ -393,6 +394,23 @@ def test_a_budget_that_leaves_training_little_time_warns(clock):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*Raise time_budget")
         da.gapfill.fit("gan", time_budget=60.0, **options)
+
+
+def test_regem_seconds_grows_with_e_steps_pixels_and_gaps():
+    """The cost estimate is (E-steps + 1) times a cost per step that grows with the
+    ever-observed pixels and with each frame's gaps; pixels never observed cost nothing."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 20, 12, 12))
+    gappy = np.where(rng.random(x.shape) < 0.3, np.nan, x)
+    steps = [regem_seconds(gappy, s) for s in (3, 6, 9)]
+    np.testing.assert_allclose(np.array(steps) / steps[0], [1, 7 / 4, 10 / 4])
+    gappier = np.where(rng.random(x.shape) < 0.3, np.nan, gappy)
+    assert regem_seconds(gappier, 3) > steps[0]
+    bigger = np.where(rng.random((1, 20, 24, 24)) < 0.3, np.nan, 0.0)
+    assert regem_seconds(bigger, 3) > steps[0]
+    land = gappy.copy()
+    land[..., :6] = np.nan  # never observed: outside the fit
+    assert regem_seconds(land, 3) < steps[0]
 
 
 def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monkeypatch):

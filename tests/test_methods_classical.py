@@ -19,7 +19,7 @@ from gapfill.methods import regem as regem_module
 from gapfill.methods.climatology import Climatology
 from gapfill.methods.eof import EOF, cloud_cv_mask
 from gapfill.methods.linear import Linear
-from gapfill.methods.regem import conditional
+from gapfill.methods.regem import conditional, projections
 
 RNG = np.random.default_rng
 ALL = ["eof", "linear", "climatology", "regem"]
@@ -361,7 +361,8 @@ def test_regem_beats_truncated_eofs_on_a_field_of_many_modes() -> None:
     for t in range(field.shape[1]):
         y = truth[0, t].ravel().astype(np.float64)
         seen = ~mask[0, t].ravel()
-        oracle[0, t].reshape(-1)[~seen] = conditional(y, seen, zero, precision, 0.0)[0]
+        row = projections(y[None], seen[None], zero, precision)[0]
+        oracle[0, t].reshape(-1)[~seen] = conditional(seen, zero, precision, 0.0, row)[0]
 
     def mae(v: np.ndarray) -> float:
         return float(np.abs(v - truth)[mask].mean())

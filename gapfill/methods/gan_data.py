@@ -306,7 +306,9 @@ class TrainingData:
     window: tuple[int, int, int]
     setup_seconds: float
     #: Seconds to choose the guide of ``x`` (:func:`~gapfill.guides.choose_guide`) and to
-    #: build one guide of it: what estimates the guide work left after training.
+    #: build one guide of it (of ``x`` less a pool hide, a regem guide's seconds scaled to
+    #: ``x`` by :func:`~gapfill.guides.regem_seconds`): what estimates the guide work left
+    #: after training.
     choice_seconds: float = 0.0
     guide_seconds: float = 0.0
     #: Draws a fresh hide for the L1 term and the guides without it (``None``: no pool).
@@ -447,6 +449,11 @@ class TrainingData:
                     hides.append(hide)
                     if not i:  # one guide of every block
                         guide_seconds = (time.monotonic() - started) / n
+                        if guide.kind == "regem":
+                            # the guides after training hide none of the pool's pixels: a
+                            # regem guide's cost grows with the gaps (regem_seconds)
+                            guide_seconds *= (regem_seconds(x[ref], steps) / regem_seconds(
+                                np.where(hide[ref], np.nan, x[ref]), steps))
         clean_arr = _as_clean(clean, cube) if o.supervision != "unsupervised" else None
         if o.supervision != "unsupervised" and clean_arr is None:
             raise ValueError(f"supervision={o.supervision!r} needs fit(..., clean=...)")

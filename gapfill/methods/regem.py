@@ -172,24 +172,36 @@ def symmetric(lower: np.ndarray) -> np.ndarray:
     return lower
 
 
+#: Frames whose products with the precision are computed together (one matrix product).
+FRAME_BATCH = 256
+
+
+def projections(y: np.ndarray, observed: np.ndarray, mean: np.ndarray,
+                precision: np.ndarray) -> np.ndarray:
+    """``Q (y_o − μ_o)`` for every frame of ``y`` (frames × pixels, gaps set to 0), by
+    one matrix product: :func:`conditional` takes its rows at the gaps."""
+    return np.where(observed, y - mean, 0.0) @ precision  # Q is symmetric
+
+
 def conditional(
-    y: np.ndarray, observed: np.ndarray, mean: np.ndarray, precision: np.ndarray,
-    nugget: float, with_cov: bool = False,
+    observed: np.ndarray, mean: np.ndarray, precision: np.ndarray, nugget: float,
+    projected: np.ndarray, with_cov: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fill the gaps of one frame ``y`` (pixels,) by their conditional expectation.
+    """Fill the gaps of one frame by their conditional expectation.
 
     With ``Q`` the :func:`precision_of` the covariance, the gaps ``m`` given the
     observations ``o`` have mean ``μ_m − Q_mm⁻¹ Q_mo (y_o − μ_o)`` and, less the nugget,
     covariance ``Q_mm⁻¹ − nugget I``: one solve of the size of the gaps, not of the
-    observations. Returns the imputed values at ``~observed`` and their conditional
-    covariance (``with_cov``: its lower triangle, the upper triangle 0) or variances.
+    observations. ``projected`` is the frame's row of :func:`projections`. Returns the
+    imputed values at ``~observed`` and their conditional covariance (``with_cov``: its
+    lower triangle, the upper triangle 0) or variances.
     """
-    o, m = observed, ~observed
+    m = np.flatnonzero(~observed)
     chol, info = scipy.linalg.lapack.dpotrf(precision[np.ix_(m, m)], lower=1, clean=1)
     if info:
         raise np.linalg.LinAlgError(f"regem: the precision of a frame's gaps is not positive "
                                     f"definite (LAPACK dpotrf info {info})")
-    rhs = (precision @ np.where(o, y - mean, 0.0))[m]  # Q_mo (y_o − μ_o), rows gathered
+    rhs = projected[m]  # Q_mo (y_o − μ_o)
     values = mean[m] - scipy.linalg.lapack.dpotrs(chol, rhs, lower=1)[0]
     inverse = scipy.linalg.lapack.dpotri(chol, lower=1)[0]  # lower triangle of Q_mm⁻¹
     if with_cov:
@@ -216,13 +228,18 @@ def em_step(
     precision = precision_of(cov, nugget)
     filled = np.where(observed, y, 0.0)
     extra = np.zeros((n_pix, n_pix))
-    for t in range(n_time):
-        gaps = ~observed[t]
-        if not gaps.any():
-            continue
-        filled[t, gaps], c = conditional(y[t], observed[t], mean, precision, nugget,
-                                         with_cov=True)
-        extra[np.ix_(gaps, gaps)] += c  # lower triangles: the gaps' indices increase
+    flat = extra.reshape(-1)  # a view: adds at flat indices land in extra
+    for start in range(0, n_time, FRAME_BATCH):
+        frames = range(start, min(start + FRAME_BATCH, n_time))
+        projected = projections(y[frames], observed[frames], mean, precision)
+        for t, row in zip(frames, projected):
+            gaps = np.flatnonzero(~observed[t])
+            if not gaps.size:
+                continue
+            filled[t, gaps], c = conditional(observed[t], mean, precision, nugget, row,
+                                             with_cov=True)
+            # lower triangles: the gaps' indices increase
+            flat[(gaps[:, None] * n_pix + gaps).reshape(-1)] += c.reshape(-1)
     mean, cov = _moments(filled, symmetric(extra), taper)
     return mean, cov, filled
 
@@ -642,13 +659,17 @@ class RegEM(Method):
         error = np.zeros_like(values)
         yf = y[:, fitted]
         vf, ef = values[:, fitted], error[:, fitted]
-        for t in range(n_time):
-            observed = np.isfinite(yf[t])
-            if observed.all():
-                continue
-            v, var = conditional(yf[t], observed, mean, precision, nugget)
-            vf[t, ~observed] = v
-            ef[t, ~observed] = np.sqrt(np.maximum(var, 1e-12)) * scale
+        seen = np.isfinite(yf)
+        for start in range(0, n_time, FRAME_BATCH):
+            frames = range(start, min(start + FRAME_BATCH, n_time))
+            projected = projections(yf[frames], seen[frames], mean, precision)
+            for t, row in zip(frames, projected):
+                observed = seen[t]
+                if observed.all():
+                    continue
+                v, var = conditional(observed, mean, precision, nugget, row)
+                vf[t, ~observed] = v
+                ef[t, ~observed] = np.sqrt(np.maximum(var, 1e-12)) * scale
         values[:, fitted], error[:, fitted] = vf, ef
         # A pixel the fit never saw observed, observed here: its own mean and spread.
         rest = ~fitted & np.isfinite(y).any(0)
