@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -183,6 +183,17 @@ def projections(y: np.ndarray, observed: np.ndarray, mean: np.ndarray,
     return np.where(observed, y - mean, 0.0) @ precision  # Q is symmetric
 
 
+def gappy_frames(y: np.ndarray, observed: np.ndarray, mean: np.ndarray,
+                 precision: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(t, projected)`` for each frame of ``y`` with a gap, its :func:`projections`
+    row computed :data:`FRAME_BATCH` frames at a time."""
+    for start in range(0, len(y), FRAME_BATCH):
+        frames = range(start, min(start + FRAME_BATCH, len(y)))
+        for t, row in zip(frames, projections(y[frames], observed[frames], mean, precision)):
+            if not observed[t].all():
+                yield t, row
+
+
 def conditional(
     observed: np.ndarray, mean: np.ndarray, precision: np.ndarray, nugget: float,
     projected: np.ndarray, with_cov: bool = False,
@@ -223,23 +234,18 @@ def em_step(
     matrix plus that sum, times ``taper`` element by element when given (localisation).
     Returns ``(mean, cov, filled)``.
     """
-    n_time, n_pix = y.shape
+    n_pix = y.shape[1]
     nugget = nugget_of(cov, ridge)
     precision = precision_of(cov, nugget)
     filled = np.where(observed, y, 0.0)
     extra = np.zeros((n_pix, n_pix))
     flat = extra.reshape(-1)  # a view: adds at flat indices land in extra
-    for start in range(0, n_time, FRAME_BATCH):
-        frames = range(start, min(start + FRAME_BATCH, n_time))
-        projected = projections(y[frames], observed[frames], mean, precision)
-        for t, row in zip(frames, projected):
-            gaps = np.flatnonzero(~observed[t])
-            if not gaps.size:
-                continue
-            filled[t, gaps], c = conditional(observed[t], mean, precision, nugget, row,
-                                             with_cov=True)
-            # lower triangles: the gaps' indices increase
-            flat[(gaps[:, None] * n_pix + gaps).reshape(-1)] += c.reshape(-1)
+    for t, row in gappy_frames(y, observed, mean, precision):
+        gaps = np.flatnonzero(~observed[t])
+        filled[t, gaps], c = conditional(observed[t], mean, precision, nugget, row,
+                                         with_cov=True)
+        # lower triangles: the gaps' indices increase
+        flat[(gaps[:, None] * n_pix + gaps).reshape(-1)] += c.reshape(-1)
     mean, cov = _moments(filled, symmetric(extra), taper)
     return mean, cov, filled
 
@@ -660,16 +666,10 @@ class RegEM(Method):
         yf = y[:, fitted]
         vf, ef = values[:, fitted], error[:, fitted]
         seen = np.isfinite(yf)
-        for start in range(0, n_time, FRAME_BATCH):
-            frames = range(start, min(start + FRAME_BATCH, n_time))
-            projected = projections(yf[frames], seen[frames], mean, precision)
-            for t, row in zip(frames, projected):
-                observed = seen[t]
-                if observed.all():
-                    continue
-                v, var = conditional(observed, mean, precision, nugget, row)
-                vf[t, ~observed] = v
-                ef[t, ~observed] = np.sqrt(np.maximum(var, 1e-12)) * scale
+        for t, row in gappy_frames(yf, seen, mean, precision):
+            v, var = conditional(seen[t], mean, precision, nugget, row)
+            vf[t, ~seen[t]] = v
+            ef[t, ~seen[t]] = np.sqrt(np.maximum(var, 1e-12)) * scale
         values[:, fitted], error[:, fitted] = vf, ef
         # A pixel the fit never saw observed, observed here: its own mean and spread.
         rest = ~fitted & np.isfinite(y).any(0)
