@@ -27,7 +27,8 @@ the package's own classical methods, so ``guide="eof"`` means the same code
     Each frame's gaps filled by their conditional expectation given its observations,
     with the field's mean and localised covariance estimated by a short EM fit
     (:class:`gapfill.methods.regem.RegEM`: a few E-steps from the DINEOF fill at
-    localisation length :data:`REGEM_LENGTH`, the EM ridge one of :data:`REGEM_RIDGES`);
+    localisation length :data:`REGEM_LENGTH`, the EM ridge one of :data:`REGEM_RIDGES`,
+    or from the moments of an earlier fit run until it converged, :func:`regem_start`);
     on a latitude/longitude grid
     (``grid``) of at most :data:`REGEM_MAX_PIXELS` ever-observed pixels. Its base is
     the DINEOF reconstruction it starts from.
@@ -69,6 +70,9 @@ REGEM_RIDGES = (0.01, 0.001, 0.0001)
 REGEM_STEPS = (3, 6, 9)
 REGEM_FILL_RIDGES = (0.0001, 0.001, 0.01, 0.1)
 REGEM_MAX_PIXELS = 4000
+#: The most E-steps of the fit a ``"regem"`` guide may start from (:func:`regem_start`;
+#: it stops earlier once it converges).
+REGEM_START_STEPS = 30
 #: Seconds per E-step on one CPU core in :func:`regem_seconds`, per unit of each term:
 #: ``n³`` (inverting the covariance), ``Σ g³`` (factorising and inverting each frame's
 #: gap block), ``Σ g²`` (gathering and adding those blocks) and ``T`` (per frame).
@@ -124,19 +128,52 @@ def eof_guides(
     return fields, int(eof.fit_info.get("modes", 1))
 
 
-def regem_fields(
-    x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], fill_ridges: tuple[float, ...],
-    em_ridge: float = REGEM_RIDGES[0], steps: int = REGEM_STEPS[0],
-) -> list[np.ndarray] | None:
-    """The ``"regem"`` guide of ``x`` for each of ``fill_ridges``, from one short EM fit.
+@dataclass
+class RegemStart:
+    """The moments of an EM fit run until it converges (:func:`regem_start`), from
+    which ``"regem"`` guides of the same grid start their E-steps.
 
-    EM (:class:`gapfill.methods.regem.RegEM`, ridge ``em_ridge``) starts from ``base``
-    (the DINEOF fill) in the gaps and takes ``steps`` E-steps with the covariance
-    localised at :data:`REGEM_LENGTH` on ``grid`` (latitudes and longitudes of ``x``'s rows and
-    columns, degrees). ``None`` when the grid has more than :data:`REGEM_MAX_PIXELS`
-    ever-observed pixels or the fit fails (degenerate input); pixels never observed
-    keep ``base``.
+    Attributes
+    ----------
+    fitted
+        Its pixels (``C·H·W`` booleans, those observed at least once).
+    mean, cov
+        Their mean and localised covariance (normalised units, float32: as a model's
+        state keeps them).
+    em_ridge
+        The EM ridge it was fitted with: a guide with another starts from the DINEOF fill.
+    steps
+        The E-steps it took.
     """
+
+    fitted: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+    em_ridge: float
+    steps: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Arrays for a model's state (:meth:`from_state` reads them back)."""
+        return {"fitted": self.fitted, "mean": self.mean, "cov": self.cov,
+                "em_ridge": float(self.em_ridge), "steps": int(self.steps)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> RegemStart:
+        """Inverse of :meth:`state_dict` (numpy arrays or torch tensors)."""
+        from gapfill.methods.base import as_numpy
+
+        return cls(as_numpy(state["fitted"]).astype(bool),
+                   as_numpy(state["mean"]).astype(np.float32),
+                   as_numpy(state["cov"]).astype(np.float32),
+                   float(as_numpy(state["em_ridge"])), int(as_numpy(state["steps"])))
+
+
+def _regem_fit(
+    x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], em_ridge: float, steps: int,
+    fill_ridge: float, start: RegemStart | None = None,
+) -> Any:
+    """The :class:`~gapfill.methods.regem.RegEM` fit of a ``"regem"`` guide (see
+    :func:`regem_fields`), ``None`` when the grid is too large or the input degenerate."""
     from gapfill.localisation import grid_distances
     from gapfill.methods.regem import RegEM
 
@@ -144,12 +181,62 @@ def regem_fields(
     if pixels > REGEM_MAX_PIXELS or np.isfinite(x).sum() < 2 or x.shape[1] < 2:
         return None
     lat, lon = (np.asarray(v, dtype=np.float64) for v in grid)
-    model = RegEM(length=REGEM_LENGTH, ridge=float(em_ridge), fill_ridge=fill_ridges[0],
+    model = RegEM(length=REGEM_LENGTH, ridge=float(em_ridge), fill_ridge=fill_ridge,
                   max_iter=int(steps), max_pixels=REGEM_MAX_PIXELS)
+    moments = None
+    if start is not None and start.em_ridge == float(em_ridge) \
+            and start.fitted.size == x.shape[0] * x.shape[2] * x.shape[3]:
+        moments = (start.fitted, start.mean, start.cov)
+    try:
+        model.fit_array(x, np.random.default_rng(0), distances=grid_distances(lat, lon),
+                        first_guess=base, moments=moments)
+    except (ValueError, np.linalg.LinAlgError):  # degenerate tiny inputs
+        return None
+    return model
+
+
+def regem_start(
+    x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], em_ridge: float,
+) -> RegemStart | None:
+    """The moments of the EM fit of a ``"regem"`` guide of ``x`` (see
+    :func:`regem_fields`) run until it converges (RegEM's ``tol``), at most
+    :data:`REGEM_START_STEPS` E-steps; ``None`` where :func:`regem_fields` gives none.
+
+    A guide that starts from them comes close to EM's fixed point in a few E-steps, where
+    one that starts from the DINEOF fill needs many more. They carry what the fit learned
+    from every value of ``x``: a guide of ``x`` less some of its values that starts from
+    them is not blind to those values.
+    """
+    model = _regem_fit(x, base, grid, em_ridge, REGEM_START_STEPS, REGEM_FILL_RIDGES[0])
+    if model is None:
+        return None
+    st = model.state_dict()
+    return RegemStart(st["fitted"], st["mean"].astype(np.float32),
+                      st["cov"].astype(np.float32), float(em_ridge),
+                      int(model.fit_info["iterations"]))
+
+
+def regem_fields(
+    x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], fill_ridges: tuple[float, ...],
+    em_ridge: float = REGEM_RIDGES[0], steps: int = REGEM_STEPS[0],
+    start: RegemStart | None = None,
+) -> list[np.ndarray] | None:
+    """The ``"regem"`` guide of ``x`` for each of ``fill_ridges``, from one short EM fit.
+
+    EM (:class:`gapfill.methods.regem.RegEM`, ridge ``em_ridge``) starts from ``base``
+    (the DINEOF fill) in the gaps, or from the moments ``start`` of a fit on the same
+    grid with the same EM ridge (:func:`regem_start`), and takes ``steps`` E-steps
+    with the covariance localised at :data:`REGEM_LENGTH` on ``grid`` (latitudes and
+    longitudes of ``x``'s rows and columns, degrees). ``None`` when the grid has more
+    than :data:`REGEM_MAX_PIXELS` ever-observed pixels or the fit fails (degenerate
+    input); pixels never observed keep ``base``.
+    """
+    model = _regem_fit(x, base, grid, em_ridge, steps, fill_ridges[0], start)
+    if model is None:
+        return None
     rng = np.random.default_rng(0)
     fields = []
     try:
-        model.fit_array(x, rng, distances=grid_distances(lat, lon), first_guess=base)
         for ridge in fill_ridges:
             model.options.fill_ridge = float(ridge)
             field = model.fill(x, rng).values
@@ -302,17 +389,21 @@ class Guide:
     grid: list[list[float]] | None = None
     scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
-    def make(self, x: np.ndarray) -> np.ndarray | None:
-        """The guide of the gappy ``(C, T, H, W)`` array ``x`` with these parameters."""
-        return self.make_with_base(x)[0]
+    def make(self, x: np.ndarray, start: RegemStart | None = None) -> np.ndarray | None:
+        """The guide of the gappy ``(C, T, H, W)`` array ``x`` with these parameters
+        (``start``: see :meth:`make_with_base`)."""
+        return self.make_with_base(x, start)[0]
 
-    def make_with_base(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def make_with_base(
+        self, x: np.ndarray, start: RegemStart | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The guide of ``x`` and its smooth base: the EOF reconstruction under an
         ``eof_interp`` or ``regem`` guide, zero under ``harmonic``, the guide itself
         otherwise.
 
         The base does not pass through the observations, so ``x - base`` at the observed
-        pixels is the signal the residual interpolation spreads into the gaps.
+        pixels is the signal the residual interpolation spreads into the gaps. A
+        ``regem`` guide's E-steps start from ``start`` (:func:`regem_start`) when given.
         """
         if self.kind == "none":
             return None, None
@@ -333,7 +424,7 @@ class Guide:
                 ridge = self.fill_ridge or REGEM_FILL_RIDGES[0]
                 fields = regem_fields(x, base, self.grid, (ridge,),
                                       self.em_ridge or REGEM_RIDGES[0],
-                                      self.steps or REGEM_STEPS[0])
+                                      self.steps or REGEM_STEPS[0], start)
                 if fields is None:  # too many pixels, or too little to fit: DINEOF's
                     log.warning("regem guide: %d ever-observed pixels or too few values to "
                                 "fit; the DINEOF reconstruction is the guide",
@@ -347,10 +438,13 @@ class Guide:
             field = blend_linear(field, linear_guide(x), time_distance(x), self.tau)
         return field, base
 
-    def stacked(self, x: np.ndarray, with_base: bool) -> np.ndarray | None:
+    def stacked(
+        self, x: np.ndarray, with_base: bool, start: RegemStart | None = None,
+    ) -> np.ndarray | None:
         """The guide of ``x``, followed along the channel axis by its base when ``with_base``
-        (what a generator with ``guide_base`` takes)."""
-        return np.concatenate(self.make_with_base(x)) if with_base else self.make(x)
+        (what a generator with ``guide_base`` takes; ``start``: see :meth:`make_with_base`)."""
+        return np.concatenate(self.make_with_base(x, start)) if with_base \
+            else self.make(x, start)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (for a model's metadata)."""

@@ -12,12 +12,15 @@ import xarray as xr
 from gapfill import masks
 from gapfill.guides import (
     REGEM_RIDGES,
+    REGEM_START_STEPS,
     REGEM_STEPS,
     Guide,
+    RegemStart,
     choose_guide,
     eof_guide,
     harmonic_interpolation,
     regem_seconds,
+    regem_start,
     time_distance,
 )
 from gapfill.methods.gan_data import gaps_in_runs, validation_pattern
@@ -396,6 +399,48 @@ def test_a_budget_that_leaves_training_little_time_warns(clock):
         da.gapfill.fit("gan", time_budget=60.0, **options)
 
 
+def test_regem_guide_starting_from_a_converged_fit_is_near_em_fixed_point():
+    """E-steps from the moments of a converged fit of fewer values (:func:`regem_start`)
+    reach EM's fixed point for ``x`` far sooner than as many from the DINEOF fill; a start
+    fitted with another EM ridge is not used; the moments survive a model's state."""
+    from scipy import ndimage
+
+    from gapfill.methods.regem import embed_moments
+
+    rng = np.random.default_rng(0)
+    t, h, w = 60, 14, 18
+    truth = ndimage.gaussian_filter(rng.standard_normal((t, h, w)), (0, 2.5, 2.5))[None]
+    truth = (truth / truth.std()).astype(np.float32)
+    hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
+    x = np.where(hidden, np.nan, truth)
+    less = np.where(np.isfinite(x) & (rng.random(x.shape) < 0.1), np.nan, x)
+    grid = (np.arange(30.0, 30.0 + h), np.arange(-40.0, -40.0 + w))
+    ridge = REGEM_RIDGES[-1]
+    start = regem_start(less, eof_guide(less)[0], grid, ridge)
+    assert start is not None and 3 < start.steps <= REGEM_START_STEPS
+    recipe = Guide("regem", em_ridge=ridge, steps=3, grid=[list(g) for g in grid])
+    fixed = dataclasses.replace(recipe, steps=REGEM_START_STEPS).make(x)[hidden]
+    warm, cold = recipe.make(x, start)[hidden], recipe.make(x)[hidden]
+    assert np.abs(warm - fixed).mean() < 0.5 * np.abs(cold - fixed).mean()
+    other = dataclasses.replace(recipe, em_ridge=REGEM_RIDGES[0])
+    np.testing.assert_array_equal(other.make(x, start), other.make(x))
+    back = RegemStart.from_state(start.state_dict())
+    np.testing.assert_array_equal(recipe.make(x, back), recipe.make(x, start))
+    # a pixel the earlier fit lacked starts from its own mean and variance, uncorrelated
+    y = x.reshape(t, -1).astype(np.float64)
+    fitted = start.fitted
+    some = fitted.copy()
+    some[np.flatnonzero(fitted)[0]] = False
+    mean, cov = embed_moments(fitted, start.mean, start.cov, some, y)  # fewer pixels
+    np.testing.assert_array_equal(cov, start.cov[1:, 1:])
+    mean, cov = embed_moments(some, mean, cov, fitted, y)  # that pixel back
+    first = np.flatnonzero(fitted)[0]
+    assert mean[0] == pytest.approx(np.nanmean(y[:, first]))
+    assert cov[0, 0] == pytest.approx(np.nanvar(y[:, first]))
+    assert not cov[0, 1:].any() and not cov[1:, 0].any()
+    np.testing.assert_array_equal(cov[1:, 1:], start.cov[1:, 1:])
+
+
 def test_regem_seconds_grows_with_e_steps_pixels_and_gaps():
     """The cost estimate is (E-steps + 1) times a cost per step that grows with the
     ever-observed pixels and with each frame's gaps; pixels never observed cost nothing."""
@@ -413,9 +458,12 @@ def test_regem_seconds_grows_with_e_steps_pixels_and_gaps():
     assert regem_seconds(land, 3) < steps[0]
 
 
-def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monkeypatch):
+def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monkeypatch,
+                                                                           tmp_path):
     pytest.importorskip("torch")
+    from gapfill.checkpoints import load_checkpoint, save_checkpoint
     from gapfill.cube import Cube
+    from gapfill.fitted import _to_tensor
     from gapfill.methods import gan_data
     from gapfill.methods.gan import GAN
 
@@ -432,11 +480,14 @@ def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monk
     assert gan._meta["guide_grid"] == [list(da.lat.values), list(da.lon.values)]
     assert gan._meta["guide_regem_steps"] == REGEM_STEPS[-1]  # the most it can afford
     assert any(name.startswith("regem") for name in gan._meta["guide"]["scores"])
-    # the recipe holds the grid: a copy fills alike from its state alone
+    # the recipe holds the grid: a copy fills alike from its state alone (with the EM fit
+    # a regem guide starts from)
+    assert ("guide_start" in gan.state_dict()) == (gan._meta["guide"]["kind"] == "regem")
     cube = Cube(da)
     x = cube.values()
     copy = GAN(**options)
-    copy.load_state_dict(gan.state_dict())
+    path = save_checkpoint(tmp_path / "gan.pt", _to_tensor(gan.state_dict()))
+    copy.load_state_dict(load_checkpoint(path))  # as a saved model is read: weights_only
     np.testing.assert_array_equal(
         copy.fill(x, np.random.default_rng(0), coords=cube.coords()).values,
         gan.fill(x, np.random.default_rng(0), coords=cube.coords()).values)

@@ -44,7 +44,7 @@ import numpy as np
 
 from gapfill.diagnostics import MAX_VALIDATION_DRAWS
 from gapfill.errors import window_frames
-from gapfill.guides import GUIDES, REGEM_STEPS, Guide, choose_guide
+from gapfill.guides import GUIDES, REGEM_STEPS, Guide, RegemStart, choose_guide
 from gapfill.methods.base import (
     Chunking,
     Coords,
@@ -417,6 +417,8 @@ class GAN(Method):
         super().__init__(**options)
         self.generator: Any = None
         self._meta: dict[str, Any] = {}
+        #: The converged EM fit a ``"regem"`` guide starts from (``None``: the DINEOF fill).
+        self._guide_start: RegemStart | None = None
 
     # -- setup helpers --------------------------------------------------------------
     def _process(
@@ -530,6 +532,7 @@ class GAN(Method):
         setup = np.random.default_rng([run.seed, 0])
         deadline = None if o.time_budget is None else t0 + GUIDE_POOL_SHARE * o.time_budget
         data = TrainingData.build(self, cube, setup, clean, blocks, deadline)
+        self._guide_start = data.guide_start
         devices = [device.index or 0] if device.type == "cuda" else []
         # Seeded torch RNG for initialisation and dropout, without disturbing the caller's.
         with torch.random.fork_rng(devices=devices):
@@ -576,7 +579,8 @@ class GAN(Method):
         differ (a spatial interpolation loses more than a temporal one when gaps widen),
         and the correction that training chose overshoots where the guide is better.
 
-        Two guides are tried: the one training used, and the one
+        Two guides are tried: the one training used (a ``"regem"`` one starting from the
+        EM fit of training's input, as the fill makes it), and the one
         :func:`~gapfill.guides.choose_guide` picks on these pixels (when it differs, and
         when ``x`` has at least as many frames as training chose its guide on: the
         first frames of a long cube do not choose its EOF modes). Under ``guide="auto"``
@@ -647,6 +651,9 @@ class GAN(Method):
             if not switch["kept"]:
                 best = results[0]
         _, recipe, gain, scores = best
+        if recipe is not trained:  # the start was fitted for training's guide
+            self._guide_start = None
+            self._meta.pop("guide_start_steps", None)
         self._meta["guide"] = recipe.to_dict()
         self._meta["correction_gain"] = gain
         self.fit_info.update({
@@ -781,14 +788,14 @@ class GAN(Method):
         """The guide of ``x`` with the kind and parameters chosen in ``fit``."""
         if self.options.guide == "none":
             return None
-        return Guide.from_dict(self._meta["guide"]).make(x)
+        return Guide.from_dict(self._meta["guide"]).make(x, self._guide_start)
 
     def _generator_guide(self, x: np.ndarray) -> np.ndarray | None:
         """What the generator takes as its guide: the guide, then (``guide_base``) its base."""
         if self.options.guide == "none":
             return None
         with_base = bool(self._meta["generator"].get("guide_base"))
-        return Guide.from_dict(self._meta["guide"]).stacked(x, with_base)
+        return Guide.from_dict(self._meta["guide"]).stacked(x, with_base, self._guide_start)
 
     def _fill(
         self,
@@ -861,8 +868,12 @@ class GAN(Method):
 
     # -- state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Generator weights plus what filling needs (config, EOF modes, channel stats)."""
-        return network_state("generator", self.generator, self._meta)
+        """Generator weights plus what filling needs (config, EOF modes, channel stats, the
+        EM fit a ``"regem"`` guide starts from)."""
+        state = network_state("generator", self.generator, self._meta)
+        if state and self._guide_start is not None:
+            state["guide_start"] = self._guide_start.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the generator from :meth:`state_dict`'s output."""
@@ -872,3 +883,5 @@ class GAN(Method):
             state, "generator", lambda meta: Generator(GeneratorConfig(**meta["generator"]))
         )
         self.generator = gen.to(pick_device(self.options.device))
+        start = state.get("guide_start")
+        self._guide_start = None if start is None else RegemStart.from_state(start)

@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gapfill.guides import REGEM_STEPS, choose_guide, regem_seconds
+from gapfill.guides import (
+    REGEM_RIDGES,
+    REGEM_START_STEPS,
+    REGEM_STEPS,
+    RegemStart,
+    choose_guide,
+    regem_seconds,
+    regem_start,
+)
 from gapfill.localisation import is_lonlat
 from gapfill.training import random_flips
 
@@ -41,6 +49,11 @@ MIN_GAP_SHARE = 0.05
 #: :data:`~gapfill.guides.REGEM_STEPS` that keep it there: a fit builds a pool of guides,
 #: redraws them as it trains and builds a dozen more after training.
 REGEM_BUDGET_SHARE = 1 / 40
+#: The fill's ``"regem"`` guides start their E-steps from a fit of the training input run
+#: until it converges (:func:`~gapfill.guides.regem_start`) where that fit is estimated
+#: at most this share of ``time_budget`` (:data:`~gapfill.guides.REGEM_START_STEPS`
+#: E-steps by :func:`~gapfill.guides.regem_seconds`).
+REGEM_START_SHARE = 1 / 8
 
 
 def validation_pattern(
@@ -313,6 +326,10 @@ class TrainingData:
     guide_seconds: float = 0.0
     #: Draws a fresh hide for the L1 term and the guides without it (``None``: no pool).
     redraw: Callable[[np.random.Generator], tuple[Any, Any]] | None = None
+    #: The converged EM fit of ``x`` that the fill's ``"regem"`` guides start from
+    #: (``None``: they start from the DINEOF fill). ``guides[0]`` starts from it; the
+    #: pool's guides do not: it has seen the values they hide.
+    guide_start: RegemStart | None = None
 
     @property
     def channels(self) -> int:
@@ -390,6 +407,7 @@ class TrainingData:
         guides: list[np.ndarray | None] = [None]
         hides: list[np.ndarray | None] = [None]
         redraw = None
+        guide_start = None
         choice_seconds = guide_seconds = 0.0
         if o.guide != "none":
             # The guide's kind and parameters are chosen on the block with most validation.
@@ -403,9 +421,9 @@ class TrainingData:
             grid = (None if blocks or not is_lonlat(cube.da, cube.dims)
                     else [[float(v) for v in coords.y], [float(v) for v in coords.x]])
             steps = REGEM_STEPS[0]
+            # the default budget's share without one: the pool's redraws never stop
+            budget = type(o).time_budget if o.time_budget is None else o.time_budget
             if grid is not None:
-                # the default budget's share without one: the pool's redraws never stop
-                budget = type(o).time_budget if o.time_budget is None else o.time_budget
                 affordable = [s for s in REGEM_STEPS
                               if regem_seconds(x[ref], s) <= REGEM_BUDGET_SHARE * budget]
                 steps = max(affordable, default=steps)
@@ -418,6 +436,18 @@ class TrainingData:
             meta["guide"] = guide.to_dict()
             meta["guide_frames"] = int(t)  # how many frames it was chosen on
             choice_seconds = guide_seconds = time.monotonic() - started
+            meta.pop("guide_start_steps", None)
+            if guide.kind == "regem" and n == 1 and regem_seconds(
+                    x[ref], REGEM_START_STEPS) <= REGEM_START_SHARE * budget:
+                # EM converges slowly from the DINEOF fill: the fill's guides start from
+                # the moments of one fit of x run until it converges. x lacks the
+                # validation pixels and the hold-out: that fit has not seen the values
+                # those guides are scored on.
+                guide_start = regem_start(x[ref], first[1], guide.grid,
+                                          guide.em_ridge or REGEM_RIDGES[0])
+                if guide_start is not None:
+                    first = list(guide.make_with_base(x[ref], guide_start))
+                    meta["guide_start_steps"] = guide_start.steps
 
             def make(xb: np.ndarray) -> np.ndarray:  # the guide, then its base
                 return guide.stacked(xb, o.guide_base)
@@ -465,7 +495,7 @@ class TrainingData:
             x, truth, val, never, extras, guides, hides, process, recon_process,
             None if clean_arr is None else clean_arr[None],
             tuple(meta["window"]), time.monotonic() - t0, choice_seconds, guide_seconds,
-            redraw,
+            redraw, guide_start,
         )
 
     def refresh(self, member: int, rng: np.random.Generator) -> None:

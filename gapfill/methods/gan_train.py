@@ -334,7 +334,8 @@ class GANTrainer(Trainer):
         """The guide chosen, and the replicas' agreement under ``torchrun``."""
         self.m._meta["correction_gain"] = self.best_gain
         info = {key: self.m._meta.get(key) for key in (
-            "guide", "guide_val_mae", "validation_shapes", "correction_gain")}
+            "guide", "guide_val_mae", "guide_start_steps", "validation_shapes",
+            "correction_gain")}
         if self.ddp.enabled:
             in_sync = self.ddp.weights_in_sync(self.G_net)
             if in_sync is False:

@@ -523,6 +523,33 @@ def _search(n: int, origin: int, low: float, score: Callable[[int], float]) -> N
             break
 
 
+def embed_moments(
+    fitted_from: np.ndarray, mean: np.ndarray, cov: np.ndarray, fitted: np.ndarray,
+    y: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The moments ``mean``, ``cov`` of a fit over the pixels ``fitted_from`` as a start
+    for a fit over the pixels ``fitted`` (both boolean over all pixels) of ``y`` (time ×
+    all pixels): a pixel the earlier fit did not have starts from its own mean and
+    variance in ``y`` (the mean variance where it has fewer than two values),
+    uncorrelated with the others."""
+    where = np.full(fitted_from.size, -1)
+    where[np.flatnonzero(fitted_from)] = np.arange(int(fitted_from.sum()))
+    pos = where[np.flatnonzero(fitted)]
+    known = pos >= 0
+    out_mean = np.zeros(pos.size)
+    out_cov = np.zeros((pos.size, pos.size))
+    out_mean[known] = mean[pos[known]]
+    out_cov[np.ix_(known, known)] = cov[np.ix_(pos[known], pos[known])]
+    if not known.all():
+        values = y[:, np.flatnonzero(fitted)[~known]]  # each has a value: it is fitted
+        count = np.isfinite(values).sum(0)
+        spread = float(np.mean(np.diag(cov))) if cov.size else 1.0
+        new = np.flatnonzero(~known)
+        out_mean[new] = np.nanmean(values, 0)
+        out_cov[new, new] = np.where(count >= 2, np.maximum(np.nanvar(values, 0), 1e-12), spread)
+    return out_mean, out_cov
+
+
 def _taper(distances: np.ndarray | None, length: float, fitted: np.ndarray) -> np.ndarray:
     """Gaspari and Cohn's correlation between the ``fitted`` pixels at ``length`` km."""
     if distances is None:
@@ -567,12 +594,16 @@ class RegEM(Method):
     def fit_array(self, x: np.ndarray, rng: np.random.Generator,
                   times: np.ndarray | None = None,
                   distances: np.ndarray | None = None,
-                  first_guess: np.ndarray | None = None) -> None:
+                  first_guess: np.ndarray | None = None,
+                  moments: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         """Fit on a normalised ``(C, T, H, W)`` array (NaN = missing); ``rng`` and the
         frames' ``times`` are for the DINEOF first guess, ``distances`` (km, between the
         ``H·W`` pixels of a frame, row by row) for localisation. ``first_guess`` (like
         ``x``), when given, is the first guess in the gaps instead of the DINEOF fill of
-        ``x`` (where validation chose the options, EM starts from its fit instead)."""
+        ``x``. ``moments``, when given, are ``(fitted, mean, cov)`` of an earlier fit on
+        the same grid (``fitted``: its pixels, ``C·H·W`` booleans): EM starts from them
+        (:func:`embed_moments`) instead of from a first guess. Where validation chose the
+        options, EM starts from its fit instead."""
         n_chan, n_time, height, width = x.shape
         y = _to_matrix(x).T.astype(np.float64)  # time × pixels
         fitted = np.isfinite(y).any(0)
@@ -615,6 +646,8 @@ class RegEM(Method):
         if ridge is None:
             ridge = default if opts.length is None else FIRST_RIDGE
         taper = None if opts.length is None else _taper(distances, opts.length, fitted)
+        if start is None and moments is not None:
+            start = embed_moments(*moments, fitted, y)
         if start is None:
             start = _first_guess(x, fitted, rng, times, first_guess)
         mean, cov, iterations, change = regem(y[:, fitted], start, ridge, opts.tol,
