@@ -163,10 +163,10 @@ def test_taper_shrinks_the_smaller_modes_and_is_a_candidate():
     np.testing.assert_allclose(Guide.from_dict(guide.to_dict()).make(xv), field, atol=1e-5)
 
 
-def test_regem_guide_is_a_candidate_on_a_latitude_longitude_grid():
-    """A field of many smooth modes (more than DINEOF keeps) on a 1° grid: the conditional
-    expectation with a localised covariance (``"regem"``) is tried, chosen, better than
-    ``eof`` in the real gaps, and rebuilt by its recipe; without a grid it is not tried."""
+def _smooth_lonlat_cube() -> tuple[np.random.Generator, np.ndarray, np.ndarray, np.ndarray,
+                                    tuple[np.ndarray, np.ndarray]]:
+    """``(rng, truth, hidden, x, grid)``: a field of many smooth modes (60 × 14 × 18, one
+    channel) under clouds on a 1° latitude/longitude grid."""
     from scipy import ndimage
 
     rng = np.random.default_rng(0)
@@ -174,10 +174,17 @@ def test_regem_guide_is_a_candidate_on_a_latitude_longitude_grid():
     truth = ndimage.gaussian_filter(rng.standard_normal((t, h, w)), (0, 2.5, 2.5))[None]
     truth = (truth / truth.std()).astype(np.float32)
     hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
-    x = np.where(hidden, np.nan, truth)
+    grid = (np.arange(30.0, 30.0 + h), np.arange(-40.0, -40.0 + w))
+    return rng, truth, hidden, np.where(hidden, np.nan, truth), grid
+
+
+def test_regem_guide_is_a_candidate_on_a_latitude_longitude_grid():
+    """A field of many smooth modes (more than DINEOF keeps) on a 1° grid: the conditional
+    expectation with a localised covariance (``"regem"``) is tried, chosen, better than
+    ``eof`` in the real gaps, and rebuilt by its recipe; without a grid it is not tried."""
+    rng, truth, hidden, x, grid = _smooth_lonlat_cube()
     val = np.isfinite(x) & (rng.random(x.shape) < 0.1)
     xv = np.where(val, np.nan, x)
-    grid = (np.arange(30.0, 30.0 + h), np.arange(-40.0, -40.0 + w))
     plain = choose_guide(xv, val, x, "auto")[0]
     assert not any(name.startswith("regem") for name in plain.scores)
     guide, field, base = choose_guide(xv, val, x, "auto", grid=grid)
@@ -206,7 +213,7 @@ def test_regem_guide_is_a_candidate_on_a_latitude_longitude_grid():
     with pytest.raises(ValueError, match="at most 4000 ever-observed pixels"):
         choose_guide(np.tile(xv, (1, 1, 1, 20)), np.tile(val, (1, 1, 1, 20)),
                      np.tile(x, (1, 1, 1, 20)), "regem",
-                     grid=(grid[0], np.linspace(-40.0, 40.0, 20 * w)))
+                     grid=(grid[0], np.linspace(-40.0, 40.0, 20 * x.shape[-1])))
 
 
 def test_harmonic_interpolation_fills_planes_exactly_and_keeps_coasts():
@@ -403,18 +410,11 @@ def test_regem_guide_starting_from_a_converged_fit_is_near_em_fixed_point():
     """E-steps from the moments of a converged fit of fewer values (:func:`regem_start`)
     reach EM's fixed point for ``x`` far sooner than as many from the DINEOF fill; a start
     fitted with another EM ridge is not used; the moments survive a model's state."""
-    from scipy import ndimage
-
     from gapfill.methods.regem import embed_moments
 
-    rng = np.random.default_rng(0)
-    t, h, w = 60, 14, 18
-    truth = ndimage.gaussian_filter(rng.standard_normal((t, h, w)), (0, 2.5, 2.5))[None]
-    truth = (truth / truth.std()).astype(np.float32)
-    hidden = masks.Cloud(coverage=0.35, seed=1, length_scale=3).sample(truth.shape[1:])[None]
-    x = np.where(hidden, np.nan, truth)
+    rng, truth, hidden, x, grid = _smooth_lonlat_cube()
+    t = x.shape[1]
     less = np.where(np.isfinite(x) & (rng.random(x.shape) < 0.1), np.nan, x)
-    grid = (np.arange(30.0, 30.0 + h), np.arange(-40.0, -40.0 + w))
     ridge = REGEM_RIDGES[-1]
     start = regem_start(less, eof_guide(less)[0], grid, ridge)
     assert start is not None and 3 < start.steps <= REGEM_START_STEPS
