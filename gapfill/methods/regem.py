@@ -542,11 +542,11 @@ def embed_moments(
     out_cov[np.ix_(known, known)] = cov[np.ix_(pos[known], pos[known])]
     if not known.all():
         values = y[:, np.flatnonzero(fitted)[~known]]  # each has a value: it is fitted
-        count = np.isfinite(values).sum(0)
+        count, own_mean, own_sd = (m[0, :, 0] for m in pixel_moments(values[None, :, :, None]))
         spread = float(np.mean(np.diag(cov))) if cov.size else 1.0
         new = np.flatnonzero(~known)
-        out_mean[new] = np.nanmean(values, 0)
-        out_cov[new, new] = np.where(count >= 2, np.maximum(np.nanvar(values, 0), 1e-12), spread)
+        out_mean[new] = own_mean
+        out_cov[new, new] = np.where(count >= 2, np.maximum(own_sd**2, 1e-12), spread)
     return out_mean, out_cov
 
 
