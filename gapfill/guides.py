@@ -73,6 +73,14 @@ REGEM_MAX_PIXELS = 4000
 #: The most E-steps of the fit a ``"regem"`` guide may start from (:func:`regem_start`;
 #: it stops earlier once it converges).
 REGEM_START_STEPS = 30
+#: Where a ``"regem"`` guide of :data:`REGEM_STEPS` E-steps from the DINEOF fill costs
+#: too much, the guides take this many E-steps from a fit of at most
+#: :data:`REGEM_FIRST_START_STEPS` fitted before the guide is chosen (see
+#: :class:`gapfill.methods.gan.GANOptions`'s ``guide``).
+REGEM_STARTED_STEPS = 1
+REGEM_FIRST_START_STEPS = 10
+#: EM ridge of that fit (the choice tries no other: each would need its own fit).
+REGEM_FIRST_START_RIDGE = 0.01
 #: Seconds per E-step on one CPU core in :func:`regem_seconds`, per unit of each term:
 #: ``n³`` (inverting the covariance), ``Σ g³`` (factorising and inverting each frame's
 #: gap block), ``Σ g²`` (gathering and adding those blocks) and ``T`` (per frame).
@@ -197,17 +205,18 @@ def _regem_fit(
 
 def regem_start(
     x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], em_ridge: float,
+    steps: int = REGEM_START_STEPS,
 ) -> RegemStart | None:
     """The moments of the EM fit of a ``"regem"`` guide of ``x`` (see
-    :func:`regem_fields`) run until it converges (RegEM's ``tol``), at most
-    :data:`REGEM_START_STEPS` E-steps; ``None`` where :func:`regem_fields` gives none.
+    :func:`regem_fields`) run until it converges (RegEM's ``tol``), at most ``steps``
+    E-steps; ``None`` where :func:`regem_fields` gives none.
 
     A guide that starts from them comes close to EM's fixed point in a few E-steps, where
     one that starts from the DINEOF fill needs many more. They carry what the fit learned
     from every value of ``x``: a guide of ``x`` less some of its values that starts from
     them is not blind to those values.
     """
-    model = _regem_fit(x, base, grid, em_ridge, REGEM_START_STEPS, REGEM_FILL_RIDGES[0])
+    model = _regem_fit(x, base, grid, em_ridge, steps, REGEM_FILL_RIDGES[0])
     if model is None:
         return None
     st = model.state_dict()
@@ -480,6 +489,7 @@ def choose_guide(
     x: np.ndarray, val: np.ndarray, truth: np.ndarray, kind: str = "auto",
     modes: int | None = None, values: bool = False, weights: np.ndarray | None = None,
     grid: tuple[Any, Any] | None = None, regem_steps: int = REGEM_STEPS[0],
+    start: RegemStart | None = None,
 ) -> tuple[Guide, np.ndarray | None, np.ndarray | None]:
     """Choose a guide for ``x`` by its MAE on the held-out pixels ``val``.
 
@@ -514,6 +524,10 @@ def choose_guide(
         needs them.
     regem_steps
         E-steps of the ``"regem"`` candidates' EM fits.
+    start
+        Moments of an EM fit of ``x`` (:func:`regem_start`): the ``"regem"`` candidates
+        then start from them and take only their EM ridge. ``x`` lacks ``val``: the fit
+        has not seen the values they are scored on.
 
     Returns
     -------
@@ -561,8 +575,9 @@ def choose_guide(
         if kind in ("auto", "regem") and grid is not None:
             on = [list(map(float, np.asarray(v, dtype=np.float64))) for v in grid]
             ridges = REGEM_FILL_RIDGES if has_val else REGEM_FILL_RIDGES[:1]
-            for em_ridge in REGEM_RIDGES if has_val else REGEM_RIDGES[:1]:
-                regem = regem_fields(x, eof, on, ridges, em_ridge, regem_steps)
+            em_ridges = REGEM_RIDGES if has_val else REGEM_RIDGES[:1]
+            for em_ridge in em_ridges if start is None else (start.em_ridge,):
+                regem = regem_fields(x, eof, on, ridges, em_ridge, regem_steps, start)
                 if regem is None and kind == "regem":
                     raise ValueError(
                         f"guide='regem' takes at most {REGEM_MAX_PIXELS} ever-observed "

@@ -11,8 +11,12 @@ import xarray as xr
 
 from gapfill import masks
 from gapfill.guides import (
+    REGEM_FILL_RIDGES,
+    REGEM_FIRST_START_RIDGE,
+    REGEM_FIRST_START_STEPS,
     REGEM_RIDGES,
     REGEM_START_STEPS,
+    REGEM_STARTED_STEPS,
     REGEM_STEPS,
     Guide,
     RegemStart,
@@ -426,6 +430,14 @@ def test_regem_guide_starting_from_a_converged_fit_is_near_em_fixed_point():
     np.testing.assert_array_equal(other.make(x, start), other.make(x))
     back = RegemStart.from_state(start.state_dict())
     np.testing.assert_array_equal(recipe.make(x, back), recipe.make(x, start))
+    # choosing from a start: the regem candidates take its EM ridge only, and start there
+    val = np.isfinite(x) & ~np.isfinite(less)  # never seen by the start
+    guide, field, _ = choose_guide(less, val, x, "regem", grid=grid, regem_steps=1,
+                                   start=start)
+    assert {name for name in guide.scores if name.startswith("regem")} == {
+        str(Guide("regem", modes=guide.modes, fill_ridge=f, em_ridge=ridge, steps=1))
+        for f in REGEM_FILL_RIDGES}
+    np.testing.assert_array_equal(field, guide.make(less, start))
     # a pixel the earlier fit lacked starts from its own mean and variance, uncorrelated
     y = x.reshape(t, -1).astype(np.float64)
     fitted = start.fitted
@@ -494,10 +506,29 @@ def test_gan_tries_a_regem_guide_on_a_latitude_longitude_grid_it_can_afford(monk
     # a guide that would take more than its share of the time budget (of the default one
     # without a budget) is not tried
     monkeypatch.setattr(gan_data, "REGEM_BUDGET_SHARE", 1e-9)
+    monkeypatch.setattr(gan_data, "REGEM_FIRST_START_SHARES", (1e-9, 1e-9))
     for budget in (600.0, None):
         tight = fit(da, time_budget=budget)
         assert tight._meta["guide_grid"] is None
         assert not any(name.startswith("regem") for name in tight._meta["guide"]["scores"])
+    monkeypatch.undo()
+    # one that costs too much from the DINEOF fill, but not from a fit made first: the
+    # candidates start from that fit, and the fill's guides too
+    monkeypatch.setattr(gan_data, "regem_seconds", lambda x, steps=3: (steps + 1) * 5.0)
+    auto = fit(da, time_budget=600.0)  # 3 E-steps: 20 s > 600 / 40; 1: 10 s <= 600 / 20
+    assert auto._meta["guide_first_start"]
+    assert {name for name in auto._meta["guide"]["scores"] if name.startswith("regem")}
+    assert all(f"em_ridge={REGEM_FIRST_START_RIDGE}, steps={REGEM_STARTED_STEPS}," in name
+               for name in auto._meta["guide"]["scores"] if name.startswith("regem"))
+    assert not fit(da, time_budget=150.0)._meta["guide_first_start"]  # 10 s > 150 / 20
+    first = fit(da, time_budget=150.0, guide="regem")  # asked for: whatever the cost
+    assert first._meta["guide_first_start"]
+    assert first._meta["guide"]["em_ridge"] == REGEM_FIRST_START_RIDGE
+    assert first._meta["guide"]["steps"] == REGEM_STARTED_STEPS
+    assert first._guide_start.em_ridge == REGEM_FIRST_START_RIDGE
+    assert 1 <= first._meta["guide_start_steps"] <= REGEM_FIRST_START_STEPS
+    cold = Guide.from_dict(first._meta["guide"]).make(x)  # 1 E-step from the DINEOF fill
+    assert not np.array_equal(first._guide(x), cold)
     monkeypatch.undo()
     # nor on a grid without latitudes and longitudes
     plain = fit(da.rename(lat="y", lon="x"), time_budget=None)

@@ -159,9 +159,12 @@ class GANOptions(TrainingOptions):
         ``"auto"`` chooses among ``"eof"``, ``"linear"``, ``"eof_interp"`` and, on a
         latitude/longitude grid of at most 4000 ever-observed pixels where one such guide
         is estimated to cost at most 1/40 of ``time_budget`` (of its default when
-        ``None``; with 9, 6 or 3 E-steps, the most that fit), ``"regem"`` (and their
-        parameters) by the MAE on the validation pixels; one of those, or
-        ``"harmonic"``, fixes the kind; ``"none"`` is the plain method of the paper.
+        ``None``; with 9, 6 or 3 E-steps from the DINEOF fill, the most that fit; else
+        1 E-step from an EM fit made first, where that fit and one such guide cost at
+        most 1/4 and 1/20 of it),
+        ``"regem"`` (and their parameters) by the MAE on the validation pixels; one of
+        those, or ``"harmonic"``, fixes the kind (``"regem"`` whatever it costs);
+        ``"none"`` is the plain method of the paper.
     guide_modes
         EOF modes of the guide; ``None`` lets DINEOF's cross-validation choose them.
     guide_base
@@ -581,7 +584,8 @@ class GAN(Method):
 
         Two guides are tried: the one training used (a ``"regem"`` one starting from the
         EM fit of training's input, as the fill makes it), and the one
-        :func:`~gapfill.guides.choose_guide` picks on these pixels (when it differs, and
+        :func:`~gapfill.guides.choose_guide` picks on these pixels (its ``"regem"``
+        candidates from that fit where training's were; when it differs, and
         when ``x`` has at least as many frames as training chose its guide on: the
         first frames of a long cube do not choose its EOF modes). Under ``guide="auto"``
         that choice also tries the interpolation of the values themselves
@@ -622,13 +626,16 @@ class GAN(Method):
         gaps = ~seen & seen.any(axis=1, keepdims=True) & ~validation
         weights = (distance_weights(seen, validation, gaps, TUNE_DISTANCES)
                    if TUNE_DISTANCES and gaps.any() else None)
+        # where the regem guides start from a fit made before the choice, so do these
+        first_start = self._guide_start if self._meta.get("guide_first_start") else None
         if x.shape[1] >= int(self._meta.get("guide_frames", x.shape[1] + 1)):
             dense, field, base = choose_guide(x, validation, truth, self.options.guide,
                                               self.options.guide_modes, values=True,
                                               weights=weights,
                                               grid=self._meta.get("guide_grid"),
                                               regem_steps=self._meta.get(
-                                                  "guide_regem_steps", REGEM_STEPS[0]))
+                                                  "guide_regem_steps", REGEM_STEPS[0]),
+                                              start=first_start)
             if _recipe(dense) != _recipe(trained):
                 with_base = bool(self._meta["generator"].get("guide_base"))
                 candidates.append((dense, np.concatenate([field, base]) if with_base else field))
@@ -651,7 +658,8 @@ class GAN(Method):
             if not switch["kept"]:
                 best = results[0]
         _, recipe, gain, scores = best
-        if recipe is not trained:  # the start was fitted for training's guide
+        # the start was fitted for training's guide (a first start: for every regem one)
+        if recipe.kind != "regem" or (recipe is not trained and first_start is None):
             self._guide_start = None
             self._meta.pop("guide_start_steps", None)
         self._meta["guide"] = recipe.to_dict()

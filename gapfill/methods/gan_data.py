@@ -24,11 +24,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gapfill.guides import (
+    REGEM_FIRST_START_RIDGE,
+    REGEM_FIRST_START_STEPS,
     REGEM_RIDGES,
     REGEM_START_STEPS,
+    REGEM_STARTED_STEPS,
     REGEM_STEPS,
     RegemStart,
     choose_guide,
+    eof_guide,
     regem_seconds,
     regem_start,
 )
@@ -49,6 +53,15 @@ MIN_GAP_SHARE = 0.05
 #: :data:`~gapfill.guides.REGEM_STEPS` that keep it there: a fit builds a pool of guides,
 #: redraws them as it trains and builds a dozen more after training.
 REGEM_BUDGET_SHARE = 1 / 40
+#: Where none does, the candidates take :data:`~gapfill.guides.REGEM_STARTED_STEPS`
+#: E-steps from an EM fit made before the choice, where that fit
+#: (:data:`~gapfill.guides.REGEM_FIRST_START_STEPS` E-steps) and one such guide are
+#: estimated to cost at most these shares of ``time_budget``. Such guides cost half as
+#: much as 3 E-steps from the DINEOF fill and come closer to EM's fixed point; training
+#: then gets little time. On A1B (240 × 37 × 49; estimated 96 s and 17 s on one core)
+#: the whole fit took 361 s on two cores and its guide scored 19% below training's
+#: correction of the best other guide (docs/benchmarks.md).
+REGEM_FIRST_START_SHARES = (1 / 4, 1 / 20)
 #: The fill's ``"regem"`` guides start their E-steps from a fit of the training input run
 #: until it converges (:func:`~gapfill.guides.regem_start`) where that fit is estimated
 #: at most this share of ``time_budget`` (:data:`~gapfill.guides.REGEM_START_STEPS`
@@ -423,21 +436,40 @@ class TrainingData:
             steps = REGEM_STEPS[0]
             # the default budget's share without one: the pool's redraws never stop
             budget = type(o).time_budget if o.time_budget is None else o.time_budget
+            first_start = False
             if grid is not None:
                 affordable = [s for s in REGEM_STEPS
                               if regem_seconds(x[ref], s) <= REGEM_BUDGET_SHARE * budget]
                 steps = max(affordable, default=steps)
-                if o.guide == "auto" and not affordable:
+                # too dear from the DINEOF fill: a fit first, then a few E-steps from it
+                first_start = not affordable and n == 1 and (o.guide == "regem" or (
+                    regem_seconds(x[ref], REGEM_STARTED_STEPS)
+                    <= REGEM_FIRST_START_SHARES[1] * budget
+                    and regem_seconds(x[ref], REGEM_FIRST_START_STEPS)
+                    <= REGEM_FIRST_START_SHARES[0] * budget))
+                if first_start:
+                    steps = REGEM_STARTED_STEPS
+                elif o.guide == "auto" and not affordable:
                     grid = None
             meta["guide_grid"] = grid
             meta["guide_regem_steps"] = steps
+            meta["guide_first_start"] = first_start
+            meta.pop("guide_start_steps", None)
+            if first_start:
+                # x lacks the validation pixels: the choice scores values the fit has not seen
+                guide_start = regem_start(x[ref], eof_guide(x[ref], o.guide_modes)[0], grid,
+                                          REGEM_FIRST_START_RIDGE, REGEM_FIRST_START_STEPS)
+                start_seconds = time.monotonic() - started
             guide, *first = choose_guide(x[ref], val[ref], truth[ref], o.guide, o.guide_modes,
-                                         grid=grid, regem_steps=steps)
+                                         grid=grid, regem_steps=steps, start=guide_start)
             meta["guide"] = guide.to_dict()
             meta["guide_frames"] = int(t)  # how many frames it was chosen on
-            choice_seconds = guide_seconds = time.monotonic() - started
-            meta.pop("guide_start_steps", None)
-            if guide.kind == "regem" and n == 1 and regem_seconds(
+            # what tune's choice costs: the first start is not fitted again
+            choice_seconds = guide_seconds = time.monotonic() - started - (
+                start_seconds if first_start else 0.0)
+            if guide.kind != "regem" and not first_start:  # tune's choice may use a first
+                guide_start = None
+            elif guide.kind == "regem" and guide_start is None and n == 1 and regem_seconds(
                     x[ref], REGEM_START_STEPS) <= REGEM_START_SHARE * budget:
                 # EM converges slowly from the DINEOF fill: the fill's guides start from
                 # the moments of one fit of x run until it converges. x lacks the
@@ -447,7 +479,8 @@ class TrainingData:
                                           guide.em_ridge or REGEM_RIDGES[0])
                 if guide_start is not None:
                     first = list(guide.make_with_base(x[ref], guide_start))
-                    meta["guide_start_steps"] = guide_start.steps
+            if guide_start is not None:
+                meta["guide_start_steps"] = guide_start.steps
 
             def make(xb: np.ndarray) -> np.ndarray:  # the guide, then its base
                 return guide.stacked(xb, o.guide_base)
