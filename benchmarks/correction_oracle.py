@@ -4,28 +4,33 @@ For each case of :mod:`gan_benchmark` (the same data and punched gaps), a guide 
 one ``gan`` fills with is made from the gappy cube. With ``--guide regem`` (the climate
 cubes on a latitude-longitude grid): one E-step from an EM fit of every observation run
 until it converges, at the EM ridge best in the punched gaps. With ``--guide auto`` (OSTIA,
-whose grid is too large for ``regem``): the guide of
+whose grid is too large for ``regem``, and video): the guide of
 :func:`~gapfill.guides.choose_guide` best in the punched gaps among ``eof``, ``linear``,
 ``eof_interp`` and ``harmonic``. Both choices are oracles. A gradient-boosted regressor
 (scikit-learn's ``HistGradientBoostingRegressor``, absolute-error loss) then learns the
 guide's error at the punched pixels from local features of the guide and the
 observations, with the *true* values under half of the punched gaps, and corrects the
-other half (two folds, frames split in alternate blocks of :data:`BLOCK` frames).
+other half (two folds, frames split in alternate blocks of :data:`BLOCK` frames, or
+``--block``; ``--block 0``: the first and the second half of the frames).
 
 No method has those values, and the corrector learns on gaps drawn like the ones it
 corrects: its gain is an optimistic estimate of what a correction learned from the
-guide's neighbourhood can add. The features of a punched pixel (:func:`features`): the
+guide's neighbourhood can add. Short blocks make it more so where the field changes
+slowly and the gaps move slowly (the moving bar over a video's still background): the
+true values just before and after a corrected block, at the same pixels, are among what
+it learns from. The features of a punched pixel (:func:`features`): the
 guide, the guide less its DINEOF base, the guide's differences to its neighbours at 1
 and 2 pixels in space and 1 frame in time, whether those frames observe the pixel, the
 distance to the frame's nearest observation, the frame's and the 5 × 5 neighbourhood's
 observed share, the mean observed residual from the DINEOF base in that neighbourhood,
-and the pixel's row and column.
+the pixel's row and column, and its channel (one regressor for all).
 
 Usage::
 
     python benchmarks/correction_oracle.py                       # Pacific and the height
     python benchmarks/correction_oracle.py --cases a1b,e1 --em-ridges 0.01
     python benchmarks/correction_oracle.py --cases ostia --guide auto
+    python benchmarks/correction_oracle.py --cases bikes-moving_bar --guide auto --block 0
 
 Needs ``scikit-learn`` (``pip install -e ".[bench]"``).
 """
@@ -55,7 +60,8 @@ from gapfill.guides import (  # noqa: E402
     regem_start,
 )
 
-#: Frames per block of the two folds (alternate blocks train and are corrected).
+#: Frames per block of the two folds (alternate blocks train and are corrected), unless
+#: ``--block`` says otherwise.
 BLOCK = 5
 #: Spatial offsets whose guide differences are features.
 OFFSETS = ((0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0))
@@ -64,7 +70,8 @@ OFFSETS = ((0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0))
 def guide_of(x: np.ndarray, truth: np.ndarray, hidden: np.ndarray, grid: list,
              em_ridges: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, float]:
     """``(guide, base, em_ridge)``: the ``regem`` guide of ``x`` (normalised ``(1, T, H,
-    W)``) best at the ``hidden`` pixels among ``em_ridges``, and its DINEOF base."""
+    W)``) best at the ``hidden`` pixels (``(T, H, W)``) among ``em_ridges``, and its
+    DINEOF base (both ``(1, T, H, W)``)."""
     base = eof_guide(x)[0]
     best = None
     for ridge in em_ridges:
@@ -75,8 +82,8 @@ def guide_of(x: np.ndarray, truth: np.ndarray, hidden: np.ndarray, grid: list,
         mae = float(np.abs(field[0][hidden] - truth[0][hidden]).mean())
         print(f"    EM ridge {ridge:g}: guide MAE {mae:.4f} (normalised)", flush=True)
         if best is None or mae < best[0]:
-            best = (mae, field[0], ridge)
-    return best[1], base[0], best[2]
+            best = (mae, field, ridge)
+    return best[1], base, best[2]
 
 
 def features(x: np.ndarray, guide: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -114,23 +121,27 @@ def features(x: np.ndarray, guide: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def corrected(x: np.ndarray, truth: np.ndarray, hidden: np.ndarray, guide: np.ndarray,
-              base: np.ndarray, seed: int) -> np.ndarray:
-    """The guide at the ``hidden`` pixels plus its error as predicted by a regressor
-    trained on the other fold's hidden pixels (flat, in ``hidden``'s order)."""
+              base: np.ndarray, seed: int, block: int = BLOCK) -> np.ndarray:
+    """``(C, pixels)``: the guide at the ``hidden`` pixels (``(T, H, W)``) of each channel
+    of the ``(C, T, H, W)`` arrays plus its error as predicted by a regressor trained on
+    the other fold's hidden pixels (folds: alternate blocks of ``block`` frames; in
+    ``hidden``'s order; one regressor for all channels, the channel a feature)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    f = features(x, guide, base)[:, hidden].T  # (pixels, F)
-    target = (truth - guide)[hidden]
-    frame = np.nonzero(hidden)[0]
-    fold = (frame // BLOCK) % 2
-    out = guide[hidden].astype(np.float64)
+    n = int(hidden.sum())
+    f = np.concatenate([
+        np.column_stack([features(x[c], guide[c], base[c])[:, hidden].T, np.full(n, c)])
+        for c in range(x.shape[0])])  # (C * pixels, F + 1)
+    target = (truth - guide)[:, hidden].reshape(-1)
+    fold = np.tile((np.nonzero(hidden)[0] // block) % 2, x.shape[0])
+    out = guide[:, hidden].reshape(-1).astype(np.float64)
     for k in (0, 1):
         model = HistGradientBoostingRegressor(loss="absolute_error", learning_rate=0.05,
                                               max_iter=400, early_stopping=True,
                                               validation_fraction=0.15, random_state=seed)
         model.fit(f[fold != k], target[fold != k])
         out[fold == k] += model.predict(f[fold == k])
-    return out
+    return out.reshape(x.shape[0], n)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -139,40 +150,48 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guide", choices=("regem", "auto"), default="regem")
     parser.add_argument("--em-ridges", default=",".join(map(str, REGEM_RIDGES)))
+    parser.add_argument("--block", type=int, default=BLOCK,
+                        help="frames per block of the folds; 0: the two halves of the frames")
     args = parser.parse_args(argv)
     ridges = tuple(float(r) for r in args.em_ridges.split(","))
     rows = []
     for case in args.cases.split(","):
         truth_da, gappy, hidden, video = load_case(case, args.seed)
-        if video:
-            raise SystemExit(f"{case}: the oracle takes the gridded cubes, not video")
-        cube = Cube(gappy)
-        coords = cube.coords()
-        grid = [[float(v) for v in coords.y], [float(v) for v in coords.x]]
-        x = cube.values()
-        truth = cube.normaliser.normalise(np.asarray(truth_da.values)[None]).astype(np.float32)
-        hid = np.asarray(hidden, dtype=bool) & np.isfinite(truth[0])
+        if video and args.guide == "regem":
+            raise SystemExit(f"{case}: a regem guide needs a latitude-longitude grid; "
+                             "use --guide auto")
+        cube, whole = Cube(gappy), Cube(truth_da)
+        x = cube.values()  # (C, T, H, W), normalised like the truth below
+        truth = cube.normaliser.normalise(whole.normaliser.denormalise(whole.values()))
+        hid = np.asarray(hidden, dtype=bool) & np.isfinite(truth).all(0)
+        std = np.asarray(cube.normaliser.std, dtype=np.float64).reshape(-1, 1)
+
+        def mae(at: np.ndarray) -> float:  # (C, pixels) at hid, in the data's units
+            return float((np.abs(at - truth[:, hid]) * std).mean())
+
         print(f"[{case}] {dict(gappy.sizes)}, {hid.sum()} punched pixels", flush=True)
         if args.guide == "regem":
+            coords = cube.coords()
+            grid = [[float(v) for v in coords.y], [float(v) for v in coords.x]]
             guide, base, ridge = guide_of(x, truth, hid, grid, ridges)
             name = f"regem (EM ridge {ridge:g})"
         else:
-            recipe, field, _ = choose_guide(x, hid[None], truth, "auto", values=True)
-            guide, base, name = field[0], eof_guide(x)[0][0], str(recipe)
-        scale = float(np.asarray(cube.normaliser.std).reshape(-1)[0])  # per channel
+            recipe, guide, _ = choose_guide(x, np.broadcast_to(hid, x.shape), truth, "auto",
+                                            values=True)
+            base, name = eof_guide(x)[0], str(recipe)
         # the DINEOF fill, corrected the same way: what the corrector can learn where
         # a guide leaves room
-        for name, field in ((name, guide), ("DINEOF", base)):
-            fixed = corrected(x[0], truth[0], hid, field, base, args.seed)
-            before = float(np.abs(field[hid] - truth[0][hid]).mean()) * scale
-            after = float(np.abs(fixed - truth[0][hid]).mean()) * scale
-            rows.append((case, name, before, after))
-            print(f"[{case}] {name}: {before:.4f}, corrected {after:.4f} "
+        for label, field in ((name, guide), ("DINEOF", base)):
+            before = mae(field[:, hid])
+            block = args.block or -(-x.shape[1] // 2)
+            after = mae(corrected(x, truth, hid, field, base, args.seed, block))
+            rows.append((case, label, before, after))
+            print(f"[{case}] {label}: {before:.4f}, corrected {after:.4f} "
                   f"({after / before - 1:+.1%})", flush=True)
     print("\n| case | guide | its MAE | with the learned correction (oracle) | change |")
     print("|---|---|---:|---:|---:|")
-    for case, name, before, after in rows:
-        print(f"| {case} | {name} | {before:.4f} | {after:.4f} | {after / before - 1:+.1%} |")
+    for case, label, before, after in rows:
+        print(f"| {case} | {label} | {before:.4f} | {after:.4f} | {after / before - 1:+.1%} |")
 
 
 if __name__ == "__main__":
