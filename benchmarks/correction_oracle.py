@@ -14,8 +14,8 @@ other half (two folds, frames split in alternate blocks of :data:`BLOCK` frames,
 ``--block``; ``--block 0``: the first and the second half of the frames).
 
 No method has those values, and the corrector learns on gaps drawn like the ones it
-corrects: its gain is an optimistic estimate of what a correction learned from the
-guide's neighbourhood can add. Short blocks make it more so where the field changes
+corrects, but from the guide's neighbourhood alone: its gain indicates what a correction
+of the guide can add, and bounds nothing. Short blocks flatter it where the field changes
 slowly and the gaps move slowly (the moving bar over a video's still background): the
 true values just before and after a corrected block, at the same pixels, are among what
 it learns from. The features of a punched pixel (:func:`features`): the
