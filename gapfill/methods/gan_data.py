@@ -436,7 +436,7 @@ class TrainingData:
             steps = REGEM_STEPS[0]
             # the default budget's share without one: the pool's redraws never stop
             budget = type(o).time_budget if o.time_budget is None else o.time_budget
-            first_start = False
+            first_start, start_seconds = False, 0.0
             if grid is not None:
                 affordable = [s for s in REGEM_STEPS
                               if regem_seconds(x[ref], s) <= REGEM_BUDGET_SHARE * budget]
@@ -465,8 +465,7 @@ class TrainingData:
             meta["guide"] = guide.to_dict()
             meta["guide_frames"] = int(t)  # how many frames it was chosen on
             # what tune's choice costs: the first start is not fitted again
-            choice_seconds = guide_seconds = time.monotonic() - started - (
-                start_seconds if first_start else 0.0)
+            choice_seconds = guide_seconds = time.monotonic() - started - start_seconds
             if guide.kind != "regem" and not first_start:  # tune's choice may use a first
                 guide_start = None
             elif guide.kind == "regem" and guide_start is None and n == 1 and regem_seconds(
