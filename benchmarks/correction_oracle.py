@@ -43,6 +43,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
 import sys
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,29 @@ from gapfill.guides import (  # noqa: E402
 BLOCK = 5
 #: Spatial offsets whose guide differences are features.
 OFFSETS = ((0, 1), (0, -1), (1, 0), (-1, 0), (0, 2), (0, -2), (2, 0), (-2, 0))
+
+
+def normalised_case(case: str, seed: int) -> tuple[Any, Cube, np.ndarray, np.ndarray,
+                                                    np.ndarray, np.ndarray, bool]:
+    """``(gappy, cube, x, truth, hidden, std, video)`` of a :mod:`gan_benchmark` case: the
+    gappy DataArray and its :class:`~gapfill.cube.Cube`, the normalised gappy and true
+    ``(C, T, H, W)`` arrays (the truth normalised like ``x``), the punched pixels where the
+    truth is known (``(T, H, W)``), the normaliser's ``(C, 1)`` standard deviations (for
+    errors in the data's units) and whether the case is video."""
+    truth_da, gappy, hidden, video = load_case(case, seed)
+    cube, whole = Cube(gappy), Cube(truth_da)
+    x = cube.values()
+    truth = cube.normaliser.normalise(whole.normaliser.denormalise(whole.values()))
+    hid = np.asarray(hidden, dtype=bool) & np.isfinite(truth).all(0)
+    std = np.asarray(cube.normaliser.std, dtype=np.float64).reshape(-1, 1)
+    return gappy, cube, x, truth, hid, std, video
+
+
+def fold_of(frame: np.ndarray, n_time: int, block: int) -> np.ndarray:
+    """The fold (0 or 1) of each index in ``frame`` of ``n_time`` frames: alternate blocks
+    of ``block`` frames; ``block`` 0: the first and the second half of the frames."""
+    size = block or -(-n_time // 2)
+    return (np.asarray(frame) // size) % 2
 
 
 def guide_of(x: np.ndarray, truth: np.ndarray, hidden: np.ndarray, grid: list,
@@ -124,8 +148,8 @@ def corrected(x: np.ndarray, truth: np.ndarray, hidden: np.ndarray, guide: np.nd
               base: np.ndarray, seed: int, block: int = BLOCK) -> np.ndarray:
     """``(C, pixels)``: the guide at the ``hidden`` pixels (``(T, H, W)``) of each channel
     of the ``(C, T, H, W)`` arrays plus its error as predicted by a regressor trained on
-    the other fold's hidden pixels (folds: alternate blocks of ``block`` frames; in
-    ``hidden``'s order; one regressor for all channels, the channel a feature)."""
+    the other fold's hidden pixels (folds: :func:`fold_of`; in ``hidden``'s order; one
+    regressor for all channels, the channel a feature)."""
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     n = int(hidden.sum())
@@ -133,7 +157,7 @@ def corrected(x: np.ndarray, truth: np.ndarray, hidden: np.ndarray, guide: np.nd
         np.column_stack([features(x[c], guide[c], base[c])[:, hidden].T, np.full(n, c)])
         for c in range(x.shape[0])])  # (C * pixels, F + 1)
     target = (truth - guide)[:, hidden].reshape(-1)
-    fold = np.tile((np.nonzero(hidden)[0] // block) % 2, x.shape[0])
+    fold = np.tile(fold_of(np.nonzero(hidden)[0], x.shape[1], block), x.shape[0])
     out = guide[:, hidden].reshape(-1).astype(np.float64)
     for k in (0, 1):
         model = HistGradientBoostingRegressor(loss="absolute_error", learning_rate=0.05,
@@ -156,15 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     ridges = tuple(float(r) for r in args.em_ridges.split(","))
     rows = []
     for case in args.cases.split(","):
-        truth_da, gappy, hidden, video = load_case(case, args.seed)
+        gappy, cube, x, truth, hid, std, video = normalised_case(case, args.seed)
         if video and args.guide == "regem":
             raise SystemExit(f"{case}: a regem guide needs a latitude-longitude grid; "
                              "use --guide auto")
-        cube, whole = Cube(gappy), Cube(truth_da)
-        x = cube.values()  # (C, T, H, W), normalised like the truth below
-        truth = cube.normaliser.normalise(whole.normaliser.denormalise(whole.values()))
-        hid = np.asarray(hidden, dtype=bool) & np.isfinite(truth).all(0)
-        std = np.asarray(cube.normaliser.std, dtype=np.float64).reshape(-1, 1)
 
         def mae(at: np.ndarray) -> float:  # (C, pixels) at hid, in the data's units
             return float((np.abs(at - truth[:, hid]) * std).mean())
@@ -183,8 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         # a guide leaves room
         for label, field in ((name, guide), ("DINEOF", base)):
             before = mae(field[:, hid])
-            block = args.block or -(-x.shape[1] // 2)
-            after = mae(corrected(x, truth, hid, field, base, args.seed, block))
+            after = mae(corrected(x, truth, hid, field, base, args.seed, args.block))
             rows.append((case, label, before, after))
             print(f"[{case}] {label}: {before:.4f}, corrected {after:.4f} "
                   f"({after / before - 1:+.1%})", flush=True)

@@ -42,7 +42,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gan_benchmark import _threads, at_share, load_case  # noqa: E402
+from correction_oracle import fold_of, normalised_case  # noqa: E402
+from gan_benchmark import _threads, at_share  # noqa: E402
 
 from gapfill.cube import Cube  # noqa: E402
 from gapfill.methods.gan import GAN  # noqa: E402
@@ -79,15 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = []
     for case in args.cases.split(","):
-        truth_da, gappy, hidden, _ = load_case(case, args.seed)
-        cube, whole = Cube(gappy), Cube(truth_da)
-        x = cube.values()  # (C, T, H, W), normalised like the truth below
-        truth = cube.normaliser.normalise(whole.normaliser.denormalise(whole.values()))
-        hid = np.asarray(hidden, dtype=bool) & np.isfinite(truth).all(0)
-        std = np.asarray(cube.normaliser.std, dtype=np.float64).reshape(-1, 1)
+        gappy, cube, x, truth, hid, std, _ = normalised_case(case, args.seed)
         n_time = x.shape[1]
-        block = args.block or -(-n_time // 2)
-        first = (np.arange(n_time) // block) % 2 == 0
+        first = fold_of(np.arange(n_time), n_time, args.block) == 0
         print(f"[{case}] {dict(gappy.sizes)}, {hid.sum()} punched pixels", flush=True)
         errors: dict[str, list[np.ndarray]] = {"guide": [], "share 1": [], "chosen": []}
         for fold, given in enumerate((first, ~first)):
