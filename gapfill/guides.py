@@ -240,19 +240,33 @@ def regem_fields(
     than :data:`REGEM_MAX_PIXELS` ever-observed pixels or the fit fails (degenerate
     input); pixels never observed keep ``base``.
     """
+    fills = regem_fills(x, base, grid, fill_ridges, em_ridge, steps, start)
+    return None if fills is None else [field for field, _ in fills]
+
+
+def regem_fills(
+    x: np.ndarray, base: np.ndarray, grid: tuple[Any, Any], fill_ridges: tuple[float, ...],
+    em_ridge: float = REGEM_RIDGES[0], steps: int = REGEM_STEPS[0],
+    start: RegemStart | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """:func:`regem_fields`, each with its spread: the conditional standard deviation of
+    the fill given each frame's observations (0 where observed, NaN where the field is
+    ``base``'s)."""
     model = _regem_fit(x, base, grid, em_ridge, steps, fill_ridges[0], start)
     if model is None:
         return None
     rng = np.random.default_rng(0)
-    fields = []
+    fills = []
     try:
         for ridge in fill_ridges:
             model.options.fill_ridge = float(ridge)
-            field = model.fill(x, rng).values
-            fields.append(np.where(np.isfinite(field), field, base).astype(np.float32))
+            result = model.fill(x, rng)
+            ok = np.isfinite(result.values)
+            fills.append((np.where(ok, result.values, base).astype(np.float32),
+                          np.where(ok, result.error, np.nan).astype(np.float32)))
     except (ValueError, np.linalg.LinAlgError):  # degenerate tiny inputs
         return None
-    return fields
+    return fills
 
 
 def regem_seconds(x: np.ndarray, steps: int = REGEM_STEPS[0]) -> float:
@@ -414,11 +428,19 @@ class Guide:
         pixels is the signal the residual interpolation spreads into the gaps. A
         ``regem`` guide's E-steps start from ``start`` (:func:`regem_start`) when given.
         """
+        return self.make_with_spread(x, start)[:2]
+
+    def make_with_spread(
+        self, x: np.ndarray, start: RegemStart | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """:meth:`make_with_base` and the guide's own spread: under a ``regem`` guide the
+        conditional standard deviation of each value given its frame's observations (0
+        where observed, NaN where EM gave no fill), ``None`` under the other kinds."""
         if self.kind == "none":
-            return None, None
+            return None, None, None
         if self.kind == "linear":
             field = linear_guide(x)
-            return field, field
+            return field, field, None
         if self.kind == "harmonic":
             base = np.zeros(x.shape, dtype=np.float32)
         else:
@@ -426,34 +448,42 @@ class Guide:
             if self.modes is None:
                 self.modes = modes
             if self.kind == "eof":
-                return base, base
+                return base, base, None
             if self.kind == "regem":
                 if self.grid is None:
                     raise ValueError("a regem guide needs its grid's latitudes and longitudes")
                 ridge = self.fill_ridge or REGEM_FILL_RIDGES[0]
-                fields = regem_fields(x, base, self.grid, (ridge,),
-                                      self.em_ridge or REGEM_RIDGES[0],
-                                      self.steps or REGEM_STEPS[0], start)
-                if fields is None:  # too many pixels, or too little to fit: DINEOF's
+                fills = regem_fills(x, base, self.grid, (ridge,),
+                                    self.em_ridge or REGEM_RIDGES[0],
+                                    self.steps or REGEM_STEPS[0], start)
+                if fills is None:  # too many pixels, or too little to fit: DINEOF's
                     log.warning("regem guide: %d ever-observed pixels or too few values to "
                                 "fit; the DINEOF reconstruction is the guide",
                                 int(np.isfinite(x).any(1).sum()))
-                    return base, base
-                return fields[0], base
+                    return base, base, None
+                return fills[0][0], base, fills[0][1]
         field = base
         if self.screen is not None:
             field = harmonic_interpolation(x, base, self.screen)
         if self.tau is not None:
             field = blend_linear(field, linear_guide(x), time_distance(x), self.tau)
-        return field, base
+        return field, base, None
 
     def stacked(
         self, x: np.ndarray, with_base: bool, start: RegemStart | None = None,
     ) -> np.ndarray | None:
         """The guide of ``x``, followed along the channel axis by its base when ``with_base``
         (what a generator with ``guide_base`` takes; ``start``: see :meth:`make_with_base`)."""
-        return np.concatenate(self.make_with_base(x, start)) if with_base \
-            else self.make(x, start)
+        return self.stacked_with_spread(x, with_base, start)[0]
+
+    def stacked_with_spread(
+        self, x: np.ndarray, with_base: bool, start: RegemStart | None = None,
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """:meth:`stacked` and the guide's spread (:meth:`make_with_spread`)."""
+        field, base, spread = self.make_with_spread(x, start)
+        if field is None:
+            return None, None
+        return (np.concatenate([field, base]) if with_base else field), spread
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (for a model's metadata)."""

@@ -410,6 +410,45 @@ def test_a_budget_that_leaves_training_little_time_warns(clock):
         da.gapfill.fit("gan", time_budget=60.0, **options)
 
 
+def test_a_regem_guide_gives_gan_its_conditional_spread_as_the_error():
+    """Under a ``regem`` guide ``gan``'s fill carries the guide's conditional spread (0
+    where observed, positive in the gaps), whatever share of the correction it keeps, and
+    the error model takes it as the method's own spread; under an EOF guide it has none."""
+    pytest.importorskip("torch")
+    import gapfill  # noqa: F401  (the accessor)
+    from gapfill.cube import Cube
+    from gapfill.methods.gan import GAN
+
+    options = dict(window=(8, 16, 16), width=8, n_res_blocks=1, attention=False,
+                   batch_size=2, steps=4, eval_every=2, progress="off", seed=0, guide_pool=2,
+                   time_budget=None)
+    da = _gappy(24, 16, 24)
+    cube = Cube(da)
+    x, coords = cube.values(), cube.coords()
+    seen = np.isfinite(x)
+    gaps = ~seen & seen.any(1, keepdims=True)
+    gan = GAN(**options, guide="regem")
+    gan.fit(cube, np.random.default_rng(0))
+    assert gan.provides_error
+    field, _, spread = Guide.from_dict(gan._meta["guide"]).make_with_spread(x, gan._guide_start)
+    np.testing.assert_array_equal(field, gan._guide(x))
+    assert np.all(spread[seen] == 0) and np.all(spread[gaps] > 0)
+    for share in (0.0, 0.5):
+        gan._meta["correction_gain"] = share
+        one = gan.fill(x, np.random.default_rng(0), coords=coords)
+        np.testing.assert_array_equal(one.values[seen], x[seen])
+        np.testing.assert_allclose(one.error[gaps], spread[gaps], rtol=1e-6)
+        assert np.all(one.error[seen] == 0)
+        many = gan.fill(x, np.random.default_rng(0), samples=3, coords=coords)
+        assert np.all(many.error[gaps] >= spread[gaps] * (1 - 1e-6))  # and the generator's
+    eof = GAN(**options, guide="eof")
+    eof.fit(cube, np.random.default_rng(0))
+    assert not eof.provides_error
+    assert eof.fill(x, np.random.default_rng(0), coords=coords).error is None
+    model = da.gapfill.fit("gan", guide="regem", **options)
+    assert model.error_model.uses_native
+
+
 def test_regem_guide_starting_from_a_converged_fit_is_near_em_fixed_point():
     """E-steps from the moments of a converged fit of fewer values (:func:`regem_start`)
     reach EM's fixed point for ``x`` far sooner than as many from the DINEOF fill; a start

@@ -621,7 +621,8 @@ class GAN(Method):
         extras = self._extras(coords, x.shape[1:])
         trained_gain = self._share
         trained = Guide.from_dict(self._meta["guide"])
-        candidates = [(trained, self._generator_guide(x))]  # each guide, as the generator takes it
+        # each guide, as the generator takes it
+        candidates = [(trained, self._generator_guide(x)[0])]
         seen = np.isfinite(x)
         gaps = ~seen & seen.any(axis=1, keepdims=True) & ~validation
         weights = (distance_weights(seen, validation, gaps, TUNE_DISTANCES)
@@ -757,27 +758,41 @@ class GAN(Method):
         ``error`` their standard deviation. With ``samples=1`` the fill is
         deterministic (dropout off, zero noise) and ``error`` is ``None``. Where
         validation chose none of the generator's correction (share 0), the fill is the
-        guide and the generator does not run (``error`` is then 0).
+        guide and the generator does not run (``error`` is then 0). Under a ``regem``
+        guide ``error`` is the guide's conditional spread, added in quadrature to the
+        generator's with ``samples > 1``.
         """
         config = self._meta.get("generator", {})
         self._check_fill(x, samples, self.generator is not None, config.get("channels"))
-        guide = self._generator_guide(x)
+        guide, spread = self._generator_guide(x)
         c = x.shape[0]
         seed = int(rng.integers(2**31 - 1))
+        seen = np.isfinite(x)
         if guide is not None and self._share == 0.0:
             # none of the correction: the fill is the guide, the generator need not run
-            values = np.where(np.isfinite(x), x, guide[:c]).astype(np.float32)
-            return FillResult(values, np.zeros_like(values) if samples > 1 else None)
-        extras = self._extras(coords, x.shape[1:])
-        with torch_threads(self.options.threads):
-            out = self._fill(x, guide, extras, samples, seed)
-        runs = out.reshape(samples, c, *x.shape[1:])
-        values = runs.mean(0)
-        error = runs.std(0, ddof=1) if samples > 1 else None
-        values = np.where(np.isfinite(x), x, values).astype(np.float32)
+            values = np.where(seen, x, guide[:c]).astype(np.float32)
+            error = spread
+            if error is None and samples > 1:  # no spread of the generator's either
+                error = np.zeros_like(values)
+        else:
+            extras = self._extras(coords, x.shape[1:])
+            with torch_threads(self.options.threads):
+                out = self._fill(x, guide, extras, samples, seed)
+            runs = out.reshape(samples, c, *x.shape[1:])
+            values = np.where(seen, x, runs.mean(0)).astype(np.float32)
+            error = runs.std(0, ddof=1) if samples > 1 else None
+            if spread is not None:  # the guide's and the generator's spreads, independent
+                error = spread if error is None else np.sqrt(spread**2 + error**2)
         if error is not None:
-            error = np.where(np.isfinite(x), 0.0, error).astype(np.float32)
+            error = np.where(seen, 0.0, error).astype(np.float32)
         return FillResult(values, error)
+
+    @property
+    def provides_error(self) -> bool:  # type: ignore[override]
+        """Whether :meth:`fill` gives an error with ``samples=1``: under a ``regem`` guide,
+        the guide's conditional spread (:meth:`gapfill.guides.Guide.make_with_spread`),
+        which the error model then takes as the method's own spread."""
+        return self.options.guide != "none" and self._meta.get("guide", {}).get("kind") == "regem"
 
     @property
     def fills_without_training(self) -> bool:
@@ -798,12 +813,14 @@ class GAN(Method):
             return None
         return Guide.from_dict(self._meta["guide"]).make(x, self._guide_start)
 
-    def _generator_guide(self, x: np.ndarray) -> np.ndarray | None:
-        """What the generator takes as its guide: the guide, then (``guide_base``) its base."""
+    def _generator_guide(self, x: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """What the generator takes as its guide (the guide, then with ``guide_base`` its
+        base), and the guide's spread (:meth:`gapfill.guides.Guide.make_with_spread`)."""
         if self.options.guide == "none":
-            return None
+            return None, None
         with_base = bool(self._meta["generator"].get("guide_base"))
-        return Guide.from_dict(self._meta["guide"]).stacked(x, with_base, self._guide_start)
+        return Guide.from_dict(self._meta["guide"]).stacked_with_spread(x, with_base,
+                                                                        self._guide_start)
 
     def _fill(
         self,
